@@ -1,0 +1,128 @@
+"""The ``ort-training`` backend: ONNX Runtime's training API on the exporter's artifacts."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from fedge.protocol.bundle import Bundle
+from fedge.protocol.errors import FedgeError
+from fedge.protocol.ort_runtime import import_training_api, single_thread_session_options
+
+from .base import EvalResult, Params, TrainingBackend, TrainResult, batches
+
+log = logging.getLogger(__name__)
+
+
+class BackendUnavailable(FedgeError):
+    """The requested training backend is not installed on this device."""
+
+
+class OrtTrainingBackend(TrainingBackend):
+    name = "ort-training"
+
+    def __init__(self, *, threads: int = 1) -> None:
+        self._api = import_training_api()
+        if self._api is None:
+            raise BackendUnavailable(
+                "ort-training needs onnxruntime-training-cpu==1.19.2 (Linux x86_64, macOS, "
+                "Windows; Python <= 3.12); use backend = 'ort-portable' on this device"
+            )
+        import onnxruntime as ort
+
+        self._ort = ort
+        self._threads = threads
+        self._bundle: Bundle | None = None
+        self._state: Any = None
+        self._module: Any = None
+        self._optimizer: Any = None
+        self._infer: Any = None
+
+    def load(self, bundle: Bundle, *, learning_rate: float | None = None) -> None:
+        api = self._api
+        so = single_thread_session_options(self._ort, self._threads)
+        # A fresh checkpoint state each round: optimizer moments must not leak across rounds.
+        self._state = api.CheckpointState.load_checkpoint(str(bundle.file("checkpoint")))
+        self._module = api.Module(
+            str(bundle.file("training_model.onnx")),
+            self._state,
+            str(bundle.file("eval_model.onnx")),
+            device="cpu",
+            session_options=so,
+        )
+        self._optimizer = api.Optimizer(str(bundle.file("optimizer_model.onnx")), self._module)
+        lr = learning_rate if learning_rate is not None else bundle.manifest["optimizer"].get("lr")
+        if lr is not None:
+            self._optimizer.set_learning_rate(float(lr))
+        self._bundle = bundle
+        self._infer = None
+
+    def set_parameters(self, params: Params) -> None:
+        names = {n for n, _ in self._state.parameters}
+        unknown = sorted(set(params) - names)
+        if unknown:
+            raise FedgeError(f"parameters not in this bundle's checkpoint: {unknown[:5]}")
+        for name, value in params.items():
+            current = self._state.parameters[name].data
+            if tuple(current.shape) != tuple(value.shape):
+                raise FedgeError(f"parameter '{name}' has shape {value.shape}, bundle says {current.shape}")
+            self._state.parameters[name] = np.ascontiguousarray(value, dtype=current.dtype)
+
+    def get_parameters(self) -> Params:
+        return {n: p.data.copy() for n, p in self._state.parameters}  # .data is a live view
+
+    def train(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        *,
+        epochs: int,
+        batch_size: int,
+        seed: int,
+        should_stop: Callable[[], str] = lambda: "",
+    ) -> TrainResult:
+        module, optimizer = self._module, self._optimizer
+        module.train()
+        rng = np.random.default_rng(seed)
+        label_dtype = np.dtype(self._bundle.manifest["label"]["dtype"]) if self._bundle else y.dtype
+        total, steps, seen = 0.0, 0, 0
+        for _ in range(epochs):
+            for idx in batches(len(y), batch_size, rng):
+                reason = should_stop()
+                if reason:
+                    return TrainResult(total / max(steps, 1), steps, seen, stopped=reason)
+                loss = module(x[idx], y[idx].astype(label_dtype, copy=False))
+                optimizer.step()
+                module.lazy_reset_grad()
+                total += float(loss)
+                steps += 1
+                seen += len(idx)
+        self._infer = None
+        return TrainResult(total / max(steps, 1), steps, seen)
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray, *, batch_size: int = 256) -> EvalResult:
+        if len(y) == 0:
+            return EvalResult(float("nan"), None, 0)
+        module = self._module
+        module.eval()
+        label_dtype = np.dtype(self._bundle.manifest["label"]["dtype"])
+        losses, correct = [], 0
+        classify = self._bundle.manifest.get("task") == "classification"
+        for i in range(0, len(y), batch_size):
+            xb, yb = x[i : i + batch_size], y[i : i + batch_size].astype(label_dtype, copy=False)
+            losses.append(float(module(xb, yb)) * len(yb))
+            if classify:
+                logits = self._logits(xb)
+                correct += int((logits.argmax(axis=1) == yb).sum())
+        module.train()
+        return EvalResult(sum(losses) / len(y), correct / len(y) if classify else None, len(y))
+
+    def _logits(self, xb: np.ndarray) -> np.ndarray:
+        from fedge.protocol.inference import InferenceRunner
+
+        if self._infer is None:
+            self._infer = InferenceRunner(self._bundle, self.get_parameters(), threads=self._threads)
+        return self._infer.run(xb)

@@ -1,0 +1,302 @@
+"""The agent's main loop: follow the open round, fetch what it needs, train, offer the delta.
+
+One thread does the work; paho's network thread only queues messages. Every step is driven
+by state that survives a crash (journal, outbox, bundle cache), so a restarted agent resumes:
+an offered delta is offered again, an interrupted training round is trained again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from fedge.protocol.chunks import blob_ref, chunk_bytes, decode_frame, encode_frame
+from fedge.protocol.errors import CodecError, FedgeError, MessageError, TransferError
+from fedge.protocol.messages import (
+    Ack,
+    BlobRef,
+    FetchRequest,
+    RoundAbort,
+    RoundTask,
+    Status,
+    UpdateOffer,
+    new_msg_id,
+    parse_message,
+)
+from fedge.protocol.mqtt_link import MqttLink
+from fedge.protocol.sqlite_samples import DataError, read_samples, split_train_validation
+from fedge.protocol.tensors import check_finite, decode_tensors, encode_tensors
+from fedge.protocol.topics import Topics, validate_name
+from fedge.protocol.transfer import PullTransfer
+
+from .backends import TrainingBackend, create_backend
+from .bundle_cache import BundleCache
+from .config import AgentConfig
+from .state import AgentState, OutboxItem
+
+log = logging.getLogger(__name__)
+
+FINAL_STATES = ("offered", "acked", "rejected", "aborted")
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("fedge")
+    except Exception:
+        return "dev"
+
+
+class Agent:
+    """A device taking part in one federation."""
+
+    def __init__(self, config: AgentConfig, *, backend: TrainingBackend | None = None) -> None:
+        validate_name(config.id)
+        self.cfg = config
+        self.topics = Topics(config.federation)
+        root = config.state_path
+        self.state = AgentState(root / "agent.db")
+        keys = [Path(p).read_bytes() for p in config.trusted_keys]
+        self.bundles = BundleCache(root / "bundles", keys)
+        self.backend = backend or create_backend(config.backend, threads=config.threads)
+        offline = Status(agent=config.id, state="offline", backend=self.backend.name, version=_version())
+        self.link = MqttLink(
+            config.mqtt, client_id=config.id, will=(self.topics.agent_status(config.id), offline.encode())
+        )
+        self.task: RoundTask | None = None
+        self._downloads: dict[str, PullTransfer] = {}
+        self._blobs: dict[str, bytes] = {}  # downloaded objects kept for the current round
+        self._served: dict[str, bytes] = {}  # outbox blobs being fetched by the orchestrator
+        self._last_offer: dict[str, float] = {}
+        self._num_samples = 0
+        self._stop = threading.Event()
+        self.rounds_done = 0
+
+    # ---- lifecycle ----
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self, *, max_rounds: int | None = None) -> None:
+        """Work until stop() (or ``max_rounds`` trained rounds, for tests and the demo)."""
+        me = self.cfg.id
+        for topic in (self.topics.round_current, self.topics.agent_cmd(me), self.topics.agent_down(me)):
+            self.link.subscribe(topic)
+        self.link.start()
+        self._publish_status("online")
+        try:
+            while not self._stop.is_set():
+                item = self.link.get(timeout=0.2)
+                if item is not None:
+                    self._dispatch(*item)
+                    continue  # drain the queue before doing slow work
+                self._tick()
+                if max_rounds is not None and self.rounds_done >= max_rounds and not self.state.outbox():
+                    break
+                if self.task is not None and self.task.state == "finished" and not self.state.outbox():
+                    log.info("run %s finished; agent stays connected for the next run", self.task.run_id)
+                    self.task = None
+        finally:
+            offline = Status(agent=me, state="offline", backend=self.backend.name, version=_version())
+            self.link.stop(final=(self.topics.agent_status(me), offline.encode()))
+            self.state.close()
+
+    # ---- incoming ----
+    def _dispatch(self, topic: str, payload: bytes) -> None:
+        try:
+            if topic == self.topics.agent_down(self.cfg.id):
+                chunk = decode_frame(payload)
+                transfer = self._downloads.get(chunk.sha256)
+                if transfer is not None and transfer.on_chunk(chunk):
+                    self._blobs[chunk.sha256] = transfer.result  # type: ignore[assignment]
+                    del self._downloads[chunk.sha256]
+            elif topic == self.topics.round_current:
+                if not payload:
+                    self.task = None
+                    return
+                task = parse_message(payload, RoundTask)
+                assert isinstance(task, RoundTask)
+                if self.task is None or (task.run_id, task.round, task.state) != (
+                    self.task.run_id, self.task.round, self.task.state
+                ):
+                    log.info("round %d of run %s is %s (%d participants)", task.round, task.run_id, task.state, len(task.participants))
+                self.task = task
+            elif topic == self.topics.agent_cmd(self.cfg.id):
+                msg = parse_message(payload)
+                if isinstance(msg, FetchRequest):
+                    self._serve(msg)
+                elif isinstance(msg, Ack):
+                    self._on_ack(msg)
+                else:
+                    raise MessageError(f"unexpected {msg.TYPE!r} message on the command topic")
+        except (MessageError, TransferError, CodecError) as exc:
+            log.warning("ignored a bad message on %s: %s", topic, exc)
+
+    def _serve(self, req: FetchRequest) -> None:
+        blob = self._served.get(req.sha256) or self.state.outbox_blob(req.sha256)
+        if blob is None:
+            log.info("orchestrator asked for %s which is no longer in the outbox", req.sha256[:12])
+            return
+        self._served[req.sha256] = blob
+        ref = blob_ref(blob)
+        for i in req.indices:
+            if 0 <= i < ref.chunks:
+                self.link.publish(self.topics.agent_up_chunk(self.cfg.id), encode_frame(ref, i, chunk_bytes(blob, i)))
+
+    def _on_ack(self, ack: Ack) -> None:
+        if ack.accepted:
+            log.info("round %d: update %s accepted", ack.round, ack.sha256[:12])
+            self.state.remove_outbox(ack.sha256, "acked")
+        else:
+            log.warning("round %d: update %s rejected: %s", ack.round, ack.sha256[:12], ack.reason)
+            self.state.remove_outbox(ack.sha256, "rejected", ack.reason)
+        self._served.pop(ack.sha256, None)
+        self._last_offer.pop(ack.sha256, None)
+
+    # ---- periodic work ----
+    def _tick(self) -> None:
+        for sha, transfer in list(self._downloads.items()):
+            transfer.tick()
+            if transfer.failed:
+                log.warning("download of %s failed: %s; will retry", sha[:12], transfer.failed)
+                del self._downloads[sha]
+        self._retry_offers()
+        self._work_on_round()
+
+    def _retry_offers(self) -> None:
+        if not self.link.connected:
+            return
+        now = time.monotonic()
+        for item in self.state.outbox():
+            last = self._last_offer.get(item.sha256)
+            if last is None or now - last >= self.cfg.offer_retry_seconds:
+                self.link.publish(self.topics.agent_up_msg(self.cfg.id), item.offer)
+                self._last_offer[item.sha256] = now
+
+    def _fetch(self, ref: BlobRef) -> bytes | None:
+        """The object's bytes if downloaded; otherwise start or continue the download."""
+        if ref.sha256 in self._blobs:
+            return self._blobs[ref.sha256]
+        if ref.sha256 not in self._downloads:
+            me = self.cfg.id
+
+            def request(indices: list[int], sha: str = ref.sha256) -> None:
+                req = FetchRequest(msg_id=new_msg_id(), agent=me, sha256=sha, indices=indices)
+                self.link.publish(self.topics.agent_up_msg(me), req.encode())
+
+            transfer = PullTransfer(ref, request)
+            self._downloads[ref.sha256] = transfer
+            if ref.size == 0:
+                self._blobs[ref.sha256] = b""
+                return b""
+            transfer.start()
+        return None
+
+    def _work_on_round(self) -> None:
+        task = self.task
+        if task is None or task.state != "open" or self.cfg.id not in task.participants:
+            return
+        if self.state.journal_status(task.run_id, task.round) in FINAL_STATES:
+            return
+        if task.deadline and time.time() > task.deadline:
+            return
+        if not self.link.connected:
+            return
+        bundle = self.bundles.get(task.bundle_hash)
+        if bundle is None:
+            archive = self._fetch(task.bundle)
+            if archive is None:
+                return
+            try:
+                bundle = self.bundles.add(archive, task.bundle_hash)
+            except FedgeError as exc:
+                self._blobs.pop(task.bundle.sha256, None)
+                self._abort(task, f"bundle refused: {exc}")
+                return
+            self._blobs.pop(task.bundle.sha256, None)
+        params_bytes = self._fetch(task.params)
+        if params_bytes is None:
+            return
+        try:
+            self._train_round(task, bundle, params_bytes)
+        except DataError as exc:
+            self._abort(task, f"local data problem: {exc}")
+        except FedgeError as exc:
+            self._abort(task, str(exc))
+        finally:
+            self._blobs.clear()
+
+    def _abort(self, task: RoundTask, reason: str) -> None:
+        log.warning("round %d aborted: %s", task.round, reason)
+        self.state.set_journal(task.run_id, task.round, "aborted", reason)
+        msg = RoundAbort(msg_id=new_msg_id(), agent=self.cfg.id, run_id=task.run_id, round=task.round, reason=reason[:1000])
+        self.link.publish(self.topics.agent_up_msg(self.cfg.id), msg.encode())
+        self._publish_status("idle")
+
+    def _train_round(self, task: RoundTask, bundle, params_bytes: bytes) -> None:
+        started = time.monotonic()
+        self.state.set_journal(task.run_id, task.round, "training")
+        spec = bundle.manifest["inputs"][0]
+        n_features = int(np.prod([d for d in spec["shape"][1:]])) if spec["shape"][1:] else None
+        samples = read_samples(self.cfg.data, expected_features=n_features)
+        if len(samples) == 0:
+            raise DataError(f"no rows in {self.cfg.data.path} match the data source")
+        self._num_samples = len(samples)
+        self._publish_status("training")
+        train, val = split_train_validation(samples, self.cfg.validation_fraction, seed=0)
+        if task.config.max_samples and len(train) > task.config.max_samples:
+            train.x, train.y = train.x[: task.config.max_samples], train.y[: task.config.max_samples]
+        x_shape = [len(train)] + [int(d) for d in spec["shape"][1:]]
+        global_params = decode_tensors(params_bytes)
+        check_finite(global_params)
+        backend = self.backend
+        backend.load(bundle)
+        backend.set_parameters(global_params)
+        seed = int.from_bytes(hashlib.sha256(f"{self.cfg.id}/{task.run_id}/{task.round}".encode()).digest()[:4], "big")
+        result = backend.train(
+            train.x.reshape(x_shape), train.y, epochs=task.config.local_epochs,
+            batch_size=task.config.batch_size, seed=seed, should_stop=lambda: "" if not self._stop.is_set() else "agent stopping",
+        )
+        if result.stopped:
+            self._abort(task, f"training stopped: {result.stopped}")
+            return
+        local = backend.get_parameters()
+        delta = {name: (local[name] - global_params[name]).astype(global_params[name].dtype) for name in global_params}
+        try:
+            check_finite(delta)
+        except CodecError as exc:
+            self._abort(task, f"training diverged: {exc}")
+            return
+        metrics = {"train_loss": result.loss, "train_seconds": time.monotonic() - started}
+        if len(val):
+            ev = backend.evaluate(val.x.reshape([len(val)] + x_shape[1:]), val.y)
+            metrics["val_loss"] = ev.loss
+            if ev.accuracy is not None:
+                metrics["val_accuracy"] = ev.accuracy
+            metrics["val_samples"] = float(ev.samples)
+        blob = encode_tensors(delta)
+        ref = blob_ref(blob)
+        offer = UpdateOffer(
+            msg_id=new_msg_id(), agent=self.cfg.id, run_id=task.run_id, round=task.round,
+            model_version=task.model_version, blob=ref, num_samples=len(train), metrics=metrics,
+        )
+        self.state.add_outbox(OutboxItem(ref.sha256, task.run_id, task.round, offer.encode(), blob))
+        self.rounds_done += 1
+        log.info(
+            "round %d: trained %d steps on %d samples, loss %.4f, %.1f s; offering %d-byte delta",
+            task.round, result.steps, len(train), result.loss, time.monotonic() - started, ref.size,
+        )
+        self._publish_status("idle")
+        self._retry_offers()
+
+    def _publish_status(self, state: str) -> None:
+        status = Status(
+            agent=self.cfg.id, state=state, backend=self.backend.name, num_samples=self._num_samples,
+            version=_version(), ts=time.time(),
+        )
+        self.link.publish(self.topics.agent_status(self.cfg.id), status.encode(), retain=True)

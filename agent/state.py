@@ -1,0 +1,124 @@
+"""The agent's own SQLite state: round journal and outbox (crash-safe, WAL).
+
+A delta is written to the outbox (one transaction) before it is offered, and deleted only when
+the orchestrator acknowledges it, so ``kill -9`` at any point loses nothing: on restart the
+outbox is offered again and the orchestrator drops what it already counted.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedge.protocol.errors import FedgeError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS journal (
+    run_id TEXT NOT NULL, round INTEGER NOT NULL, status TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT '', updated REAL NOT NULL,
+    PRIMARY KEY (run_id, round)
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    sha256 TEXT PRIMARY KEY, run_id TEXT NOT NULL, round INTEGER NOT NULL,
+    offer BLOB NOT NULL, blob BLOB NOT NULL, created REAL NOT NULL
+);
+"""
+
+
+class StateError(FedgeError):
+    """The agent's state database cannot be opened or written (disk full, permissions)."""
+
+
+@dataclass
+class OutboxItem:
+    sha256: str
+    run_id: str
+    round: int
+    offer: bytes  # the encoded UpdateOffer
+    blob: bytes
+
+
+class AgentState:
+    """Journal of rounds (training, offered, acked, aborted) and the outbox of unacked deltas."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise StateError(f"agent state {path} cannot be opened: {exc}") from None
+
+    def _write(self, sql: str, args: tuple) -> None:
+        try:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute(sql, args)
+        except sqlite3.OperationalError as exc:
+            raise StateError(f"agent state write failed ({exc}); free disk space and restart") from None
+
+    def journal_status(self, run_id: str, round_no: int) -> str:
+        row = self._db.execute(
+            "SELECT status FROM journal WHERE run_id=? AND round=?", (run_id, round_no)
+        ).fetchone()
+        return row[0] if row else ""
+
+    def set_journal(self, run_id: str, round_no: int, status: str, detail: str = "") -> None:
+        self._write(
+            "INSERT INTO journal(run_id, round, status, detail, updated) VALUES (?,?,?,?,?) "
+            "ON CONFLICT(run_id, round) DO UPDATE SET status=excluded.status, "
+            "detail=excluded.detail, updated=excluded.updated",
+            (run_id, round_no, status, detail, time.time()),
+        )
+
+    def add_outbox(self, item: OutboxItem, journal_status: str = "offered") -> None:
+        """Store the delta and mark the round offered in one transaction."""
+        try:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute(
+                    "INSERT OR REPLACE INTO outbox(sha256, run_id, round, offer, blob, created) "
+                    "VALUES (?,?,?,?,?,?)",
+                    (item.sha256, item.run_id, item.round, item.offer, item.blob, time.time()),
+                )
+                self._db.execute(
+                    "INSERT OR REPLACE INTO journal(run_id, round, status, detail, updated) "
+                    "VALUES (?,?,?,?,?)",
+                    (item.run_id, item.round, journal_status, item.sha256, time.time()),
+                )
+        except sqlite3.OperationalError as exc:
+            raise StateError(f"could not save the update ({exc}); free disk space and restart") from None
+
+    def outbox(self) -> list[OutboxItem]:
+        rows = self._db.execute(
+            "SELECT sha256, run_id, round, offer, blob FROM outbox ORDER BY created"
+        ).fetchall()
+        return [OutboxItem(*r) for r in rows]
+
+    def outbox_blob(self, sha256: str) -> bytes | None:
+        row = self._db.execute("SELECT blob FROM outbox WHERE sha256=?", (sha256,)).fetchone()
+        return row[0] if row else None
+
+    def remove_outbox(self, sha256: str, journal_status: str, detail: str = "") -> None:
+        """Drop an acknowledged (or expired) delta and record why, atomically."""
+        try:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                row = self._db.execute(
+                    "SELECT run_id, round FROM outbox WHERE sha256=?", (sha256,)
+                ).fetchone()
+                self._db.execute("DELETE FROM outbox WHERE sha256=?", (sha256,))
+                if row:
+                    self._db.execute(
+                        "UPDATE journal SET status=?, detail=?, updated=? WHERE run_id=? AND round=?",
+                        (journal_status, detail, time.time(), row[0], row[1]),
+                    )
+        except sqlite3.OperationalError as exc:
+            raise StateError(f"agent state write failed ({exc})") from None
+
+    def close(self) -> None:
+        self._db.close()

@@ -1,0 +1,153 @@
+"""ONNX Runtime training artifacts: training, eval and optimizer graphs plus the checkpoint.
+
+Wraps ``onnxruntime.training.artifacts.generate_artifacts`` with fedge's loss and optimizer
+names, our hyperparameters, and the fixes that make the output byte-stable and PyTorch-exact.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+from fedge.protocol.ort_runtime import import_onnxruntime
+
+from .errors import ExportError
+from .onnx_graph import patch_adamw_torch_mode, rewrite_deterministically
+
+log = logging.getLogger(__name__)
+
+ARTIFACT_FILES = ("training_model.onnx", "eval_model.onnx", "optimizer_model.onnx", "checkpoint")
+# loss name -> (onnxblock loss class name, label input name the loss block creates)
+LOSSES = {
+    "cross_entropy": ("CrossEntropyLoss", "labels"),
+    "mse": ("MSELoss", "target"),
+    "bce_with_logits": ("BCEWithLogitsLoss", "target"),
+    "l1": ("L1Loss", "target"),
+}
+OPTIMIZERS = ("sgd", "adamw")
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """Optimizer settings as the manifest records them (PyTorch's meaning of each field)."""
+
+    type: str
+    lr: float
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+
+    def to_manifest(self) -> dict[str, Any]:
+        """The manifest's ``optimizer`` object."""
+        if self.type == "sgd":
+            return {"type": "sgd", "lr": self.lr, "momentum": 0.0, "weight_decay": 0.0}
+        return {
+            "type": "adamw",
+            "lr": self.lr,
+            "betas": list(self.betas),
+            "eps": self.eps,
+            "weight_decay": self.weight_decay,
+            "bias_correction": True,
+        }
+
+
+def validate_optimizer(spec: OptimizerSpec) -> None:
+    """Raise ExportError for an unknown optimizer or hyperparameters out of range."""
+    if spec.type not in OPTIMIZERS:
+        raise ExportError(f"unknown optimizer {spec.type!r}; choose one of {list(OPTIMIZERS)}")
+    if not spec.lr > 0:
+        raise ExportError(f"learning rate must be positive, got {spec.lr}")
+    if spec.type == "adamw":
+        b1, b2 = spec.betas
+        if not (0 <= b1 < 1 and 0 <= b2 < 1) or spec.eps <= 0 or spec.weight_decay < 0:
+            raise ExportError(
+                f"AdamW needs 0 <= betas < 1, eps > 0, weight_decay >= 0; got betas={spec.betas}, "
+                f"eps={spec.eps}, weight_decay={spec.weight_decay}"
+            )
+
+
+def generate(
+    model: onnx.ModelProto,
+    *,
+    trainable: list[str],
+    frozen: list[str],
+    loss: str,
+    optimizer: OptimizerSpec,
+    out_dir: Path,
+) -> list[dict[str, str]]:
+    """Write the four training artifacts into ``out_dir``; return the patches applied."""
+    ort = import_onnxruntime(block_torch=False)
+    from onnxruntime.training import artifacts, onnxblock
+    from onnxruntime.training.onnxblock import _graph_utils, _training_graph_utils
+
+    if loss not in LOSSES:
+        raise ExportError(f"unknown loss {loss!r}; choose one of {list(LOSSES)}")
+    loss_block = getattr(onnxblock.loss, LOSSES[loss][0])()
+    if optimizer.type == "adamw":
+        optim_block = onnxblock.optim.AdamW(
+            bias_correction=True,
+            betas=tuple(optimizer.betas),
+            eps=optimizer.eps,
+            weight_decay=optimizer.weight_decay,
+        )
+    else:
+        optim_block = onnxblock.optim.SGD()
+    # onnxblock names generated nodes from a process-wide counter, so a second export in the
+    # same process would get different names (and bytes). Restart it for every export.
+    _graph_utils._GRAPH_TOKEN = 0
+    # generate_artifacts logs every saved file at INFO on the root logger; keep that quiet.
+    previous_disable = logging.root.manager.disable
+    logging.disable(logging.INFO)
+    # Its graph optimizer runs with default SessionOptions, whose C++ logger prints every
+    # graph transformer at INFO regardless of set_default_logger_severity: hand it quiet ones.
+    original_options = _training_graph_utils.SessionOptions
+    _training_graph_utils.SessionOptions = lambda: _quiet_session_options(ort)
+    try:
+        artifacts.generate_artifacts(
+            model,
+            requires_grad=list(trainable),
+            frozen_params=list(frozen),
+            loss=loss_block,
+            optimizer=optim_block,
+            artifact_directory=out_dir,
+        )
+    except Exception as exc:  # ORT raises RuntimeError/Fail/etc. with the useful text
+        raise ExportError(f"ONNX Runtime could not build the training graphs: {exc}") from exc
+    finally:
+        logging.disable(previous_disable)
+        _training_graph_utils.SessionOptions = original_options
+    for name in ARTIFACT_FILES:
+        if not (out_dir / name).is_file():
+            raise ExportError(f"ONNX Runtime did not write {name}")
+    for name in ("training_model.onnx", "eval_model.onnx", "optimizer_model.onnx"):
+        rewrite_deterministically(out_dir / name)
+    patches: list[dict[str, str]] = []
+    if optimizer.type == "adamw":
+        count = patch_adamw_torch_mode(out_dir / "optimizer_model.onnx")
+        if count:
+            patches.append(
+                {
+                    "what": f"optimizer_model.onnx: AdamWOptimizer adam_mode 1 -> 0 ({count} node)",
+                    "why": "onnxblock's AdamW uses the Hugging Face variant (adam_mode=1), which "
+                    "differs from torch.optim.AdamW by ~2e-4 per step; mode 0 is PyTorch's",
+                }
+            )
+    return patches
+
+
+def _quiet_session_options(ort: Any) -> Any:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return options
+
+
+def graph_io(path: Path) -> tuple[list[str], list[str]]:
+    """Names of a saved model's non-initializer inputs and its outputs."""
+    proto = onnx.load(str(path), load_external_data=False)
+    inits = {i.name for i in proto.graph.initializer}
+    return [i.name for i in proto.graph.input if i.name not in inits], [
+        o.name for o in proto.graph.output
+    ]

@@ -1,0 +1,287 @@
+"""``export_bundle``: a PyTorch model in, a verified (optionally signed) training bundle out.
+
+Steps: preflight checks -> training-mode ONNX -> ORT training artifacts (+ AdamW patch) ->
+eval-mode ``inference.onnx`` -> ``parameters.safetensors`` -> parity checks -> manifest ->
+signature -> optional ``.fedge`` archive. Everything written is deterministic: the same model
+with the same weights and options gives the same files and the same content hash.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from fedge.protocol import signing
+from fedge.protocol.bundle import ARCHIVE_SUFFIX, pack_bundle, write_manifest
+from fedge.protocol.manifest import FORMAT_VERSION
+from fedge.protocol.tensors import encode_tensors
+from torch import nn
+
+from . import artifacts, onnx_graph, preflight
+from . import verify as parity
+from .errors import ExportError
+
+log = logging.getLogger(__name__)
+
+INPUT_NAME = "input"
+VERIFY_BATCH = 8
+VERIFY_SEED = 1234
+CLASSIFICATION_LOSSES = ("cross_entropy", "bce_with_logits")
+
+
+def export_bundle(
+    model: nn.Module,
+    *,
+    input_shape: Sequence[int],
+    out_dir: str | os.PathLike,
+    model_name: str = "model",
+    input_dtype: str = "float32",
+    label_dtype: str | None = None,
+    label_shape: Sequence[int] | None = None,
+    loss: str = "cross_entropy",
+    optimizer: str = "adamw",
+    lr: float = 1e-3,
+    weight_decay: float = 0.01,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    frozen: Sequence[str] = (),
+    trainable: Sequence[str] | None = None,
+    num_classes: int | None = None,
+    opset: int = 17,
+    sign_key: str | os.PathLike | None = None,
+    verify: bool = True,
+) -> Path:
+    """Export ``model`` to a training bundle at ``out_dir`` and return its path.
+
+    ``out_dir`` ending in ``.fedge`` produces a single archive file; otherwise a directory
+    (which must not exist or be empty). ``input_shape`` excludes the batch axis. Label dtype
+    and shape default to what the loss needs (int64 class ids for cross entropy, the output's
+    dtype and shape otherwise). ``frozen``/``trainable`` are globs over parameter names.
+    """
+    out = Path(out_dir)
+    archive = out.suffix == ARCHIVE_SUFFIX
+    if loss not in artifacts.LOSSES:
+        raise ExportError(f"unknown loss {loss!r}; choose one of {list(artifacts.LOSSES)}")
+    opt = artifacts.OptimizerSpec(optimizer, float(lr), float(weight_decay), tuple(betas), eps)
+    artifacts.validate_optimizer(opt)
+    if not 7 <= opset <= 21:
+        raise ExportError(f"opset {opset} is out of range; ONNX Runtime 1.19 supports 7..21")
+    _check_destination(out)
+
+    preflight.check_supported_layers(model)
+    train_names, frozen_names = preflight.select_parameters(
+        model, frozen=frozen, trainable=trainable
+    )
+    gen = torch.Generator().manual_seed(VERIFY_SEED)
+    example = preflight.sample_inputs(input_shape, input_dtype, batch=VERIFY_BATCH, generator=gen)
+    output = preflight.trial_forward(model, example)
+    task = "classification" if loss in CLASSIFICATION_LOSSES else "regression"
+    label_spec = _label_spec(loss, output, label_dtype, label_shape)
+    classes = _num_classes(loss, output, num_classes)
+    output_name = "logits" if task == "classification" else "prediction"
+
+    work = Path(tempfile.mkdtemp(prefix="fedge-export-")) if archive else out
+    created = not work.exists()
+    work.mkdir(parents=True, exist_ok=True)
+    succeeded = False
+    try:
+        train_proto = onnx_graph.export_onnx(
+            model,
+            example,
+            training=True,
+            opset=opset,
+            input_name=INPUT_NAME,
+            output_name=output_name,
+        )
+        onnx_graph.require_initializers(train_proto, train_names + frozen_names, "training graph")
+        patches = artifacts.generate(
+            train_proto,
+            trainable=train_names,
+            frozen=frozen_names,
+            loss=loss,
+            optimizer=opt,
+            out_dir=work,
+        )
+        infer_proto = onnx_graph.export_onnx(
+            model,
+            example,
+            training=False,
+            opset=opset,
+            input_name=INPUT_NAME,
+            output_name=output_name,
+        )
+        onnx_graph.require_initializers(infer_proto, train_names + frozen_names, "inference graph")
+        onnx_graph.save_model(infer_proto, work / "inference.onnx")
+        params = {n: p.detach().cpu().numpy().copy() for n, p in model.named_parameters()}
+        (work / "parameters.safetensors").write_bytes(encode_tensors(params))
+        _check_label_input(work, label_spec)
+
+        parity.check_checkpoint(work, params, train_names)
+        numbers = _verification(
+            model, work, example, loss, opt, train_names, label_spec["shape"][1:], classes, verify
+        )
+        training_proto = onnx.load(str(work / "training_model.onnx"), load_external_data=False)
+        manifest: dict[str, Any] = {
+            "format_version": FORMAT_VERSION,
+            "model_name": model_name,
+            "inputs": [_tensor_spec(INPUT_NAME, input_dtype, [None, *input_shape])],
+            "outputs": [_tensor_spec(output_name, _dtype(output), [None, *output.shape[1:]])],
+            "label": label_spec,
+            "loss": {"type": loss, "reduction": "mean"},
+            "optimizer": opt.to_manifest(),
+            "task": task,
+            "parameters": [
+                {
+                    "name": n,
+                    "shape": list(a.shape),
+                    "dtype": a.dtype.name,
+                    "trainable": n in train_names,
+                }
+                for n, a in params.items()
+            ],
+            "opset": onnx_graph.opset_of(training_proto),
+            "ir_version": int(training_proto.ir_version),
+            "versions": _versions(),
+            "backends": ["ort-training"],
+            "verification": numbers,
+            "patches": patches,
+        }
+        if classes is not None:
+            manifest["num_classes"] = classes
+        written = write_manifest(work, manifest)
+        if sign_key is not None:
+            signing.sign_bundle(work, signing.load_private_key(sign_key))
+        log.info("exported %s (%s) to %s", model_name, written["content_hash"][:12], out)
+        if archive:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(pack_bundle(work))
+        succeeded = True
+    finally:
+        if archive or (created and not succeeded):  # leave no half-written bundle behind
+            shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def _check_destination(out: Path) -> None:
+    if out.suffix == ARCHIVE_SUFFIX:
+        if out.exists():
+            raise ExportError(f"{out} already exists; remove it or choose another --out")
+    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ExportError(f"{out} exists and is not an empty directory; choose another --out")
+
+
+def _dtype(tensor: torch.Tensor) -> str:
+    return str(tensor.dtype).removeprefix("torch.")
+
+
+def _tensor_spec(name: str, dtype: str, shape: Sequence[int | None]) -> dict[str, Any]:
+    return {"name": name, "dtype": dtype, "shape": [None if d is None else int(d) for d in shape]}
+
+
+def _label_spec(
+    loss: str, output: torch.Tensor, dtype: str | None, shape: Sequence[int] | None
+) -> dict[str, Any]:
+    """What the training graph's label input must be, checked against the caller's wishes."""
+    if loss == "cross_entropy":
+        want_dtype, want_shape = "int64", list(output.shape[1:-1])
+    else:
+        want_dtype, want_shape = _dtype(output), list(output.shape[1:])
+    if dtype is not None and dtype != want_dtype:
+        raise ExportError(f"loss {loss} needs {want_dtype} labels, not {dtype}")
+    if (
+        shape is not None
+        and list(shape) != want_shape
+        and not (loss != "cross_entropy" and not shape and want_shape == [1])
+    ):
+        raise ExportError(
+            f"loss {loss} with model output {tuple(output.shape[1:])} needs labels of shape "
+            f"{tuple(want_shape)} per sample, not {tuple(shape)}"
+        )
+    name = artifacts.LOSSES[loss][1]
+    return _tensor_spec(name, want_dtype, [None, *want_shape])
+
+
+def _num_classes(loss: str, output: torch.Tensor, given: int | None) -> int | None:
+    if loss == "cross_entropy":
+        found = int(output.shape[-1]) if output.dim() >= 2 else 0
+        if found < 2:
+            raise ExportError(
+                f"cross_entropy needs (batch, classes) logits; got {tuple(output.shape)}"
+            )
+        if given is not None and given != found:
+            raise ExportError(f"--num-classes {given} but the model outputs {found} logits")
+        return found
+    if loss == "bce_with_logits":
+        return given if given is not None else 2 if output.shape[-1] == 1 else int(output.shape[-1])
+    return given
+
+
+def _check_label_input(work: Path, label_spec: dict[str, Any]) -> None:
+    inputs = artifacts.graph_io(work / "training_model.onnx")[0][:2]
+    if inputs != [INPUT_NAME, label_spec["name"]]:
+        raise ExportError(
+            f"training graph inputs are {inputs}, expected {[INPUT_NAME, label_spec['name']]}"
+        )
+
+
+def _verification(
+    model: nn.Module,
+    work: Path,
+    example: torch.Tensor,
+    loss: str,
+    opt: artifacts.OptimizerSpec,
+    train_names: list[str],
+    label_shape: Sequence[int],
+    classes: int | None,
+    enabled: bool,
+) -> dict[str, Any]:
+    if not enabled:
+        return {"skipped": True}
+    numbers: dict[str, Any] = {
+        "batch_size": VERIFY_BATCH,
+        "seed": VERIFY_SEED,
+        "forward_tolerance": parity.FORWARD_TOLERANCE,
+        "step_tolerance": parity.STEP_TOLERANCE,
+        "forward_max_abs_diff": parity.forward_parity(model, work / "inference.onnx", example),
+    }
+    if preflight.has_active_dropout(model):
+        numbers["step_max_abs_diff"] = None
+        numbers["step_skipped"] = "dropout makes a training step random"
+    else:
+        gen = torch.Generator().manual_seed(VERIFY_SEED + 1)
+        labels = parity.sample_labels(
+            loss, label_shape, batch=VERIFY_BATCH, num_classes=classes, generator=gen
+        )
+        numbers.update(
+            parity.step_parity(
+                model,
+                work,
+                inputs=example,
+                labels=labels,
+                loss=loss,
+                optimizer=opt,
+                trainable=train_names,
+            )
+        )
+    parity.check_tolerances(numbers)
+    return numbers
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"numpy": np.__version__, "onnx": onnx.__version__, "torch": torch.__version__}
+    for dist, key in (("onnxruntime-training-cpu", "onnxruntime"), ("fedge", "fedge")):
+        try:
+            out[key] = version(dist)
+        except PackageNotFoundError:
+            out[key] = "unknown"
+    return out

@@ -1,0 +1,133 @@
+"""Checks before any ONNX work: supported layers, parameter selection, and a trial forward pass.
+
+Failing here is cheap and the messages name the module path or the parameter names involved.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .errors import ExportError
+
+log = logging.getLogger(__name__)
+
+_TORCH_DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "float16": torch.float16,
+    "int64": torch.int64,
+    "int32": torch.int32,
+}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype for a manifest dtype name; unknown names raise ExportError."""
+    try:
+        return _TORCH_DTYPES[name]
+    except KeyError:
+        raise ExportError(
+            f"unsupported dtype {name!r}; choose one of {sorted(_TORCH_DTYPES)}"
+        ) from None
+
+
+def check_supported_layers(model: nn.Module) -> None:
+    """Refuse layers the ORT training backend cannot handle yet, naming the module path."""
+    for path, module in model.named_modules():
+        where = path or "<root>"
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            raise ExportError(
+                f"module '{where}' ({type(module).__name__}): BatchNorm support is not "
+                "implemented yet; remove it or replace it with nn.LayerNorm/nn.GroupNorm"
+            )
+        if type(module) is nn.RNN:
+            raise ExportError(
+                f"module '{where}' (RNN): nn.RNN has no gradient builder in ONNX Runtime; "
+                "use nn.GRU or nn.LSTM"
+            )
+
+
+def select_parameters(
+    model: nn.Module,
+    *,
+    frozen: Sequence[str] = (),
+    trainable: Sequence[str] | None = None,
+) -> tuple[list[str], list[str]]:
+    """Split ``model.named_parameters()`` into (trainable, frozen) names using glob patterns.
+
+    Without ``trainable`` globs every parameter trains except those matching ``frozen``;
+    with them only matching parameters train (and ``frozen`` still wins). Parameters whose
+    ``requires_grad`` is already False stay frozen. Every glob must match at least one name.
+    """
+    names = [name for name, _ in model.named_parameters()]
+    if not names:
+        raise ExportError("the model has no parameters to train")
+    for pattern in [*frozen, *(trainable or ())]:
+        if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+            raise ExportError(
+                f"glob {pattern!r} matches no parameter; parameters are: {', '.join(names)}"
+            )
+    already_frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+
+    def matches(name: str, patterns: Sequence[str]) -> bool:
+        return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+    train_names: list[str] = []
+    frozen_names: list[str] = []
+    for name in names:
+        wanted = trainable is None or matches(name, trainable)
+        if wanted and not matches(name, frozen) and name not in already_frozen:
+            train_names.append(name)
+        else:
+            frozen_names.append(name)
+    if not train_names:
+        raise ExportError(
+            f"no parameter is left trainable (frozen: {list(frozen)}, trainable: {trainable}); "
+            f"parameters are: {', '.join(names)}"
+        )
+    log.debug("trainable %s, frozen %s", train_names, frozen_names)
+    return train_names, frozen_names
+
+
+def sample_inputs(
+    input_shape: Sequence[int], dtype: str, *, batch: int, generator: torch.Generator
+) -> torch.Tensor:
+    """A reproducible batch for trial runs and parity checks (normal floats, small integers)."""
+    shape = (batch, *input_shape)
+    kind = torch_dtype(dtype)
+    if kind.is_floating_point:
+        return torch.randn(shape, generator=generator, dtype=torch.float32).to(kind)
+    return torch.randint(0, 2, shape, generator=generator, dtype=kind)
+
+
+def trial_forward(model: nn.Module, example: torch.Tensor) -> torch.Tensor:
+    """Run the model once in eval mode; failing to run on ``example`` raises ExportError."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            output = model(example)
+    except Exception as exc:  # any failure inside user code is reported, not re-raised raw
+        raise ExportError(
+            f"the model does not run on an input of shape {tuple(example.shape)} "
+            f"(batch {example.shape[0]} + --input-shape {tuple(example.shape[1:])}, "
+            f"dtype {str(example.dtype).removeprefix('torch.')}): {exc}"
+        ) from exc
+    finally:
+        model.train(was_training)
+    if not isinstance(output, torch.Tensor):
+        raise ExportError(f"the model must return one tensor; it returned {type(output).__name__}")
+    if output.dim() < 1 or output.shape[0] != example.shape[0]:
+        raise ExportError(
+            f"the model's output shape {tuple(output.shape)} has no batch dimension first"
+        )
+    return output
+
+
+def has_active_dropout(model: nn.Module) -> bool:
+    """True when a dropout layer with p > 0 makes training steps random."""
+    return any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.modules())

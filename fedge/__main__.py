@@ -1,0 +1,5 @@
+import sys
+
+from fedge.cli import main
+
+sys.exit(main())

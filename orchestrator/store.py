@@ -1,0 +1,255 @@
+"""The orchestrator's SQLite state (WAL): devices, runs, rounds, updates, model versions.
+
+Every state change is one transaction, so ``kill -9`` at any point leaves a consistent file: a
+restarted orchestrator finds the run, the committed versions, the open round and the updates it
+had already accepted (their deltas are kept until the round commits).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedge.protocol.errors import FedgeError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS devices (
+    agent_id TEXT PRIMARY KEY, state TEXT NOT NULL, backend TEXT NOT NULL DEFAULT '',
+    num_samples INTEGER NOT NULL DEFAULT 0, eligible INTEGER NOT NULL DEFAULT 1,
+    reason TEXT NOT NULL DEFAULT '', version TEXT NOT NULL DEFAULT '', last_seen REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY, bundle_hash TEXT NOT NULL, config TEXT NOT NULL,
+    state TEXT NOT NULL, started REAL NOT NULL, finished REAL
+);
+CREATE TABLE IF NOT EXISTS rounds (
+    run_id TEXT NOT NULL, round INTEGER NOT NULL, model_version INTEGER NOT NULL,
+    state TEXT NOT NULL, participants TEXT NOT NULL, opened REAL NOT NULL, deadline REAL NOT NULL,
+    closed REAL, reports INTEGER NOT NULL DEFAULT 0, rejected INTEGER NOT NULL DEFAULT 0,
+    duplicates INTEGER NOT NULL DEFAULT 0, late INTEGER NOT NULL DEFAULT 0,
+    aborted INTEGER NOT NULL DEFAULT 0, bytes_in INTEGER NOT NULL DEFAULT 0,
+    metrics TEXT NOT NULL DEFAULT '{}', note TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (run_id, round)
+);
+CREATE TABLE IF NOT EXISTS updates (
+    id INTEGER PRIMARY KEY, run_id TEXT NOT NULL, round INTEGER NOT NULL, agent_id TEXT NOT NULL,
+    sha256 TEXT NOT NULL, status TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '',
+    num_samples INTEGER NOT NULL DEFAULT 0, metrics TEXT NOT NULL DEFAULT '{}',
+    bytes INTEGER NOT NULL DEFAULT 0, received REAL NOT NULL, delta BLOB
+);
+CREATE UNIQUE INDEX IF NOT EXISTS one_accepted_update
+    ON updates(run_id, round, agent_id) WHERE status = 'accepted';
+CREATE TABLE IF NOT EXISTS model_versions (
+    run_id TEXT NOT NULL, version INTEGER NOT NULL, round INTEGER, sha256 TEXT NOT NULL,
+    params BLOB NOT NULL, metrics TEXT NOT NULL DEFAULT '{}', created REAL NOT NULL,
+    PRIMARY KEY (run_id, version)
+);
+"""
+
+
+class StoreError(FedgeError):
+    """The orchestrator database cannot be opened or written."""
+
+
+@dataclass
+class RoundRecord:
+    run_id: str
+    round: int
+    model_version: int
+    state: str
+    participants: list[str]
+    opened: float
+    deadline: float
+    reports: int
+    rejected: int
+    duplicates: int
+    late: int
+    aborted: int
+    bytes_in: int
+    metrics: dict[str, Any]
+    closed: float | None = None
+    note: str = ""
+
+
+class Store:
+    def __init__(self, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"orchestrator database {path} cannot be opened: {exc}") from None
+
+    def tx(self, statements: list[tuple[str, tuple]]) -> None:
+        """Run statements in one IMMEDIATE transaction."""
+        try:
+            with self.db:
+                self.db.execute("BEGIN IMMEDIATE")
+                for sql, args in statements:
+                    self.db.execute(sql, args)
+        except sqlite3.OperationalError as exc:
+            raise StoreError(f"database write failed ({exc}); free disk space and restart") from None
+
+    # ---- devices ----
+    def upsert_device(self, agent_id: str, state: str, backend: str, num_samples: int, eligible: bool, reason: str, version: str) -> None:
+        self.tx([(
+            "INSERT INTO devices(agent_id, state, backend, num_samples, eligible, reason, version, last_seen) "
+            "VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(agent_id) DO UPDATE SET state=excluded.state, "
+            "backend=excluded.backend, num_samples=excluded.num_samples, eligible=excluded.eligible, "
+            "reason=excluded.reason, version=excluded.version, last_seen=excluded.last_seen",
+            (agent_id, state, backend, num_samples, int(eligible), reason, version, time.time()),
+        )])
+
+    def devices(self) -> list[dict[str, Any]]:
+        cur = self.db.execute("SELECT * FROM devices ORDER BY agent_id")
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, row)) for row in cur.fetchall()]
+
+    # ---- runs ----
+    def active_run(self) -> dict[str, Any] | None:
+        row = self.db.execute(
+            "SELECT run_id, bundle_hash, config, state FROM runs WHERE state='running' ORDER BY started DESC LIMIT 1"
+        ).fetchone()
+        if not row:
+            return None
+        return {"run_id": row[0], "bundle_hash": row[1], "config": json.loads(row[2]), "state": row[3]}
+
+    def latest_run_id(self) -> str | None:
+        row = self.db.execute("SELECT run_id FROM runs ORDER BY started DESC LIMIT 1").fetchone()
+        return row[0] if row else None
+
+    def create_run(self, run_id: str, bundle_hash: str, config: dict[str, Any], params: bytes, sha: str) -> None:
+        now = time.time()
+        self.tx([
+            ("INSERT INTO runs(run_id, bundle_hash, config, state, started) VALUES (?,?,?,?,?)",
+             (run_id, bundle_hash, json.dumps(config), "running", now)),
+            ("INSERT INTO model_versions(run_id, version, round, sha256, params, created) VALUES (?,?,?,?,?,?)",
+             (run_id, 0, None, sha, params, now)),
+        ])
+
+    def finish_run(self, run_id: str) -> None:
+        self.tx([("UPDATE runs SET state='finished', finished=? WHERE run_id=?", (time.time(), run_id))])
+
+    # ---- model versions ----
+    def latest_version(self, run_id: str) -> tuple[int, bytes, str]:
+        row = self.db.execute(
+            "SELECT version, params, sha256 FROM model_versions WHERE run_id=? ORDER BY version DESC LIMIT 1",
+            (run_id,),
+        ).fetchone()
+        if row is None:
+            raise StoreError(f"run {run_id} has no model version")
+        return row[0], row[1], row[2]
+
+    def version_params(self, run_id: str, version: int) -> bytes:
+        row = self.db.execute(
+            "SELECT params FROM model_versions WHERE run_id=? AND version=?", (run_id, version)
+        ).fetchone()
+        if row is None:
+            raise StoreError(f"run {run_id} has no model version {version}")
+        return row[0]
+
+    # ---- rounds ----
+    def open_round(self, rec: RoundRecord) -> None:
+        self.tx([(
+            "INSERT INTO rounds(run_id, round, model_version, state, participants, opened, deadline) VALUES (?,?,?,?,?,?,?)",
+            (rec.run_id, rec.round, rec.model_version, "open", json.dumps(rec.participants), rec.opened, rec.deadline),
+        )])
+
+    def _round_from_row(self, row: tuple) -> RoundRecord:
+        (run_id, rnd, version, state, participants, opened, deadline, closed, reports, rejected,
+         duplicates, late, aborted, bytes_in, metrics, note) = row
+        return RoundRecord(run_id, rnd, version, state, json.loads(participants), opened, deadline,
+                           reports, rejected, duplicates, late, aborted, bytes_in, json.loads(metrics), closed, note)
+
+    _ROUND_COLS = ("run_id, round, model_version, state, participants, opened, deadline, closed, reports, "
+                   "rejected, duplicates, late, aborted, bytes_in, metrics, note")
+
+    def rounds(self, run_id: str) -> list[RoundRecord]:
+        rows = self.db.execute(
+            f"SELECT {self._ROUND_COLS} FROM rounds WHERE run_id=? ORDER BY round", (run_id,)
+        ).fetchall()
+        return [self._round_from_row(r) for r in rows]
+
+    def get_round(self, run_id: str, round_no: int) -> RoundRecord | None:
+        row = self.db.execute(
+            f"SELECT {self._ROUND_COLS} FROM rounds WHERE run_id=? AND round=?", (run_id, round_no)
+        ).fetchone()
+        return self._round_from_row(row) if row else None
+
+    def count(self, run_id: str, round_no: int, column: str, by: int = 1) -> None:
+        if column not in ("rejected", "duplicates", "late", "aborted", "bytes_in"):
+            raise ValueError(column)
+        self.tx([(f"UPDATE rounds SET {column}={column}+? WHERE run_id=? AND round=?", (by, run_id, round_no))])
+
+    def accept_update(self, run_id: str, round_no: int, agent_id: str, sha: str, num_samples: int,
+                      metrics: dict[str, float], delta: bytes) -> None:
+        self.tx([
+            ("INSERT INTO updates(run_id, round, agent_id, sha256, status, num_samples, metrics, bytes, received, delta) "
+             "VALUES (?,?,?,?,?,?,?,?,?,?)",
+             (run_id, round_no, agent_id, sha, "accepted", num_samples, json.dumps(metrics), len(delta), time.time(), delta)),
+            ("UPDATE rounds SET reports=reports+1, bytes_in=bytes_in+? WHERE run_id=? AND round=?",
+             (len(delta), run_id, round_no)),
+        ])
+
+    def reject_update(self, run_id: str, round_no: int, agent_id: str, sha: str, reason: str, nbytes: int,
+                      counter: str = "rejected") -> None:
+        stmts: list[tuple[str, tuple]] = [(
+            "INSERT INTO updates(run_id, round, agent_id, sha256, status, reason, bytes, received) VALUES (?,?,?,?,?,?,?,?)",
+            (run_id, round_no, agent_id, sha, counter, reason[:500], nbytes, time.time()),
+        )]
+        if self.get_round(run_id, round_no):
+            stmts.append((f"UPDATE rounds SET {counter}={counter}+1 WHERE run_id=? AND round=?", (run_id, round_no)))
+        self.tx(stmts)
+
+    def accepted_update(self, run_id: str, round_no: int, agent_id: str) -> str | None:
+        row = self.db.execute(
+            "SELECT sha256 FROM updates WHERE run_id=? AND round=? AND agent_id=? AND status='accepted'",
+            (run_id, round_no, agent_id),
+        ).fetchone()
+        return row[0] if row else None
+
+    def accepted_deltas(self, run_id: str, round_no: int):
+        """Yield (agent_id, num_samples, delta bytes) for a round's accepted updates."""
+        cur = self.db.execute(
+            "SELECT agent_id, num_samples, delta FROM updates WHERE run_id=? AND round=? AND status='accepted' ORDER BY id",
+            (run_id, round_no),
+        )
+        yield from cur
+
+    def update_metrics(self, run_id: str, round_no: int) -> list[tuple[int, dict[str, float]]]:
+        rows = self.db.execute(
+            "SELECT num_samples, metrics FROM updates WHERE run_id=? AND round=? AND status='accepted'",
+            (run_id, round_no),
+        ).fetchall()
+        return [(n, json.loads(m)) for n, m in rows]
+
+    def commit_round(self, run_id: str, round_no: int, version: int, params: bytes, sha: str,
+                     metrics: dict[str, Any]) -> None:
+        """Store the new model version, close the round and drop its deltas: one transaction."""
+        now = time.time()
+        self.tx([
+            ("INSERT INTO model_versions(run_id, version, round, sha256, params, metrics, created) VALUES (?,?,?,?,?,?,?)",
+             (run_id, version, round_no, sha, params, json.dumps(metrics), now)),
+            ("UPDATE rounds SET state='committed', closed=?, metrics=? WHERE run_id=? AND round=?",
+             (now, json.dumps(metrics), run_id, round_no)),
+            ("UPDATE updates SET delta=NULL WHERE run_id=? AND round=?", (run_id, round_no)),
+        ])
+
+    def close_round(self, run_id: str, round_no: int, state: str, note: str) -> None:
+        self.tx([("UPDATE rounds SET state=?, closed=?, note=? WHERE run_id=? AND round=?",
+                  (state, time.time(), note, run_id, round_no))])
+
+    def set_round_metrics(self, run_id: str, round_no: int, metrics: dict[str, Any]) -> None:
+        self.tx([("UPDATE rounds SET metrics=? WHERE run_id=? AND round=?", (json.dumps(metrics), run_id, round_no))])
+
+    def set_version_metrics(self, run_id: str, version: int, metrics: dict[str, Any]) -> None:
+        self.tx([("UPDATE model_versions SET metrics=? WHERE run_id=? AND version=?", (json.dumps(metrics), run_id, version))])
+
+    def close(self) -> None:
+        self.db.close()

@@ -1,0 +1,38 @@
+"""Checks every update must pass before it counts."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fedge.protocol.errors import CodecError, FedgeError
+from fedge.protocol.tensors import check_finite, decode_tensors
+
+from .strategies.aggregate import l2_norm
+
+
+class UpdateRejected(FedgeError):
+    """An update failed validation; the message says why."""
+
+
+def validate_delta(blob: bytes, reference: dict[str, np.ndarray], *, max_norm: float = 0.0) -> dict[str, np.ndarray]:
+    """Decode a delta and check names, shapes, dtypes, finiteness and (optionally) its norm."""
+    try:
+        delta = decode_tensors(blob)
+        check_finite(delta)
+    except CodecError as exc:
+        raise UpdateRejected(str(exc)) from None
+    missing = sorted(set(reference) - set(delta))
+    extra = sorted(set(delta) - set(reference))
+    if missing or extra:
+        raise UpdateRejected(f"parameter names differ: missing {missing[:5]}, unknown {extra[:5]}")
+    for name, ref in reference.items():
+        got = delta[name]
+        if got.shape != ref.shape:
+            raise UpdateRejected(f"'{name}' has shape {list(got.shape)}, expected {list(ref.shape)}")
+        if got.dtype != ref.dtype:
+            raise UpdateRejected(f"'{name}' has dtype {got.dtype}, expected {ref.dtype}")
+    if max_norm > 0:
+        norm = l2_norm(delta)
+        if norm > max_norm:
+            raise UpdateRejected(f"update norm {norm:.4g} exceeds the bound {max_norm:.4g}")
+    return delta

@@ -1,0 +1,31 @@
+"""Forward passes on a bundle's inference model with given parameters (plain onnxruntime)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from fedge.protocol.bundle import Bundle
+from fedge.protocol.ort_runtime import import_onnxruntime, single_thread_session_options
+
+
+class InferenceRunner:
+    """``inference.onnx`` with its initializers replaced by ``params`` (by name)."""
+
+    def __init__(self, bundle: Bundle, params: dict[str, np.ndarray], *, threads: int = 1) -> None:
+        ort = import_onnxruntime()
+        so = single_thread_session_options(ort, threads)
+        # add_initializer keeps a reference, not a copy: hold the OrtValues as long as the session.
+        self._values: list[Any] = []
+        for name, value in params.items():
+            ov = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value))
+            self._values.append(ov)
+            so.add_initializer(name, ov)
+        self._session = ort.InferenceSession(
+            str(bundle.file("inference.onnx")), sess_options=so, providers=["CPUExecutionProvider"]
+        )
+        self._input = self._session.get_inputs()[0].name
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return self._session.run(None, {self._input: np.ascontiguousarray(x, dtype=np.float32)})[0]

@@ -1,0 +1,170 @@
+"""A small MQTT link over paho-mqtt 2.x shared by agents and the orchestrator.
+
+The network thread only appends to a queue (callbacks never block it); the owner's main loop
+drains ``messages``. Subscriptions are re-made on every (re)connect, reconnects back off
+exponentially with jitter, and sessions persist across disconnects (MQTT 5 needs an explicit
+session expiry for that: paho's default of 0 keeps nothing).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlparse
+
+from .errors import ConfigError, MessageError
+
+log = logging.getLogger(__name__)
+
+MAX_PAYLOAD_BYTES = 1024 * 1024  # our own limit; paho does not enforce the broker's
+
+
+@dataclass
+class MqttSettings:
+    """Where and how to connect. ``url`` is mqtt://host:port or mqtts://host:port."""
+
+    url: str = "mqtt://127.0.0.1:1883"
+    username: str = ""
+    password: str = ""
+    protocol: str = "5"  # "5" or "3.1.1" (the embedded demo broker speaks only 3.1.1)
+    ca_file: str = ""
+    keepalive: int = 30
+    session_expiry: int = 3600  # seconds the broker keeps our subscriptions and queued QoS 1
+    max_payload: int = MAX_PAYLOAD_BYTES
+
+    def host_port(self) -> tuple[str, int, bool]:
+        parsed = urlparse(self.url)
+        if parsed.scheme not in ("mqtt", "mqtts") or not parsed.hostname:
+            raise ConfigError(
+                f"broker url {self.url!r} is not mqtt://host:port or mqtts://host:port"
+            )
+        tls = parsed.scheme == "mqtts"
+        return parsed.hostname, parsed.port or (8883 if tls else 1883), tls
+
+
+class MqttLink:
+    """One MQTT connection with a queue of received (topic, payload) pairs."""
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        client_id: str,
+        *,
+        will: tuple[str, bytes] | None = None,
+        persistent: bool = True,
+    ) -> None:
+        import paho.mqtt.client as mqtt
+
+        self._mqtt = mqtt
+        self.settings = settings
+        self.client_id = client_id
+        self.messages: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        self._subscriptions: dict[str, int] = {}
+        self._connected = threading.Event()
+        self._persistent = persistent
+        self.host, self.port, tls = settings.host_port()
+        if settings.protocol not in ("5", "3.1.1"):
+            raise ConfigError(f"mqtt protocol must be '5' or '3.1.1', not {settings.protocol!r}")
+        self._v5 = settings.protocol == "5"
+        kwargs: dict[str, Any] = {
+            "callback_api_version": mqtt.CallbackAPIVersion.VERSION2,
+            "client_id": client_id,
+            "protocol": mqtt.MQTTv5 if self._v5 else mqtt.MQTTv311,
+        }
+        if not self._v5:
+            kwargs["clean_session"] = not persistent
+        client = mqtt.Client(**kwargs)
+        if settings.username:
+            client.username_pw_set(settings.username, settings.password or None)
+        if tls:
+            client.tls_set(
+                ca_certs=settings.ca_file or None,
+                cert_reqs=ssl.CERT_REQUIRED,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+        if will:
+            client.will_set(will[0], will[1], qos=1, retain=True)
+        # Exponential backoff; the random floor spreads a fleet's reconnects (jitter).
+        client.reconnect_delay_set(min_delay=1 + int(random.random() * 2), max_delay=30)
+        client.max_inflight_messages_set(20)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        self._client = client
+
+    # --- paho callbacks (network thread: never block) ---
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if reason.is_failure:
+            log.warning("broker %s:%d refused the connection: %s", self.host, self.port, reason)
+            return
+        log.info("connected to %s:%d as %s", self.host, self.port, self.client_id)
+        for topic, qos in self._subscriptions.items():
+            client.subscribe(topic, qos)
+        self._connected.set()
+
+    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        self._connected.clear()
+        log.info("disconnected from %s:%d (%s); will reconnect", self.host, self.port, reason)
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        self.messages.put((msg.topic, msg.payload))
+
+    # --- owner API ---
+    def start(self) -> None:
+        """Begin connecting in the background (retries until stop())."""
+        kwargs: dict[str, Any] = {"keepalive": self.settings.keepalive}
+        if self._v5:
+            from paho.mqtt.packettypes import PacketTypes
+            from paho.mqtt.properties import Properties
+
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = self.settings.session_expiry if self._persistent else 0
+            kwargs["clean_start"] = not self._persistent
+            kwargs["properties"] = props
+        self._client.connect_async(self.host, self.port, **kwargs)
+        self._client.loop_start()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def subscribe(self, topic: str, qos: int = 1) -> None:
+        self._subscriptions[topic] = qos
+        if self._connected.is_set():
+            self._client.subscribe(topic, qos)
+
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
+        """Queue a message (sent now, or after the reconnect); refuse oversize payloads."""
+        if len(payload) > self.settings.max_payload:
+            raise MessageError(
+                f"payload for {topic} is {len(payload)} bytes; limit {self.settings.max_payload}"
+            )
+        self._client.publish(topic, payload, qos=qos, retain=retain)
+
+    def get(self, timeout: float) -> tuple[str, bytes] | None:
+        """Next received message, or None after ``timeout`` seconds."""
+        try:
+            return self.messages.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def stop(self, final: tuple[str, bytes] | None = None, timeout: float = 3.0) -> None:
+        """Publish ``final`` (retained, e.g. an offline status), flush, disconnect."""
+        try:
+            if final and self._connected.is_set():
+                info = self._client.publish(final[0], final[1], qos=1, retain=True)
+                deadline = time.monotonic() + timeout
+                while not info.is_published() and time.monotonic() < deadline:
+                    time.sleep(0.02)
+            self._client.disconnect()
+        finally:
+            self._client.loop_stop()

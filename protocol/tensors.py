@@ -1,0 +1,86 @@
+"""Tensor codec: named numpy arrays <-> safetensors bytes, plus content hashes.
+
+Safetensors carries only dtype, shape and raw bytes, so decoding untrusted data cannot run code
+(no pickle anywhere on the wire).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load as _st_load
+from safetensors.numpy import save as _st_save
+
+from .errors import CodecError
+
+# Parameters and deltas are float tensors; labels/ids may be integers. Anything else is refused.
+ALLOWED_DTYPES = frozenset(
+    {"float16", "float32", "float64", "int8", "uint8", "int32", "int64", "bool"}
+)
+
+Tensors = dict[str, np.ndarray]
+SCALARS_KEY = "fedge.scalars"
+
+
+def sha256_hex(data: bytes) -> str:
+    """Hex sha256 of ``data``: the identity of every blob on the wire."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def encode_tensors(tensors: Tensors, metadata: dict[str, str] | None = None) -> bytes:
+    """Serialize named arrays to safetensors bytes (deterministic: keys sorted by the format)."""
+    prepared: Tensors = {}
+    scalars = sorted(name for name, array in tensors.items() if np.ndim(array) == 0)
+    meta = dict(metadata or {})
+    if scalars:  # safetensors stores 0-d arrays as shape [1]: remember which were scalars
+        meta[SCALARS_KEY] = json.dumps(scalars)
+    for name, array in tensors.items():
+        arr = np.ascontiguousarray(array)
+        if arr.dtype.name not in ALLOWED_DTYPES:
+            raise CodecError(f"tensor '{name}' has dtype {arr.dtype.name}; allowed: {sorted(ALLOWED_DTYPES)}")
+        prepared[name] = arr
+    try:
+        return _st_save(prepared, metadata=meta or None)
+    except (SafetensorError, ValueError, TypeError) as exc:
+        raise CodecError(f"could not encode tensors: {exc}") from exc
+
+
+def decode_tensors(data: bytes) -> Tensors:
+    """Parse safetensors bytes into writable arrays; malformed input raises CodecError."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise CodecError(f"expected bytes, got {type(data).__name__}")
+    try:
+        loaded = _st_load(bytes(data))
+    except (SafetensorError, ValueError, TypeError, OverflowError) as exc:
+        raise CodecError(f"not a valid safetensors payload ({len(data)} bytes): {exc}") from exc
+    scalars = _scalar_names(bytes(data))
+    out: Tensors = {}
+    for name, arr in loaded.items():
+        if arr.dtype.name not in ALLOWED_DTYPES:
+            raise CodecError(f"tensor '{name}' has dtype {arr.dtype.name}; allowed: {sorted(ALLOWED_DTYPES)}")
+        out[name] = np.array(arr, copy=True)
+        if name in scalars and out[name].size == 1:
+            out[name] = out[name].reshape(())
+    return out
+
+
+def _scalar_names(data: bytes) -> set[str]:
+    """Names recorded as 0-d in the header metadata (read without parsing tensors again)."""
+    try:
+        (n,) = np.frombuffer(data[:8], dtype="<u8")
+        header = json.loads(data[8 : 8 + int(n)])
+        names = json.loads(header.get("__metadata__", {}).get(SCALARS_KEY, "[]"))
+    except (ValueError, TypeError, AttributeError):
+        return set()
+    return {x for x in names if isinstance(x, str)} if isinstance(names, list) else set()
+
+
+def check_finite(tensors: Tensors) -> None:
+    """Raise CodecError naming the first tensor that holds NaN or infinity."""
+    for name, arr in tensors.items():
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            bad = int((~np.isfinite(arr)).sum())
+            raise CodecError(f"tensor '{name}' holds {bad} non-finite values (NaN or inf)")

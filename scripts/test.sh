@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Run the test suite: make sure Mosquitto is installed, prepare .venv with the dev extras,
+# then run pytest with ARGS (default: the whole suite, -q).
+# Usage: scripts/test.sh [pytest args...]     e.g. scripts/test.sh tests/unit -x
+# Exit code: pytest's; "no tests collected" (pytest's 5) is a failure too.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+say() { echo "test.sh: $*"; }
+die() { echo "test.sh: ERROR: $*" >&2; exit 1; }
+
+have_mosquitto() {
+    { command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; } &&
+        command -v mosquitto_passwd >/dev/null 2>&1
+}
+
+if have_mosquitto; then
+    say "mosquitto found: $(command -v mosquitto || echo /usr/sbin/mosquitto)"
+else
+    say "mosquitto (or mosquitto_passwd) missing: installing mosquitto and mosquitto-clients with apt-get"
+    command -v apt-get >/dev/null 2>&1 ||
+        die "apt-get not available: install mosquitto yourself (e.g. brew install mosquitto), then rerun"
+    SUDO=""
+    if [ "$(id -u)" -ne 0 ]; then
+        command -v sudo >/dev/null 2>&1 || die "not root and no sudo: run 'apt-get install mosquitto mosquitto-clients' as root"
+        SUDO="sudo"
+    fi
+    $SUDO apt-get update || die "apt-get update failed"
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+        mosquitto mosquitto-clients || die "apt-get install mosquitto mosquitto-clients failed"
+    have_mosquitto || die "mosquitto is still not found after apt-get install"
+    say "installed: $( (command -v mosquitto || echo /usr/sbin/mosquitto) )"
+fi
+
+bash "$ROOT/scripts/setup-venv.sh" dev
+
+cd "$ROOT"
+if [ "$#" -eq 0 ]; then
+    set -- -q
+fi
+say "running: .venv/bin/python -m pytest $*"
+set +e
+"$ROOT/.venv/bin/python" -m pytest "$@"
+rc=$?
+set -e
+if [ "$rc" -eq 5 ]; then
+    echo "test.sh: ERROR: pytest collected no tests (exit code 5): treating that as a failure" >&2
+elif [ "$rc" -ne 0 ]; then
+    echo "test.sh: pytest failed with exit code $rc" >&2
+fi
+exit "$rc"

@@ -1,0 +1,92 @@
+"""``fedge export`` / ``inspect`` / ``keys`` as commands (parsed in-process)."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from fedge.exporter import cli
+from fedge.protocol.errors import FedgeError
+
+pytestmark = pytest.mark.integration
+
+
+def run(*argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="fedge")
+    cli.register(parser.add_subparsers())
+    args = parser.parse_args(list(argv))
+    return args.func(args)
+
+
+def test_keys_export_inspect(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("keys", "generate", "--out", str(tmp_path / "keys")) == 0
+    model_file = tmp_path / "my_model.py"
+    model_file.write_text(
+        "import torch\n"
+        "def build():\n"
+        "    torch.manual_seed(0)\n"
+        "    return torch.nn.Sequential(torch.nn.Linear(6, 3))\n"
+    )
+    out = tmp_path / "b"
+    assert (
+        run(
+            "export",
+            f"{model_file}:build",
+            "--input-shape",
+            "6",
+            "--optimizer",
+            "sgd",
+            "--out",
+            str(out),
+            "--archive",
+            "--sign-key",
+            str(tmp_path / "keys/signing.key"),
+            "--frozen",
+            "0.bias",
+        )
+        == 0
+    )
+    text = capsys.readouterr().out
+    assert "content hash:" in text and "signature:     unverified" in text
+    assert (
+        run("inspect", str(out) + ".fedge", "--public-key", str(tmp_path / "keys/signing.pub")) == 0
+    )
+    text = capsys.readouterr().out
+    assert "signature:     verified:" in text
+    assert "0.bias" in text and "no" in text.split("0.bias")[1].splitlines()[0]
+
+
+def test_inspect_rejects_other_key(tmp_path: Path) -> None:
+    run("keys", "generate", "--out", str(tmp_path), "--name", "a")
+    run("keys", "generate", "--out", str(tmp_path), "--name", "b")
+    run(
+        "export",
+        "fedge.demo.models:digits_mlp",
+        "--input-shape",
+        "64",
+        "--out",
+        str(tmp_path / "d"),
+        "--sign-key",
+        str(tmp_path / "a.key"),
+        "--no-verify",
+    )
+    with pytest.raises(FedgeError, match="does not verify"):
+        run("inspect", str(tmp_path / "d"), "--public-key", str(tmp_path / "b.pub"))
+
+
+def test_bad_model_spec(tmp_path: Path) -> None:
+    with pytest.raises(FedgeError, match="has no attribute 'nope'"):
+        run("export", "fedge.demo.models:nope", "--input-shape", "64", "--out", str(tmp_path))
+
+
+def test_help_has_examples_and_cli_module_does_not_import_torch() -> None:
+    parser = argparse.ArgumentParser(prog="fedge")
+    sub = parser.add_subparsers()
+    cli.register(sub)
+    for name in ("export", "inspect", "keys"):
+        assert "Example:" in sub.choices[name].format_help()
+    code = "import sys, fedge.exporter.cli; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

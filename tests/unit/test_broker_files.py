@@ -1,0 +1,105 @@
+"""orchestrator.broker_files: rendered Mosquitto config, ACL and password file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fedge.orchestrator.broker_files import (
+    TlsSettings,
+    render_acl,
+    render_config,
+    write_broker_files,
+)
+from fedge.protocol.errors import ConfigError
+
+
+def test_acl_has_device_patterns_and_orchestrator_prefix() -> None:
+    acl = render_acl(federation="farm", orchestrator_user="orch")
+    lines = [line for line in acl.splitlines() if line and not line.startswith("#")]
+    p = "fedge/v1/farm"
+    assert lines == [
+        f"pattern write {p}/agent/%u/status",
+        f"pattern read {p}/agent/%u/status",
+        f"pattern write {p}/agent/%u/up/#",
+        f"pattern read {p}/agent/%u/cmd",
+        f"pattern read {p}/agent/%u/down",
+        f"pattern read {p}/round/#",
+        f"pattern read {p}/orchestrator/#",
+        "user orch",
+        f"topic readwrite {p}/#",
+    ]
+
+
+@pytest.mark.parametrize("bad", ["", "a/b", "a+b", "x#", "two words"])
+def test_acl_rejects_names_that_would_widen_topics(bad: str) -> None:
+    with pytest.raises(ConfigError, match="invalid federation"):
+        render_acl(federation=bad)
+
+
+def test_config_has_the_hardening_options(tmp_path: Path) -> None:
+    conf = render_config(
+        port=18830,
+        passwd_path=tmp_path / "passwd",
+        acl_path=tmp_path / "acl",
+        persistence_dir=tmp_path / "data",
+        tls=TlsSettings(cafile="ca.pem", certfile="srv.pem", keyfile="srv.key", port=18831),
+    )
+    lines = conf.splitlines()
+    for expected in [
+        "per_listener_settings false",
+        "allow_anonymous false",
+        f"password_file {tmp_path / 'passwd'}",
+        f"acl_file {tmp_path / 'acl'}",
+        "persistence true",
+        f"persistence_location {tmp_path / 'data'}/",
+        "autosave_interval 10",
+        "max_packet_size 2097152",
+        "log_dest stderr",
+        "listener 18830 127.0.0.1",
+        "listener 18831 127.0.0.1",
+        "require_certificate false",
+    ]:
+        assert expected in lines, expected
+    assert f"cafile {Path('ca.pem').resolve()}" in lines
+    # use_username_as_clientid is a listener option: it must follow each listener line.
+    first_listener = lines.index("listener 18830 127.0.0.1")
+    positions = [i for i, line in enumerate(lines) if line == "use_username_as_clientid true"]
+    assert len(positions) == 2 and min(positions) > first_listener
+
+
+def test_config_rejects_same_tls_port(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="TLS port"):
+        render_config(
+            port=1883,
+            passwd_path=tmp_path / "p",
+            acl_path=tmp_path / "a",
+            persistence_dir=tmp_path,
+            tls=TlsSettings(cafile="c", certfile="c", keyfile="k", port=1883),
+        )
+
+
+def test_write_broker_files_hashes_passwords(tmp_path: Path) -> None:
+    files = write_broker_files(
+        tmp_path / "broker", port=18830, users={"fedge-orchestrator": "s3cret", "dev-0": "pw0"}
+    )
+    assert files.conf_path.read_text().startswith("# fedge broker configuration")
+    assert "user fedge-orchestrator" in files.acl_path.read_text()
+    passwd = files.passwd_path.read_text()
+    assert passwd.startswith("fedge-orchestrator:$") and "\ndev-0:$" in passwd
+    assert "s3cret" not in passwd and "pw0" not in passwd
+    assert files.persistence_dir.is_dir()
+    assert files.passwd_path.stat().st_mode & 0o077 == 0
+
+
+def test_missing_mosquitto_passwd_is_a_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    with pytest.raises(ConfigError, match=r"mosquitto_passwd not found: install mosquitto"):
+        write_broker_files(tmp_path / "broker", port=18830, users={"dev-0": "pw"})
+
+
+def test_bad_password_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="dev-0"):
+        write_broker_files(tmp_path, port=18830, users={"dev-0": ""})

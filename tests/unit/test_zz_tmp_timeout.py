@@ -1,0 +1,2 @@
+def test_t(request):
+    assert request.node.get_closest_marker("timeout").args == (300,)
