@@ -35,7 +35,11 @@ class BundleCache:
         try:
             bundle = self._load(path)
         except BundleError as exc:
-            log.warning("cached bundle %s failed verification (%s); fetching it again", content_hash[:12], exc)
+            log.warning(
+                "cached bundle %s failed verification (%s); fetching it again",
+                content_hash[:12],
+                exc,
+            )
             shutil.rmtree(path, ignore_errors=True)
             return None
         self._loaded[content_hash] = bundle

@@ -24,14 +24,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", help="agent TOML file")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
-    p.add_argument("--max-rounds", type=int, default=None, help="exit after this many trained rounds")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting"
+    )
+    p.add_argument(
+        "--max-rounds", type=int, default=None, help="exit after this many trained rounds"
+    )
     p.set_defaults(func=run_agent)
 
 
 def load_config(args: argparse.Namespace):
-    from .config import AgentConfig
     from fedge.protocol.settings import load_settings
+
+    from .config import AgentConfig
 
     return load_settings(AgentConfig, args.config, overrides=args.set)
 
@@ -43,7 +48,11 @@ def run_agent(args: argparse.Namespace) -> int:
     agent = Agent(config)
     signal.signal(signal.SIGTERM, lambda *_: agent.stop())
     log.info(
-        "agent %s: backend %s, data %s, broker %s", config.id, agent.backend.name, config.data.path, config.mqtt.url
+        "agent %s: backend %s, data %s, broker %s",
+        config.id,
+        agent.backend.name,
+        config.data.path,
+        config.mqtt.url,
     )
     try:
         agent.run(max_rounds=args.max_rounds)

@@ -65,9 +65,13 @@ class Agent:
         keys = [Path(p).read_bytes() for p in config.trusted_keys]
         self.bundles = BundleCache(root / "bundles", keys)
         self.backend = backend or create_backend(config.backend, threads=config.threads)
-        offline = Status(agent=config.id, state="offline", backend=self.backend.name, version=_version())
+        offline = Status(
+            agent=config.id, state="offline", backend=self.backend.name, version=_version()
+        )
         self.link = MqttLink(
-            config.mqtt, client_id=config.id, will=(self.topics.agent_status(config.id), offline.encode())
+            config.mqtt,
+            client_id=config.id,
+            will=(self.topics.agent_status(config.id), offline.encode()),
         )
         self.task: RoundTask | None = None
         self._downloads: dict[str, PullTransfer] = {}
@@ -85,7 +89,11 @@ class Agent:
     def run(self, *, max_rounds: int | None = None) -> None:
         """Work until stop() (or ``max_rounds`` trained rounds, for tests and the demo)."""
         me = self.cfg.id
-        for topic in (self.topics.round_current, self.topics.agent_cmd(me), self.topics.agent_down(me)):
+        for topic in (
+            self.topics.round_current,
+            self.topics.agent_cmd(me),
+            self.topics.agent_down(me),
+        ):
             self.link.subscribe(topic)
         self.link.start()
         self._publish_status("online")
@@ -96,13 +104,25 @@ class Agent:
                     self._dispatch(*item)
                     continue  # drain the queue before doing slow work
                 self._tick()
-                if max_rounds is not None and self.rounds_done >= max_rounds and not self.state.outbox():
+                if (
+                    max_rounds is not None
+                    and self.rounds_done >= max_rounds
+                    and not self.state.outbox()
+                ):
                     break
-                if self.task is not None and self.task.state == "finished" and not self.state.outbox():
-                    log.info("run %s finished; agent stays connected for the next run", self.task.run_id)
+                if (
+                    self.task is not None
+                    and self.task.state == "finished"
+                    and not self.state.outbox()
+                ):
+                    log.info(
+                        "run %s finished; agent stays connected for the next run", self.task.run_id
+                    )
                     self.task = None
         finally:
-            offline = Status(agent=me, state="offline", backend=self.backend.name, version=_version())
+            offline = Status(
+                agent=me, state="offline", backend=self.backend.name, version=_version()
+            )
             self.link.stop(final=(self.topics.agent_status(me), offline.encode()))
             self.state.close()
 
@@ -122,9 +142,17 @@ class Agent:
                 task = parse_message(payload, RoundTask)
                 assert isinstance(task, RoundTask)
                 if self.task is None or (task.run_id, task.round, task.state) != (
-                    self.task.run_id, self.task.round, self.task.state
+                    self.task.run_id,
+                    self.task.round,
+                    self.task.state,
                 ):
-                    log.info("round %d of run %s is %s (%d participants)", task.round, task.run_id, task.state, len(task.participants))
+                    log.info(
+                        "round %d of run %s is %s (%d participants)",
+                        task.round,
+                        task.run_id,
+                        task.state,
+                        len(task.participants),
+                    )
                 self.task = task
             elif topic == self.topics.agent_cmd(self.cfg.id):
                 msg = parse_message(payload)
@@ -146,7 +174,10 @@ class Agent:
         ref = blob_ref(blob)
         for i in req.indices:
             if 0 <= i < ref.chunks:
-                self.link.publish(self.topics.agent_up_chunk(self.cfg.id), encode_frame(ref, i, chunk_bytes(blob, i)))
+                self.link.publish(
+                    self.topics.agent_up_chunk(self.cfg.id),
+                    encode_frame(ref, i, chunk_bytes(blob, i)),
+                )
 
     def _on_ack(self, ack: Ack) -> None:
         if ack.accepted:
@@ -234,7 +265,13 @@ class Agent:
     def _abort(self, task: RoundTask, reason: str) -> None:
         log.warning("round %d aborted: %s", task.round, reason)
         self.state.set_journal(task.run_id, task.round, "aborted", reason)
-        msg = RoundAbort(msg_id=new_msg_id(), agent=self.cfg.id, run_id=task.run_id, round=task.round, reason=reason[:1000])
+        msg = RoundAbort(
+            msg_id=new_msg_id(),
+            agent=self.cfg.id,
+            run_id=task.run_id,
+            round=task.round,
+            reason=reason[:1000],
+        )
         self.link.publish(self.topics.agent_up_msg(self.cfg.id), msg.encode())
         self._publish_status("idle")
 
@@ -250,23 +287,35 @@ class Agent:
         self._publish_status("training")
         train, val = split_train_validation(samples, self.cfg.validation_fraction, seed=0)
         if task.config.max_samples and len(train) > task.config.max_samples:
-            train.x, train.y = train.x[: task.config.max_samples], train.y[: task.config.max_samples]
+            train.x, train.y = (
+                train.x[: task.config.max_samples],
+                train.y[: task.config.max_samples],
+            )
         x_shape = [len(train)] + [int(d) for d in spec["shape"][1:]]
         global_params = decode_tensors(params_bytes)
         check_finite(global_params)
         backend = self.backend
         backend.load(bundle)
         backend.set_parameters(global_params)
-        seed = int.from_bytes(hashlib.sha256(f"{self.cfg.id}/{task.run_id}/{task.round}".encode()).digest()[:4], "big")
+        seed = int.from_bytes(
+            hashlib.sha256(f"{self.cfg.id}/{task.run_id}/{task.round}".encode()).digest()[:4], "big"
+        )
         result = backend.train(
-            train.x.reshape(x_shape), train.y, epochs=task.config.local_epochs,
-            batch_size=task.config.batch_size, seed=seed, should_stop=lambda: "" if not self._stop.is_set() else "agent stopping",
+            train.x.reshape(x_shape),
+            train.y,
+            epochs=task.config.local_epochs,
+            batch_size=task.config.batch_size,
+            seed=seed,
+            should_stop=lambda: "" if not self._stop.is_set() else "agent stopping",
         )
         if result.stopped:
             self._abort(task, f"training stopped: {result.stopped}")
             return
         local = backend.get_parameters()
-        delta = {name: (local[name] - global_params[name]).astype(global_params[name].dtype) for name in global_params}
+        delta = {
+            name: (local[name] - global_params[name]).astype(global_params[name].dtype)
+            for name in global_params
+        }
         try:
             check_finite(delta)
         except CodecError as exc:
@@ -282,21 +331,36 @@ class Agent:
         blob = encode_tensors(delta)
         ref = blob_ref(blob)
         offer = UpdateOffer(
-            msg_id=new_msg_id(), agent=self.cfg.id, run_id=task.run_id, round=task.round,
-            model_version=task.model_version, blob=ref, num_samples=len(train), metrics=metrics,
+            msg_id=new_msg_id(),
+            agent=self.cfg.id,
+            run_id=task.run_id,
+            round=task.round,
+            model_version=task.model_version,
+            blob=ref,
+            num_samples=len(train),
+            metrics=metrics,
         )
         self.state.add_outbox(OutboxItem(ref.sha256, task.run_id, task.round, offer.encode(), blob))
         self.rounds_done += 1
         log.info(
             "round %d: trained %d steps on %d samples, loss %.4f, %.1f s; offering %d-byte delta",
-            task.round, result.steps, len(train), result.loss, time.monotonic() - started, ref.size,
+            task.round,
+            result.steps,
+            len(train),
+            result.loss,
+            time.monotonic() - started,
+            ref.size,
         )
         self._publish_status("idle")
         self._retry_offers()
 
     def _publish_status(self, state: str) -> None:
         status = Status(
-            agent=self.cfg.id, state=state, backend=self.backend.name, num_samples=self._num_samples,
-            version=_version(), ts=time.time(),
+            agent=self.cfg.id,
+            state=state,
+            backend=self.backend.name,
+            num_samples=self._num_samples,
+            version=_version(),
+            ts=time.time(),
         )
         self.link.publish(self.topics.agent_status(self.cfg.id), status.encode(), retain=True)

@@ -59,7 +59,9 @@ class AgentState:
                 self._db.execute("BEGIN IMMEDIATE")
                 self._db.execute(sql, args)
         except sqlite3.OperationalError as exc:
-            raise StateError(f"agent state write failed ({exc}); free disk space and restart") from None
+            raise StateError(
+                f"agent state write failed ({exc}); free disk space and restart"
+            ) from None
 
     def journal_status(self, run_id: str, round_no: int) -> str:
         row = self._db.execute(
@@ -91,7 +93,9 @@ class AgentState:
                     (item.run_id, item.round, journal_status, item.sha256, time.time()),
                 )
         except sqlite3.OperationalError as exc:
-            raise StateError(f"could not save the update ({exc}); free disk space and restart") from None
+            raise StateError(
+                f"could not save the update ({exc}); free disk space and restart"
+            ) from None
 
     def outbox(self) -> list[OutboxItem]:
         rows = self._db.execute(

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import onnx
+
 from fedge.protocol.ort_runtime import import_onnxruntime
 
 from .errors import ExportError

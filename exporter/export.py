@@ -19,11 +19,12 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
+from torch import nn
+
 from fedge.protocol import signing
 from fedge.protocol.bundle import ARCHIVE_SUFFIX, pack_bundle, write_manifest
 from fedge.protocol.manifest import FORMAT_VERSION
 from fedge.protocol.tensors import encode_tensors
-from torch import nn
 
 from . import artifacts, onnx_graph, preflight
 from . import verify as parity

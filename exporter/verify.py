@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from fedge.protocol.ort_runtime import import_onnxruntime, single_thread_session_options
 from torch import nn
+
+from fedge.protocol.ort_runtime import import_onnxruntime, single_thread_session_options
 
 from .artifacts import OptimizerSpec
 from .errors import ExportError

@@ -33,7 +33,9 @@ def add_logging_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--log-json", action="store_true", help="one JSON object per log line")
 
 
-def configure_logging(*, verbose: bool = False, quiet: bool = False, json_format: bool = False) -> None:
+def configure_logging(
+    *, verbose: bool = False, quiet: bool = False, json_format: bool = False
+) -> None:
     """Configure the root logger once, for an entry point (library code never calls this)."""
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     handler = logging.StreamHandler(sys.stderr)

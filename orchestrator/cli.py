@@ -24,7 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", help="orchestrator TOML file")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting"
+    )
     p.set_defaults(func=run_orchestrator)
 
 
@@ -37,8 +39,13 @@ def run_orchestrator(args: argparse.Namespace) -> int:
     config = load_settings(OrchestratorConfig, args.config, overrides=args.set)
     orch = Orchestrator(config)
     signal.signal(signal.SIGTERM, lambda *_: orch.stop())
-    log.info("orchestrator for federation %s: bundle %s, database %s, broker %s",
-             config.federation, orch.bundle.content_hash[:12], config.database, config.mqtt.url)
+    log.info(
+        "orchestrator for federation %s: bundle %s, database %s, broker %s",
+        config.federation,
+        orch.bundle.content_hash[:12],
+        config.database,
+        config.mqtt.url,
+    )
     try:
         orch.run()
     except KeyboardInterrupt:

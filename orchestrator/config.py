@@ -19,6 +19,7 @@ class RoundSettings:
     batch_size: int = 32
     seed: int = 0
     max_update_norm: float = 0.0  # 0 = no bound; else reject deltas with a larger L2 norm
+    keep_deltas: bool = False  # keep each accepted delta after its round commits (audits, tests)
 
 
 @dataclass
@@ -36,8 +37,6 @@ class OrchestratorConfig:
     strategy: str = "fedavg"
     trusted_keys: list[str] = field(default_factory=list)
     exit_when_done: bool = True
-    mqtt: MqttSettings = field(
-        default_factory=lambda: MqttSettings(username="fedge-orchestrator")
-    )
+    mqtt: MqttSettings = field(default_factory=lambda: MqttSettings(username="fedge-orchestrator"))
     rounds: RoundSettings = field(default_factory=RoundSettings)
     evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)

@@ -25,7 +25,10 @@ class CentralEvaluator:
     def evaluate(self, params: dict[str, np.ndarray]) -> dict[str, float]:
         runner = InferenceRunner(self.bundle, params)
         outputs = np.concatenate(
-            [runner.run(self.x[i : i + self.batch_size]) for i in range(0, len(self.y), self.batch_size)]
+            [
+                runner.run(self.x[i : i + self.batch_size])
+                for i in range(0, len(self.y), self.batch_size)
+            ]
         )
         if self.task == "classification":
             logits = outputs.astype(np.float64)
@@ -34,6 +37,10 @@ class CentralEvaluator:
             labels = self.y.astype(np.int64)
             loss = float(-log_probs[np.arange(len(labels)), labels].mean())
             accuracy = float((outputs.argmax(axis=1) == labels).mean())
-            return {"test_loss": loss, "test_accuracy": accuracy, "test_samples": float(len(labels))}
+            return {
+                "test_loss": loss,
+                "test_accuracy": accuracy,
+                "test_samples": float(len(labels)),
+            }
         err = outputs.reshape(len(self.y), -1) - self.y.reshape(len(self.y), -1)
         return {"test_mse": float(np.mean(err**2)), "test_samples": float(len(self.y))}

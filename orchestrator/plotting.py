@@ -23,10 +23,15 @@ def plot_rounds(rounds: list[RoundRecord], path: str | Path, *, title: str = "fe
         raise FedgeError("no committed rounds to plot yet")
     xs = [r.model_version + 1 for r in committed]
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
-    for key, label in (("test_accuracy", "test accuracy (held-out)"), ("val_accuracy", "device validation accuracy")):
+    for key, label in (
+        ("test_accuracy", "test accuracy (held-out)"),
+        ("val_accuracy", "device validation accuracy"),
+    ):
         ys = [r.metrics.get(key) for r in committed]
         if any(y is not None for y in ys):
-            ax_acc.plot(xs, [y if y is not None else float("nan") for y in ys], marker="o", label=label)
+            ax_acc.plot(
+                xs, [y if y is not None else float("nan") for y in ys], marker="o", label=label
+            )
     ax_acc.set_xlabel("model version (round)")
     ax_acc.set_ylabel("accuracy")
     ax_acc.set_ylim(0, 1.02)
@@ -35,7 +40,9 @@ def plot_rounds(rounds: list[RoundRecord], path: str | Path, *, title: str = "fe
     for key, label in (("train_loss", "mean local training loss"), ("test_loss", "test loss")):
         ys = [r.metrics.get(key) for r in committed]
         if any(y is not None for y in ys):
-            ax_loss.plot(xs, [y if y is not None else float("nan") for y in ys], marker="o", label=label)
+            ax_loss.plot(
+                xs, [y if y is not None else float("nan") for y in ys], marker="o", label=label
+            )
     ax_loss.set_xlabel("model version (round)")
     ax_loss.set_ylabel("loss")
     ax_loss.grid(alpha=0.3)

@@ -94,22 +94,46 @@ class Store:
                 for sql, args in statements:
                     self.db.execute(sql, args)
         except sqlite3.OperationalError as exc:
-            raise StoreError(f"database write failed ({exc}); free disk space and restart") from None
+            raise StoreError(
+                f"database write failed ({exc}); free disk space and restart"
+            ) from None
 
     # ---- devices ----
-    def upsert_device(self, agent_id: str, state: str, backend: str, num_samples: int, eligible: bool, reason: str, version: str) -> None:
-        self.tx([(
-            "INSERT INTO devices(agent_id, state, backend, num_samples, eligible, reason, version, last_seen) "
-            "VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(agent_id) DO UPDATE SET state=excluded.state, "
-            "backend=excluded.backend, num_samples=excluded.num_samples, eligible=excluded.eligible, "
-            "reason=excluded.reason, version=excluded.version, last_seen=excluded.last_seen",
-            (agent_id, state, backend, num_samples, int(eligible), reason, version, time.time()),
-        )])
+    def upsert_device(
+        self,
+        agent_id: str,
+        state: str,
+        backend: str,
+        num_samples: int,
+        eligible: bool,
+        reason: str,
+        version: str,
+    ) -> None:
+        self.tx(
+            [
+                (
+                    "INSERT INTO devices(agent_id, state, backend, num_samples, eligible, reason, version, last_seen) "
+                    "VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(agent_id) DO UPDATE SET state=excluded.state, "
+                    "backend=excluded.backend, num_samples=excluded.num_samples, eligible=excluded.eligible, "
+                    "reason=excluded.reason, version=excluded.version, last_seen=excluded.last_seen",
+                    (
+                        agent_id,
+                        state,
+                        backend,
+                        num_samples,
+                        int(eligible),
+                        reason,
+                        version,
+                        time.time(),
+                    ),
+                )
+            ]
+        )
 
     def devices(self) -> list[dict[str, Any]]:
         cur = self.db.execute("SELECT * FROM devices ORDER BY agent_id")
         cols = [d[0] for d in cur.description]
-        return [dict(zip(cols, row)) for row in cur.fetchall()]
+        return [dict(zip(cols, row, strict=False)) for row in cur.fetchall()]
 
     # ---- runs ----
     def active_run(self) -> dict[str, Any] | None:
@@ -118,23 +142,38 @@ class Store:
         ).fetchone()
         if not row:
             return None
-        return {"run_id": row[0], "bundle_hash": row[1], "config": json.loads(row[2]), "state": row[3]}
+        return {
+            "run_id": row[0],
+            "bundle_hash": row[1],
+            "config": json.loads(row[2]),
+            "state": row[3],
+        }
 
     def latest_run_id(self) -> str | None:
         row = self.db.execute("SELECT run_id FROM runs ORDER BY started DESC LIMIT 1").fetchone()
         return row[0] if row else None
 
-    def create_run(self, run_id: str, bundle_hash: str, config: dict[str, Any], params: bytes, sha: str) -> None:
+    def create_run(
+        self, run_id: str, bundle_hash: str, config: dict[str, Any], params: bytes, sha: str
+    ) -> None:
         now = time.time()
-        self.tx([
-            ("INSERT INTO runs(run_id, bundle_hash, config, state, started) VALUES (?,?,?,?,?)",
-             (run_id, bundle_hash, json.dumps(config), "running", now)),
-            ("INSERT INTO model_versions(run_id, version, round, sha256, params, created) VALUES (?,?,?,?,?,?)",
-             (run_id, 0, None, sha, params, now)),
-        ])
+        self.tx(
+            [
+                (
+                    "INSERT INTO runs(run_id, bundle_hash, config, state, started) VALUES (?,?,?,?,?)",
+                    (run_id, bundle_hash, json.dumps(config), "running", now),
+                ),
+                (
+                    "INSERT INTO model_versions(run_id, version, round, sha256, params, created) VALUES (?,?,?,?,?,?)",
+                    (run_id, 0, None, sha, params, now),
+                ),
+            ]
+        )
 
     def finish_run(self, run_id: str) -> None:
-        self.tx([("UPDATE runs SET state='finished', finished=? WHERE run_id=?", (time.time(), run_id))])
+        self.tx(
+            [("UPDATE runs SET state='finished', finished=? WHERE run_id=?", (time.time(), run_id))]
+        )
 
     # ---- model versions ----
     def latest_version(self, run_id: str) -> tuple[int, bytes, str]:
@@ -156,19 +195,65 @@ class Store:
 
     # ---- rounds ----
     def open_round(self, rec: RoundRecord) -> None:
-        self.tx([(
-            "INSERT INTO rounds(run_id, round, model_version, state, participants, opened, deadline) VALUES (?,?,?,?,?,?,?)",
-            (rec.run_id, rec.round, rec.model_version, "open", json.dumps(rec.participants), rec.opened, rec.deadline),
-        )])
+        self.tx(
+            [
+                (
+                    "INSERT INTO rounds(run_id, round, model_version, state, participants, opened, deadline) VALUES (?,?,?,?,?,?,?)",
+                    (
+                        rec.run_id,
+                        rec.round,
+                        rec.model_version,
+                        "open",
+                        json.dumps(rec.participants),
+                        rec.opened,
+                        rec.deadline,
+                    ),
+                )
+            ]
+        )
 
     def _round_from_row(self, row: tuple) -> RoundRecord:
-        (run_id, rnd, version, state, participants, opened, deadline, closed, reports, rejected,
-         duplicates, late, aborted, bytes_in, metrics, note) = row
-        return RoundRecord(run_id, rnd, version, state, json.loads(participants), opened, deadline,
-                           reports, rejected, duplicates, late, aborted, bytes_in, json.loads(metrics), closed, note)
+        (
+            run_id,
+            rnd,
+            version,
+            state,
+            participants,
+            opened,
+            deadline,
+            closed,
+            reports,
+            rejected,
+            duplicates,
+            late,
+            aborted,
+            bytes_in,
+            metrics,
+            note,
+        ) = row
+        return RoundRecord(
+            run_id,
+            rnd,
+            version,
+            state,
+            json.loads(participants),
+            opened,
+            deadline,
+            reports,
+            rejected,
+            duplicates,
+            late,
+            aborted,
+            bytes_in,
+            json.loads(metrics),
+            closed,
+            note,
+        )
 
-    _ROUND_COLS = ("run_id, round, model_version, state, participants, opened, deadline, closed, reports, "
-                   "rejected, duplicates, late, aborted, bytes_in, metrics, note")
+    _ROUND_COLS = (
+        "run_id, round, model_version, state, participants, opened, deadline, closed, reports, "
+        "rejected, duplicates, late, aborted, bytes_in, metrics, note"
+    )
 
     def rounds(self, run_id: str) -> list[RoundRecord]:
         rows = self.db.execute(
@@ -185,26 +270,73 @@ class Store:
     def count(self, run_id: str, round_no: int, column: str, by: int = 1) -> None:
         if column not in ("rejected", "duplicates", "late", "aborted", "bytes_in"):
             raise ValueError(column)
-        self.tx([(f"UPDATE rounds SET {column}={column}+? WHERE run_id=? AND round=?", (by, run_id, round_no))])
+        self.tx(
+            [
+                (
+                    f"UPDATE rounds SET {column}={column}+? WHERE run_id=? AND round=?",
+                    (by, run_id, round_no),
+                )
+            ]
+        )
 
-    def accept_update(self, run_id: str, round_no: int, agent_id: str, sha: str, num_samples: int,
-                      metrics: dict[str, float], delta: bytes) -> None:
-        self.tx([
-            ("INSERT INTO updates(run_id, round, agent_id, sha256, status, num_samples, metrics, bytes, received, delta) "
-             "VALUES (?,?,?,?,?,?,?,?,?,?)",
-             (run_id, round_no, agent_id, sha, "accepted", num_samples, json.dumps(metrics), len(delta), time.time(), delta)),
-            ("UPDATE rounds SET reports=reports+1, bytes_in=bytes_in+? WHERE run_id=? AND round=?",
-             (len(delta), run_id, round_no)),
-        ])
+    def accept_update(
+        self,
+        run_id: str,
+        round_no: int,
+        agent_id: str,
+        sha: str,
+        num_samples: int,
+        metrics: dict[str, float],
+        delta: bytes,
+    ) -> None:
+        self.tx(
+            [
+                (
+                    "INSERT INTO updates(run_id, round, agent_id, sha256, status, num_samples, metrics, bytes, received, delta) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        run_id,
+                        round_no,
+                        agent_id,
+                        sha,
+                        "accepted",
+                        num_samples,
+                        json.dumps(metrics),
+                        len(delta),
+                        time.time(),
+                        delta,
+                    ),
+                ),
+                (
+                    "UPDATE rounds SET reports=reports+1, bytes_in=bytes_in+? WHERE run_id=? AND round=?",
+                    (len(delta), run_id, round_no),
+                ),
+            ]
+        )
 
-    def reject_update(self, run_id: str, round_no: int, agent_id: str, sha: str, reason: str, nbytes: int,
-                      counter: str = "rejected") -> None:
-        stmts: list[tuple[str, tuple]] = [(
-            "INSERT INTO updates(run_id, round, agent_id, sha256, status, reason, bytes, received) VALUES (?,?,?,?,?,?,?,?)",
-            (run_id, round_no, agent_id, sha, counter, reason[:500], nbytes, time.time()),
-        )]
+    def reject_update(
+        self,
+        run_id: str,
+        round_no: int,
+        agent_id: str,
+        sha: str,
+        reason: str,
+        nbytes: int,
+        counter: str = "rejected",
+    ) -> None:
+        stmts: list[tuple[str, tuple]] = [
+            (
+                "INSERT INTO updates(run_id, round, agent_id, sha256, status, reason, bytes, received) VALUES (?,?,?,?,?,?,?,?)",
+                (run_id, round_no, agent_id, sha, counter, reason[:500], nbytes, time.time()),
+            )
+        ]
         if self.get_round(run_id, round_no):
-            stmts.append((f"UPDATE rounds SET {counter}={counter}+1 WHERE run_id=? AND round=?", (run_id, round_no)))
+            stmts.append(
+                (
+                    f"UPDATE rounds SET {counter}={counter}+1 WHERE run_id=? AND round=?",
+                    (run_id, round_no),
+                )
+            )
         self.tx(stmts)
 
     def accepted_update(self, run_id: str, round_no: int, agent_id: str) -> str | None:
@@ -229,27 +361,71 @@ class Store:
         ).fetchall()
         return [(n, json.loads(m)) for n, m in rows]
 
-    def commit_round(self, run_id: str, round_no: int, version: int, params: bytes, sha: str,
-                     metrics: dict[str, Any]) -> None:
+    def commit_round(
+        self,
+        run_id: str,
+        round_no: int,
+        version: int,
+        params: bytes,
+        sha: str,
+        metrics: dict[str, Any],
+        *,
+        keep_deltas: bool = False,
+    ) -> None:
         """Store the new model version, close the round and drop its deltas: one transaction."""
         now = time.time()
-        self.tx([
-            ("INSERT INTO model_versions(run_id, version, round, sha256, params, metrics, created) VALUES (?,?,?,?,?,?,?)",
-             (run_id, version, round_no, sha, params, json.dumps(metrics), now)),
-            ("UPDATE rounds SET state='committed', closed=?, metrics=? WHERE run_id=? AND round=?",
-             (now, json.dumps(metrics), run_id, round_no)),
-            ("UPDATE updates SET delta=NULL WHERE run_id=? AND round=?", (run_id, round_no)),
-        ])
+        self.tx(
+            [
+                (
+                    "INSERT INTO model_versions(run_id, version, round, sha256, params, metrics, created) VALUES (?,?,?,?,?,?,?)",
+                    (run_id, version, round_no, sha, params, json.dumps(metrics), now),
+                ),
+                (
+                    "UPDATE rounds SET state='committed', closed=?, metrics=? WHERE run_id=? AND round=?",
+                    (now, json.dumps(metrics), run_id, round_no),
+                ),
+            ]
+            + (
+                []
+                if keep_deltas
+                else [
+                    (
+                        "UPDATE updates SET delta=NULL WHERE run_id=? AND round=?",
+                        (run_id, round_no),
+                    ),
+                ]
+            )
+        )
 
     def close_round(self, run_id: str, round_no: int, state: str, note: str) -> None:
-        self.tx([("UPDATE rounds SET state=?, closed=?, note=? WHERE run_id=? AND round=?",
-                  (state, time.time(), note, run_id, round_no))])
+        self.tx(
+            [
+                (
+                    "UPDATE rounds SET state=?, closed=?, note=? WHERE run_id=? AND round=?",
+                    (state, time.time(), note, run_id, round_no),
+                )
+            ]
+        )
 
     def set_round_metrics(self, run_id: str, round_no: int, metrics: dict[str, Any]) -> None:
-        self.tx([("UPDATE rounds SET metrics=? WHERE run_id=? AND round=?", (json.dumps(metrics), run_id, round_no))])
+        self.tx(
+            [
+                (
+                    "UPDATE rounds SET metrics=? WHERE run_id=? AND round=?",
+                    (json.dumps(metrics), run_id, round_no),
+                )
+            ]
+        )
 
     def set_version_metrics(self, run_id: str, version: int, metrics: dict[str, Any]) -> None:
-        self.tx([("UPDATE model_versions SET metrics=? WHERE run_id=? AND version=?", (json.dumps(metrics), run_id, version))])
+        self.tx(
+            [
+                (
+                    "UPDATE model_versions SET metrics=? WHERE run_id=? AND version=?",
+                    (json.dumps(metrics), run_id, version),
+                )
+            ]
+        )
 
     def close(self) -> None:
         self.db.close()

@@ -14,7 +14,9 @@ class UpdateRejected(FedgeError):
     """An update failed validation; the message says why."""
 
 
-def validate_delta(blob: bytes, reference: dict[str, np.ndarray], *, max_norm: float = 0.0) -> dict[str, np.ndarray]:
+def validate_delta(
+    blob: bytes, reference: dict[str, np.ndarray], *, max_norm: float = 0.0
+) -> dict[str, np.ndarray]:
     """Decode a delta and check names, shapes, dtypes, finiteness and (optionally) its norm."""
     try:
         delta = decode_tensors(blob)
@@ -28,7 +30,9 @@ def validate_delta(blob: bytes, reference: dict[str, np.ndarray], *, max_norm: f
     for name, ref in reference.items():
         got = delta[name]
         if got.shape != ref.shape:
-            raise UpdateRejected(f"'{name}' has shape {list(got.shape)}, expected {list(ref.shape)}")
+            raise UpdateRejected(
+                f"'{name}' has shape {list(got.shape)}, expected {list(ref.shape)}"
+            )
         if got.dtype != ref.dtype:
             raise UpdateRejected(f"'{name}' has dtype {got.dtype}, expected {ref.dtype}")
     if max_norm > 0:

@@ -55,7 +55,9 @@ class Message:
     def encode(self) -> bytes:
         data = json.dumps(self.to_dict(), separators=(",", ":"), sort_keys=True).encode()
         if len(data) > MAX_CONTROL_BYTES:
-            raise MessageError(f"{self.TYPE} message is {len(data)} bytes; limit {MAX_CONTROL_BYTES}")
+            raise MessageError(
+                f"{self.TYPE} message is {len(data)} bytes; limit {MAX_CONTROL_BYTES}"
+            )
         return data
 
     def validate(self) -> None:  # overridden where fields have extra rules
@@ -211,7 +213,8 @@ class RoundEvent(Message):
 
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
-    cls.TYPE: cls for cls in (Status, RoundTask, FetchRequest, UpdateOffer, Ack, RoundAbort, RoundEvent)
+    cls.TYPE: cls
+    for cls in (Status, RoundTask, FetchRequest, UpdateOffer, Ack, RoundAbort, RoundEvent)
 }
 
 
@@ -245,7 +248,9 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if hint is str:
         if isinstance(value, str) and len(value) <= 4096:
             return value
-        raise MessageError(f"{where}: expected a string (<= 4096 chars), got {type(value).__name__}")
+        raise MessageError(
+            f"{where}: expected a string (<= 4096 chars), got {type(value).__name__}"
+        )
     if origin is list:
         (item,) = typing.get_args(hint)
         if not isinstance(value, list) or len(value) > 100_000:
@@ -255,7 +260,9 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         key_t, val_t = typing.get_args(hint)
         if not isinstance(value, dict) or len(value) > 1000:
             raise MessageError(f"{where}: expected an object")
-        return {_coerce(k, key_t, where): _coerce(v, val_t, f"{where}.{k}") for k, v in value.items()}
+        return {
+            _coerce(k, key_t, where): _coerce(v, val_t, f"{where}.{k}") for k, v in value.items()
+        }
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, where)
     raise MessageError(f"{where}: unsupported field type {hint!r}")  # pragma: no cover

@@ -108,7 +108,9 @@ class MqttLink:
             client.subscribe(topic, qos)
         self._connected.set()
 
-    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+    def _on_disconnect(
+        self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any
+    ) -> None:
         self._connected.clear()
         log.info("disconnected from %s:%d (%s); will reconnect", self.host, self.port, reason)
 

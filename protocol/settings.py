@@ -40,11 +40,17 @@ def _convert(text: str, hint: Any, key: str) -> Any:
         if hint is float:
             return float(text)
         if origin is list:
-            value = json.loads(text) if text.strip().startswith("[") else [s for s in text.split(",") if s]
+            value = (
+                json.loads(text)
+                if text.strip().startswith("[")
+                else [s for s in text.split(",") if s]
+            )
             (item,) = typing.get_args(hint) or (str,)
             return [_convert(str(v), item, key) if not isinstance(v, item) else v for v in value]
     except ValueError:
-        raise ConfigError(f"setting '{key}': cannot read {text!r} as {getattr(hint, '__name__', hint)}") from None
+        raise ConfigError(
+            f"setting '{key}': cannot read {text!r} as {getattr(hint, '__name__', hint)}"
+        ) from None
     return text
 
 

@@ -66,7 +66,9 @@ def _columns(conn: sqlite3.Connection, src: DataSource) -> list[str]:
         except sqlite3.DatabaseError as exc:
             raise DataError(f"data query failed: {exc}; query was: {src.query}") from None
         return [d[0] for d in cur.description]
-    tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table','view')")]
+    tables = [
+        r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table','view')")
+    ]
     if src.table not in tables:
         raise DataError(
             f"table '{src.table}' not found in {src.path}; tables are: {', '.join(tables) or '(none)'}"
@@ -87,7 +89,9 @@ def resolve_feature_columns(columns: list[str], src: DataSource) -> list[str]:
         chosen.extend(c for c in matched if c not in chosen)
     # f2 before f10: sort globbed names naturally so the feature order is stable
     if any(ch in p for p in src.features for ch in "*?["):
-        chosen.sort(key=lambda c: (c.rstrip("0123456789"), int(c[len(c.rstrip("0123456789")) :] or -1)))
+        chosen.sort(
+            key=lambda c: (c.rstrip("0123456789"), int(c[len(c.rstrip("0123456789")) :] or -1))
+        )
     return chosen
 
 
@@ -127,11 +131,19 @@ def read_samples(src: DataSource, *, expected_features: int | None = None) -> Sa
         try:
             x = np.array([r[:-1] for r in rows], dtype=np.float32)
         except (TypeError, ValueError):
-            bad = next(i for i, r in enumerate(rows) if any(not isinstance(v, (int, float)) for v in r[:-1]))
-            raise DataError(f"row {bad + 1} has a non-numeric or NULL feature: {rows[bad][:-1][:8]}...") from None
+            bad = next(
+                i
+                for i, r in enumerate(rows)
+                if any(not isinstance(v, (int, float)) for v in r[:-1])
+            )
+            raise DataError(
+                f"row {bad + 1} has a non-numeric or NULL feature: {rows[bad][:-1][:8]}..."
+            ) from None
     if np.isnan(x).any():
         bad = int(np.argwhere(np.isnan(x).reshape(len(x), -1).any(axis=1))[0][0])
-        raise DataError(f"row {bad + 1} has a NULL/NaN feature; clean the data or filter it with `where`")
+        raise DataError(
+            f"row {bad + 1} has a NULL/NaN feature; clean the data or filter it with `where`"
+        )
     labels = [r[-1] for r in rows]
     if any(v is None for v in labels):
         bad = labels.index(None)

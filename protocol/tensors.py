@@ -40,7 +40,9 @@ def encode_tensors(tensors: Tensors, metadata: dict[str, str] | None = None) -> 
     for name, array in tensors.items():
         arr = np.ascontiguousarray(array)
         if arr.dtype.name not in ALLOWED_DTYPES:
-            raise CodecError(f"tensor '{name}' has dtype {arr.dtype.name}; allowed: {sorted(ALLOWED_DTYPES)}")
+            raise CodecError(
+                f"tensor '{name}' has dtype {arr.dtype.name}; allowed: {sorted(ALLOWED_DTYPES)}"
+            )
         prepared[name] = arr
     try:
         return _st_save(prepared, metadata=meta or None)
@@ -60,7 +62,9 @@ def decode_tensors(data: bytes) -> Tensors:
     out: Tensors = {}
     for name, arr in loaded.items():
         if arr.dtype.name not in ALLOWED_DTYPES:
-            raise CodecError(f"tensor '{name}' has dtype {arr.dtype.name}; allowed: {sorted(ALLOWED_DTYPES)}")
+            raise CodecError(
+                f"tensor '{name}' has dtype {arr.dtype.name}; allowed: {sorted(ALLOWED_DTYPES)}"
+            )
         out[name] = np.array(arr, copy=True)
         if name in scalars and out[name].size == 1:
             out[name] = out[name].reshape(())

@@ -91,7 +91,12 @@ class PullTransfer:
             return False
         expected_len = min(self._chunk_size, self.ref.size - chunk.index * self._chunk_size)
         if len(chunk.data) != expected_len:
-            log.warning("chunk %d has %d bytes, expected %d; dropped", chunk.index, len(chunk.data), expected_len)
+            log.warning(
+                "chunk %d has %d bytes, expected %d; dropped",
+                chunk.index,
+                len(chunk.data),
+                expected_len,
+            )
             return False
         self._in_flight.discard(chunk.index)
         if chunk.index not in self._parts:  # duplicates (QoS 1 redelivery) are harmless
@@ -124,7 +129,11 @@ class PullTransfer:
             return
         log.info(
             "transfer %s: %s for %.0f s; asking again (%d/%d chunks held)",
-            self.ref.sha256[:12], why, self._stall_seconds, len(self._parts), self.ref.chunks,
+            self.ref.sha256[:12],
+            why,
+            self._stall_seconds,
+            len(self._parts),
+            self.ref.chunks,
         )
         self._in_flight.clear()
         self._last_progress = self._clock()

@@ -68,7 +68,9 @@ class OrtTrainingBackend(TrainingBackend):
         for name, value in params.items():
             current = self._state.parameters[name].data
             if tuple(current.shape) != tuple(value.shape):
-                raise FedgeError(f"parameter '{name}' has shape {value.shape}, bundle says {current.shape}")
+                raise FedgeError(
+                    f"parameter '{name}' has shape {value.shape}, bundle says {current.shape}"
+                )
             self._state.parameters[name] = np.ascontiguousarray(value, dtype=current.dtype)
 
     def get_parameters(self) -> Params:
@@ -124,5 +126,7 @@ class OrtTrainingBackend(TrainingBackend):
         from fedge.protocol.inference import InferenceRunner
 
         if self._infer is None:
-            self._infer = InferenceRunner(self._bundle, self.get_parameters(), threads=self._threads)
+            self._infer = InferenceRunner(
+                self._bundle, self.get_parameters(), threads=self._threads
+            )
         return self._infer.run(xb)

@@ -24,30 +24,68 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--devices", type=int, default=d.devices, help="number of agent processes (default %(default)s)")
-    p.add_argument("--rounds", type=int, default=d.rounds, help="federated rounds (default %(default)s)")
+    p.add_argument(
+        "--devices",
+        type=int,
+        default=d.devices,
+        help="number of agent processes (default %(default)s)",
+    )
+    p.add_argument(
+        "--rounds", type=int, default=d.rounds, help="federated rounds (default %(default)s)"
+    )
     p.add_argument("--dataset", default=d.dataset, choices=["digits", "wine", "breast_cancer"])
-    p.add_argument("--alpha", type=float, default=d.alpha, help="Dirichlet non-IID concentration (default %(default)s)")
+    p.add_argument(
+        "--alpha",
+        type=float,
+        default=d.alpha,
+        help="Dirichlet non-IID concentration (default %(default)s)",
+    )
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--local-epochs", type=int, default=d.local_epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--out", default=d.out, help="working folder (default %(default)s)")
-    p.add_argument("--broker", default=None, help="mqtt://host:port of a running broker instead of the embedded one")
-    p.add_argument("--protocol", default=d.protocol, choices=["3.1.1", "5"], help="MQTT version (default %(default)s)")
-    p.add_argument("--min-accuracy", type=float, default=0.0, help="exit 1 if the final test accuracy is lower")
+    p.add_argument(
+        "--broker",
+        default=None,
+        help="mqtt://host:port of a running broker instead of the embedded one",
+    )
+    p.add_argument(
+        "--protocol",
+        default=d.protocol,
+        choices=["3.1.1", "5"],
+        help="MQTT version (default %(default)s)",
+    )
+    p.add_argument(
+        "--min-accuracy", type=float, default=0.0, help="exit 1 if the final test accuracy is lower"
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    import logging
+
     from .run import DemoOptions, run_demo
 
+    if not args.verbose:  # the demo prints its own progress; the processes' logs go to files
+        logging.getLogger().setLevel(logging.WARNING)
+
     opts = DemoOptions(
-        devices=args.devices, rounds=args.rounds, dataset=args.dataset, alpha=args.alpha, seed=args.seed,
-        local_epochs=args.local_epochs, batch_size=args.batch_size, lr=args.lr, out=args.out,
-        broker=args.broker, protocol=args.protocol,
+        devices=args.devices,
+        rounds=args.rounds,
+        dataset=args.dataset,
+        alpha=args.alpha,
+        seed=args.seed,
+        local_epochs=args.local_epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        out=args.out,
+        broker=args.broker,
+        protocol=args.protocol,
     )
     result = run_demo(opts, echo=lambda s: print(s, flush=True))
     if not result.final_accuracy >= args.min_accuracy:
-        raise FedgeError(f"final test accuracy {result.final_accuracy:.4f} is below --min-accuracy {args.min_accuracy}")
+        raise FedgeError(
+            f"final test accuracy {result.final_accuracy:.4f} is below --min-accuracy {args.min_accuracy}"
+        )
     return 0

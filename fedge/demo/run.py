@@ -90,7 +90,10 @@ class _Processes:
         log_file = open(log_path, "w")  # noqa: SIM115 - closed with the process
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "fedge", *args], stdout=log_file, stderr=subprocess.STDOUT, env=env
+            [sys.executable, "-m", "fedge", *args],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
         )
 
     def peak_rss(self, prefix: str, current: float) -> float:
@@ -135,8 +138,12 @@ def run_demo(opts: DemoOptions, *, echo=print) -> DemoResult:
             target.unlink()
     (out / "logs").mkdir(parents=True, exist_ok=True)
 
-    echo(f"[1/4] data: {opts.dataset} split over {opts.devices} devices (Dirichlet alpha {opts.alpha}, seed {opts.seed})")
-    fed = make_federation(out / "data", dataset=opts.dataset, n_devices=opts.devices, alpha=opts.alpha, seed=opts.seed)
+    echo(
+        f"[1/4] data: {opts.dataset} split over {opts.devices} devices (Dirichlet alpha {opts.alpha}, seed {opts.seed})"
+    )
+    fed = make_federation(
+        out / "data", dataset=opts.dataset, n_devices=opts.devices, alpha=opts.alpha, seed=opts.seed
+    )
     for i, hist in enumerate(fed.label_histograms):
         echo(f"      dev-{i}: {int(sum(hist)):4d} rows, labels {list(int(c) for c in hist)}")
 
@@ -153,34 +160,63 @@ def run_demo(opts: DemoOptions, *, echo=print) -> DemoResult:
     echo(f"[3/4] broker: {url} ({'embedded amqtt, demo only' if broker else 'external'})")
 
     federation = "demo"
-    orch_cfg = write_toml(out / "orchestrator.toml", {
-        "federation": federation, "bundle": str(bundle_dir), "database": str(out / "orchestrator.db"),
-        "mqtt": {"url": url, "protocol": opts.protocol, "username": "fedge-orchestrator"},
-        "rounds": {"rounds": opts.rounds, "min_devices": opts.devices, "min_reports": max(1, opts.devices // 2),
-                   "deadline_seconds": opts.deadline_seconds, "local_epochs": opts.local_epochs,
-                   "batch_size": opts.batch_size, "seed": opts.seed},
-        "evaluation": {"enabled": True, "data": {"path": str(fed.test_path), "table": "samples"}},
-    })
+    orch_cfg = write_toml(
+        out / "orchestrator.toml",
+        {
+            "federation": federation,
+            "bundle": str(bundle_dir),
+            "database": str(out / "orchestrator.db"),
+            "mqtt": {"url": url, "protocol": opts.protocol, "username": "fedge-orchestrator"},
+            "rounds": {
+                "rounds": opts.rounds,
+                "min_devices": opts.devices,
+                "min_reports": max(1, opts.devices // 2),
+                "deadline_seconds": opts.deadline_seconds,
+                "local_epochs": opts.local_epochs,
+                "batch_size": opts.batch_size,
+                "seed": opts.seed,
+            },
+            "evaluation": {
+                "enabled": True,
+                "data": {"path": str(fed.test_path), "table": "samples"},
+            },
+        },
+    )
     procs = _Processes()
     result = DemoResult(database=str(out / "orchestrator.db"))
-    watcher = MqttLink(MqttSettings(url=url, protocol=opts.protocol), client_id=f"fedge-demo-{os.getpid()}", persistent=False)
+    watcher = MqttLink(
+        MqttSettings(url=url, protocol=opts.protocol),
+        client_id=f"fedge-demo-{os.getpid()}",
+        persistent=False,
+    )
     topics = Topics(federation)
     watcher.subscribe(topics.orchestrator_events)
     try:
         watcher.start()
         if not watcher.wait_connected(15):
             raise FedgeError(f"cannot connect to the broker at {url}")
-        procs.start("orchestrator", ["orchestrator", "--config", str(orch_cfg)], out / "logs" / "orchestrator.log")
+        procs.start(
+            "orchestrator",
+            ["orchestrator", "--config", str(orch_cfg)],
+            out / "logs" / "orchestrator.log",
+        )
         for i, path in enumerate(fed.device_paths):
             agent_id = f"dev-{i}"
-            cfg = write_toml(out / f"agent-{agent_id}.toml", {
-                "id": agent_id, "federation": federation, "state_dir": str(out / "state" / agent_id),
-                "mqtt": {"url": url, "protocol": opts.protocol, "username": agent_id},
-                "data": {"path": str(path), "table": "samples"},
-            })
+            cfg = write_toml(
+                out / f"agent-{agent_id}.toml",
+                {
+                    "id": agent_id,
+                    "federation": federation,
+                    "state_dir": str(out / "state" / agent_id),
+                    "mqtt": {"url": url, "protocol": opts.protocol, "username": agent_id},
+                    "data": {"path": str(path), "table": "samples"},
+                },
+            )
             procs.start(agent_id, ["agent", "--config", str(cfg)], out / "logs" / f"{agent_id}.log")
-        echo(f"[4/4] federation: orchestrator + {opts.devices} agent processes, {opts.rounds} rounds "
-             f"(logs in {out / 'logs'})")
+        echo(
+            f"[4/4] federation: orchestrator + {opts.devices} agent processes, {opts.rounds} rounds "
+            f"(logs in {out / 'logs'})"
+        )
         _follow(opts, watcher, topics, procs, result, echo, started)
     finally:
         watcher.stop()
@@ -204,15 +240,23 @@ def _export_model(opts: DemoOptions, n_features: int, n_classes: int, out_dir: P
     else:
         model = models.tabular_mlp(n_features, n_classes, hidden=opts.hidden)
     path = export_bundle(
-        model, input_shape=(n_features,), loss="cross_entropy", optimizer=opts.optimizer, lr=opts.lr,
-        num_classes=n_classes, out_dir=out_dir, model_name=f"{opts.dataset}-mlp",
+        model,
+        input_shape=(n_features,),
+        loss="cross_entropy",
+        optimizer=opts.optimizer,
+        lr=opts.lr,
+        num_classes=n_classes,
+        out_dir=out_dir,
+        model_name=f"{opts.dataset}-mlp",
     )
     from fedge.protocol.bundle import load_bundle
 
     bundle = load_bundle(path)
     ver = bundle.manifest.get("verification", {})
     checks = ", ".join(f"{k} {v:.1e}" for k, v in ver.items() if isinstance(v, float))
-    echo(f"      bundle {bundle.content_hash[:12]} in {time.monotonic() - t0:.1f} s; parity: {checks or 'n/a'}")
+    echo(
+        f"      bundle {bundle.content_hash[:12]} in {time.monotonic() - t0:.1f} s; parity: {checks or 'n/a'}"
+    )
     return path
 
 
@@ -226,7 +270,9 @@ def _follow(opts, watcher, topics, procs, result, echo, started) -> None:
         if item is None:
             if orch.poll() is not None:
                 if orch.returncode != 0:
-                    raise FedgeError(f"the orchestrator exited with code {orch.returncode}; see its log")
+                    raise FedgeError(
+                        f"the orchestrator exited with code {orch.returncode}; see its log"
+                    )
                 return
             continue
         try:
@@ -237,12 +283,16 @@ def _follow(opts, watcher, topics, procs, result, echo, started) -> None:
         if ev.kind == "round_committed":
             m = ev.metrics
             now = time.monotonic()
-            echo(f"  round {ev.model_version:2d}/{opts.rounds} | {ev.reports}/{ev.participants} devices | "
-                 f"local loss {m.get('train_loss', float('nan')):.4f} | "
-                 f"test accuracy {m.get('test_accuracy', float('nan')):.4f} | {now - last_round:4.1f} s")
+            echo(
+                f"  round {ev.model_version:2d}/{opts.rounds} | {ev.reports}/{ev.participants} devices | "
+                f"local loss {m.get('train_loss', float('nan')):.4f} | "
+                f"test accuracy {m.get('test_accuracy', float('nan')):.4f} | {now - last_round:4.1f} s"
+            )
             last_round = now
         elif ev.kind == "round_abandoned":
-            echo(f"  round attempt {ev.round} abandoned ({ev.reports}/{ev.participants} reports); retrying")
+            echo(
+                f"  round attempt {ev.round} abandoned ({ev.reports}/{ev.participants} reports); retrying"
+            )
         elif ev.kind == "run_finished":
             orch.wait(30)
             return
@@ -260,14 +310,24 @@ def _summarize(opts: DemoOptions, out: Path, result: DemoResult, echo) -> None:
     finally:
         store.close()
     committed = [r for r in rounds if r.state == "committed"]
-    result.rounds = [{"round": r.round, "version": r.model_version + 1, **r.metrics} for r in committed]
+    result.rounds = [
+        {"round": r.round, "version": r.model_version + 1, **r.metrics} for r in committed
+    ]
     if committed:
         result.final_accuracy = float(committed[-1].metrics.get("test_accuracy", float("nan")))
-        result.plot_path = str(plot_rounds(rounds, out / "accuracy.png", title=f"fedge demo: {opts.dataset}, "
-                                           f"{opts.devices} devices, non-IID (alpha {opts.alpha})"))
+        result.plot_path = str(
+            plot_rounds(
+                rounds,
+                out / "accuracy.png",
+                title=f"fedge demo: {opts.dataset}, "
+                f"{opts.devices} devices, non-IID (alpha {opts.alpha})",
+            )
+        )
     echo("")
-    echo(f"Done: {len(committed)} rounds in {result.wall_seconds:.1f} s; final test accuracy "
-         f"{result.final_accuracy:.4f}; agent peak RSS {result.agent_peak_rss_mb:.0f} MB")
+    echo(
+        f"Done: {len(committed)} rounds in {result.wall_seconds:.1f} s; final test accuracy "
+        f"{result.final_accuracy:.4f}; agent peak RSS {result.agent_peak_rss_mb:.0f} MB"
+    )
     if result.plot_path:
         echo(f"Plot: {result.plot_path}")
     echo(f"History: fedge history --database {out / 'orchestrator.db'}")

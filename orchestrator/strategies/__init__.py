@@ -16,4 +16,6 @@ def create_strategy(name: str) -> Strategy:
     try:
         return STRATEGIES[name]()
     except KeyError:
-        raise ConfigError(f"unknown strategy {name!r}; choose one of {sorted(STRATEGIES)}") from None
+        raise ConfigError(
+            f"unknown strategy {name!r}; choose one of {sorted(STRATEGIES)}"
+        ) from None

@@ -40,7 +40,9 @@ class Strategy(ABC):
 
     name: str = ""
 
-    def configure_round(self, round_no: int, devices: list[DeviceInfo], *, per_round: int, seed: int) -> list[str]:
+    def configure_round(
+        self, round_no: int, devices: list[DeviceInfo], *, per_round: int, seed: int
+    ) -> list[str]:
         """Pick participants: all devices, or a seeded random sample of ``per_round``."""
         ids = sorted(d.agent_id for d in devices)
         if per_round and per_round < len(ids):

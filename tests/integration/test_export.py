@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
+
+from fedge.demo.models import digits_mlp
 from fedge.exporter.errors import ExportError
 from fedge.exporter.export import export_bundle
 from fedge.protocol import signing
 from fedge.protocol.bundle import load_bundle
 from fedge.protocol.ort_runtime import import_training_api, single_thread_session_options
-from torch import nn
-
-from fedge.demo.models import digits_mlp
 
 pytestmark = pytest.mark.integration
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from fedge.exporter import cli
 from fedge.protocol.errors import FedgeError
 

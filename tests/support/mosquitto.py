@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
+
 from fedge.orchestrator.broker_files import (
     DEFAULT_ORCHESTRATOR_USER,
     BrokerFiles,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from fedge.orchestrator.broker_files import (
     TlsSettings,
     render_acl,

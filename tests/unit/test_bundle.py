@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from fedge.protocol import signing
 from fedge.protocol.bundle import load_bundle, pack_bundle, unpack_bundle, write_manifest
 from fedge.protocol.errors import BundleError, SignatureError

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fedge.protocol.errors import ConfigError
 
 from fedge.demo.data import (
     FederationData,
@@ -17,6 +16,7 @@ from fedge.demo.data import (
     read_samples_sqlite,
     write_samples_sqlite,
 )
+from fedge.protocol.errors import ConfigError
 
 
 @pytest.mark.parametrize(

@@ -23,9 +23,9 @@ def test_streaming_mean_matches_stacked_mean_and_is_order_free():
     deltas = [{"w": rng.standard_normal((5, 4)).astype(np.float32)} for _ in range(7)]
     weights = rng.integers(1, 50, 7)
     m1, m2 = WeightedMean(), WeightedMean()
-    for d, w in zip(deltas, weights):
+    for d, w in zip(deltas, weights, strict=False):
         m1.add(d, float(w))
-    for d, w in reversed(list(zip(deltas, weights))):
+    for d, w in reversed(list(zip(deltas, weights, strict=False))):
         m2.add(d, float(w))
     stacked = np.average(np.stack([d["w"] for d in deltas]), axis=0, weights=weights)
     np.testing.assert_allclose(m1.mean()["w"], stacked, rtol=1e-6)
@@ -41,7 +41,9 @@ def test_participant_selection_is_seeded_and_bounded():
     a = FedAvg().configure_round(3, devices, per_round=4, seed=7)
     b = FedAvg().configure_round(3, devices, per_round=4, seed=7)
     assert a == b and len(a) == 4
-    assert FedAvg().configure_round(3, devices, per_round=0, seed=7) == sorted(d.agent_id for d in devices)
+    assert FedAvg().configure_round(3, devices, per_round=0, seed=7) == sorted(
+        d.agent_id for d in devices
+    )
 
 
 @pytest.mark.parametrize(

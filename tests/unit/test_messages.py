@@ -18,9 +18,18 @@ SHA = "a" * 64
 
 
 def _task(**kw):
-    base = dict(run_id="r1", round=3, model_version=2, state="open", bundle_hash=SHA,
-                bundle=BlobRef(SHA, 10, 1), params=BlobRef(SHA, 600_000, 2),
-                participants=["dev-0", "dev-1"], config=TrainConfig(local_epochs=2, batch_size=16), deadline=5.0)
+    base = dict(
+        run_id="r1",
+        round=3,
+        model_version=2,
+        state="open",
+        bundle_hash=SHA,
+        bundle=BlobRef(SHA, 10, 1),
+        params=BlobRef(SHA, 600_000, 2),
+        participants=["dev-0", "dev-1"],
+        config=TrainConfig(local_epochs=2, batch_size=16),
+        deadline=5.0,
+    )
     base.update(kw)
     return RoundTask(**base)
 
@@ -29,8 +38,16 @@ def test_round_trip_of_every_field():
     task = _task()
     back = parse_message(task.encode())
     assert back == task
-    offer = UpdateOffer(msg_id="m1", agent="dev-0", run_id="r1", round=3, model_version=2,
-                        blob=BlobRef(SHA, 5, 1), num_samples=120, metrics={"loss": 0.5})
+    offer = UpdateOffer(
+        msg_id="m1",
+        agent="dev-0",
+        run_id="r1",
+        round=3,
+        model_version=2,
+        blob=BlobRef(SHA, 5, 1),
+        num_samples=120,
+        metrics={"loss": 0.5},
+    )
     assert parse_message(offer.encode(), UpdateOffer) == offer
 
 
@@ -43,10 +60,19 @@ def test_round_trip_of_every_field():
         (b'{"type":"status","state":"online"}', "missing field 'agent'"),
         (b'{"type":"status","agent":"dev/0","state":"online"}', "invalid agent id"),
         (b'{"type":"status","agent":"dev-0","state":"dancing"}', "state 'dancing' unknown"),
-        (b'{"type":"status","agent":"dev-0","state":"online","num_samples":"12"}', "expected an integer"),
+        (
+            b'{"type":"status","agent":"dev-0","state":"online","num_samples":"12"}',
+            "expected an integer",
+        ),
         (b'{"type":"status","agent":"dev-0","state":"online","eligible":1}', "expected true/false"),
-        (b'{"type":"fetch","msg_id":"x","agent":"a","sha256":"zz","indices":[0]}', "64 lowercase hex"),
-        (b'{"type":"fetch","msg_id":"x","agent":"a","sha256":"' + b"a" * 64 + b'","indices":[]}', "1-256"),
+        (
+            b'{"type":"fetch","msg_id":"x","agent":"a","sha256":"zz","indices":[0]}',
+            "64 lowercase hex",
+        ),
+        (
+            b'{"type":"fetch","msg_id":"x","agent":"a","sha256":"' + b"a" * 64 + b'","indices":[]}',
+            "1-256",
+        ),
     ],
 )
 def test_malformed_messages_name_the_problem(payload, fragment):
@@ -55,8 +81,17 @@ def test_malformed_messages_name_the_problem(payload, fragment):
 
 
 def test_non_finite_metric_is_refused():
-    data = json.loads(UpdateOffer(msg_id="m", agent="a", run_id="r", round=1, model_version=0,
-                                  blob=BlobRef(SHA, 1, 1), num_samples=1).encode())
+    data = json.loads(
+        UpdateOffer(
+            msg_id="m",
+            agent="a",
+            run_id="r",
+            round=1,
+            model_version=0,
+            blob=BlobRef(SHA, 1, 1),
+            num_samples=1,
+        ).encode()
+    )
     data["metrics"] = {"loss": float("nan")}
     with pytest.raises(MessageError, match="finite"):
         parse_message(json.dumps(data).encode())

@@ -8,9 +8,13 @@ from fedge.protocol.settings import load_settings
 
 def test_file_then_env_then_set_override(tmp_path):
     cfg = tmp_path / "agent.toml"
-    cfg.write_text('id = "dev-7"\nthreads = 2\n[mqtt]\nurl = "mqtt://a:1"\n[data]\npath = "x.db"\nfeatures = ["f*"]\n')
+    cfg.write_text(
+        'id = "dev-7"\nthreads = 2\n[mqtt]\nurl = "mqtt://a:1"\n[data]\npath = "x.db"\nfeatures = ["f*"]\n'
+    )
     env = {"FEDGE_MQTT_URL": "mqtt://b:2", "FEDGE_THREADS": "3"}
-    s = load_settings(AgentConfig, cfg, env=env, overrides=["mqtt.url=mqtt://c:3", "data.features=a,b"])
+    s = load_settings(
+        AgentConfig, cfg, env=env, overrides=["mqtt.url=mqtt://c:3", "data.features=a,b"]
+    )
     assert s.id == "dev-7" and s.threads == 3
     assert s.mqtt.url == "mqtt://c:3"
     assert s.data.features == ["a", "b"] and s.data.path == "x.db"

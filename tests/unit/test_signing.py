@@ -5,6 +5,7 @@ from __future__ import annotations
 import stat
 
 import pytest
+
 from fedge.protocol import signing
 from fedge.protocol.errors import SignatureError
 

@@ -3,7 +3,12 @@ import sqlite3
 import numpy as np
 import pytest
 
-from fedge.protocol.sqlite_samples import DataError, DataSource, read_samples, split_train_validation
+from fedge.protocol.sqlite_samples import (
+    DataError,
+    DataSource,
+    read_samples,
+    split_train_validation,
+)
 
 
 def _make(path, rows, cols="f0 REAL, f1 REAL, f10 REAL, f2 REAL, label INTEGER"):

@@ -26,7 +26,9 @@ def test_encoding_is_deterministic_regardless_of_insertion_order():
     assert encode_tensors(a) == encode_tensors(b)
 
 
-@pytest.mark.parametrize("payload", [b"", b"garbage", b"\xff" * 16, encode_tensors({"x": np.ones(4, np.float32)})[:-3]])
+@pytest.mark.parametrize(
+    "payload", [b"", b"garbage", b"\xff" * 16, encode_tensors({"x": np.ones(4, np.float32)})[:-3]]
+)
 def test_malformed_payload_raises_codec_error(payload):
     with pytest.raises(CodecError):
         decode_tensors(payload)

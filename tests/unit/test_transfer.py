@@ -56,8 +56,15 @@ def test_stall_re_requests_missing_chunks_then_fails_after_retries():
     data = os.urandom(4 * CHUNK)
     clock = FakeClock()
     requests = []
-    t = PullTransfer(blob_ref(data, CHUNK), requests.append, window=2, stall_seconds=5,
-                     max_stalls=2, chunk_size=CHUNK, clock=clock)
+    t = PullTransfer(
+        blob_ref(data, CHUNK),
+        requests.append,
+        window=2,
+        stall_seconds=5,
+        max_stalls=2,
+        chunk_size=CHUNK,
+        clock=clock,
+    )
     t.start()
     t.on_chunk(_serve(data, [0])[0])
     requests.clear()

@@ -1,2 +1,0 @@
-def test_t(request):
-    assert request.node.get_closest_marker("timeout").args == (300,)
