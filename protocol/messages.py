@@ -96,10 +96,25 @@ class TrainConfig:
     batch_size: int = 32
     max_samples: int = 0  # 0 = all local rows
     seed: int = 0
+    learning_rate: float = 0.0  # 0 = the bundle's own
+    proximal_mu: float = 0.0  # FedProx: pull local weights towards the round's global model
+    compression: str = ""  # "" (none) | "int8" | "topk": how the agent encodes its delta
+    topk_fraction: float = 0.0  # for "topk": the share of entries kept (with error feedback)
+    clip_norm: float = 0.0  # client-level DP: clip the delta to this L2 norm (0 = off)
+    noise_multiplier: float = 0.0  # client-level DP: Gaussian noise std = multiplier * clip_norm
+
+    COMPRESSIONS: ClassVar[frozenset[str]] = frozenset({"", "int8", "topk"})
 
     def validate(self) -> None:
         if not 1 <= self.local_epochs <= 1000 or not 1 <= self.batch_size <= 65536:
             raise MessageError("train config local_epochs/batch_size out of range")
+        if self.compression not in self.COMPRESSIONS:
+            raise MessageError(f"unknown compression {self.compression!r}")
+        for name in ("learning_rate", "proximal_mu", "topk_fraction", "clip_norm", "noise_multiplier"):
+            if getattr(self, name) < 0:
+                raise MessageError(f"train config {name} must be >= 0")
+        if self.topk_fraction > 1:
+            raise MessageError("train config topk_fraction must be <= 1")
 
 
 @dataclass(frozen=True)
