@@ -31,6 +31,60 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--max-rounds", type=int, default=None, help="exit after this many trained rounds"
     )
     p.set_defaults(func=run_agent)
+    _register_data(sub)
+
+
+DATA_EXAMPLE = """Example:
+  fedge data check --config agent.toml
+
+  source:      readings.db (table samples)
+  rows:        412 in the table, 412 selected
+  features:    [64] float32 per sample
+  labels:      0: 40, 1: 45, 2: 38, ...
+  split:       371 train, 41 validation
+  problems:    none
+
+Exit code 1 when there are problems. The database is opened read-only."""
+
+
+def _register_data(sub: argparse._SubParsersAction) -> None:
+    data = sub.add_parser(
+        "data",
+        help="inspect this device's training data (read-only)",
+        description="Inspect the local SQLite data the agent trains on.",
+        epilog=DATA_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    data_sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    check = data_sub.add_parser(
+        "check",
+        help="row counts, label histogram, train/validation split and the first problems",
+        description="Read the data source from the agent's config as the agent would; print "
+        "row counts, the label histogram, the split sizes and the first problems.",
+        epilog=DATA_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    check.add_argument("--config", help="agent TOML file")
+    check.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting"
+    )
+    check.add_argument(
+        "--features", type=int, default=None, help="features per sample the model expects"
+    )
+    check.set_defaults(func=run_data_check)
+
+
+def run_data_check(args: argparse.Namespace) -> int:
+    from .data_check import check_data
+
+    config = load_config(args)
+    report = check_data(
+        config.data,
+        validation_fraction=config.validation_fraction,
+        expected_features=args.features,
+    )
+    print("\n".join(report.lines()))
+    return 0 if report.ok else 1
 
 
 def load_config(args: argparse.Namespace):
@@ -43,8 +97,10 @@ def load_config(args: argparse.Namespace):
 
 def run_agent(args: argparse.Namespace) -> int:
     from .daemon import Agent
+    from .eligibility import apply_process_limits
 
     config = load_config(args)
+    apply_process_limits(config.nice)
     agent = Agent(config)
     signal.signal(signal.SIGTERM, lambda *_: agent.stop())
     log.info(

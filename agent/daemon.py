@@ -11,6 +11,7 @@ import hashlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -29,14 +30,17 @@ from fedge.protocol.messages import (
     parse_message,
 )
 from fedge.protocol.mqtt_link import MqttLink
+from fedge.protocol.privacy import privatize_delta
 from fedge.protocol.sqlite_samples import DataError, read_samples, split_train_validation
-from fedge.protocol.tensors import check_finite, decode_tensors, encode_tensors
+from fedge.protocol.tensors import check_finite, decode_tensors
 from fedge.protocol.topics import Topics, validate_name
 from fedge.protocol.transfer import PullTransfer
 
 from .backends import TrainingBackend, create_backend
 from .bundle_cache import BundleCache
 from .config import AgentConfig
+from .delta_encoding import encode_for_round
+from .eligibility import Decision, DutyCycle, EligibilityPolicy
 from .state import AgentState, OutboxItem
 
 log = logging.getLogger(__name__)
@@ -81,6 +85,13 @@ class Agent:
         self._num_samples = 0
         self._stop = threading.Event()
         self.rounds_done = 0
+        self.policy = EligibilityPolicy(
+            config.eligibility, minutes_today=self.state.training_minutes
+        )
+        self.decision = Decision(True)
+        self._last_check = float("-inf")
+        self._status = "online"
+        self._was_connected = False
 
     # ---- lifecycle ----
     def stop(self) -> None:
@@ -96,6 +107,10 @@ class Agent:
         ):
             self.link.subscribe(topic)
         self.link.start()
+        self.decision = self.policy.check()
+        self._last_check = time.monotonic()
+        if not self.decision.eligible:
+            log.info("not eligible to train: %s", self.decision.reason)
         self._publish_status("online")
         try:
             while not self._stop.is_set():
@@ -191,6 +206,14 @@ class Agent:
 
     # ---- periodic work ----
     def _tick(self) -> None:
+        connected = self.link.connected
+        if connected and not self._was_connected:
+            # After a reconnect the broker may hold our Last Will ("offline", retained, e.g.
+            # sent when the broker itself restarted): say again where we are, offer again.
+            self._publish_status(self._status)
+            self._last_offer.clear()
+        self._was_connected = connected
+        self._check_eligibility()
         for sha, transfer in list(self._downloads.items()):
             transfer.tick()
             if transfer.failed:
@@ -198,6 +221,22 @@ class Agent:
                 del self._downloads[sha]
         self._retry_offers()
         self._work_on_round()
+
+    def _check_eligibility(self, *, force: bool = False) -> Decision:
+        """Re-read the sensors every ``check_seconds``; report a change in the status."""
+        now = time.monotonic()
+        if not force and now - self._last_check < self.cfg.eligibility.check_seconds:
+            return self.decision
+        self._last_check = now
+        decision = self.policy.check()
+        if decision != self.decision:
+            if decision.eligible:
+                log.info("eligible to train again")
+            else:
+                log.info("not eligible to train: %s", decision.reason)
+            self.decision = decision
+            self._publish_status(self._status)
+        return decision
 
     def _retry_offers(self) -> None:
         if not self.link.connected:
@@ -238,6 +277,10 @@ class Agent:
             return
         if not self.link.connected:
             return
+        decision = self._check_eligibility(force=True)
+        if not decision.eligible:
+            self._abort(task, f"not eligible: {decision.reason}")
+            return
         bundle = self.bundles.get(task.bundle_hash)
         if bundle is None:
             archive = self._fetch(task.bundle)
@@ -259,6 +302,9 @@ class Agent:
             self._abort(task, f"local data problem: {exc}")
         except FedgeError as exc:
             self._abort(task, str(exc))
+        except Exception as exc:  # noqa: BLE001 - a backend bug must not kill the daemon
+            log.exception("round %d: training failed", task.round)
+            self._abort(task, f"training failed: {type(exc).__name__}: {exc}")
         finally:
             self._blobs.clear()
 
@@ -273,7 +319,29 @@ class Agent:
             reason=reason[:1000],
         )
         self.link.publish(self.topics.agent_up_msg(self.cfg.id), msg.encode())
-        self._publish_status("idle")
+        self._publish_status("idle", problem=reason)
+
+    def _should_stop(self, started: float) -> Callable[[], str]:
+        """The per-batch callback: stop requests, eligibility changes, and the CPU budget."""
+        duty = DutyCycle(self.cfg.max_cpu_percent)
+        last = [float("-inf")]
+
+        def check() -> str:
+            if self._stop.is_set():
+                return "agent stopping"
+            duty.pause()
+            now = time.monotonic()
+            if now - last[0] >= 0.5:  # sensors at most twice a second
+                last[0] = now
+                decision = self.policy.check(extra_minutes=(now - started) / 60.0)
+                if decision != self.decision:
+                    self.decision = decision
+                    self._publish_status("training")
+                if not decision.eligible:
+                    return f"no longer eligible: {decision.reason}"
+            return ""
+
+        return check
 
     def _train_round(self, task: RoundTask, bundle, params_bytes: bytes) -> None:
         started = time.monotonic()
@@ -295,19 +363,28 @@ class Agent:
         global_params = decode_tensors(params_bytes)
         check_finite(global_params)
         backend = self.backend
-        backend.load(bundle)
+        backend.load(bundle, learning_rate=task.config.learning_rate or None)
         backend.set_parameters(global_params)
         seed = int.from_bytes(
-            hashlib.sha256(f"{self.cfg.id}/{task.run_id}/{task.round}".encode()).digest()[:4], "big"
+            hashlib.sha256(f"{self.cfg.id}/{task.config.seed}/{task.round}".encode()).digest()[:4],
+            "big",
         )
-        result = backend.train(
-            train.x.reshape(x_shape),
-            train.y,
-            epochs=task.config.local_epochs,
-            batch_size=task.config.batch_size,
-            seed=seed,
-            should_stop=lambda: "" if not self._stop.is_set() else "agent stopping",
-        )
+        train_started = time.monotonic()
+        try:
+            result = backend.train(
+                train.x.reshape(x_shape),
+                train.y,
+                epochs=task.config.local_epochs,
+                batch_size=task.config.batch_size,
+                seed=seed,
+                should_stop=self._should_stop(train_started),
+                proximal_mu=task.config.proximal_mu,  # FedProx (0 = plain local training)
+                anchor=global_params,
+            )
+        finally:
+            self.state.add_training_seconds(
+                time.strftime("%Y-%m-%d"), time.monotonic() - train_started
+            )
         if result.stopped:
             self._abort(task, f"training stopped: {result.stopped}")
             return
@@ -321,6 +398,11 @@ class Agent:
         except CodecError as exc:
             self._abort(task, f"training diverged: {exc}")
             return
+        if task.config.clip_norm > 0:  # client-level DP: clip + noise before the delta leaves
+            c = task.config
+            delta = privatize_delta(
+                delta, clip_norm=c.clip_norm, noise_multiplier=c.noise_multiplier
+            ).delta
         metrics = {"train_loss": result.loss, "train_seconds": time.monotonic() - started}
         if len(val):
             ev = backend.evaluate(val.x.reshape([len(val)] + x_shape[1:]), val.y)
@@ -328,7 +410,7 @@ class Agent:
             if ev.accuracy is not None:
                 metrics["val_accuracy"] = ev.accuracy
             metrics["val_samples"] = float(ev.samples)
-        blob = encode_tensors(delta)
+        blob, residual = encode_for_round(self.state, task, delta)
         ref = blob_ref(blob)
         offer = UpdateOffer(
             msg_id=new_msg_id(),
@@ -340,7 +422,10 @@ class Agent:
             num_samples=len(train),
             metrics=metrics,
         )
-        self.state.add_outbox(OutboxItem(ref.sha256, task.run_id, task.round, offer.encode(), blob))
+        self.state.add_outbox(
+            OutboxItem(ref.sha256, task.run_id, task.round, offer.encode(), blob),
+            residual=residual,
+        )
         self.rounds_done += 1
         log.info(
             "round %d: trained %d steps on %d samples, loss %.4f, %.1f s; offering %d-byte delta",
@@ -354,11 +439,17 @@ class Agent:
         self._publish_status("idle")
         self._retry_offers()
 
-    def _publish_status(self, state: str) -> None:
+    def _publish_status(self, state: str, problem: str = "") -> None:
+        self._status = state
+        eligible = self.decision.eligible
+        if not eligible and state in ("online", "idle"):
+            state = "ineligible"
         status = Status(
             agent=self.cfg.id,
             state=state,
             backend=self.backend.name,
+            eligible=eligible,
+            reason=(problem or self.decision.reason)[:500],
             num_samples=self._num_samples,
             version=_version(),
             ts=time.time(),

@@ -24,6 +24,12 @@ CREATE TABLE IF NOT EXISTS outbox (
     sha256 TEXT PRIMARY KEY, run_id TEXT NOT NULL, round INTEGER NOT NULL,
     offer BLOB NOT NULL, blob BLOB NOT NULL, created REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS usage (
+    day TEXT PRIMARY KEY, seconds REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS residual (
+    run_id TEXT PRIMARY KEY, blob BLOB NOT NULL, updated REAL NOT NULL
+);
 """
 
 
@@ -77,11 +83,22 @@ class AgentState:
             (run_id, round_no, status, detail, time.time()),
         )
 
-    def add_outbox(self, item: OutboxItem, journal_status: str = "offered") -> None:
-        """Store the delta and mark the round offered in one transaction."""
+    def add_outbox(
+        self, item: OutboxItem, journal_status: str = "offered", *, residual: bytes | None = None
+    ) -> None:
+        """Store the delta and mark the round offered in one transaction.
+
+        ``residual``: the top-k error-feedback residual for the next round of this run, saved in
+        the same transaction so a crash can neither lose it nor apply it twice.
+        """
         try:
             with self._db:
                 self._db.execute("BEGIN IMMEDIATE")
+                if residual is not None:
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO residual(run_id, blob, updated) VALUES (?,?,?)",
+                        (item.run_id, residual, time.time()),
+                    )
                 self._db.execute(
                     "INSERT OR REPLACE INTO outbox(sha256, run_id, round, offer, blob, created) "
                     "VALUES (?,?,?,?,?,?)",
@@ -123,6 +140,23 @@ class AgentState:
                     )
         except sqlite3.OperationalError as exc:
             raise StateError(f"agent state write failed ({exc})") from None
+
+    def residual(self, run_id: str) -> bytes | None:
+        """The error-feedback residual kept from this run's previous round, if any."""
+        row = self._db.execute("SELECT blob FROM residual WHERE run_id=?", (run_id,)).fetchone()
+        return row[0] if row else None
+
+    def add_training_seconds(self, day: str, seconds: float) -> None:
+        """Count training time against the day's budget (``day`` is YYYY-MM-DD, local time)."""
+        self._write(
+            "INSERT INTO usage(day, seconds) VALUES (?, ?) "
+            "ON CONFLICT(day) DO UPDATE SET seconds = seconds + excluded.seconds",
+            (day, float(seconds)),
+        )
+
+    def training_minutes(self, day: str) -> float:
+        row = self._db.execute("SELECT seconds FROM usage WHERE day=?", (day,)).fetchone()
+        return (row[0] if row else 0.0) / 60.0
 
     def close(self) -> None:
         self._db.close()

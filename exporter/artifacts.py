@@ -55,6 +55,23 @@ class OptimizerSpec:
         }
 
 
+def check_loss(loss: Any) -> bool:
+    """Validate a loss name or custom onnxblock Block; return True for a custom block."""
+    if isinstance(loss, str):
+        if loss not in LOSSES:
+            raise ExportError(f"unknown loss {loss!r}; choose one of {list(LOSSES)}")
+        return False
+    import_onnxruntime(block_torch=False)
+    from onnxruntime.training import onnxblock
+
+    if not isinstance(loss, onnxblock.Block):
+        raise ExportError(
+            f"loss must be one of {list(LOSSES)} or an onnxruntime.training.onnxblock.Block "
+            f"instance, not {type(loss).__name__}"
+        )
+    return True
+
+
 def validate_optimizer(spec: OptimizerSpec) -> None:
     """Raise ExportError for an unknown optimizer or hyperparameters out of range."""
     if spec.type not in OPTIMIZERS:
@@ -75,18 +92,21 @@ def generate(
     *,
     trainable: list[str],
     frozen: list[str],
-    loss: str,
+    loss: str | Any,
     optimizer: OptimizerSpec,
     out_dir: Path,
+    additional_outputs: list[str] | None = None,
 ) -> list[dict[str, str]]:
-    """Write the four training artifacts into ``out_dir``; return the patches applied."""
+    """Write the four training artifacts into ``out_dir``; return the patches applied.
+
+    ``additional_outputs`` (graph values, e.g. BatchNorm's updated running statistics) become
+    training-graph outputs after the loss, in this order.
+    """
     ort = import_onnxruntime(block_torch=False)
     from onnxruntime.training import artifacts, onnxblock
     from onnxruntime.training.onnxblock import _graph_utils, _training_graph_utils
 
-    if loss not in LOSSES:
-        raise ExportError(f"unknown loss {loss!r}; choose one of {list(LOSSES)}")
-    loss_block = getattr(onnxblock.loss, LOSSES[loss][0])()
+    loss_block = loss if check_loss(loss) else getattr(onnxblock.loss, LOSSES[loss][0])()
     if optimizer.type == "adamw":
         optim_block = onnxblock.optim.AdamW(
             bias_correction=True,
@@ -114,6 +134,7 @@ def generate(
             loss=loss_block,
             optimizer=optim_block,
             artifact_directory=out_dir,
+            additional_output_names=list(additional_outputs) if additional_outputs else None,
         )
     except Exception as exc:  # ORT raises RuntimeError/Fail/etc. with the useful text
         raise ExportError(f"ONNX Runtime could not build the training graphs: {exc}") from exc

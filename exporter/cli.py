@@ -258,6 +258,7 @@ def _print_summary(bundle: Bundle, path: Path, *, details: bool = False) -> None
             + (f"{step:.2e}" if step is not None else f"skipped ({ver.get('step_skipped')})")
         )
     print(f"signature:     {bundle.signature_status}")
+    print(f"backends:      {', '.join(m['backends'])}" + _portable_note(m))
     if not details:
         return
     print(
@@ -265,17 +266,27 @@ def _print_summary(bundle: Bundle, path: Path, *, details: bool = False) -> None
         f"backends {', '.join(m['backends'])})"
     )
     print("versions:      " + ", ".join(f"{k} {v}" for k, v in sorted(m["versions"].items())))
+    stats = {r["param"] for r in m.get("running_stats", [])}
     print("\nparameter                       shape           dtype     trainable")
     for s in specs:
-        print(
-            f"  {s.name:<30}{str(list(s.shape)):<16}{s.dtype:<10}{'yes' if s.trainable else 'no'}"
-        )
+        kind = "yes" if s.trainable else "no (BatchNorm running stat)" if s.name in stats else "no"
+        print(f"  {s.name:<30}{str(list(s.shape)):<16}{s.dtype:<10}{kind}")
+    print("\nverification:")
+    for key, value in sorted(ver.items()):
+        print(f"  {key}: {value}")
     print("\nfile                            size        sha256")
     for name, entry in sorted(m["files"].items()):
         print(f"  {name:<30}{entry['size']:>10,}  {entry['sha256'][:16]}")
     print("\npatches:" + ("" if m["patches"] else " none"))
     for patch in m["patches"]:
         print(f"  - {patch['what']}\n    why: {patch['why']}")
+
+
+def _portable_note(m: dict[str, Any]) -> str:
+    portable = m.get("portable")
+    if isinstance(portable, dict) and not portable.get("available", True):
+        return f" (no ort-portable: {portable.get('reason')})"
+    return ""
 
 
 def _spec(spec: dict[str, Any]) -> str:

@@ -26,9 +26,10 @@ from fedge.protocol.bundle import ARCHIVE_SUFFIX, pack_bundle, write_manifest
 from fedge.protocol.manifest import FORMAT_VERSION
 from fedge.protocol.tensors import encode_tensors
 
-from . import artifacts, onnx_graph, preflight
+from . import artifacts, batchnorm, onnx_graph, preflight
 from . import verify as parity
 from .errors import ExportError
+from .portable import add_portable_step
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def export_bundle(
     input_dtype: str = "float32",
     label_dtype: str | None = None,
     label_shape: Sequence[int] | None = None,
-    loss: str = "cross_entropy",
+    loss: str | Any = "cross_entropy",
     optimizer: str = "adamw",
     lr: float = 1e-3,
     weight_decay: float = 0.01,
@@ -59,6 +60,8 @@ def export_bundle(
     opset: int = 17,
     sign_key: str | os.PathLike | None = None,
     verify: bool = True,
+    portable: bool = True,
+    torch_loss: Any = None,
 ) -> Path:
     """Export ``model`` to a training bundle at ``out_dir`` and return its path.
 
@@ -66,11 +69,14 @@ def export_bundle(
     (which must not exist or be empty). ``input_shape`` excludes the batch axis. Label dtype
     and shape default to what the loss needs (int64 class ids for cross entropy, the output's
     dtype and shape otherwise). ``frozen``/``trainable`` are globs over parameter names.
+    ``portable=False`` leaves out the portable training step (ort-training backend only).
+    ``loss`` may be an ``onnxruntime.training.onnxblock.Block`` instance (a custom loss, see
+    docs/exporter.md); ``torch_loss(output, labels)`` is then its PyTorch twin for the step
+    check (without it the step check is skipped and says so).
     """
     out = Path(out_dir)
     archive = out.suffix == ARCHIVE_SUFFIX
-    if loss not in artifacts.LOSSES:
-        raise ExportError(f"unknown loss {loss!r}; choose one of {list(artifacts.LOSSES)}")
+    custom_loss = artifacts.check_loss(loss)
     opt = artifacts.OptimizerSpec(optimizer, float(lr), float(weight_decay), tuple(betas), eps)
     artifacts.validate_optimizer(opt)
     if not 7 <= opset <= 21:
@@ -84,9 +90,16 @@ def export_bundle(
     gen = torch.Generator().manual_seed(VERIFY_SEED)
     example = preflight.sample_inputs(input_shape, input_dtype, batch=VERIFY_BATCH, generator=gen)
     output = preflight.trial_forward(model, example)
-    task = "classification" if loss in CLASSIFICATION_LOSSES else "regression"
-    label_spec = _label_spec(loss, output, label_dtype, label_shape)
-    classes = _num_classes(loss, output, num_classes)
+    bn_layers = batchnorm.find_layers(model, example)
+    stat_names = batchnorm.running_stat_names(bn_layers)
+    if custom_loss:
+        task = "classification" if num_classes else "regression"
+        label_spec = _label_spec("custom", output, label_dtype, label_shape)
+        classes = num_classes
+    else:
+        task = "classification" if loss in CLASSIFICATION_LOSSES else "regression"
+        label_spec = _label_spec(loss, output, label_dtype, label_shape)
+        classes = _num_classes(loss, output, num_classes)
     output_name = "logits" if task == "classification" else "prediction"
 
     work = Path(tempfile.mkdtemp(prefix="fedge-export-")) if archive else out
@@ -102,15 +115,40 @@ def export_bundle(
             input_name=INPUT_NAME,
             output_name=output_name,
         )
-        onnx_graph.require_initializers(train_proto, train_names + frozen_names, "training graph")
+        all_names = train_names + frozen_names + stat_names
+        onnx_graph.require_initializers(train_proto, all_names, "training graph")
+        params = _state_tensors(model, stat_names)
+        running_stats = batchnorm.rewrite_training_graph(train_proto, bn_layers, params)
+        layernorms = onnx_graph.add_layernorm_outputs(train_proto)
+        avg_pools = onnx_graph.average_pools_as_convs(train_proto)
         patches = artifacts.generate(
             train_proto,
             trainable=train_names,
-            frozen=frozen_names,
+            frozen=frozen_names + stat_names,
             loss=loss,
             optimizer=opt,
             out_dir=work,
+            additional_outputs=[s["output"] for s in running_stats],
         )
+        patches += _batchnorm_patches(work, running_stats)
+        if avg_pools:
+            patches.append(
+                {
+                    "what": f"training graph: {avg_pools} AveragePool node(s) as fixed-weight "
+                    "depthwise Conv",
+                    "why": "ONNX Runtime 1.19's AveragePoolGrad crashes (SIGFPE); the "
+                    "convolution computes the same average and has a working gradient",
+                }
+            )
+        if layernorms:
+            patches.append(
+                {
+                    "what": f"training graph: {layernorms} LayerNormalization node(s) get their "
+                    "Mean and InvStdDev outputs",
+                    "why": "ONNX Runtime's LayerNormalization gradient reads them; the TorchScript "
+                    "exporter (opset >= 17) writes the node with one output",
+                }
+            )
         infer_proto = onnx_graph.export_onnx(
             model,
             example,
@@ -119,15 +157,28 @@ def export_bundle(
             input_name=INPUT_NAME,
             output_name=output_name,
         )
-        onnx_graph.require_initializers(infer_proto, train_names + frozen_names, "inference graph")
+        onnx_graph.restore_initializers(infer_proto, params)
+        onnx_graph.require_initializers(infer_proto, all_names, "inference graph")
+        onnx_graph.initializers_as_inputs(infer_proto, all_names)
         onnx_graph.save_model(infer_proto, work / "inference.onnx")
-        params = {n: p.detach().cpu().numpy().copy() for n, p in model.named_parameters()}
         (work / "parameters.safetensors").write_bytes(encode_tensors(params))
+        if custom_loss:
+            label_spec["name"] = artifacts.graph_io(work / "training_model.onnx")[0][1]
         _check_label_input(work, label_spec)
 
         parity.check_checkpoint(work, params, train_names)
         numbers = _verification(
-            model, work, example, loss, opt, train_names, label_spec["shape"][1:], classes, verify
+            model,
+            work,
+            example,
+            loss,
+            opt,
+            train_names,
+            label_spec["shape"][1:],
+            classes,
+            verify,
+            running_stats,
+            torch_loss,
         )
         training_proto = onnx.load(str(work / "training_model.onnx"), load_external_data=False)
         manifest: dict[str, Any] = {
@@ -136,7 +187,11 @@ def export_bundle(
             "inputs": [_tensor_spec(INPUT_NAME, input_dtype, [None, *input_shape])],
             "outputs": [_tensor_spec(output_name, _dtype(output), [None, *output.shape[1:]])],
             "label": label_spec,
-            "loss": {"type": loss, "reduction": "mean"},
+            "loss": (
+                {"type": "custom", "block": type(loss).__name__}
+                if custom_loss
+                else {"type": loss, "reduction": "mean"}
+            ),
             "optimizer": opt.to_manifest(),
             "task": task,
             "parameters": [
@@ -157,6 +212,23 @@ def export_bundle(
         }
         if classes is not None:
             manifest["num_classes"] = classes
+        if running_stats:
+            manifest["running_stats"] = running_stats
+        if custom_loss:
+            manifest["portable"] = {
+                "available": False,
+                "reason": "a custom onnxblock loss has no portable equivalent",
+            }
+        elif portable:
+            add_portable_step(
+                manifest,
+                model=model,
+                bundle_dir=work,
+                loss=loss,
+                optimizer=opt,
+                trainable=train_names,
+                verify=verify,
+            )
         written = write_manifest(work, manifest)
         if sign_key is not None:
             signing.sign_bundle(work, signing.load_private_key(sign_key))
@@ -193,6 +265,9 @@ def _label_spec(
     """What the training graph's label input must be, checked against the caller's wishes."""
     if loss == "cross_entropy":
         want_dtype, want_shape = "int64", list(output.shape[1:-1])
+    elif loss == "custom":  # the caller knows what its loss block reads
+        dtype_, shape_ = dtype or _dtype(output), list(shape or output.shape[1:])
+        return _tensor_spec("target", dtype_, [None, *shape_])
     else:
         want_dtype, want_shape = _dtype(output), list(output.shape[1:])
     if dtype is not None and dtype != want_dtype:
@@ -237,12 +312,14 @@ def _verification(
     model: nn.Module,
     work: Path,
     example: torch.Tensor,
-    loss: str,
+    loss: Any,
     opt: artifacts.OptimizerSpec,
     train_names: list[str],
     label_shape: Sequence[int],
     classes: int | None,
     enabled: bool,
+    running_stats: list[dict[str, str]],
+    torch_loss: Any,
 ) -> dict[str, Any]:
     if not enabled:
         return {"skipped": True}
@@ -256,6 +333,9 @@ def _verification(
     if preflight.has_active_dropout(model):
         numbers["step_max_abs_diff"] = None
         numbers["step_skipped"] = "dropout makes a training step random"
+    elif not isinstance(loss, str) and torch_loss is None:
+        numbers["step_max_abs_diff"] = None
+        numbers["step_skipped"] = "custom loss without a torch_loss to compare with"
     else:
         gen = torch.Generator().manual_seed(VERIFY_SEED + 1)
         labels = parity.sample_labels(
@@ -270,10 +350,44 @@ def _verification(
                 loss=loss,
                 optimizer=opt,
                 trainable=train_names,
+                running_stats=running_stats,
+                torch_loss=torch_loss,
             )
         )
     parity.check_tolerances(numbers)
     return numbers
+
+
+def _state_tensors(model: nn.Module, stat_names: list[str]) -> dict[str, np.ndarray]:
+    """Parameters and BatchNorm running statistics, in ``state_dict`` order."""
+    wanted = {n: p for n, p in model.named_parameters()}
+    buffers = dict(model.named_buffers())
+    wanted.update({n: buffers[n] for n in stat_names})
+    return {
+        n: t.detach().cpu().numpy().copy()
+        for n, t in model.state_dict(keep_vars=True).items()
+        if n in wanted
+    }
+
+
+def _batchnorm_patches(work: Path, running_stats: list[dict[str, str]]) -> list[dict[str, str]]:
+    changed = batchnorm.fix_eval_model(work / "eval_model.onnx", running_stats)
+    if not running_stats:
+        return []
+    return [
+        {
+            "what": f"training_model.onnx: {len(running_stats) // 2} BatchNorm layer(s) update "
+            "their running statistics as extra outputs (manifest running_stats)",
+            "why": "ORT bakes the statistics in as constants and updates them in place with the "
+            "population variance; they are now frozen parameters, updated as PyTorch does "
+            "(unbiased variance, momentum) and written back by the backend after each step",
+        },
+        {
+            "what": f"eval_model.onnx: {changed} BatchNormalization node(s) set to inference mode",
+            "why": "onnxblock's eval graph kept BN in training mode (batch statistics); PyTorch's "
+            "eval uses the running statistics",
+        },
+    ]
 
 
 def _versions() -> dict[str, str]:

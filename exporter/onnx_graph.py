@@ -15,8 +15,10 @@ import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
+from onnx import numpy_helper
 from torch import nn
 
 from .errors import ExportError
@@ -124,3 +126,107 @@ def save_model(proto: onnx.ModelProto, path: Path) -> None:
 def rewrite_deterministically(path: Path) -> None:
     """Re-save an ONNX file written by other code with our normalization."""
     save_model(onnx.load(str(path)), path)
+
+
+def restore_initializers(proto: onnx.ModelProto, values: dict[str, np.ndarray]) -> int:
+    """Make every parameter a named initializer of an eval-mode export; return how many were fixed.
+
+    In eval mode the TorchScript exporter treats weights and buffers as constants and
+    deduplicates equal ones (a fresh BatchNorm weight, running_var: all ones), leaving
+    ``Identity(other_name)`` where the parameter should be. Parameter overrides by name
+    (InferenceRunner) need the real initializer, so those nodes are replaced by it.
+    """
+    present = {init.name for init in proto.graph.initializer}
+    fixed = 0
+    for name, value in values.items():
+        if name in present:
+            continue
+        producers = [n for n in proto.graph.node if name in n.output]
+        if len(producers) != 1 or producers[0].op_type not in ("Identity", "Constant"):
+            continue  # require_initializers reports it with the full list
+        proto.graph.node.remove(producers[0])
+        proto.graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
+        fixed += 1
+    return fixed
+
+
+def add_layernorm_outputs(proto: onnx.ModelProto) -> int:
+    """Give each one-output LayerNormalization node its Mean and InvStdDev outputs; return count.
+
+    ONNX Runtime's LayerNormalization gradient reads the saved mean and inverse standard
+    deviation; the TorchScript exporter (opset >= 17) emits the node with one output, and the
+    gradient builder then fails with ``i < node_->OutputDefs().size()``.
+    """
+    count = 0
+    for index, node in enumerate(proto.graph.node):
+        if node.op_type == "LayerNormalization" and node.domain in ("", "ai.onnx"):
+            if len(node.output) == 1:
+                base = node.name or f"layernorm_{index}"
+                node.output.extend([f"{base}/saved_mean", f"{base}/saved_inv_std_dev"])
+                count += 1
+    return count
+
+
+def average_pools_as_convs(proto: onnx.ModelProto) -> int:
+    """Rewrite each AveragePool of a training graph as a fixed-weight depthwise Conv; return count.
+
+    ONNX Runtime 1.19's CPU AveragePoolGrad kills the process with SIGFPE. With
+    ``count_include_pad=1`` (PyTorch's default) or no padding, average pooling is exactly a
+    depthwise convolution with constant weights ``1 / prod(kernel)``, whose gradient works.
+    """
+    nodes = [n for n in proto.graph.node if n.op_type == "AveragePool"]
+    if not nodes:
+        return 0
+    inferred = onnx.shape_inference.infer_shapes(proto)
+    shapes = {
+        v.name: v.type.tensor_type.shape
+        for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
+    }
+    for node in nodes:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        kernel = list(attrs["kernel_shape"])
+        pads = list(attrs.get("pads", [0] * 2 * len(kernel)))
+        if attrs.get("ceil_mode", 0) or (any(pads) and not attrs.get("count_include_pad", 0)):
+            raise ExportError(
+                f"node {node.name!r}: average pooling with ceil_mode=True or padding without "
+                "count_include_pad has no working gradient in ONNX Runtime; use "
+                "ceil_mode=False and count_include_pad=True, or nn.AdaptiveAvgPool"
+            )
+        shape = shapes.get(node.input[0])
+        if shape is None or len(shape.dim) < 2 or not shape.dim[1].HasField("dim_value"):
+            raise ExportError(f"node {node.name!r}: the channel count of its input is unknown")
+        channels = shape.dim[1].dim_value
+        weight_name = f"{node.name or node.output[0]}/avg_weight"
+        weight = np.full([channels, 1, *kernel], 1.0 / float(np.prod(kernel)), np.float32)
+        proto.graph.initializer.append(numpy_helper.from_array(weight, weight_name))
+        strides = list(attrs.get("strides", [1] * len(kernel)))
+        node.op_type = "Conv"
+        node.input.append(weight_name)
+        del node.attribute[:]
+        node.attribute.extend(
+            [
+                onnx.helper.make_attribute("group", channels),
+                onnx.helper.make_attribute("kernel_shape", kernel),
+                onnx.helper.make_attribute("pads", pads),
+                onnx.helper.make_attribute("strides", strides),
+            ]
+        )
+    return len(nodes)
+
+
+def initializers_as_inputs(proto: onnx.ModelProto, names: Iterable[str]) -> None:
+    """List the named initializers as graph inputs too (their values stay the defaults).
+
+    ONNX Runtime treats an initializer that is not a graph input as a constant: its optimizer
+    folds it (e.g. Conv+BatchNorm fusion) from the file's values *before* values supplied with
+    ``SessionOptions.add_initializer`` apply, so overridden parameters were silently ignored.
+    As graph inputs they are overridable and never folded.
+    """
+    inits = {init.name: init for init in proto.graph.initializer}
+    listed = {i.name for i in proto.graph.input}
+    for name in names:
+        if name in inits and name not in listed:
+            init = inits[name]
+            proto.graph.input.append(
+                onnx.helper.make_tensor_value_info(name, init.data_type, list(init.dims))
+            )

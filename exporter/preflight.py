@@ -39,11 +39,6 @@ def check_supported_layers(model: nn.Module) -> None:
     """Refuse layers the ORT training backend cannot handle yet, naming the module path."""
     for path, module in model.named_modules():
         where = path or "<root>"
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            raise ExportError(
-                f"module '{where}' ({type(module).__name__}): BatchNorm support is not "
-                "implemented yet; remove it or replace it with nn.LayerNorm/nn.GroupNorm"
-            )
         if type(module) is nn.RNN:
             raise ExportError(
                 f"module '{where}' (RNN): nn.RNN has no gradient builder in ONNX Runtime; "

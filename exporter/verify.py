@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 
 FORWARD_TOLERANCE = 1e-4
 STEP_TOLERANCE = 1e-4
+# A gradient this small relative to the largest one is rounding noise (e.g. a bias feeding BatchNorm: exactly zero in exact
+# arithmetic). Adam divides by its root mean square, so the noise becomes a full-size step whose
+# sign differs between implementations; such parameters are reported, not compared.
+ZERO_GRADIENT = 1e-5
 
 _TORCH_LOSSES = {
     "cross_entropy": nn.CrossEntropyLoss,
@@ -75,28 +79,83 @@ def step_parity(
     loss: str,
     optimizer: OptimizerSpec,
     trainable: Sequence[str],
+    running_stats: Sequence[dict[str, str]] = (),
+    torch_loss: Any = None,
 ) -> dict[str, float]:
     """One training step in ORT and in PyTorch from the same weights; return the differences.
 
-    Returns ``step_max_abs_diff`` (over all parameters after the step), ``loss_abs_diff`` and
-    ``frozen_max_change`` (largest change of a frozen parameter in ORT; must be 0).
+    Returns ``step_max_abs_diff`` (over all parameters and running statistics after the step),
+    ``loss_abs_diff``, ``frozen_max_change`` (largest change of a frozen parameter in ORT; must
+    be 0) and, with BatchNorm, ``running_stats_max_abs_diff`` (statistics written back as a
+    backend does, see ``write_back_running_stats``).
     """
-    ort_before, ort_after, ort_loss = _ort_step(bundle_dir, inputs, labels, optimizer)
-    torch_after, torch_loss = _torch_step(model, inputs, labels, loss, optimizer, trainable)
+    ort_before, ort_after, ort_loss = _ort_step(
+        bundle_dir, inputs, labels, optimizer, running_stats
+    )
+    stats = {s["param"] for s in running_stats}
+    torch_after, torch_loss, grads = _torch_step(
+        model, inputs, labels, torch_loss or _TORCH_LOSSES[loss](), optimizer, trainable, stats
+    )
     if set(ort_after) != set(torch_after):
         raise ExportError(f"ORT parameters {sorted(ort_after)} != torch's {sorted(torch_after)}")
-    step_diff = max(_max_abs_diff(torch_after[n], ort_after[n]) for n in torch_after)
-    frozen = [n for n in ort_after if n not in trainable]
+    largest = max(grads.values(), default=0.0)
+    noise = sorted(
+        n for n, g in grads.items() if optimizer.type == "adamw" and g <= ZERO_GRADIENT * largest
+    )
+    diffs = {n: _max_abs_diff(torch_after[n], ort_after[n]) for n in torch_after}
+    compared = [n for n in diffs if n not in noise]
+    step_diff = max((diffs[n] for n in compared), default=0.0)
+    worst = max(compared, key=lambda n: diffs[n]) if compared else None
+    frozen = [n for n in ort_after if n not in trainable and n not in stats]
     frozen_change = max((_max_abs_diff(ort_before[n], ort_after[n]) for n in frozen), default=0.0)
-    return {
+    numbers = {
         "step_max_abs_diff": step_diff,
         "loss_abs_diff": abs(float(torch_loss) - float(ort_loss)),
         "frozen_max_change": frozen_change,
+        "step_worst_parameter": worst,
     }
+    if noise:
+        numbers["zero_gradient_parameters"] = noise
+    if stats:
+        numbers["running_stats_max_abs_diff"] = max(
+            _max_abs_diff(torch_after[n], ort_after[n]) for n in stats
+        )
+        numbers["running_stats_max_change"] = max(
+            _max_abs_diff(ort_before[n], ort_after[n]) for n in stats
+        )
+    return numbers
+
+
+def write_back_running_stats(
+    state: Any, outputs: Any, running_stats: Sequence[dict[str, str]]
+) -> float:
+    """Copy a training step's running-statistics outputs into the checkpoint state.
+
+    ``outputs`` is what ``Module.__call__`` returned: the loss first, then one array per
+    ``running_stats`` entry in manifest order. Returns the loss. This is the contract every
+    ort-training backend follows after each optimizer step.
+    """
+    if not running_stats:
+        return _scalar(outputs)
+    values = list(outputs)
+    if len(values) != 1 + len(running_stats):
+        raise ExportError(
+            f"training graph returned {len(values)} outputs, expected loss + {len(running_stats)}"
+        )
+    for spec, value in zip(running_stats, values[1:], strict=True):
+        state.parameters[spec["param"]] = np.ascontiguousarray(value)
+    return _scalar(values[0])
+
+
+def _scalar(value: Any) -> float:
+    array = np.asarray(value)
+    if array.size != 1:
+        raise ExportError(f"the loss must be a scalar; the training graph returned {array.shape}")
+    return float(array.reshape(-1)[0])
 
 
 def sample_labels(
-    loss: str,
+    loss: Any,
     label_shape: Sequence[int],
     *,
     batch: int,
@@ -105,6 +164,8 @@ def sample_labels(
 ) -> torch.Tensor:
     """Reproducible labels for the step check: class ids, 0/1 targets or normal targets."""
     shape = (batch, *label_shape)
+    if not isinstance(loss, str):
+        return torch.randn(shape, generator=generator, dtype=torch.float32)
     if loss == "cross_entropy":
         return torch.randint(0, num_classes or 2, shape, generator=generator, dtype=torch.int64)
     if loss == "bce_with_logits":
@@ -121,7 +182,10 @@ def check_tolerances(numbers: dict[str, Any]) -> None:
         )
     step = numbers.get("step_max_abs_diff")
     if step is not None and step > STEP_TOLERANCE:
-        problems.append(f"training step max abs diff {step:.3g} > {STEP_TOLERANCE:g}")
+        problems.append(
+            f"training step max abs diff {step:.3g} > {STEP_TOLERANCE:g} "
+            f"(worst: '{numbers.get('step_worst_parameter')}')"
+        )
     if numbers.get("frozen_max_change", 0.0) != 0.0:
         problems.append(f"frozen parameters moved by {numbers['frozen_max_change']:.3g}")
     if problems:
@@ -140,7 +204,11 @@ def _training_api() -> Any:
 
 
 def _ort_step(
-    bundle_dir: Path, inputs: torch.Tensor, labels: torch.Tensor, optimizer: OptimizerSpec
+    bundle_dir: Path,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    optimizer: OptimizerSpec,
+    running_stats: Sequence[dict[str, str]],
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], float]:
     api = _training_api()
     ort = import_onnxruntime(block_torch=False)
@@ -156,41 +224,49 @@ def _ort_step(
     opt.set_learning_rate(optimizer.lr)
     before = {n: np.array(p.data, copy=True) for n, p in state.parameters}
     module.train()
-    loss = module(inputs.numpy(), labels.numpy())
+    outputs = module(inputs.numpy(), labels.numpy())
     opt.step()
     module.lazy_reset_grad()
+    loss = write_back_running_stats(state, outputs, running_stats)
     after = {n: np.array(p.data, copy=True) for n, p in state.parameters}
-    return before, after, float(np.asarray(loss))
+    return before, after, loss
 
 
 def _torch_step(
     model: nn.Module,
     inputs: torch.Tensor,
     labels: torch.Tensor,
-    loss: str,
+    loss_fn: Any,
     optimizer: OptimizerSpec,
     trainable: Sequence[str],
-) -> tuple[dict[str, np.ndarray], float]:
+    stats: set[str],
+) -> tuple[dict[str, np.ndarray], float, dict[str, float]]:
     clone = copy.deepcopy(model).train()
     params = dict(clone.named_parameters())
     for name, param in params.items():
         param.requires_grad_(name in trainable)
-    chosen = [params[n] for n in trainable]
-    if optimizer.type == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(chosen, lr=optimizer.lr)
-    else:
-        opt = torch.optim.AdamW(
-            chosen,
-            lr=optimizer.lr,
-            betas=tuple(optimizer.betas),
-            eps=optimizer.eps,
-            weight_decay=optimizer.weight_decay,
-        )
-    value = _TORCH_LOSSES[loss]()(clone(inputs), labels)
+    opt = torch_optimizer([params[n] for n in trainable], optimizer)
+    value = loss_fn(clone(inputs), labels)
     opt.zero_grad()
     value.backward()
+    grads = {
+        n: float(params[n].grad.abs().max()) if params[n].grad is not None else 0.0
+        for n in trainable
+    }
     opt.step()
-    return {n: p.detach().numpy().copy() for n, p in params.items()}, float(value.detach())
+    after = {n: p.detach().numpy().copy() for n, p in params.items()}
+    buffers = dict(clone.named_buffers())
+    after.update({n: buffers[n].numpy().copy() for n in stats})
+    return after, float(value.detach()), grads
+
+
+def torch_optimizer(params: list[torch.nn.Parameter], spec: OptimizerSpec) -> torch.optim.Optimizer:
+    """The PyTorch optimizer a bundle's optimizer must match (the parity reference)."""
+    if spec.type == "sgd":
+        return torch.optim.SGD(params, lr=spec.lr)
+    return torch.optim.AdamW(
+        params, lr=spec.lr, betas=tuple(spec.betas), eps=spec.eps, weight_decay=spec.weight_decay
+    )
 
 
 def _max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:

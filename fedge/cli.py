@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "fedge.exporter.cli",
     "fedge.agent.cli",
     "fedge.orchestrator.cli",
+    "fedge.provision.cli",
 )
 
 log = logging.getLogger("fedge")

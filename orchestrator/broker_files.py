@@ -114,8 +114,13 @@ def render_config(
     max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
     log_path: Path | None = None,
     run_as_user: str | None = None,
+    pid_file: Path | None = None,
 ) -> str:
-    """Return the text of ``mosquitto.conf`` (absolute paths, so it runs from any directory)."""
+    """Return the text of ``mosquitto.conf`` (absolute paths, so it runs from any directory).
+
+    ``pid_file`` lets tools find the broker to reload it (``kill -HUP``) after a device is
+    added or revoked.
+    """
     _check_port("port", port)
     if max_packet_size < 1024:
         raise ConfigError(f"max_packet_size must be at least 1024 bytes, got {max_packet_size}")
@@ -129,6 +134,8 @@ def render_config(
     ]
     if run_as_user:
         lines.append(f"user {run_as_user}")
+    if pid_file:
+        lines.append(f"pid_file {pid_file}")
     if persistence:
         # persistence_location must end with a separator: Mosquitto concatenates it.
         lines += [
@@ -216,6 +223,46 @@ def write_password_file(path: str | Path, users: Mapping[str, str]) -> Path:
     return path
 
 
+def set_password(path: str | Path, name: str, password: str) -> None:
+    """Add ``name`` to an existing password file, or change its password (``mosquitto_passwd -b``)."""
+    _check_name("username", name)
+    if not password or "\n" in password:
+        raise ConfigError(f"user '{name}' needs a non-empty, single-line password")
+    _run_passwd(["-b", str(path), name, password], name)
+    os.chmod(path, 0o600)
+
+
+def delete_password(path: str | Path, name: str) -> bool:
+    """Remove ``name`` from a password file (``mosquitto_passwd -D``); False if it was absent."""
+    _check_name("username", name)
+    if name not in password_file_users(path):
+        return False
+    _run_passwd(["-D", str(path), name], name)
+    return True
+
+
+def password_file_users(path: str | Path) -> list[str]:
+    """The user names in a Mosquitto password file, in file order."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read password file {path}: {exc.strerror or exc}") from exc
+    return [line.split(":", 1)[0] for line in text.splitlines() if ":" in line]
+
+
+def _run_passwd(args: list[str], name: str) -> None:
+    path = Path(args[1])  # [-b|-D, file, user, ...]
+    owner = path.stat() if path.exists() else None
+    result = subprocess.run(
+        [find_mosquitto_passwd(), *args], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        detail = (result.stderr or result.stdout).strip()
+        raise ConfigError(f"mosquitto_passwd failed for user '{name}': {detail}")
+    if owner is not None and os.geteuid() == 0:  # keep it readable by the broker's user
+        os.chown(path, owner.st_uid, owner.st_gid)
+
+
 def write_broker_files(
     out_dir: str | Path,
     *,
@@ -230,6 +277,7 @@ def write_broker_files(
     max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
     log_to_file: bool = False,
     run_as_user: str | None = None,
+    pid_file: str | Path | None = None,
 ) -> BrokerFiles:
     """Write ``mosquitto.conf``, ``passwd`` and ``acl`` for one federation into ``out_dir``.
 
@@ -260,6 +308,7 @@ def write_broker_files(
         max_packet_size=max_packet_size,
         log_path=files.log_path,
         run_as_user=run_as_user,
+        pid_file=Path(pid_file).resolve() if pid_file else None,
     )
     write_password_file(files.passwd_path, dict(users or {}))
     if persistence:

@@ -1,4 +1,7 @@
-"""``fedge orchestrator``: run rounds for a federation (thin: parse, load config, run)."""
+"""Orchestrator commands: ``orchestrator``, ``status``, ``history``, ``plot``, ``model export``.
+
+Thin: each parses its arguments, calls one library function and prints the result.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +11,18 @@ import signal
 
 log = logging.getLogger(__name__)
 
+RAW = argparse.RawDescriptionHelpFormatter
+
 EXAMPLE = """Example:
   fedge orchestrator --config orch.toml
-  fedge orchestrator --config orch.toml --set rounds.rounds=20 --set rounds.min_devices=3
+  fedge orchestrator --config orch.toml --set rounds.rounds=20 --set strategy=fedadam
 
 Every setting can also come from the environment: FEDGE_MQTT_PASSWORD=... for mqtt.password."""
+
+
+def _db_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--database", default="orchestrator.db", help="orchestrator SQLite file")
+    p.add_argument("--run", default=None, help="run id (default: the latest run)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,13 +31,68 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="run the orchestrator: register devices, schedule rounds, aggregate deltas",
         description="Run federated rounds until the configured number of model versions exists.",
         epilog=EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=RAW,
     )
     p.add_argument("--config", help="orchestrator TOML file")
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting"
     )
     p.set_defaults(func=run_orchestrator)
+
+    p = sub.add_parser(
+        "status",
+        help="show the current run, open round, devices and last metrics",
+        description="Read the orchestrator database and show where the run stands.",
+        epilog="Example:\n  fedge status --database orchestrator.db",
+        formatter_class=RAW,
+    )
+    _db_args(p)
+    p.set_defaults(func=show_status)
+
+    p = sub.add_parser(
+        "history",
+        help="table of a run's rounds",
+        description="One line per round: state, reports/goal, rejections, late and duplicate "
+        "updates, bytes received, duration and metrics.",
+        epilog="Example:\n  fedge history --database orchestrator.db",
+        formatter_class=RAW,
+    )
+    _db_args(p)
+    p.set_defaults(func=show_history)
+
+    p = sub.add_parser(
+        "plot",
+        help="PNG of a run's metrics per round",
+        description="Plot test/validation accuracy and losses per committed round.",
+        epilog="Example:\n  fedge plot --database orchestrator.db --out accuracy.png",
+        formatter_class=RAW,
+    )
+    _db_args(p)
+    p.add_argument("--out", default="fedge-run.png", help="PNG file to write")
+    p.set_defaults(func=make_plot)
+
+    p = sub.add_parser(
+        "model",
+        help="model versions: export one as an inference ONNX file",
+        description="Work with the model versions stored by the orchestrator.",
+        epilog="Example:\n  fedge model export --database orchestrator.db --bundle bundle/ "
+        "--version 10 --out model.onnx",
+        formatter_class=RAW,
+    )
+    msub = p.add_subparsers(dest="model_command", metavar="COMMAND", required=True)
+    e = msub.add_parser(
+        "export",
+        help="write model version N as an inference ONNX file",
+        description="The bundle's inference graph with the stored parameters of version N.",
+        epilog="Example:\n  fedge model export --database orchestrator.db --bundle bundle/ "
+        "--version 10 --out model.onnx",
+        formatter_class=RAW,
+    )
+    _db_args(e)
+    e.add_argument("--bundle", required=True, help="the bundle the run was started with")
+    e.add_argument("--version", type=int, default=-1, help="model version (default: latest)")
+    e.add_argument("--out", required=True, help="ONNX file to write")
+    e.set_defaults(func=export_model)
 
 
 def run_orchestrator(args: argparse.Namespace) -> int:
@@ -40,14 +105,59 @@ def run_orchestrator(args: argparse.Namespace) -> int:
     orch = Orchestrator(config)
     signal.signal(signal.SIGTERM, lambda *_: orch.stop())
     log.info(
-        "orchestrator for federation %s: bundle %s, database %s, broker %s",
+        "orchestrator for federation %s: bundle %s, database %s, broker %s, strategy %s",
         config.federation,
         orch.bundle.content_hash[:12],
         config.database,
         config.mqtt.url,
+        orch.strategy.describe(),
     )
     try:
         orch.run()
     except KeyboardInterrupt:
         orch.stop()
+    return 0
+
+
+def show_status(args: argparse.Namespace) -> int:
+    from .history import open_store, pick_run, status_text
+
+    store = open_store(args.database)
+    print(status_text(store, pick_run(store, args.run)))
+    return 0
+
+
+def show_history(args: argparse.Namespace) -> int:
+    from .history import history_table, open_store, pick_run
+
+    store = open_store(args.database)
+    run_id = pick_run(store, args.run)
+    print(f"run {run_id}")
+    print(history_table(store.rounds(run_id)))
+    return 0
+
+
+def make_plot(args: argparse.Namespace) -> int:
+    from .history import open_store, pick_run
+    from .plotting import plot_rounds
+
+    store = open_store(args.database)
+    run_id = pick_run(store, args.run)
+    print(f"Wrote {plot_rounds(store.rounds(run_id), args.out, title=f'fedge run {run_id}')}")
+    return 0
+
+
+def export_model(args: argparse.Namespace) -> int:
+    from fedge.protocol.bundle import load_bundle
+
+    from .history import open_store, pick_run
+    from .model_export import export_version
+
+    store = open_store(args.database)
+    run_id = pick_run(store, args.run)
+    version = args.version
+    if version < 0:
+        version = store.latest_version(run_id)[0]
+    out = export_version(store, run_id, version, load_bundle(args.bundle), args.out)
+    print(f"Wrote {out}: run {run_id}, model version {version}")
     return 0

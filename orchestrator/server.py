@@ -1,7 +1,8 @@
-"""The orchestrator's main loop: registry, rounds, update intake, aggregation, persistence.
+"""The orchestrator's main loop: rounds, aggregation, persistence, events.
 
 One thread owns all state; paho's network thread only queues messages. Every decision is
 recorded in SQLite before it is announced, so a restart resumes the same run and round.
+Devices live in ``registry.py``, update intake in ``intake.py``.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from pathlib import Path
 
 from fedge.protocol.bundle import Bundle, load_bundle, pack_bundle
 from fedge.protocol.chunks import blob_ref, chunk_bytes, decode_frame, encode_frame
+from fedge.protocol.compression import decode_delta
 from fedge.protocol.errors import CodecError, MessageError, TransferError
 from fedge.protocol.messages import (
-    Ack,
     FetchRequest,
     Message,
     RoundAbort,
@@ -27,19 +28,21 @@ from fedge.protocol.messages import (
     Status,
     TrainConfig,
     UpdateOffer,
-    new_msg_id,
     parse_message,
 )
 from fedge.protocol.mqtt_link import MqttLink
+from fedge.protocol.privacy import DEFAULT_TARGET_DELTA, dp_epsilon
 from fedge.protocol.tensors import decode_tensors, encode_tensors
 from fedge.protocol.topics import Topics
-from fedge.protocol.transfer import PullTransfer
 
 from .config import OrchestratorConfig
 from .evaluation import CentralEvaluator
+from .intake import UpdateIntake
+from .metrics_exporter import Metrics, MetricsServer
+from .registry import DeviceRegistry
+from .selection import over_selected
 from .store import RoundRecord, Store
-from .strategies import DeviceInfo, create_strategy
-from .validation import UpdateRejected, validate_delta
+from .strategies import create_strategy
 
 log = logging.getLogger(__name__)
 
@@ -55,24 +58,27 @@ class Orchestrator:
         self.archive = pack_bundle(self.bundle.root)
         self.bundle_ref = blob_ref(self.archive)
         self.store = Store(config.database)
-        self.strategy = create_strategy(config.strategy)
+        self.strategy = create_strategy(config.strategy, config.strategy_options)
         self.evaluator = (
             CentralEvaluator(self.bundle, config.evaluation.data)
             if config.evaluation.enabled
             else None
         )
         self.link = MqttLink(config.mqtt, client_id=config.client_id)
+        self.registry = DeviceRegistry(self.store)
+        self.intake = UpdateIntake(self)
+        self.metrics = Metrics()
+        self.metrics_server: MetricsServer | None = None
         self._blobs: dict[str, bytes] = {self.bundle_ref.sha256: self.archive}
-        self._uploads: dict[tuple[str, str], tuple[PullTransfer, UpdateOffer]] = {}
         self._seen: OrderedDict[str, None] = OrderedDict()  # recent msg ids (QoS 1 duplicates)
-        self.online: dict[str, Status] = {}
         self._stop = threading.Event()
         self.run_id = ""
         self.current: RoundRecord | None = None
-        self._global: dict | None = None
-        self._global_bytes = b""
+        self.global_params: dict | None = None
+        self.global_bytes = b""
         self._version = 0
         self._last_wait_log = 0.0
+        self._next_round_at = 0.0
 
     def stop(self) -> None:
         self._stop.set()
@@ -92,18 +98,28 @@ class Orchestrator:
             params = encode_tensors(self.bundle.initial_parameters())
             stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
             self.run_id = f"{stamp}-{self.bundle.content_hash[:8]}"
+            config = {"rounds": asdict(self.cfg.rounds), "strategy": self.strategy.describe()}
             self.store.create_run(
                 self.run_id,
                 self.bundle.content_hash,
-                asdict(self.cfg.rounds),
+                config,
                 params,
                 hashlib.sha256(params).hexdigest(),
             )
-            log.info("new run %s for model %s", self.run_id, self.bundle.manifest.get("model_name"))
+            self.strategy = create_strategy(self.cfg.strategy, self.cfg.strategy_options)
+            log.info(
+                "new run %s for model %s with %s",
+                self.run_id,
+                self.bundle.manifest.get("model_name"),
+                self.strategy.describe(),
+            )
             if self.evaluator is not None:  # the baseline every later version is compared with
                 baseline = self.evaluator.evaluate(self.bundle.initial_parameters())
                 self.store.set_version_metrics(self.run_id, 0, baseline)
         self._load_global()
+        state = self.store.strategy_state(self.run_id, self._version)
+        if state is not None:
+            self.strategy.load_state_dict(decode_tensors(state))
         rounds = self.store.rounds(self.run_id)
         if rounds and rounds[-1].state == "open":
             self.current = rounds[-1]
@@ -113,16 +129,23 @@ class Orchestrator:
                 self.current.reports,
             )
             self._publish_task("open")
+        else:
+            self._publish_task("closed")
 
     def _load_global(self) -> None:
-        self._version, self._global_bytes, _sha = self.store.latest_version(self.run_id)
-        self._global = decode_tensors(self._global_bytes)
+        self._version, self.global_bytes, _sha = self.store.latest_version(self.run_id)
+        self.global_params = decode_tensors(self.global_bytes)
         self._blobs = {
             self.bundle_ref.sha256: self.archive,
-            blob_ref(self._global_bytes).sha256: self._global_bytes,
+            blob_ref(self.global_bytes).sha256: self.global_bytes,
         }
+        self.metrics.set("fedge_model_version", self._version)
 
     def run(self) -> None:
+        if self.cfg.metrics.port:
+            self.metrics_server = MetricsServer(
+                self.metrics, self.cfg.metrics.host, self.cfg.metrics.port
+            ).start()
         for topic in (self.topics.all_agent_status, self.topics.all_agent_up):
             self.link.subscribe(topic)
         self.link.start()
@@ -135,52 +158,51 @@ class Orchestrator:
                 if item is not None:
                     self._dispatch(*item)
                     continue
-                for key, (transfer, _offer) in list(self._uploads.items()):
-                    transfer.tick()
-                    if transfer.failed:
-                        log.warning("upload from %s failed: %s", key[0], transfer.failed)
-                        del self._uploads[key]
+                self.intake.tick()
                 self._step()
         finally:
             self.link.stop()
             self.store.close()
+            if self.metrics_server is not None:
+                self.metrics_server.stop()
 
     # ---- rounds ----
-    def _eligible_devices(self) -> list[DeviceInfo]:
-        return [
-            DeviceInfo(s.agent, s.num_samples, s.backend)
-            for s in self.online.values()
-            if s.state not in ("offline", "ineligible") and s.eligible
-        ]
-
     def _step(self) -> None:
         if self.current is None:
             if self._version >= self.cfg.rounds.rounds:
                 self._finish()
                 return
-            devices = self._eligible_devices()
-            if len(devices) < self.cfg.rounds.min_devices:
+            if time.time() < self._next_round_at:
+                return
+            rs = self.cfg.rounds
+            devices = self.registry.eligible(rs.target_agents, rs.target_backends)
+            if len(devices) < max(1, rs.min_devices):
                 if time.monotonic() - self._last_wait_log > 10:
-                    log.info(
-                        "waiting for devices: %d of %d online",
-                        len(devices),
-                        self.cfg.rounds.min_devices,
-                    )
+                    log.info("waiting for devices: %d of %d eligible", len(devices), rs.min_devices)
                     self._last_wait_log = time.monotonic()
                 return
             self._open_round(devices)
             return
         r = self.current
-        answered = r.reports + r.aborted + r.rejected
-        if answered >= len(r.participants) or time.time() >= r.deadline:
+        done = self.store.answered_agents(self.run_id, r.round)
+        gone = {p for p in r.participants if p not in done and self.registry.is_offline(p)}
+        r.dropped = len(gone)
+        goal = r.goal or len(r.participants)
+        if (
+            r.reports >= goal
+            or len(done | gone) >= len(r.participants)
+            or time.time() >= r.deadline
+        ):
             self._close_round()
 
-    def _open_round(self, devices: list[DeviceInfo]) -> None:
+    def _open_round(self, devices) -> None:
         previous = self.store.rounds(self.run_id)
         round_no = previous[-1].round + 1 if previous else 1
         rs = self.cfg.rounds
+        goal = min(rs.devices_per_round or len(devices), len(devices))
+        invited = over_selected(goal, rs.over_selection, len(devices))
         participants = self.strategy.configure_round(
-            round_no, devices, per_round=rs.devices_per_round, seed=rs.seed
+            round_no, devices, per_round=invited, seed=rs.seed, weighted=rs.weighted_selection
         )
         now = time.time()
         self.current = RoundRecord(
@@ -198,60 +220,91 @@ class Orchestrator:
             0,
             0,
             {},
+            goal=goal,
         )
         self.store.open_round(self.current)
+        self.metrics.set("fedge_current_round", round_no)
         self._publish_task("open")
         self._event("round_started", self.current)
         log.info(
-            "round %d open: model v%d, %d participants, deadline in %.0f s",
+            "round %d open: model v%d, %d invited for a goal of %d, deadline in %.0f s",
             round_no,
             self._version,
             len(participants),
+            goal,
             rs.deadline_seconds,
         )
 
-    def _publish_task(self, state: str) -> None:
-        r = self.current
+    def train_config(self) -> TrainConfig:
         rs = self.cfg.rounds
+        base = TrainConfig(
+            local_epochs=rs.local_epochs,
+            batch_size=rs.batch_size,
+            max_samples=rs.max_samples,
+            seed=rs.seed,
+            learning_rate=rs.learning_rate,
+            compression=rs.compression,
+            topk_fraction=rs.topk_fraction,
+            clip_norm=rs.clip_norm,
+            noise_multiplier=rs.noise_multiplier,
+        )
+        return self.strategy.configure_train(base)
+
+    def _publish_task(self, state: str) -> None:
+        r = self.current if state == "open" else None
+        rs = self.cfg.rounds
+        if state == "open" and r is not None:
+            retry_after = max(1.0, r.deadline - time.time())
+        elif state == "finished":
+            retry_after = rs.check_back_seconds
+        else:
+            retry_after = max(1.0, self._next_round_at - time.time())
         task = RoundTask(
             run_id=self.run_id,
-            round=r.round if r else 0,
+            round=r.round if r else (self.current.round if self.current else 0),
             model_version=self._version,
             state=state,
             bundle_hash=self.bundle.content_hash,
             bundle=self.bundle_ref,
-            params=blob_ref(self._global_bytes),
+            params=blob_ref(self.global_bytes),
             participants=r.participants if r else [],
             deadline=r.deadline if r else 0.0,
-            config=TrainConfig(
-                local_epochs=rs.local_epochs, batch_size=rs.batch_size, seed=rs.seed
-            ),
+            config=self.train_config(),
+            retry_after=round(retry_after, 1),
         )
         self.link.publish(self.topics.round_current, task.encode(), retain=True)
 
     def _close_round(self) -> None:
         r = self.store.get_round(self.run_id, self.current.round)
+        dropped = self.current.dropped
+        if dropped:
+            self.store.count(self.run_id, r.round, "dropped", dropped)
         self.current = None
-        self._uploads.clear()
+        self.intake.uploads.clear()
+        self.metrics.set("fedge_current_round", 0)
+        self.metrics.set("fedge_round_duration_seconds", time.time() - r.opened)
         if r.reports < max(1, self.cfg.rounds.min_reports):
             note = f"{r.reports} reports < min_reports {self.cfg.rounds.min_reports}"
-            self.store.close_round(self.run_id, r.round, "abandoned", note)
-            log.warning("round %d abandoned: %s", r.round, note)
-            self._event("round_abandoned", r)
-            self._publish_task("closed")
+            self._abandon(r, note)
             return
-        aggregator = self.strategy.start_aggregation(self._global)
+        aggregator = self.strategy.start_aggregation(self.global_params)
         for _agent, num_samples, delta in self.store.accepted_deltas(self.run_id, r.round):
-            aggregator.add(decode_tensors(delta), num_samples)
+            aggregator.add(decode_delta(delta), num_samples)
         new_params = aggregator.result()
-        metrics = self._round_metrics(r.round)
         if new_params is None:
-            self.store.close_round(self.run_id, r.round, "abandoned", "strategy kept the model")
-            self._publish_task("closed")
+            self._abandon(r, "strategy kept the model")
             return
+        metrics = self._round_metrics(r.round)
+        rs = self.cfg.rounds
+        if (
+            rs.clip_norm > 0 and rs.noise_multiplier > 0
+        ):  # privacy budget spent so far (conservative)
+            metrics["dp_epsilon"] = dp_epsilon(rs.noise_multiplier, r.round)
+            metrics["dp_delta"] = DEFAULT_TARGET_DELTA
         if self.evaluator is not None:
             metrics.update(self.evaluator.evaluate(new_params))
         blob = encode_tensors(new_params)
+        state = self.strategy.state_dict()
         self.store.commit_round(
             self.run_id,
             r.round,
@@ -260,9 +313,11 @@ class Orchestrator:
             hashlib.sha256(blob).hexdigest(),
             metrics,
             keep_deltas=self.cfg.rounds.keep_deltas,
+            strategy_state=encode_tensors(state) if state else None,
         )
         self._load_global()
         r = self.store.get_round(self.run_id, r.round)
+        self.metrics.inc("fedge_rounds_total", state="committed")
         log.info(
             "round %d committed -> model v%d (%d reports): %s",
             r.round,
@@ -275,15 +330,39 @@ class Orchestrator:
         self._event("round_committed", r)
         self._publish_task("closed")
 
+    def _abandon(self, r: RoundRecord, note: str) -> None:
+        self.store.close_round(self.run_id, r.round, "abandoned", note)
+        self.metrics.inc("fedge_rounds_total", state="abandoned")
+        self._next_round_at = time.time() + self.cfg.rounds.retry_seconds
+        log.warning(
+            "round %d abandoned: %s; retrying in %.0f s",
+            r.round,
+            note,
+            self.cfg.rounds.retry_seconds,
+        )
+        self._event("round_abandoned", self.store.get_round(self.run_id, r.round))
+        self._publish_task("closed")
+
     def _round_metrics(self, round_no: int) -> dict[str, float]:
-        """Sample-weighted means of the metrics the devices reported."""
+        """Weighted means of the devices' metrics: ``val_*`` by validation rows, the rest by
+        training samples; ``*_samples`` are summed."""
         sums: dict[str, float] = {}
         weights: dict[str, float] = {}
         for n, metrics in self.store.update_metrics(self.run_id, round_no):
             for k, v in metrics.items():
-                sums[k] = sums.get(k, 0.0) + v * n
-                weights[k] = weights.get(k, 0.0) + n
-        return {k: sums[k] / weights[k] for k in sums}
+                if k.endswith("_samples"):
+                    sums[k] = sums.get(k, 0.0) + v
+                    weights[k] = 1.0
+                    continue
+                w = metrics.get("val_samples", n) if k.startswith("val_") else n
+                if w > 0:
+                    sums[k] = sums.get(k, 0.0) + v * w
+                    weights[k] = weights.get(k, 0.0) + w
+        return {
+            k: sums[k] if k.endswith("_samples") else sums[k] / weights[k]
+            for k in sums
+            if weights.get(k)
+        }
 
     def _finish(self) -> None:
         self.store.finish_run(self.run_id)
@@ -312,7 +391,7 @@ class Orchestrator:
         self.link.publish(self.topics.orchestrator_status, data, retain=True)
 
     # ---- incoming ----
-    def _first_time(self, msg_id: str) -> bool:
+    def first_time(self, msg_id: str) -> bool:
         if msg_id in self._seen:
             return False
         self._seen[msg_id] = None
@@ -325,7 +404,11 @@ class Orchestrator:
             agent_id, kind = self.topics.parse_agent_topic(topic)
             if kind == "status":
                 if payload:
-                    self._on_status(agent_id, parse_message(payload, Status))
+                    status = parse_message(payload, Status)
+                    assert isinstance(status, Status)
+                    self.registry.on_status(agent_id, status)
+                    for state, n in self.registry.counts().items():
+                        self.metrics.set("fedge_devices", n, state=state)
             elif kind == "up/msg":
                 msg = parse_message(payload)
                 if getattr(msg, "agent", None) != agent_id:
@@ -334,38 +417,11 @@ class Orchestrator:
                     )
                 self._on_agent_message(agent_id, msg)
             elif kind == "up/chunk":
-                chunk = decode_frame(payload)
-                entry = self._uploads.get((agent_id, chunk.sha256))
-                if entry and entry[0].on_chunk(chunk):
-                    del self._uploads[(agent_id, chunk.sha256)]
-                    self._on_upload_complete(agent_id, entry[1], entry[0].result)
+                self.intake.on_chunk(agent_id, decode_frame(payload))
             else:
                 raise MessageError(f"unexpected topic kind {kind!r}")
         except (MessageError, TransferError, CodecError) as exc:
             log.warning("ignored a bad message on %s: %s", topic, exc)
-
-    def _on_status(self, agent_id: str, status: Status) -> None:
-        if status.agent != agent_id:
-            raise MessageError(f"status for {status.agent!r} published on {agent_id}'s topic")
-        previous = self.online.get(agent_id)
-        self.online[agent_id] = status
-        if previous is None or previous.state != status.state:
-            log.info(
-                "device %s is %s (backend %s, %d samples)",
-                agent_id,
-                status.state,
-                status.backend or "?",
-                status.num_samples,
-            )
-        self.store.upsert_device(
-            agent_id,
-            status.state,
-            status.backend,
-            status.num_samples,
-            status.eligible,
-            status.reason,
-            status.version,
-        )
 
     def _on_agent_message(self, agent_id: str, msg: Message) -> None:
         if isinstance(msg, FetchRequest):
@@ -380,126 +436,8 @@ class Orchestrator:
                         self.topics.agent_down(agent_id), encode_frame(ref, i, chunk_bytes(blob, i))
                     )
         elif isinstance(msg, UpdateOffer):
-            self._on_offer(agent_id, msg)
+            self.intake.on_offer(agent_id, msg)
         elif isinstance(msg, RoundAbort):
-            if (
-                self._first_time(msg.msg_id)
-                and self.current
-                and msg.run_id == self.run_id
-                and msg.round == self.current.round
-            ):
-                self.store.count(self.run_id, msg.round, "aborted")
-                self.current.aborted += 1
-                log.info("round %d: %s will not report: %s", msg.round, agent_id, msg.reason)
+            self.intake.on_abort(agent_id, msg)
         else:
             raise MessageError(f"unexpected {msg.TYPE!r} message from an agent")
-
-    def _ack(self, offer: UpdateOffer, accepted: bool, reason: str = "") -> None:
-        ack = Ack(
-            msg_id=new_msg_id(),
-            agent=offer.agent,
-            run_id=offer.run_id,
-            round=offer.round,
-            sha256=offer.blob.sha256,
-            accepted=accepted,
-            reason=reason,
-        )
-        self.link.publish(self.topics.agent_cmd(offer.agent), ack.encode())
-
-    def _on_offer(self, agent_id: str, offer: UpdateOffer) -> None:
-        accepted_sha = self.store.accepted_update(offer.run_id, offer.round, agent_id)
-        if accepted_sha is not None:  # counted already: a re-offer after a lost ack, or a duplicate
-            if accepted_sha == offer.blob.sha256:
-                if self._first_time(offer.msg_id) and self.store.get_round(
-                    offer.run_id, offer.round
-                ):
-                    self.store.count(offer.run_id, offer.round, "duplicates")
-                self._ack(offer, True, "already counted")
-            else:
-                self._ack(
-                    offer,
-                    False,
-                    "another update from this device was already counted for this round",
-                )
-            return
-        r = self.current
-        if r is None or offer.run_id != self.run_id or offer.round != r.round:
-            if self._first_time(offer.msg_id):
-                self.store.reject_update(
-                    offer.run_id,
-                    offer.round,
-                    agent_id,
-                    offer.blob.sha256,
-                    "round is closed",
-                    offer.blob.size,
-                    counter="late",
-                )
-            self._ack(offer, False, f"round {offer.round} is closed")
-            return
-        if agent_id not in r.participants:
-            self._ack(offer, False, "device was not selected for this round")
-            return
-        if offer.model_version != self._version:
-            self._ack(
-                offer,
-                False,
-                f"update is for model v{offer.model_version}, current is v{self._version}",
-            )
-            return
-        key = (agent_id, offer.blob.sha256)
-        if key in self._uploads:
-            return
-        limit = 4 * len(self._global_bytes) + (1 << 20)
-
-        def request(
-            indices: list[int], agent: str = agent_id, sha: str = offer.blob.sha256
-        ) -> None:
-            req = FetchRequest(msg_id=new_msg_id(), agent=agent, sha256=sha, indices=indices)
-            self.link.publish(self.topics.agent_cmd(agent), req.encode())
-
-        try:
-            transfer = PullTransfer(offer.blob, request, max_bytes=limit)
-        except TransferError as exc:
-            self._reject(agent_id, offer, str(exc))
-            return
-        self._uploads[key] = (transfer, offer)
-        transfer.start()
-
-    def _reject(self, agent_id: str, offer: UpdateOffer, reason: str) -> None:
-        log.warning("round %d: update from %s rejected: %s", offer.round, agent_id, reason)
-        self.store.reject_update(
-            offer.run_id, offer.round, agent_id, offer.blob.sha256, reason, offer.blob.size
-        )
-        if self.current and self.current.round == offer.round:
-            self.current.rejected += 1
-        self._ack(offer, False, reason)
-
-    def _on_upload_complete(self, agent_id: str, offer: UpdateOffer, blob: bytes) -> None:
-        r = self.current
-        if r is None or offer.round != r.round or offer.run_id != self.run_id:
-            self._ack(offer, False, f"round {offer.round} closed during the upload")
-            return
-        try:
-            validate_delta(blob, self._global, max_norm=self.cfg.rounds.max_update_norm)
-        except UpdateRejected as exc:
-            self._reject(agent_id, offer, str(exc))
-            return
-        self.store.accept_update(
-            self.run_id,
-            r.round,
-            agent_id,
-            offer.blob.sha256,
-            offer.num_samples,
-            offer.metrics,
-            blob,
-        )
-        r.reports += 1
-        log.info(
-            "round %d: update from %s accepted (%d/%d, %d samples)",
-            r.round,
-            agent_id,
-            r.reports,
-            len(r.participants),
-            offer.num_samples,
-        )
-        self._ack(offer, True)

@@ -33,6 +33,7 @@ CREATE TABLE IF NOT EXISTS rounds (
     duplicates INTEGER NOT NULL DEFAULT 0, late INTEGER NOT NULL DEFAULT 0,
     aborted INTEGER NOT NULL DEFAULT 0, bytes_in INTEGER NOT NULL DEFAULT 0,
     metrics TEXT NOT NULL DEFAULT '{}', note TEXT NOT NULL DEFAULT '',
+    goal INTEGER NOT NULL DEFAULT 0, dropped INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (run_id, round)
 );
 CREATE TABLE IF NOT EXISTS updates (
@@ -48,7 +49,16 @@ CREATE TABLE IF NOT EXISTS model_versions (
     params BLOB NOT NULL, metrics TEXT NOT NULL DEFAULT '{}', created REAL NOT NULL,
     PRIMARY KEY (run_id, version)
 );
+CREATE TABLE IF NOT EXISTS strategy_state (
+    run_id TEXT NOT NULL, version INTEGER NOT NULL, state BLOB NOT NULL,
+    PRIMARY KEY (run_id, version)
+);
 """
+# columns added after the first release: (table, column, definition)
+MIGRATIONS = [
+    ("rounds", "goal", "INTEGER NOT NULL DEFAULT 0"),
+    ("rounds", "dropped", "INTEGER NOT NULL DEFAULT 0"),
+]
 
 
 class StoreError(FedgeError):
@@ -73,6 +83,8 @@ class RoundRecord:
     metrics: dict[str, Any]
     closed: float | None = None
     note: str = ""
+    goal: int = 0  # reports to accept; the round closes as soon as it has them
+    dropped: int = 0  # participants that went offline without reporting
 
 
 class Store:
@@ -83,6 +95,10 @@ class Store:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.executescript(SCHEMA)
+            for table, column, definition in MIGRATIONS:
+                cols = {r[1] for r in self.db.execute(f"PRAGMA table_info({table})")}
+                if column not in cols:
+                    self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"orchestrator database {path} cannot be opened: {exc}") from None
 
@@ -198,7 +214,7 @@ class Store:
         self.tx(
             [
                 (
-                    "INSERT INTO rounds(run_id, round, model_version, state, participants, opened, deadline) VALUES (?,?,?,?,?,?,?)",
+                    "INSERT INTO rounds(run_id, round, model_version, state, participants, opened, deadline, goal) VALUES (?,?,?,?,?,?,?,?)",
                     (
                         rec.run_id,
                         rec.round,
@@ -207,6 +223,7 @@ class Store:
                         json.dumps(rec.participants),
                         rec.opened,
                         rec.deadline,
+                        rec.goal,
                     ),
                 )
             ]
@@ -230,6 +247,8 @@ class Store:
             bytes_in,
             metrics,
             note,
+            goal,
+            dropped,
         ) = row
         return RoundRecord(
             run_id,
@@ -248,11 +267,13 @@ class Store:
             json.loads(metrics),
             closed,
             note,
+            goal,
+            dropped,
         )
 
     _ROUND_COLS = (
         "run_id, round, model_version, state, participants, opened, deadline, closed, reports, "
-        "rejected, duplicates, late, aborted, bytes_in, metrics, note"
+        "rejected, duplicates, late, aborted, bytes_in, metrics, note, goal, dropped"
     )
 
     def rounds(self, run_id: str) -> list[RoundRecord]:
@@ -268,7 +289,7 @@ class Store:
         return self._round_from_row(row) if row else None
 
     def count(self, run_id: str, round_no: int, column: str, by: int = 1) -> None:
-        if column not in ("rejected", "duplicates", "late", "aborted", "bytes_in"):
+        if column not in ("rejected", "duplicates", "late", "aborted", "bytes_in", "dropped"):
             raise ValueError(column)
         self.tx(
             [
@@ -371,11 +392,22 @@ class Store:
         metrics: dict[str, Any],
         *,
         keep_deltas: bool = False,
+        strategy_state: bytes | None = None,
     ) -> None:
-        """Store the new model version, close the round and drop its deltas: one transaction."""
+        """Store the new model version (and the strategy's state), close the round and drop
+        its deltas: one transaction."""
         now = time.time()
+        extra: list[tuple[str, tuple]] = []
+        if strategy_state is not None:
+            extra.append(
+                (
+                    "INSERT OR REPLACE INTO strategy_state(run_id, version, state) VALUES (?,?,?)",
+                    (run_id, version, strategy_state),
+                )
+            )
         self.tx(
-            [
+            extra
+            + [
                 (
                     "INSERT INTO model_versions(run_id, version, round, sha256, params, metrics, created) VALUES (?,?,?,?,?,?,?)",
                     (run_id, version, round_no, sha, params, json.dumps(metrics), now),
@@ -426,6 +458,44 @@ class Store:
                 )
             ]
         )
+
+    def strategy_state(self, run_id: str, version: int) -> bytes | None:
+        row = self.db.execute(
+            "SELECT state FROM strategy_state WHERE run_id=? AND version=?", (run_id, version)
+        ).fetchone()
+        return row[0] if row else None
+
+    def answered_agents(self, run_id: str, round_no: int) -> set[str]:
+        """Agents whose update for the round was accepted or rejected, or who aborted it."""
+        rows = self.db.execute(
+            "SELECT DISTINCT agent_id FROM updates WHERE run_id=? AND round=? "
+            "AND status IN ('accepted', 'rejected', 'aborted')",
+            (run_id, round_no),
+        ).fetchall()
+        return {r[0] for r in rows}
+
+    def updates(self, run_id: str, round_no: int) -> list[dict[str, Any]]:
+        """Every update record of a round (without the delta bytes), oldest first."""
+        cur = self.db.execute(
+            "SELECT agent_id, sha256, status, reason, num_samples, bytes, received FROM updates "
+            "WHERE run_id=? AND round=? ORDER BY id",
+            (run_id, round_no),
+        )
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
+
+    def runs(self) -> list[dict[str, Any]]:
+        cur = self.db.execute(
+            "SELECT run_id, bundle_hash, state, started, finished FROM runs ORDER BY started"
+        )
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
+
+    def version_metrics(self, run_id: str) -> dict[int, dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT version, metrics FROM model_versions WHERE run_id=? ORDER BY version", (run_id,)
+        ).fetchall()
+        return {v: json.loads(m) for v, m in rows}
 
     def close(self) -> None:
         self.db.close()

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from fedge.protocol.compression import decode_delta
 from fedge.protocol.errors import CodecError, FedgeError
-from fedge.protocol.tensors import check_finite, decode_tensors
+from fedge.protocol.tensors import check_finite
 
 from .strategies.aggregate import l2_norm
 
@@ -19,7 +20,7 @@ def validate_delta(
 ) -> dict[str, np.ndarray]:
     """Decode a delta and check names, shapes, dtypes, finiteness and (optionally) its norm."""
     try:
-        delta = decode_tensors(blob)
+        delta = decode_delta(blob, max_elements=sum(int(r.size) for r in reference.values()))
         check_finite(delta)
     except CodecError as exc:
         raise UpdateRejected(str(exc)) from None

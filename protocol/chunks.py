@@ -72,7 +72,7 @@ def decode_frame(frame: bytes) -> Chunk:
             header["size"],
             header["sha"],
         )
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise TransferError(f"chunk frame header is malformed: {exc}") from None
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in (index, count, size)):
         raise TransferError("chunk frame header numbers are not integers")

@@ -16,6 +16,10 @@ class InferenceRunner:
     def __init__(self, bundle: Bundle, params: dict[str, np.ndarray], *, threads: int = 1) -> None:
         ort = import_onnxruntime()
         so = single_thread_session_options(ort, threads)
+        # Graph optimizations (Conv+BatchNorm fusion, weight re-packing) read the exported
+        # weights before add_initializer's replacements apply: a CNN would be scored with its
+        # starting weights. Unoptimized is slower but right.
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         # add_initializer keeps a reference, not a copy: hold the OrtValues as long as the session.
         self._values: list[Any] = []
         for name, value in params.items():
@@ -25,7 +29,18 @@ class InferenceRunner:
         self._session = ort.InferenceSession(
             str(bundle.file("inference.onnx")), sess_options=so, providers=["CPUExecutionProvider"]
         )
-        self._input = self._session.get_inputs()[0].name
+        first = self._session.get_inputs()[0]
+        self._input = first.name
+        self._dtype = _ORT_TYPES.get(first.type, np.float32)  # Embedding models take int64
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        return self._session.run(None, {self._input: np.ascontiguousarray(x, dtype=np.float32)})[0]
+        return self._session.run(None, {self._input: np.ascontiguousarray(x, dtype=self._dtype)})[0]
+
+
+_ORT_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(uint8)": np.uint8,
+}

@@ -28,7 +28,7 @@ REQUIRED_FILES = (
     "inference.onnx",
     "parameters.safetensors",
 )
-LOSS_TYPES = ("cross_entropy", "mse", "bce_with_logits", "l1")
+LOSS_TYPES = ("cross_entropy", "mse", "bce_with_logits", "l1", "custom")
 OPTIMIZER_TYPES = ("sgd", "adamw")
 TASKS = ("classification", "regression")
 # Bundle member names are flat: no folders, nothing hidden, nothing a shell would misread.
@@ -117,6 +117,8 @@ def validate_manifest(manifest: dict[str, Any]) -> None:
     if not backends or not all(isinstance(b, str) for b in backends):
         raise BundleError("manifest field 'backends' must list at least one backend name")
     _check_files(_want(manifest, "files", dict))
+    if "running_stats" in manifest:
+        _check_running_stats(manifest["running_stats"], manifest["parameters"])
     _want(manifest, "verification", dict)
     for i, patch in enumerate(_want(manifest, "patches", list)):
         if not isinstance(patch, dict) or not {"what", "why"} <= patch.keys():
@@ -194,3 +196,22 @@ def _check_files(files: dict[str, Any]) -> None:
         size = entry.get("size")
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise BundleError(f"manifest 'files.{name}.size' must be a non-negative integer")
+
+
+def _check_running_stats(stats: Any, params: list[dict[str, Any]]) -> None:
+    """BatchNorm statistics: frozen parameters, each updated from one named graph output."""
+    frozen = {p["name"] for p in params if not p["trainable"]}
+    if not isinstance(stats, list):
+        raise BundleError("manifest field 'running_stats' must be a list")
+    for i, entry in enumerate(stats):
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("param"), str)
+            or not isinstance(entry.get("output"), str)
+        ):
+            raise BundleError(f"manifest field 'running_stats[{i}]' needs string param and output")
+        if entry["param"] not in frozen:
+            raise BundleError(
+                f"manifest field 'running_stats[{i}].param' {entry['param']!r} is not a frozen "
+                "parameter"
+            )

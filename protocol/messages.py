@@ -110,7 +110,13 @@ class TrainConfig:
             raise MessageError("train config local_epochs/batch_size out of range")
         if self.compression not in self.COMPRESSIONS:
             raise MessageError(f"unknown compression {self.compression!r}")
-        for name in ("learning_rate", "proximal_mu", "topk_fraction", "clip_norm", "noise_multiplier"):
+        for name in (
+            "learning_rate",
+            "proximal_mu",
+            "topk_fraction",
+            "clip_norm",
+            "noise_multiplier",
+        ):
             if getattr(self, name) < 0:
                 raise MessageError(f"train config {name} must be >= 0")
         if self.topk_fraction > 1:
@@ -132,6 +138,8 @@ class RoundTask(Message):
     participants: list[str] = field(default_factory=list)
     config: TrainConfig = field(default_factory=TrainConfig)
     deadline: float = 0.0
+    # pace steering: devices not in this round (or done with it) check back after this many s
+    retry_after: float = 0.0
 
     def validate(self) -> None:
         if self.state not in ("open", "closed", "finished"):
@@ -305,7 +313,7 @@ def parse_message(payload: bytes, expected: type[Message] | None = None) -> Mess
         raise MessageError(f"control message is {len(payload)} bytes; limit {MAX_CONTROL_BYTES}")
     try:
         data = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:  # deep nesting
         raise MessageError(f"not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise MessageError(f"expected a JSON object, got {type(data).__name__}")

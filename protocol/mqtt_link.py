@@ -66,6 +66,7 @@ class MqttLink:
         self.client_id = client_id
         self.messages: queue.Queue[tuple[str, bytes]] = queue.Queue()
         self._subscriptions: dict[str, int] = {}
+        self._lock = threading.Lock()
         self._connected = threading.Event()
         self._persistent = persistent
         self.host, self.port, tls = settings.host_port()
@@ -104,7 +105,9 @@ class MqttLink:
             log.warning("broker %s:%d refused the connection: %s", self.host, self.port, reason)
             return
         log.info("connected to %s:%d as %s", self.host, self.port, self.client_id)
-        for topic, qos in self._subscriptions.items():
+        with self._lock:  # the owner may subscribe concurrently from its own thread
+            subscriptions = list(self._subscriptions.items())
+        for topic, qos in subscriptions:
             client.subscribe(topic, qos)
         self._connected.set()
 
@@ -140,7 +143,8 @@ class MqttLink:
         return self._connected.is_set()
 
     def subscribe(self, topic: str, qos: int = 1) -> None:
-        self._subscriptions[topic] = qos
+        with self._lock:
+            self._subscriptions[topic] = qos
         if self._connected.is_set():
             self._client.subscribe(topic, qos)
 

@@ -62,3 +62,32 @@ def digits_federation(tmp_path_factory: pytest.TempPathFactory) -> FederationDat
     """Digits split over 3 devices (Dirichlet alpha=0.5, seed 0) in SQLite, plus test.db."""
     out: Path = tmp_path_factory.mktemp("digits-federation")
     return make_federation(out, dataset="digits", n_devices=3, alpha=0.5, seed=0)
+
+
+_BUNDLES: dict[tuple[str, float], Path] = {}
+
+
+@pytest.fixture(scope="session")
+def digits_bundle_factory(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """``make(optimizer="adamw", lr=0.01) -> Path``: the digits MLP bundle (with the portable
+    step), exported once per session for each optimizer/lr: exports dominate integration setup."""
+
+    def make(optimizer: str = "adamw", lr: float = 0.01) -> Path:
+        key = (optimizer, lr)
+        if key not in _BUNDLES:
+            from fedge.demo.models import digits_mlp
+            from fedge.exporter.export import export_bundle
+
+            out = tmp_path_factory.mktemp("digits-bundle") / f"{optimizer}-{lr}"
+            _BUNDLES[key] = export_bundle(
+                digits_mlp(),
+                input_shape=(64,),
+                out_dir=out,
+                optimizer=optimizer,
+                lr=lr,
+                num_classes=10,
+                model_name="digits-mlp",
+            )
+        return _BUNDLES[key]
+
+    return make

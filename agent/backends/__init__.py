@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 from fedge.protocol.errors import ConfigError
 
 from .base import EvalResult, TrainingBackend, TrainResult
@@ -16,6 +18,8 @@ def available_backends() -> list[str]:
     names = []
     if import_training_api() is not None:
         names.append("ort-training")
+    if importlib.util.find_spec("onnxruntime") is not None:
+        names.append("ort-portable")  # plain onnxruntime (the training wheel includes it)
     return names
 
 
@@ -26,11 +30,15 @@ def create_backend(name: str, *, threads: int = 1) -> TrainingBackend:
         if not found:
             raise ConfigError(
                 "no training backend is installed: install 'fedge[agent]' "
-                "(onnxruntime-training-cpu where it has wheels)"
+                "(onnxruntime-training-cpu where it has wheels, onnxruntime elsewhere)"
             )
         name = found[0]
     if name == "ort-training":
         from .ort_training import OrtTrainingBackend
 
         return OrtTrainingBackend(threads=threads)
+    if name == "ort-portable":
+        from .ort_portable import OrtPortableBackend
+
+        return OrtPortableBackend(threads=threads)
     raise ConfigError(f"unknown backend {name!r}; choose auto, ort-training or ort-portable")

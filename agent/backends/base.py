@@ -55,12 +55,27 @@ class TrainingBackend(ABC):
         batch_size: int,
         seed: int,
         should_stop: Callable[[], str] = lambda: "",
+        proximal_mu: float = 0.0,
+        anchor: Params | None = None,
     ) -> TrainResult:
-        """Run optimizer steps over shuffled mini-batches; ``should_stop`` is polled per batch."""
+        """Run optimizer steps over shuffled mini-batches; ``should_stop`` is polled per batch.
+
+        With ``proximal_mu > 0`` (FedProx) every step is followed by a step on the proximal
+        term ``mu/2 * ||w - anchor||^2`` for the trainable parameters (see ``proximal_pull``).
+        """
 
     @abstractmethod
     def evaluate(self, x: np.ndarray, y: np.ndarray, *, batch_size: int = 256) -> EvalResult:
         """Loss (and accuracy for classifiers) without changing any parameter."""
+
+
+def proximal_pull(value: np.ndarray, anchor: np.ndarray, lr: float, mu: float) -> np.ndarray:
+    """One gradient step on FedProx's proximal term: w - lr * mu * (w - w_global).
+
+    Taken after the optimizer's own step (a proximal-gradient split), so it works the same for
+    every backend and optimizer without changing the exported loss.
+    """
+    return (value - np.float32(lr * mu) * (value - anchor)).astype(value.dtype, copy=False)
 
 
 def batches(n: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:

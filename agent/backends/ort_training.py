@@ -12,7 +12,7 @@ from fedge.protocol.bundle import Bundle
 from fedge.protocol.errors import FedgeError
 from fedge.protocol.ort_runtime import import_training_api, single_thread_session_options
 
-from .base import EvalResult, Params, TrainingBackend, TrainResult, batches
+from .base import EvalResult, Params, TrainingBackend, TrainResult, batches, proximal_pull
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,7 @@ class OrtTrainingBackend(TrainingBackend):
         lr = learning_rate if learning_rate is not None else bundle.manifest["optimizer"].get("lr")
         if lr is not None:
             self._optimizer.set_learning_rate(float(lr))
+        self._lr = float(self._optimizer.get_learning_rate())
         self._bundle = bundle
         self._infer = None
 
@@ -85,8 +86,12 @@ class OrtTrainingBackend(TrainingBackend):
         batch_size: int,
         seed: int,
         should_stop: Callable[[], str] = lambda: "",
+        proximal_mu: float = 0.0,
+        anchor: Params | None = None,
     ) -> TrainResult:
         module, optimizer = self._module, self._optimizer
+        pull = [n for n in self._bundle.trainable_names] if proximal_mu > 0 and anchor else []
+        lr = float(self._lr)
         module.train()
         rng = np.random.default_rng(seed)
         label_dtype = np.dtype(self._bundle.manifest["label"]["dtype"]) if self._bundle else y.dtype
@@ -96,10 +101,15 @@ class OrtTrainingBackend(TrainingBackend):
                 reason = should_stop()
                 if reason:
                     return TrainResult(total / max(steps, 1), steps, seen, stopped=reason)
-                loss = module(x[idx], y[idx].astype(label_dtype, copy=False))
+                outputs = module(x[idx], y[idx].astype(label_dtype, copy=False))
                 optimizer.step()
                 module.lazy_reset_grad()
-                total += float(loss)
+                for name in pull:
+                    value = self._state.parameters[name].data
+                    self._state.parameters[name] = proximal_pull(
+                        value, anchor[name], lr, proximal_mu
+                    )
+                total += self._loss_after_step(outputs)
                 steps += 1
                 seen += len(idx)
         self._infer = None
@@ -121,6 +131,17 @@ class OrtTrainingBackend(TrainingBackend):
                 correct += int((logits.argmax(axis=1) == yb).sum())
         module.train()
         return EvalResult(sum(losses) / len(y), correct / len(y) if classify else None, len(y))
+
+    def _loss_after_step(self, outputs: Any) -> float:
+        """The step's loss; BatchNorm running statistics (manifest ``running_stats``: graph
+        outputs after the loss, in order) are written back into the checkpoint state."""
+        stats = self._bundle.manifest.get("running_stats") if self._bundle else None
+        if not stats:
+            return float(outputs)
+        loss, *values = outputs
+        for spec, value in zip(stats, values, strict=True):
+            self._state.parameters[spec["param"]] = np.ascontiguousarray(value)
+        return float(loss)
 
     def _logits(self, xb: np.ndarray) -> np.ndarray:
         from fedge.protocol.inference import InferenceRunner

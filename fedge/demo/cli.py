@@ -43,7 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--local-epochs", type=int, default=d.local_epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--optimizer", default=d.optimizer, choices=["adamw", "sgd"])
     p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--hidden", type=int, default=d.hidden, help="hidden units of the MLP")
     p.add_argument("--out", default=d.out, help="working folder (default %(default)s)")
     p.add_argument(
         "--broker",

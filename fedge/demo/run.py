@@ -30,7 +30,7 @@ class DemoOptions:
     dataset: str = "digits"
     alpha: float = 0.5
     seed: int = 0
-    local_epochs: int = 3
+    local_epochs: int = 5
     batch_size: int = 16
     optimizer: str = "adamw"
     lr: float = 0.01

@@ -6,11 +6,13 @@ from .aggregate import Params, WeightedMean, apply_delta
 from .base import Aggregator, Strategy
 
 
-class FedAvgAggregator(Aggregator):
-    def __init__(self, global_params: Params, *, server_lr: float = 1.0) -> None:
+class StreamingMeanAggregator(Aggregator):
+    """Folds deltas into a running weighted mean; ``finish(mean)`` turns it into a model."""
+
+    def __init__(self, global_params: Params, finish) -> None:
         self._global = global_params
         self._mean = WeightedMean()
-        self._server_lr = server_lr
+        self._finish = finish
 
     def add(self, delta: Params, num_samples: int) -> None:
         self._mean.add(delta, float(num_samples))
@@ -19,7 +21,7 @@ class FedAvgAggregator(Aggregator):
         mean = self._mean.mean()
         if mean is None:
             return None
-        return apply_delta(self._global, mean, self._server_lr)
+        return self._finish(self._global, mean)
 
 
 class FedAvg(Strategy):
@@ -31,4 +33,6 @@ class FedAvg(Strategy):
         self.server_lr = server_lr
 
     def start_aggregation(self, global_params: Params) -> Aggregator:
-        return FedAvgAggregator(global_params, server_lr=self.server_lr)
+        return StreamingMeanAggregator(
+            global_params, lambda g, mean: apply_delta(g, mean, self.server_lr)
+        )

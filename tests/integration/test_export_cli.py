@@ -91,3 +91,45 @@ def test_help_has_examples_and_cli_module_does_not_import_torch() -> None:
         assert "Example:" in sub.choices[name].format_help()
     code = "import sys, fedge.exporter.cli; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_inspect_batchnorm_bundle_and_broken_copies(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model_file = tmp_path / "bn_model.py"
+    model_file.write_text(
+        "import torch\n"
+        "def build():\n"
+        "    torch.manual_seed(0)\n"
+        "    return torch.nn.Sequential(torch.nn.Linear(6, 8, bias=False), "
+        "torch.nn.BatchNorm1d(8), torch.nn.ReLU(), torch.nn.Linear(8, 3))\n"
+    )
+    out = tmp_path / "bn"
+    assert run("export", f"{model_file}:build", "--input-shape", "6", "--out", str(out)) == 0
+    capsys.readouterr()
+    assert run("inspect", str(out)) == 0
+    text = capsys.readouterr().out
+    assert "backends:      ort-training" in text
+    assert "1.running_mean" in text and "no (BatchNorm running stat)" in text
+    assert "running_stats_max_abs_diff" in text and "BatchNorm" in text.split("patches:")[1]
+    # a tampered file and a truncated file: each a clear error naming the file
+    import shutil
+
+    tampered = tmp_path / "tampered"
+    shutil.copytree(out, tampered)
+    data = bytearray((tampered / "eval_model.onnx").read_bytes())
+    data[-1] ^= 0xFF
+    (tampered / "eval_model.onnx").write_bytes(bytes(data))
+    with pytest.raises(FedgeError, match="bundle file 'eval_model.onnx' has sha256"):
+        run("inspect", str(tampered))
+    truncated = tmp_path / "truncated"
+    shutil.copytree(out, truncated)
+    ckpt = truncated / "checkpoint"
+    ckpt.write_bytes(ckpt.read_bytes()[:100])
+    with pytest.raises(FedgeError, match=r"bundle file 'checkpoint' has sha256 .* \(100 bytes\)"):
+        run("inspect", str(truncated))
+    archive = tmp_path / "cut.fedge"
+    assert run("export", f"{model_file}:build", "--input-shape", "6", "--out", str(archive)) == 0
+    archive.write_bytes(archive.read_bytes()[:-200])
+    with pytest.raises(FedgeError, match="not a bundle archive"):
+        run("inspect", str(archive))

@@ -17,20 +17,8 @@ ROUNDS = 3
 
 
 @pytest.fixture(scope="module")
-def digits_bundle(tmp_path_factory):
-    from fedge.demo.models import digits_mlp
-    from fedge.exporter.export import export_bundle
-
-    out = tmp_path_factory.mktemp("bundle") / "digits"
-    return export_bundle(
-        digits_mlp(),
-        input_shape=(64,),
-        out_dir=out,
-        optimizer="adamw",
-        lr=0.01,
-        num_classes=10,
-        model_name="digits-mlp",
-    )
+def digits_bundle(digits_bundle_factory):
+    return digits_bundle_factory("adamw", 0.01)
 
 
 def test_three_agents_three_rounds_on_mosquitto(

@@ -24,7 +24,9 @@ def test_every_package_folder_is_listed():
             if "__pycache__" in rel.parts:
                 continue
             found.add(".".join([package, *rel.parts]) if rel.parts else package)
-    assert found - listed == set(), f"add these to [tool.setuptools] packages: {sorted(found - listed)}"
+    assert found - listed == set(), (
+        f"add these to [tool.setuptools] packages: {sorted(found - listed)}"
+    )
     assert listed - found == set(), f"listed but missing: {sorted(listed - found)}"
 
 

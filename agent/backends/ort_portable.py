@@ -1,0 +1,216 @@
+"""The ``ort-portable`` backend: plain onnxruntime running the bundle's ``portable_step.onnx``.
+
+The step graph takes every state slot (parameters, buffers such as BatchNorm running
+statistics, optimizer state), a batch and the learning rate, and returns the loss and the new
+state; this backend keeps the state as numpy arrays and feeds it back each step. No training
+wheel, no torch, no onnx: it runs wherever ``onnxruntime`` has a wheel (Raspberry Pi aarch64,
+Python 3.13). Evaluation uses ``inference.onnx`` (eval mode) and computes the loss in numpy.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from fedge.protocol.bundle import Bundle
+from fedge.protocol.errors import FedgeError
+from fedge.protocol.ort_runtime import import_onnxruntime, single_thread_session_options
+from fedge.protocol.tensors import decode_tensors
+
+from .base import EvalResult, Params, TrainingBackend, TrainResult, batches, proximal_pull
+
+log = logging.getLogger(__name__)
+
+NAME = "ort-portable"
+
+
+class PortableStepMissing(FedgeError):
+    """The bundle has no usable portable training step."""
+
+
+class OrtPortableBackend(TrainingBackend):
+    name = NAME
+
+    def __init__(self, *, threads: int = 1) -> None:
+        self._ort = import_onnxruntime()
+        self._threads = threads
+        self._bundle: Bundle | None = None
+        self._session: Any = None
+        self._section: dict[str, Any] = {}
+        self._state: dict[str, np.ndarray] = {}
+        self._param_names: list[str] = []
+        self._lr = np.float32(0.0)
+        self._infer: Any = None
+
+    def load(self, bundle: Bundle, *, learning_rate: float | None = None) -> None:
+        section = bundle.manifest.get("portable") or {}
+        if NAME not in bundle.manifest.get("backends", []) or not section.get("available"):
+            reason = section.get("reason", "it was exported before the portable step existed")
+            raise PortableStepMissing(
+                f"bundle '{bundle.model_name}' has no portable training step ({reason}); "
+                "use backend = 'ort-training' on a device with onnxruntime-training-cpu"
+            )
+        so = single_thread_session_options(self._ort, self._threads)
+        self._session = self._ort.InferenceSession(
+            str(bundle.file(section["file"])), sess_options=so, providers=["CPUExecutionProvider"]
+        )
+        self._section = section
+        self._bundle = bundle
+        self._param_names = [p.name for p in bundle.parameter_specs]
+        self._state = self._initial_state(bundle, section)
+        lr = learning_rate if learning_rate is not None else section["optimizer"]["lr"]
+        self._lr = np.array(lr, dtype=np.float32)
+        self._infer = None
+
+    def _initial_state(self, bundle: Bundle, section: dict[str, Any]) -> dict[str, np.ndarray]:
+        """Fresh state: bundle parameters, exported buffers, zeroed optimizer slots."""
+        values: dict[str, np.ndarray] = dict(bundle.initial_parameters())
+        if section.get("buffers_file"):
+            buffers = decode_tensors(bundle.file(section["buffers_file"]).read_bytes())
+            values = {**buffers, **values}
+        state = {}
+        for slot in section["state"]:
+            name, shape, dtype = slot["name"], tuple(slot["shape"]), np.dtype(slot["dtype"])
+            if slot["kind"] == "optimizer":
+                state[name] = np.zeros(shape, dtype=dtype)
+            elif name in values:
+                state[name] = np.asarray(values[name], dtype=dtype, order="C")
+            else:
+                raise PortableStepMissing(f"bundle holds no initial value for '{name}'")
+            if state[name].shape != shape:
+                raise PortableStepMissing(
+                    f"'{name}' is {list(state[name].shape)} in the bundle, step expects {list(shape)}"
+                )
+        return state
+
+    def set_parameters(self, params: Params) -> None:
+        unknown = sorted(set(params) - set(self._state))
+        if unknown:
+            raise FedgeError(f"parameters not in this bundle's portable step: {unknown[:5]}")
+        for name, value in params.items():
+            current = self._state[name]
+            if tuple(current.shape) != tuple(value.shape):
+                raise FedgeError(
+                    f"parameter '{name}' has shape {value.shape}, bundle says {current.shape}"
+                )
+            self._state[name] = np.array(value, dtype=current.dtype, order="C")
+        self._infer = None
+
+    def get_parameters(self) -> Params:
+        return {n: self._state[n].copy() for n in self._param_names if n in self._state}
+
+    def train(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        *,
+        epochs: int,
+        batch_size: int,
+        seed: int,
+        should_stop: Callable[[], str] = lambda: "",
+        proximal_mu: float = 0.0,
+        anchor: Params | None = None,
+    ) -> TrainResult:
+        names = self._section["inputs"]
+        pull = list(self._bundle.trainable_names) if proximal_mu > 0 and anchor else []
+        label_dtype = np.dtype(self._bundle.manifest["label"]["dtype"])
+        input_dtype = np.dtype(self._bundle.manifest["inputs"][0]["dtype"])
+        outputs = self._section["outputs"]
+        updates = [(s["name"], s["output"]) for s in self._section["state"] if s["output"]]
+        rng = np.random.default_rng(seed)
+        total, steps, seen = 0.0, 0, 0
+        self._infer = None
+        for _ in range(epochs):
+            for idx in batches(len(y), batch_size, rng):
+                reason = should_stop()
+                if reason:
+                    return TrainResult(total / max(steps, 1), steps, seen, stopped=reason)
+                feeds = dict(self._state)
+                feeds[names["input"]] = np.ascontiguousarray(x[idx], dtype=input_dtype)
+                feeds[names["label"]] = np.ascontiguousarray(y[idx], dtype=label_dtype)
+                feeds[names["lr"]] = self._lr
+                result = dict(zip(outputs, self._session.run(outputs, feeds), strict=True))
+                for name, output in updates:
+                    self._state[name] = result[output]
+                for name in pull:  # FedProx: see base.proximal_pull
+                    self._state[name] = proximal_pull(
+                        self._state[name], anchor[name], float(self._lr), proximal_mu
+                    )
+                total += float(result["loss"])
+                steps += 1
+                seen += len(idx)
+        return TrainResult(total / max(steps, 1), steps, seen)
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray, *, batch_size: int = 256) -> EvalResult:
+        if len(y) == 0:
+            return EvalResult(float("nan"), None, 0)
+        manifest = self._bundle.manifest
+        label_dtype = np.dtype(manifest["label"]["dtype"])
+        classify = manifest.get("task") == "classification"
+        loss_type = manifest["loss"]["type"]
+        total, correct = 0.0, 0
+        for i in range(0, len(y), batch_size):
+            xb, yb = x[i : i + batch_size], y[i : i + batch_size].astype(label_dtype, copy=False)
+            out = self._forward(xb)
+            total += mean_loss(loss_type, out, yb) * len(yb)
+            if classify:
+                correct += int((out.argmax(axis=1) == yb).sum())
+        return EvalResult(total / len(y), correct / len(y) if classify else None, len(y))
+
+    def _forward(self, xb: np.ndarray) -> np.ndarray:
+        if self._infer is None:
+            self._infer = _EvalSession(self._ort, self._bundle, self._eval_state(), self._threads)
+        return self._infer.run(xb)
+
+    def _eval_state(self) -> Params:
+        """Parameters and buffers (e.g. BN running statistics) the inference graph reads."""
+        kinds = ("parameter", "frozen", "buffer")
+        names = [s["name"] for s in self._section["state"] if s["kind"] in kinds]
+        return {n: self._state[n] for n in names}
+
+
+class _EvalSession:
+    """``inference.onnx`` with its initializers replaced by the current state (by name).
+
+    Graph optimizations fold the graph's own initializers before ``add_initializer`` overrides
+    apply (Conv+BatchNorm fusion at the basic level, NCHWc weight re-packing at the full level),
+    so a CNN would be evaluated with the exported weights: they stay off here.
+    """
+
+    def __init__(self, ort: Any, bundle: Bundle, state: Params, threads: int) -> None:
+        so = single_thread_session_options(ort, threads)
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        self._values = []  # add_initializer keeps references: hold them as long as the session
+        for name, value in state.items():
+            ov = ort.OrtValue.ortvalue_from_numpy(np.asarray(value, order="C"))
+            self._values.append(ov)
+            so.add_initializer(name, ov)
+        self._session = ort.InferenceSession(
+            str(bundle.file("inference.onnx")), sess_options=so, providers=["CPUExecutionProvider"]
+        )
+        self._input = self._session.get_inputs()[0].name
+        self._dtype = np.dtype(bundle.manifest["inputs"][0]["dtype"])
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return self._session.run(None, {self._input: np.ascontiguousarray(x, dtype=self._dtype)})[0]
+
+
+def mean_loss(loss_type: str, out: np.ndarray, y: np.ndarray) -> float:
+    """The bundle's loss (mean reduction) on model outputs, in float64 numpy."""
+    out = out.astype(np.float64)
+    if loss_type == "cross_entropy":
+        shifted = out - out.max(axis=1, keepdims=True)
+        log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        picked = np.take_along_axis(log_probs, y.astype(np.int64)[:, None, ...], axis=1)
+        return float(-picked.mean())
+    target = y.astype(np.float64).reshape(out.shape)
+    if loss_type == "mse":
+        return float(((out - target) ** 2).mean())
+    if loss_type == "l1":
+        return float(np.abs(out - target).mean())
+    if loss_type == "bce_with_logits":
+        return float((np.maximum(out, 0) - out * target + np.log1p(np.exp(-np.abs(out)))).mean())
+    raise FedgeError(f"loss {loss_type!r} is not supported by the portable backend")

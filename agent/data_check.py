@@ -1,0 +1,137 @@
+"""``fedge data check``: what the agent would train on, and the first problems, read-only."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import Counter
+from dataclasses import dataclass, field
+
+from fedge.protocol.sqlite_samples import (
+    DataError,
+    DataSource,
+    _columns,
+    _connect_read_only,
+    read_samples,
+    resolve_feature_columns,
+    split_train_validation,
+)
+
+MAX_PROBLEMS = 10
+
+
+@dataclass
+class DataReport:
+    source: str
+    rows_total: int | None = None  # rows in the table (None for a query source)
+    rows_selected: int = 0  # rows the agent reads (after `where`)
+    features: str = ""
+    labels: dict[str, int] = field(default_factory=dict)
+    train: int = 0
+    validation: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def lines(self) -> list[str]:
+        out = [f"source:      {self.source}"]
+        if self.rows_total is not None:
+            out.append(
+                f"rows:        {self.rows_total} in the table, {self.rows_selected} selected"
+            )
+        else:
+            out.append(f"rows:        {self.rows_selected} selected")
+        if self.features:
+            out.append(f"features:    {self.features}")
+        if self.labels:
+            hist = ", ".join(f"{k}: {v}" for k, v in self.labels.items())
+            out.append(f"labels:      {hist}")
+        out.append(f"split:       {self.train} train, {self.validation} validation")
+        if self.problems:
+            out.append(f"problems ({len(self.problems)}):")
+            out.extend(f"  - {p}" for p in self.problems)
+        else:
+            out.append("problems:    none")
+        return out
+
+
+def _null_scan(conn: sqlite3.Connection, src: DataSource, columns: list[str]) -> list[str]:
+    """Rows with a NULL label or feature, named by rowid where there is one."""
+    source = f"({src.query})" if src.query else f'"{src.table}"'
+    where = f"({src.where}) AND " if src.where else ""
+    problems = []
+    try:
+        feats = [src.blob_column] if src.blob_column else resolve_feature_columns(columns, src)
+    except DataError as exc:
+        return [str(exc)]
+    for col in [src.label, *feats]:
+        if col not in columns:
+            continue
+        sql = f'SELECT COUNT(*) FROM {source} WHERE {where}"{col}" IS NULL'
+        try:
+            (n,) = conn.execute(sql).fetchone()
+        except sqlite3.DatabaseError as exc:
+            return [f"reading the data failed: {exc}; SQL was: {sql}"]
+        if n:
+            what = "label" if col == src.label else "feature"
+            problems.append(f"{n} rows have a NULL {what} in column '{col}'")
+        if len(problems) >= MAX_PROBLEMS:
+            break
+    return problems
+
+
+def check_data(
+    src: DataSource, *, validation_fraction: float = 0.1, expected_features: int | None = None
+) -> DataReport:
+    """Count, histogram and split the samples as the agent would; collect problems, never raise
+    for the data itself (only a missing file or table ends the check early, as a problem)."""
+    report = DataReport(source=f"{src.path} ({'query' if src.query else 'table ' + src.table})")
+    try:
+        conn = _connect_read_only(src.path)
+    except DataError as exc:
+        report.problems.append(str(exc))
+        return report
+    try:
+        try:
+            columns = _columns(conn, src)
+        except DataError as exc:
+            report.problems.append(str(exc))
+            return report
+        if src.label not in columns:
+            report.problems.append(
+                f"no label column '{src.label}'; columns are: {', '.join(columns)}"
+            )
+        if not src.query:
+            (report.rows_total,) = conn.execute(f'SELECT COUNT(*) FROM "{src.table}"').fetchone()
+        source = f"({src.query})" if src.query else f'"{src.table}"'
+        where = f" WHERE {src.where}" if src.where else ""
+        try:
+            (report.rows_selected,) = conn.execute(
+                f"SELECT COUNT(*) FROM {source}{where}"
+            ).fetchone()
+        except sqlite3.DatabaseError as exc:
+            report.problems.append(f"the row filter `where` failed: {exc}")
+            return report
+        report.problems.extend(_null_scan(conn, src, columns))
+    finally:
+        conn.close()
+    if report.problems:
+        return report
+    try:
+        samples = read_samples(src, expected_features=expected_features)
+    except DataError as exc:
+        report.problems.append(str(exc))
+        return report
+    report.rows_selected = len(samples)
+    if len(samples) == 0:
+        report.problems.append("no rows match the data source (check `table`/`query`/`where`)")
+        return report
+    report.features = f"{list(samples.x.shape[1:])} float32 per sample"
+    counts = Counter(samples.y.tolist())
+    report.labels = {str(k): counts[k] for k in sorted(counts)}
+    train, val = split_train_validation(samples, validation_fraction, seed=0)
+    report.train, report.validation = len(train), len(val)
+    if len(counts) < 2:
+        report.problems.append(f"only one label value ({next(iter(counts))}) in the data")
+    return report

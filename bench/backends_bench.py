@@ -1,0 +1,217 @@
+"""Training throughput and peak RSS: ort-training vs ort-portable vs PyTorch eager.
+
+Same model, same initial weights, same shuffled batches, one thread everywhere. Every run is
+its own subprocess (peak RSS = ru_maxrss of that process, which includes importing the
+runtime); throughput counts only the training loop. Median of --runs runs.
+
+Usage: .venv/bin/python bench/backends_bench.py [--runs 5] [--epochs 3] [--batch-size 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BACKENDS = ("pytorch", "ort-training", "ort-portable")
+MODELS = {"mlp": (64,), "cnn": (1, 8, 8)}
+
+
+def small_cnn():
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(16 * 2 * 2, 10),
+    )
+
+
+def build_model(kind: str):
+    from fedge.demo.models import digits_mlp
+
+    return digits_mlp() if kind == "mlp" else small_cnn()
+
+
+def save_digits(path: Path) -> None:
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    np.savez(path, x=(data.data / 16.0).astype("float32"), y=data.target.astype("int64"))
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS. VmHWM starts afresh at exec; ru_maxrss may carry the parent's."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def worker(args: argparse.Namespace) -> None:
+    """One measurement in this process; prints a JSON line."""
+    import numpy as np
+
+    shape = MODELS[args.model]
+    with np.load(args.data) as data:  # no scikit-learn in the measured process
+        x, y = data["x"].reshape(-1, *shape), data["y"]
+    if args.backend == "pytorch":
+        import torch
+
+        from fedge.agent.backends.base import batches
+        from fedge.protocol.bundle import load_bundle
+
+        torch.set_num_threads(1)
+        torch.set_num_interop_threads(1)
+        bundle = load_bundle(args.bundle)
+        model = build_model(args.model).train()
+        model.load_state_dict(
+            {n: torch.from_numpy(v) for n, v in bundle.initial_parameters().items()}
+        )
+        opt = torch.optim.SGD(model.parameters(), lr=bundle.manifest["optimizer"]["lr"])
+        xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+        rng = np.random.default_rng(0)
+        start = time.perf_counter()
+        for _ in range(args.epochs):
+            for idx in batches(len(y), args.batch_size, rng):
+                ti = torch.from_numpy(idx)
+                loss = torch.nn.functional.cross_entropy(model(xt[ti]), yt[ti])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        seconds = time.perf_counter() - start
+    else:
+        from fedge.agent.backends import create_backend
+        from fedge.protocol.bundle import load_bundle
+
+        bundle = load_bundle(args.bundle)
+        backend = create_backend(args.backend, threads=1)
+        backend.load(bundle)
+        start = time.perf_counter()
+        backend.train(x, y, epochs=args.epochs, batch_size=args.batch_size, seed=0)
+        seconds = time.perf_counter() - start
+    rss_mb = peak_rss_mb()
+    torch_loaded = sys.modules.get("torch") is not None
+    print(
+        json.dumps(
+            {
+                "samples_per_s": args.epochs * len(y) / seconds,
+                "rss_mb": rss_mb,
+                "torch_loaded": torch_loaded,
+            }
+        )
+    )
+
+
+def export_bundles(out: Path) -> dict[str, Path]:
+    from fedge.exporter.export import export_bundle
+
+    paths = {}
+    for kind, shape in MODELS.items():
+        paths[kind] = export_bundle(
+            build_model(kind), input_shape=shape, out_dir=out / kind, optimizer="sgd", lr=0.05
+        )
+    return paths
+
+
+def measure(kind: str, backend: str, bundle: Path, args: argparse.Namespace) -> list[dict]:
+    runs = []
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    for _ in range(args.runs):
+        cmd = [
+            sys.executable,
+            __file__,
+            "--worker",
+            "--model",
+            kind,
+            "--backend",
+            backend,
+            "--bundle",
+            str(bundle),
+            "--data",
+            str(args.data),
+            "--epochs",
+            str(args.epochs),
+            "--batch-size",
+            str(args.batch_size),
+        ]
+        done = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
+        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    return runs
+
+
+def machine() -> str:
+    import numpy
+    import onnxruntime
+    import torch
+
+    return (
+        f"{platform.machine()} {os.cpu_count()} cores, {platform.platform()}, "
+        f"Python {platform.python_version()}, torch {torch.__version__}, "
+        f"onnxruntime {onnxruntime.__version__}, numpy {numpy.__version__}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--model", choices=sorted(MODELS), help=argparse.SUPPRESS)
+    parser.add_argument("--backend", choices=BACKENDS, help=argparse.SUPPRESS)
+    parser.add_argument("--bundle", help=argparse.SUPPRESS)
+    parser.add_argument("--data", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args)
+        return
+    import logging
+
+    logging.basicConfig(level=logging.ERROR)
+    print(f"machine: {machine()}")
+    print(
+        f"digits (1797 samples), SGD, batch {args.batch_size}, {args.epochs} epochs, "
+        f"1 thread, median of {args.runs} runs, each in its own process"
+    )
+    with tempfile.TemporaryDirectory(prefix="fedge-bench-") as tmp:
+        bundles = export_bundles(Path(tmp))
+        args.data = Path(tmp) / "digits.npz"
+        save_digits(args.data)
+        print(
+            f"{'model':5} {'backend':13} {'samples/s':>10} {'vs torch':>9} {'peak RSS MB':>12} "
+            f"{'vs torch':>9} {'torch loaded':>13}"
+        )
+        for kind in MODELS:
+            base = None
+            for backend in BACKENDS:
+                runs = measure(kind, backend, bundles[kind], args)
+                sps = statistics.median(r["samples_per_s"] for r in runs)
+                rss = statistics.median(r["rss_mb"] for r in runs)
+                base = base or (sps, rss)
+                print(
+                    f"{kind:5} {backend:13} {sps:10.0f} {sps / base[0]:8.2f}x {rss:12.0f} "
+                    f"{rss / base[1]:8.2f}x {str(runs[0]['torch_loaded']):>13}"
+                )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""The portable step's contract: which tensors go in, which come out, in what order.
+
+Graph inputs, in order: every state slot (trainable parameters, frozen parameters, buffers such
+as BatchNorm running statistics, optimizer state), then the batch input, the labels and the
+learning rate. Graph outputs: ``loss``, then the new value of every slot that changes, named
+``new/<slot>``. Parameter and buffer slots carry their PyTorch names (the same as in the
+manifest and on the wire); optimizer slots are ``adamw/exp_avg/<param>``,
+``adamw/exp_avg_sq/<param>`` and ``adamw/step``. The manifest's ``portable`` section records
+this layout, so the agent's backend needs nothing but the manifest and plain onnxruntime.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+STEP_FILE = "portable_step.onnx"
+BUFFERS_FILE = "portable_buffers.safetensors"
+LR_NAME = "lr"
+LOSS_NAME = "loss"
+NEW_PREFIX = "new/"
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One piece of training state the step reads (and maybe rewrites)."""
+
+    name: str
+    kind: str  # parameter | frozen | buffer | optimizer
+    shape: tuple[int, ...]
+    dtype: str
+
+    @property
+    def output(self) -> str | None:
+        """Name of the graph output with the slot's new value (frozen slots have none)."""
+        return None if self.kind == "frozen" else NEW_PREFIX + self.name
+
+    def to_manifest(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+            "output": self.output,
+        }
+
+
+@dataclass(frozen=True)
+class StepLayout:
+    """Slots plus the names of the batch inputs."""
+
+    slots: tuple[Slot, ...]
+    input_name: str
+    label_name: str
+
+    @property
+    def input_names(self) -> list[str]:
+        return [s.name for s in self.slots] + [self.input_name, self.label_name, LR_NAME]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [LOSS_NAME] + [s.output for s in self.slots if s.output]
+
+    def names(self, kind: str) -> list[str]:
+        return [s.name for s in self.slots if s.kind == kind]
+
+
+def build_layout(
+    *,
+    parameters: dict[str, tuple[tuple[int, ...], str]],
+    trainable: list[str],
+    buffers: dict[str, tuple[tuple[int, ...], str]],
+    optimizer: str,
+    input_name: str,
+    label_name: str,
+) -> StepLayout:
+    """Slots for ``parameters`` (name -> (shape, dtype)), ``buffers`` and the optimizer."""
+    slots = [Slot(n, "parameter", *parameters[n]) for n in trainable]
+    slots += [Slot(n, "frozen", *spec) for n, spec in parameters.items() if n not in trainable]
+    slots += [Slot(n, "buffer", *spec) for n, spec in buffers.items()]
+    if optimizer == "adamw":
+        for moment in ("exp_avg", "exp_avg_sq"):
+            slots += [Slot(f"adamw/{moment}/{n}", "optimizer", *parameters[n]) for n in trainable]
+        slots.append(Slot("adamw/step", "optimizer", (), "float32"))
+    return StepLayout(tuple(slots), input_name, label_name)

@@ -1,0 +1,89 @@
+"""One training step as a pure function of tensors: forward, backward, optimizer update.
+
+Written with ``torch.func.functional_call`` and ``torch.autograd.grad`` (``torch.func.grad``
+fails on BatchNorm's in-place buffer updates) so ``make_fx`` can trace it into ATen ops. The
+optimizers follow PyTorch's definitions exactly (``torch.optim.SGD`` without momentum,
+``torch.optim.AdamW`` with bias correction), so the exported step matches PyTorch.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from ..artifacts import OptimizerSpec
+from .layout import StepLayout
+
+LOSS_FUNCTIONS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "cross_entropy": F.cross_entropy,
+    "mse": F.mse_loss,
+    "bce_with_logits": F.binary_cross_entropy_with_logits,
+    "l1": F.l1_loss,
+}
+
+
+def make_step(
+    model: nn.Module, layout: StepLayout, *, loss: str, optimizer: OptimizerSpec
+) -> Callable[..., tuple[torch.Tensor, ...]]:
+    """A function ``step(*inputs) -> (loss, *new slots)`` in ``layout``'s order."""
+    module = copy.deepcopy(model).train()
+    loss_fn = LOSS_FUNCTIONS[loss]
+    trainable = layout.names("parameter")
+    frozen = layout.names("frozen")
+    buffers = layout.names("buffer")
+    names = layout.input_names
+
+    def step(*inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        values = dict(zip(names, inputs, strict=True))
+        params = [values[n].detach().requires_grad_(True) for n in trainable]
+        state = dict(zip(trainable, params, strict=True))
+        state.update({n: values[n] for n in frozen})
+        # Clones: BatchNorm updates its running statistics in place; those become outputs.
+        new_buffers = {n: values[n].clone() for n in buffers}
+        with torch.enable_grad():
+            out = functional_call(module, {**state, **new_buffers}, (values[layout.input_name],))
+            value = loss_fn(out, values[layout.label_name])
+            grads = torch.autograd.grad(value, params)
+        lr = values["lr"]
+        with torch.no_grad():
+            plain = [p.detach() for p in params]
+            if optimizer.type == "sgd":
+                updated = [p - lr * g for p, g in zip(plain, grads, strict=True)]
+                extra: list[torch.Tensor] = []
+            else:
+                updated, extra = _adamw(plain, list(grads), values, trainable, lr, optimizer)
+        return (value.detach(), *updated, *[new_buffers[n] for n in buffers], *extra)
+
+    return step
+
+
+def _adamw(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    values: dict[str, torch.Tensor],
+    names: list[str],
+    lr: torch.Tensor,
+    opt: OptimizerSpec,
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """``torch.optim.AdamW`` (amsgrad off, maximize off) for one step; returns params, state."""
+    beta1, beta2 = (float(b) for b in opt.betas)
+    step = values["adamw/step"] + 1.0
+    bias1 = 1.0 - torch.pow(torch.full_like(step, beta1), step)
+    bias2_sqrt = torch.sqrt(1.0 - torch.pow(torch.full_like(step, beta2), step))
+    step_size = lr / bias1
+    new_params, avgs, avg_sqs = [], [], []
+    for name, p, g in zip(names, params, grads, strict=True):
+        m, v = values[f"adamw/exp_avg/{name}"], values[f"adamw/exp_avg_sq/{name}"]
+        p = p * (1.0 - lr * opt.weight_decay)
+        m = m + (1.0 - beta1) * (g - m)  # torch's lerp for weights < 0.5
+        v = v * beta2 + (1.0 - beta2) * g * g
+        denom = torch.sqrt(v) / bias2_sqrt + opt.eps
+        new_params.append(p - step_size * m / denom)
+        avgs.append(m)
+        avg_sqs.append(v)
+    return new_params, [*avgs, *avg_sqs, step]

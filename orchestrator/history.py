@@ -1,0 +1,97 @@
+"""Read-only views of an orchestrator database for people: status, round history."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from fedge.protocol.errors import FedgeError
+
+from .store import RoundRecord, Store
+
+
+class HistoryError(FedgeError):
+    """The database or run asked for does not exist."""
+
+
+def open_store(path: str | Path) -> Store:
+    if not Path(path).is_file():
+        raise HistoryError(f"orchestrator database {path} not found; pass --database PATH")
+    return Store(path)
+
+
+def pick_run(store: Store, run_id: str | None) -> str:
+    if run_id:
+        if run_id not in {r["run_id"] for r in store.runs()}:
+            known = ", ".join(r["run_id"] for r in store.runs()) or "none"
+            raise HistoryError(f"run {run_id!r} not in the database; runs: {known}")
+        return run_id
+    latest = store.latest_run_id()
+    if latest is None:
+        raise HistoryError("the database has no run yet; start `fedge orchestrator` first")
+    return latest
+
+
+def _fmt(v: Any, width: int, digits: int = 4) -> str:
+    if v is None:
+        return "-".rjust(width)
+    if isinstance(v, float):
+        return f"{v:.{digits}f}".rjust(width)
+    return str(v).rjust(width)
+
+
+def history_table(rounds: list[RoundRecord]) -> str:
+    """One line per round: state, counters, the round's main metrics."""
+    head = (
+        f"{'round':>5} {'ver':>4} {'state':<10} {'rep':>4}/{'goal':<4} {'inv':>4} {'rej':>4} "
+        f"{'late':>4} {'dup':>4} {'abrt':>4} {'drop':>4} {'KiB in':>8} {'secs':>6} "
+        f"{'train_loss':>10} {'val_acc':>8} {'test_acc':>8}  note"
+    )
+    lines = [head]
+    for r in rounds:
+        secs = (r.closed - r.opened) if r.closed else None
+        lines.append(
+            f"{r.round:>5} {r.model_version:>4} {r.state:<10} {r.reports:>4}/{r.goal or len(r.participants):<4} "
+            f"{len(r.participants):>4} {r.rejected:>4} {r.late:>4} {r.duplicates:>4} {r.aborted:>4} "
+            f"{r.dropped:>4} {r.bytes_in / 1024:>8.1f} {_fmt(secs, 6, 1)} "
+            f"{_fmt(r.metrics.get('train_loss'), 10)} {_fmt(r.metrics.get('val_accuracy'), 8)} "
+            f"{_fmt(r.metrics.get('test_accuracy'), 8)}  {r.note}"
+        )
+    return "\n".join(lines)
+
+
+def status_text(store: Store, run_id: str) -> str:
+    """The run, its open round, the devices and the latest metrics."""
+    run = next(r for r in store.runs() if r["run_id"] == run_id)
+    rounds = store.rounds(run_id)
+    committed = [r for r in rounds if r.state == "committed"]
+    lines = [
+        f"run {run_id}: {run['state']}, started "
+        f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(run['started']))}",
+        f"model versions: {len(committed) + 1} (latest v{committed[-1].model_version + 1 if committed else 0});"
+        f" rounds: {len(committed)} committed, "
+        f"{sum(r.state == 'abandoned' for r in rounds)} abandoned",
+    ]
+    open_rounds = [r for r in rounds if r.state == "open"]
+    if open_rounds:
+        r = open_rounds[-1]
+        lines.append(
+            f"open round {r.round}: {r.reports}/{r.goal or len(r.participants)} reports from "
+            f"{len(r.participants)} invited, deadline in {max(0.0, r.deadline - time.time()):.0f} s"
+        )
+    if committed:
+        m = committed[-1].metrics
+        shown = ", ".join(f"{k}={v:.4f}" for k, v in sorted(m.items()) if not k.endswith("samples"))
+        lines.append(f"last metrics (round {committed[-1].round}): {shown}")
+    devices = store.devices()
+    lines.append(f"devices: {len(devices)}")
+    now = time.time()
+    for d in devices:
+        why = "" if d["eligible"] else f" ineligible: {d['reason']}"
+        lines.append(
+            f"  {d['agent_id']:<16} {d['state']:<10} {d['backend'] or '?':<13} "
+            f"{d['num_samples']:>7} samples  v{d['version'] or '?':<8} "
+            f"seen {now - d['last_seen']:.0f} s ago{why}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,78 @@
+"""The device registry: what each agent last said about itself, kept in memory and SQLite.
+
+Fed by the agents' retained status messages; the broker publishes an agent's Last Will
+(``offline``) when its connection dies, so a crashed device drops out of selection.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from fedge.protocol.errors import MessageError
+from fedge.protocol.messages import Status
+
+from .selection import matches_target
+from .store import Store
+from .strategies import DeviceInfo
+
+log = logging.getLogger(__name__)
+
+
+class DeviceRegistry:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.devices: dict[str, Status] = {}
+        self.last_seen: dict[str, float] = {}
+
+    def on_status(self, agent_id: str, status: Status) -> None:
+        if status.agent != agent_id:
+            raise MessageError(f"status for {status.agent!r} published on {agent_id}'s topic")
+        previous = self.devices.get(agent_id)
+        self.devices[agent_id] = status
+        self.last_seen[agent_id] = time.time()
+        if previous is None or previous.state != status.state:
+            log.info(
+                "device %s is %s (backend %s, %d samples%s)",
+                agent_id,
+                status.state,
+                status.backend or "?",
+                status.num_samples,
+                f", ineligible: {status.reason}" if not status.eligible else "",
+            )
+        self.store.upsert_device(
+            agent_id,
+            status.state,
+            status.backend,
+            status.num_samples,
+            status.eligible,
+            status.reason,
+            status.version,
+        )
+
+    def is_offline(self, agent_id: str) -> bool:
+        s = self.devices.get(agent_id)
+        return s is not None and s.state == "offline"
+
+    def why_not_eligible(self, status: Status, patterns: list[str], backends: list[str]) -> str:
+        """Empty if the device can be selected, else the reason."""
+        if status.state == "offline":
+            return "offline"
+        if status.state == "ineligible" or not status.eligible:
+            return f"device says: {status.reason or 'ineligible'}"
+        if not matches_target(status.agent, status.backend, patterns, backends):
+            return "not in the targeted group"
+        return ""
+
+    def eligible(self, patterns: list[str], backends: list[str]) -> list[DeviceInfo]:
+        return [
+            DeviceInfo(s.agent, s.num_samples, s.backend, s.version)
+            for s in self.devices.values()
+            if not self.why_not_eligible(s, patterns, backends)
+        ]
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for s in self.devices.values():
+            out[s.state] = out.get(s.state, 0) + 1
+        return out

@@ -1,0 +1,1 @@
+"""Provisioning a fleet: a CA and TLS certificates, broker files, device credentials, doctor."""

@@ -1,0 +1,153 @@
+"""``fedge broker init``: everything a broker host needs, in one directory.
+
+A CA and the broker's TLS certificate (SANs = the host names given, plus localhost and
+127.0.0.1 for the orchestrator on the same host), Mosquitto's config / password file / ACL
+(rendered by ``fedge.orchestrator.broker_files``: TLS listener, no anonymous access, ``%u``
+patterns), the orchestrator's credentials, the bundle signing key pair and a ready
+``orchestrator.toml``. Nothing is overwritten: running it twice on one directory is an error.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import os
+import pwd
+import secrets
+from collections.abc import Sequence
+from pathlib import Path
+
+from fedge.orchestrator.broker_files import (
+    DEFAULT_ORCHESTRATOR_USER,
+    TlsSettings,
+    write_broker_files,
+)
+from fedge.protocol import signing
+from fedge.protocol.errors import ConfigError, MessageError
+from fedge.protocol.topics import validate_name
+
+from .certs import make_ca, make_server_cert, write_pem
+from .layout import BrokerDir, BrokerRecord, render_toml, write_secret
+
+log = logging.getLogger(__name__)
+
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1")
+
+
+def default_run_as() -> str:
+    """Mosquitto's ``user``: the invoking user, or ``mosquitto`` when run as root."""
+    return "mosquitto" if os.geteuid() == 0 else getpass.getuser()
+
+
+def init_broker(
+    root: str | Path,
+    *,
+    hosts: Sequence[str],
+    federation: str = "demo",
+    tls_port: int = 8883,
+    plain_port: int = 1883,
+    bind_address: str = "0.0.0.0",
+    run_as_user: str | None = None,
+    orchestrator_user: str = DEFAULT_ORCHESTRATOR_USER,
+) -> BrokerDir:
+    """Create a broker directory at ``root`` (see ``fedge.provision.layout``) and return it.
+
+    ``hosts`` are the names devices use to reach the broker; the first one goes into the
+    device configs' ``mqtts://`` URL. The plain listener (``plain_port``) stays on 127.0.0.1.
+    """
+    try:
+        validate_name(federation, "federation")
+    except MessageError as exc:
+        raise ConfigError(str(exc)) from None
+    d = BrokerDir(root)
+    if d.record.exists():
+        raise ConfigError(f"{d.root} is already a broker directory ({d.record} exists)")
+    all_hosts = list(dict.fromkeys([h.strip() for h in hosts if h.strip()] + list(LOOPBACK_HOSTS)))
+    for sub in (d.ca_dir, d.broker_dir, d.keys_dir, d.orchestrator_dir, d.root / "devices"):
+        sub.mkdir(parents=True, exist_ok=True)
+
+    ca = make_ca(f"fedge {federation} CA")
+    write_pem(ca, d.ca_cert, d.ca_key)
+    write_pem(make_server_cert(ca, all_hosts), d.broker_cert, d.broker_key)
+    signing.write_keypair(d.keys_dir, "signing")
+
+    orch_password = secrets.token_urlsafe(24)
+    write_broker_files(
+        d.mosquitto_dir,
+        port=plain_port,
+        federation=federation,
+        users={orchestrator_user: orch_password},
+        orchestrator_user=orchestrator_user,
+        bind_address="127.0.0.1",
+        tls=TlsSettings(
+            cafile=d.ca_cert,
+            certfile=d.broker_cert,
+            keyfile=d.broker_key,
+            port=tls_port,
+            bind_address=bind_address,
+        ),
+        run_as_user=run_as_user or default_run_as(),
+        pid_file=d.pid_file,
+    )
+    _give_to_broker_user(d, run_as_user or default_run_as())
+    record = BrokerRecord(
+        federation=federation,
+        hosts=all_hosts,
+        tls_port=tls_port,
+        plain_port=plain_port,
+        orchestrator_user=orchestrator_user,
+    )
+    d.save_record(record)
+    write_secret(d.orchestrator_toml, _orchestrator_toml(d, record, orch_password))
+    log.info(
+        "broker directory %s ready for federation %s (hosts %s)", d.root, federation, all_hosts
+    )
+    return d
+
+
+def _give_to_broker_user(d: BrokerDir, user: str) -> None:
+    """As root, hand Mosquitto's directory and TLS key to the user Mosquitto switches to."""
+    if os.geteuid() != 0 or user == "root":
+        return
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        log.warning("user %s does not exist: create it or pass --run-as", user)
+        return
+    paths = [
+        d.mosquitto_dir,
+        *d.mosquitto_dir.rglob("*"),
+        d.broker_dir,
+        d.broker_cert,
+        d.broker_key,
+    ]
+    for path in paths:
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+
+
+def _orchestrator_toml(d: BrokerDir, record: BrokerRecord, password: str) -> str:
+    host = "localhost" if "localhost" in record.hosts else record.hosts[0]
+    header = (
+        f"fedge orchestrator for federation '{record.federation}' (written by fedge broker init).\n"
+        "Holds the orchestrator's broker password: keep it mode 0600.\n"
+        f"Sign bundles with {d.signing_key}:\n"
+        f"  fedge export ... --sign-key {d.signing_key} --out {d.root / 'bundle.fedge'}\n"
+    )
+    return render_toml(
+        header,
+        {
+            "federation": record.federation,
+            "client_id": record.orchestrator_user,
+            "bundle": str(d.root / "bundle.fedge"),
+            "database": str(d.orchestrator_dir / "orchestrator.db"),
+            "trusted_keys": [str(d.signing_pub)],
+        },
+        {
+            "mqtt": {
+                "url": f"mqtts://{host}:{record.tls_port}",
+                "username": record.orchestrator_user,
+                "password": password,
+                "ca_file": str(d.ca_cert),
+            }
+        },
+    )

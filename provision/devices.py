@@ -1,0 +1,172 @@
+"""``fedge device add`` / ``revoke`` / ``list``: device credentials in a broker directory.
+
+A device's MQTT username is its id; the ACL's ``%u`` patterns already confine every user to
+its own topics, so adding a device is a password entry plus a ready ``agent.toml`` (with the
+broker's ``mqtts://`` URL, the CA file and the trusted signing key) in ``devices/NAME/``.
+Revoking deletes the password entry; Mosquitto reads the password file again on SIGHUP.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedge.orchestrator.broker_files import delete_password, password_file_users, set_password
+from fedge.protocol.errors import ConfigError, MessageError
+from fedge.protocol.topics import validate_name
+
+from .layout import BrokerDir, render_toml, write_secret
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DATA_PATH = "/var/lib/fedge/data.db"
+
+
+@dataclass(frozen=True)
+class DeviceFiles:
+    """What ``add_device`` wrote: the folder to copy to the device and its config."""
+
+    folder: Path
+    agent_toml: Path
+    ca_cert: Path
+    signing_pub: Path
+
+
+def add_device(
+    root: str | Path,
+    name: str,
+    *,
+    install_dir: str | None = None,
+    data_path: str = DEFAULT_DATA_PATH,
+    data_table: str = "samples",
+    state_dir: str | None = None,
+) -> DeviceFiles:
+    """Create credentials for device ``name`` and write ``devices/NAME/`` for it.
+
+    ``install_dir`` is where the folder will live on the device (paths in agent.toml point
+    there); by default the folder itself, which is right when the agent runs on this machine.
+    """
+    _check_name(name)
+    d = BrokerDir(root)
+    record = d.load_record()
+    if name == record.orchestrator_user:
+        raise ConfigError(f"'{name}' is the orchestrator's user name; choose another device name")
+    if name in password_file_users(d.passwd):
+        raise ConfigError(
+            f"device '{name}' already exists; revoke it first (fedge device revoke {name})"
+        )
+    folder = d.device_dir(name)
+    folder.mkdir(parents=True, exist_ok=True)
+    files = DeviceFiles(folder, folder / "agent.toml", folder / "ca.crt", folder / "signing.pub")
+    shutil.copyfile(d.ca_cert, files.ca_cert)
+    shutil.copyfile(d.signing_pub, files.signing_pub)
+    there = Path(install_dir) if install_dir else folder
+    password = secrets.token_urlsafe(24)
+    set_password(d.passwd, name, password)
+    header = (
+        f"fedge agent '{name}' of federation '{record.federation}' (written by fedge device add).\n"
+        f"Copy {folder.name}/ to {there} on the device; it holds the device's broker password.\n"
+        "Point data.path at the device's SQLite file, then: fedge doctor --config agent.toml"
+    )
+    text = render_toml(
+        header,
+        {
+            "id": name,
+            "federation": record.federation,
+            "state_dir": state_dir or str(there / "state"),
+            "trusted_keys": [str(there / "signing.pub")],
+        },
+        {
+            "mqtt": {
+                "url": record.url,
+                "username": name,
+                "password": password,
+                "ca_file": str(there / "ca.crt"),
+            },
+            "data": {"path": data_path, "table": data_table},
+        },
+    )
+    write_secret(files.agent_toml, text)
+    if name not in record.devices:
+        record.devices.append(name)
+    if name in record.revoked:
+        record.revoked.remove(name)
+    d.save_record(record)
+    log.info("device %s added; its files are in %s", name, folder)
+    return files
+
+
+def revoke_device(root: str | Path, name: str) -> bool:
+    """Delete ``name``'s password entry and its folder's secret; False if it was not present.
+
+    The broker refuses the device after it reloads the password file: see ``reload_broker``.
+    """
+    _check_name(name)
+    d = BrokerDir(root)
+    record = d.load_record()
+    if name == record.orchestrator_user:
+        raise ConfigError("refusing to revoke the orchestrator's user")
+    removed = delete_password(d.passwd, name)
+    toml = d.device_dir(name) / "agent.toml"
+    if toml.exists():
+        toml.unlink()  # it holds the password that no longer works
+    if name in record.devices:
+        record.devices.remove(name)
+    if removed and name not in record.revoked:
+        record.revoked.append(name)
+    d.save_record(record)
+    log.info("device %s revoked (password entry %s)", name, "removed" if removed else "absent")
+    return removed
+
+
+def list_devices(root: str | Path) -> dict[str, str]:
+    """Map every known device to ``active`` or ``revoked``."""
+    d = BrokerDir(root)
+    record = d.load_record()
+    users = set(password_file_users(d.passwd))
+    out = {n: "active" if n in users else "missing from passwd" for n in record.devices}
+    out.update({n: "revoked" for n in record.revoked})
+    return out
+
+
+def reload_broker(root: str | Path) -> int | None:
+    """Send SIGHUP to the broker whose PID is in ``mosquitto/mosquitto.pid``; its PID or None.
+
+    Mosquitto re-reads its password file and ACL on SIGHUP (under systemd:
+    ``systemctl reload mosquitto``).
+    """
+    pid_file = BrokerDir(root).pid_file
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    if not _is_mosquitto(pid):  # a stale file, or a container's PID: never signal a stranger
+        log.info("PID %d from %s is not a running mosquitto; not reloading", pid, pid_file)
+        return None
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:
+        log.info("no broker with PID %d (stale %s)", pid, pid_file)
+        return None
+    return pid
+
+
+def _check_name(name: str) -> None:
+    try:
+        validate_name(name, "device name")
+    except MessageError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _is_mosquitto(pid: int) -> bool:
+    """True if ``pid`` runs the mosquitto binary (Linux /proc; elsewhere: never assume)."""
+    try:
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return False
+    return comm == "mosquitto"

@@ -1,0 +1,335 @@
+"""Fuzzing what crosses the wire: random and mutated bytes never crash a parser or a dispatcher.
+
+Each parser either returns a valid object or raises a ``FedgeError`` subclass. The agent's and
+the orchestrator's dispatch functions (real objects, built without a network connection)
+swallow-and-log bad input and change no state when the input is invalid.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fedge.protocol.chunks import blob_ref, chunk_bytes, decode_frame, encode_frame
+from fedge.protocol.compression import decode_delta
+from fedge.protocol.errors import FedgeError
+from fedge.protocol.messages import (
+    Ack,
+    BlobRef,
+    FetchRequest,
+    RoundAbort,
+    RoundTask,
+    Status,
+    TrainConfig,
+    UpdateOffer,
+    parse_message,
+)
+from fedge.protocol.tensors import decode_tensors, encode_tensors
+
+FUZZ = settings(
+    max_examples=1000,
+    deadline=None,
+    database=None,
+    derandomize=True,  # the same inputs in every CI run; a failure names its example
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+
+SHA = "a" * 64
+REF = BlobRef(SHA, 10, 1)
+SEED_MESSAGES = [
+    Status(agent="dev-0", state="idle", backend="ort-training", num_samples=5, ts=1.0),
+    RoundTask(
+        run_id="r1",
+        round=1,
+        model_version=0,
+        state="open",
+        bundle_hash=SHA,
+        bundle=REF,
+        params=REF,
+        participants=["dev-0", "dev-1"],
+        config=TrainConfig(clip_norm=1.0, noise_multiplier=0.5),
+        deadline=2e9,
+    ),
+    FetchRequest(msg_id="m1", agent="dev-0", sha256=SHA, indices=[0, 1]),
+    UpdateOffer(
+        msg_id="m2",
+        agent="dev-0",
+        run_id="r1",
+        round=1,
+        model_version=0,
+        blob=REF,
+        num_samples=3,
+        metrics={"loss": 0.5},
+    ),  # fmt: skip
+    Ack(msg_id="m3", agent="dev-0", run_id="r1", round=1, sha256=SHA, accepted=True),
+    RoundAbort(msg_id="m4", agent="dev-0", run_id="r1", round=1, reason="busy"),
+]
+SEED_PAYLOADS = [m.encode() for m in SEED_MESSAGES]
+TENSORS = encode_tensors({"w": np.arange(6, dtype=np.float32).reshape(2, 3)})
+FRAME = encode_frame(blob_ref(TENSORS), 0, chunk_bytes(TENSORS, 0))
+NESTED = [b"[" * 60000, b'{"type":"status","agent":' + b"[" * 30000, b'{"a":' * 12000]
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=10,
+)
+
+
+@st.composite
+def mutated(draw: st.DrawFn, seeds: list[bytes]) -> bytes:
+    """A seed with byte-level edits: flips, truncation, insertion, duplication."""
+    data = bytearray(draw(st.sampled_from(seeds)))
+    for _ in range(draw(st.integers(1, 4))):
+        op = draw(st.sampled_from(["flip", "truncate", "insert", "dup"]))
+        pos = draw(st.integers(0, max(len(data) - 1, 0)))
+        if op == "flip" and data:
+            data[pos] ^= 1 << draw(st.integers(0, 7))
+        elif op == "truncate":
+            del data[pos:]
+        elif op == "insert":
+            data[pos:pos] = draw(st.binary(min_size=1, max_size=8))
+        else:
+            data[pos:pos] = data[pos : pos + draw(st.integers(1, 32))]
+    return bytes(data)
+
+
+@st.composite
+def json_mutated(draw: st.DrawFn) -> bytes:
+    """A valid control message with one field replaced, removed or added (type confusion)."""
+    obj: dict[str, Any] = json.loads(draw(st.sampled_from(SEED_PAYLOADS)))
+    key = draw(st.sampled_from(sorted(obj)))
+    op = draw(st.sampled_from(["replace", "delete", "add"]))
+    if op == "replace":
+        obj[key] = draw(json_values)
+    elif op == "delete":
+        del obj[key]
+    else:
+        obj[draw(st.text(max_size=8))] = draw(json_values)
+    return json.dumps(obj).encode()
+
+
+wire_bytes = st.one_of(
+    st.binary(max_size=300),
+    mutated(SEED_PAYLOADS),
+    json_mutated(),
+    mutated([FRAME]),
+    mutated([TENSORS]),
+)
+
+
+def _only_fedge_errors(fn: Any, payload: bytes) -> Any:
+    try:
+        return fn(payload)
+    except FedgeError:
+        return None
+
+
+@FUZZ
+@given(payload=wire_bytes)
+def test_parse_message_never_crashes(payload: bytes) -> None:
+    msg = _only_fedge_errors(parse_message, payload)
+    if msg is not None:  # what parses re-encodes and parses to the same message
+        assert parse_message(msg.encode()) == msg
+
+
+@FUZZ
+@given(payload=wire_bytes)
+def test_decode_frame_never_crashes(payload: bytes) -> None:
+    chunk = _only_fedge_errors(decode_frame, payload)
+    if chunk is not None:  # what is accepted is self-consistent
+        assert 0 <= chunk.index < chunk.count and len(chunk.data) <= chunk.size
+
+
+@FUZZ
+@given(payload=wire_bytes)
+def test_decode_tensors_and_delta_never_crash(payload: bytes) -> None:
+    _only_fedge_errors(decode_tensors, payload)
+    _only_fedge_errors(decode_delta, payload)
+
+
+@pytest.mark.parametrize("payload", NESTED)
+def test_deeply_nested_json_is_a_message_error(payload: bytes) -> None:
+    # Regression: json's RecursionError escaped parse_message and decode_frame, so one
+    # 60 KB publish by any device crashed the orchestrator's loop.
+    from fedge.protocol.errors import MessageError, TransferError
+
+    with pytest.raises(MessageError, match="not valid JSON"):
+        parse_message(payload)
+    header = payload[:65535]
+    frame = FRAME[:4] + len(header).to_bytes(2, "big") + header  # FRAME[:4] is the magic
+    with pytest.raises(TransferError, match="malformed"):
+        decode_frame(frame)
+
+
+# ---- the dispatchers, built for real without a broker connection ----
+
+
+def _fake_bundle(root: Path) -> Path:
+    from fedge.protocol.bundle import write_manifest
+    from fedge.protocol.manifest import REQUIRED_FILES
+
+    root.mkdir()
+    for name in REQUIRED_FILES:
+        (root / name).write_bytes(f"fake {name}".encode())
+    params = {"fc.weight": np.zeros((2, 3), np.float32), "fc.bias": np.zeros(2, np.float32)}
+    (root / "parameters.safetensors").write_bytes(encode_tensors(params))
+    write_manifest(
+        root,
+        {
+            "format_version": 1,
+            "model_name": "toy",
+            "inputs": [{"name": "input", "dtype": "float32", "shape": [None, 3]}],
+            "outputs": [{"name": "logits", "dtype": "float32", "shape": [None, 2]}],
+            "label": {"name": "labels", "dtype": "int64", "shape": [None]},
+            "loss": {"type": "cross_entropy"},
+            "optimizer": {"type": "sgd", "lr": 0.1},
+            "task": "classification",
+            "num_classes": 2,
+            "parameters": [
+                {"name": "fc.weight", "shape": [2, 3], "dtype": "float32", "trainable": True},
+                {"name": "fc.bias", "shape": [2], "dtype": "float32", "trainable": True},
+            ],
+            "opset": 17,
+            "ir_version": 8,
+            "versions": {"fedge": "0.1.0"},
+            "backends": ["ort-training"],
+            "verification": {"forward_max_abs_diff": 0.0},
+            "patches": [],
+        },
+    )
+    return root
+
+
+def _db_dump(path: Path) -> list[str]:
+    con = sqlite3.connect(path)
+    try:
+        return list(con.iterdump())
+    finally:
+        con.close()
+
+
+def _valid(kind: str, payload: bytes) -> bool:
+    """Whether the payload is well-formed for its topic (then state may change)."""
+    try:
+        if kind in ("down", "up/chunk"):
+            decode_frame(payload)
+        elif payload or kind != "status":
+            parse_message(payload)
+        return True
+    except FedgeError:
+        return False
+
+
+@pytest.fixture
+def orchestrator(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    from fedge.orchestrator.config import OrchestratorConfig
+    from fedge.orchestrator.server import Orchestrator
+
+    cfg = OrchestratorConfig(
+        bundle=str(_fake_bundle(tmp_path / "bundle")), database=str(tmp_path / "orch.db")
+    )
+    orch = Orchestrator(cfg)
+    orch._resume_or_create_run()
+    caplog.set_level(logging.WARNING)
+    yield orch
+    orch.store.close()
+
+
+orchestrator_topics = st.sampled_from(
+    [
+        "fedge/v1/demo/agent/dev-0/status",
+        "fedge/v1/demo/agent/dev-0/up/msg",
+        "fedge/v1/demo/agent/dev-0/up/chunk",
+        "fedge/v1/demo/agent/dev-0/other",
+        "fedge/v1/demo/agent//up/msg",
+        "fedge/v1/other/agent/dev-0/up/msg",
+    ]
+)
+
+
+@settings(FUZZ, max_examples=400)
+@given(topic=orchestrator_topics, payload=wire_bytes)
+def test_orchestrator_dispatch_survives_garbage(orchestrator, topic: str, payload: bytes) -> None:
+    db = Path(orchestrator.cfg.database)
+    before = (_db_dump(db), orchestrator.current, dict(orchestrator.intake.uploads))
+    orchestrator._dispatch(topic, payload)  # must not raise
+    kind = topic.rsplit("dev-0/", 1)[-1]
+    if not _valid(kind, payload):
+        after = (_db_dump(db), orchestrator.current, dict(orchestrator.intake.uploads))
+        assert after == before, f"invalid input on {topic} changed the orchestrator's state"
+
+
+def _no_training(*_args: Any, **_kwargs: Any) -> Any:
+    raise AssertionError("dispatching a message must never start training")
+
+
+class _NoTraining:
+    """The backend slot of an agent under fuzzing: dispatch must never reach it.
+
+    (The real backend would import ONNX Runtime, which blocks torch for this process.)
+    """
+
+    name = "none"
+    load = set_parameters = get_parameters = train = evaluate = staticmethod(_no_training)
+
+
+@pytest.fixture
+def agent(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    from fedge.agent.config import AgentConfig
+    from fedge.agent.daemon import Agent
+
+    agent = Agent(AgentConfig(id="dev-0", state_dir=str(tmp_path / "state")), backend=_NoTraining())
+    caplog.set_level(logging.WARNING)
+    yield agent
+    agent.state.close()
+
+
+agent_topics = st.sampled_from(
+    [
+        "fedge/v1/demo/round/current",
+        "fedge/v1/demo/agent/dev-0/cmd",
+        "fedge/v1/demo/agent/dev-0/down",
+    ]
+)
+
+
+@settings(FUZZ, max_examples=400)
+@given(topic=agent_topics, payload=wire_bytes)
+def test_agent_dispatch_survives_garbage(agent, topic: str, payload: bytes) -> None:
+    db = agent.cfg.state_path / "agent.db"
+    before = (_db_dump(db), agent.task, dict(agent._downloads), dict(agent._blobs))
+    agent._dispatch(topic, payload)  # must not raise
+    kind = topic.rsplit("/", 1)[-1]
+    valid = _valid("down" if kind == "down" else "msg", payload) and (
+        kind != "current" or not payload or isinstance(parse_message(payload), RoundTask)
+    )
+    if not valid:
+        after = (_db_dump(db), agent.task, dict(agent._downloads), dict(agent._blobs))
+        assert after == before, f"invalid input on {topic} changed the agent's state"
+
+
+@pytest.mark.parametrize("payload", NESTED)
+def test_nested_json_does_not_crash_the_dispatchers(orchestrator, agent, payload: bytes) -> None:
+    orchestrator._dispatch("fedge/v1/demo/agent/dev-0/up/msg", payload)
+    orchestrator._dispatch("fedge/v1/demo/agent/dev-0/status", payload)
+    agent._dispatch("fedge/v1/demo/round/current", payload)
+    agent._dispatch("fedge/v1/demo/agent/dev-0/cmd", payload)
+
+
+def test_bad_input_is_logged_clearly(agent, caplog: pytest.LogCaptureFixture) -> None:
+    agent._dispatch("fedge/v1/demo/agent/dev-0/cmd", b'{"type": "ack", "agent": 5}')
+    assert any(
+        "ignored a bad message on fedge/v1/demo/agent/dev-0/cmd" in r.getMessage()
+        for r in caplog.records
+    )

@@ -1,0 +1,50 @@
+"""Orchestrator operations without a broker: Prometheus exposition, history and status views."""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+
+from fedge.orchestrator.history import history_table, status_text
+from fedge.orchestrator.metrics_exporter import Metrics, MetricsServer
+from fedge.orchestrator.store import RoundRecord, Store
+
+
+def test_metrics_text_exposition_over_http():
+    m = Metrics()
+    m.inc("fedge_rounds_total", state="committed")
+    m.inc("fedge_rounds_total", state="committed")
+    m.inc("fedge_updates_total", status="rejected")
+    m.set("fedge_round_duration_seconds", 1.5)
+    server = MetricsServer(m, "127.0.0.1", 0).start()
+    try:
+        body = urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=5).read()
+    finally:
+        server.stop()
+    text = body.decode()
+    assert 'fedge_rounds_total{state="committed"} 2' in text
+    assert 'fedge_updates_total{status="rejected"} 1' in text
+    assert "# TYPE fedge_rounds_total counter" in text
+    assert "fedge_round_duration_seconds 1.5" in text
+
+
+def test_history_and_status_read_the_round_records(tmp_path):
+    store = Store(tmp_path / "o.db")
+    store.create_run("run-1", "h" * 64, {}, b"params", "s" * 64)
+    now = time.time()
+    rec = RoundRecord(
+        "run-1", 1, 0, "open", ["a", "b", "c"], now, now + 60, 0, 0, 0, 0, 0, 0, {}, goal=2
+    )
+    store.open_round(rec)
+    store.accept_update("run-1", 1, "a", "x" * 64, 50, {"train_loss": 0.5}, b"d" * 2048)
+    store.reject_update("run-1", 1, "b", "y" * 64, "non-finite values", 10)
+    store.commit_round("run-1", 1, 1, b"p1", "z" * 64, {"train_loss": 0.5, "test_accuracy": 0.9})
+    store.upsert_device("a", "idle", "ort-training", 50, True, "", "0.1")
+    store.upsert_device("b", "offline", "ort-training", 10, False, "battery low", "0.1")
+    table = history_table(store.rounds("run-1"))
+    line = table.splitlines()[1].split()
+    assert line[:5] == ["1", "0", "committed", "1/2", "3"] and line[5] == "1"  # 1 rejected
+    assert "0.9000" in table
+    status = status_text(store, "run-1")
+    assert "1 committed" in status and "test_accuracy=0.9000" in status
+    assert "ineligible: battery low" in status
