@@ -1,19 +1,27 @@
 """Round overhead with many lightweight agents on one Mosquitto.
 
-Overhead = the last accepted report of round k -> round k+1 opened (close, aggregate, commit to
-SQLite, publish the next task), read from the orchestrator's database. The orchestrator is a
-real ``python -m fedge orchestrator`` process; the agents are scripted paho clients
-(tests/support/fake_agent.py) in this process that answer each round with a tiny precomputed
-delta of the digits MLP. Loopback only. Median over the rounds (>= 5).
+Overhead = the last accepted report of round k -> round k+1 published (close, aggregate, commit
+to SQLite, select, publish the next task). The orchestrator is a real process
+(bench/timed_orchestrator.py: ``fedge orchestrator`` plus timing of its steps, which gives the
+breakdown); the agents are scripted paho clients (tests/support/fake_agent.py) that answer each
+round with a tiny precomputed delta of the digits MLP. They live in several worker processes of
+at most ``--per-worker`` clients each: paho's loop uses select(), which cannot watch file
+descriptors above 1023, and each client holds three (socket + wake-up pair), so one process
+tops out near 330 clients. Each worker connects its clients in parallel.
+Loopback only; stops by itself (``--timeout``). Median over the round changes (>= 5).
 
-Usage: python bench/round_overhead_bench.py [--agents 100] [--rounds 6]
+Usage: python bench/round_overhead_bench.py [--agents 100] [--rounds 6] [--per-worker 100]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import multiprocessing as mp
 import os
 import platform
+import resource
 import sqlite3
 import statistics
 import subprocess
@@ -24,22 +32,108 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
 
 from support.fake_agent import FakeAgent  # noqa: E402
-from support.mosquitto import MosquittoBroker, make_users  # noqa: E402
+from support.mosquitto import MosquittoBroker, find_mosquitto, make_users  # noqa: E402
 
 from fedge.demo.run import write_toml  # noqa: E402
 from fedge.protocol.bundle import load_bundle  # noqa: E402
 
 
+def raise_open_files(want: int = 65536) -> int:
+    """Raise this process's soft open-file limit (children, e.g. Mosquitto, inherit it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def agent_worker(
+    url: str,
+    creds: list[tuple[str, str]],
+    delta: dict[str, np.ndarray],
+    connect_timeout: float,
+    run_seconds: float,
+    ready: mp.Queue,
+    stop: mp.Event,
+    results: mp.Queue,
+) -> None:
+    """Run ``creds`` agents in this process: connect all at once, answer rounds until ``stop``."""
+    raise_open_files()
+    agents = [FakeAgent(url, aid, pw) for aid, pw in creds]
+    t0 = time.monotonic()
+    try:
+        for a in agents:
+            a.begin()
+            time.sleep(0.002)  # spread the SYNs a little: the listen backlog is finite
+        for a in agents:
+            a.finish_start(max(1.0, connect_timeout - (time.monotonic() - t0)))
+    except RuntimeError as exc:
+        ready.put(("error", str(exc)))
+        for a in agents:
+            a.stop()
+        return
+    ready.put(("ok", time.monotonic() - t0))
+    answered: set[tuple[str, int]] = set()
+    end = time.monotonic() + run_seconds
+    while not stop.is_set() and time.monotonic() < end:
+        for a in agents:
+            a.pump(0)
+            t = a.task
+            if t and t.state == "open" and (a.id, t.round) not in answered:
+                if a.id in t.participants:
+                    answered.add((a.id, t.round))
+                    a.offer(delta)
+        time.sleep(0.01)
+    seen: dict[str, list[float]] = {}
+    for a in agents:
+        for (rnd, state), ts in a.task_seen.items():
+            if state == "open":
+                seen.setdefault(str(rnd), []).append(ts)
+    results.put(seen)
+    for a in agents:
+        a.stop()
+
+
+def load_timings(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def within(timings: list[dict], step: str, lo: float, hi: float) -> float:
+    """Total seconds of ``step`` calls that started in [lo, hi]."""
+    return sum(
+        t["end"] - t["start"] for t in timings if t["step"] == step and lo <= t["start"] <= hi
+    )
+
+
+def ms(values: list[float]) -> str:
+    return f"{statistics.median(values) * 1000:.0f} ms ({min(values) * 1000:.0f}-{max(values) * 1000:.0f})"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--agents", type=int, default=100)
-    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--rounds", type=int, default=6, help="model versions (round changes + 1)")
+    ap.add_argument("--per-worker", type=int, default=100, help="agents per worker process")
+    ap.add_argument("--connect-timeout", type=float, default=120.0)
+    ap.add_argument("--timeout", type=float, default=900.0, help="whole run, seconds")
     args = ap.parse_args()
+    nofile = raise_open_files()
+    import paho.mqtt
+
+    mq_version = subprocess.run(
+        [find_mosquitto(), "-h"], capture_output=True, text=True
+    ).stdout.splitlines()[:1]
     print(
-        f"machine: {platform.platform()}, {os.cpu_count()} cores, Python {sys.version.split()[0]}"
+        f"machine: {platform.platform()}, {os.cpu_count()} cores, Python {sys.version.split()[0]}, "
+        f"numpy {np.__version__}, paho-mqtt {paho.mqtt.__version__}, "
+        f"{mq_version[0] if mq_version else 'mosquitto ?'}, load avg {os.getloadavg()[0]:.2f}, "
+        f"open-file limit {nofile}"
     )
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -57,9 +151,12 @@ def main() -> int:
         )
         template = load_bundle(bdir).initial_parameters()
         delta = {n: np.full(a.shape, 1e-4, a.dtype) for n, a in template.items()}
-        broker = MosquittoBroker(tmp / "mq", users=make_users(args.agents)).start()
+        n_params = sum(a.size for a in template.values())
+        broker = MosquittoBroker(tmp / "mq", users=make_users(args.agents), persistence=False)
+        broker.start()
         user = "fedge-orchestrator"
         db = tmp / "o.db"
+        timings_path = tmp / "timings.jsonl"
         cfg = write_toml(
             tmp / "o.toml",
             {
@@ -77,40 +174,74 @@ def main() -> int:
                     "rounds": args.rounds,
                     "min_devices": args.agents,
                     "min_reports": args.agents,
-                    "deadline_seconds": 120,
+                    "deadline_seconds": 300,
                 },
             },
         )
-        agents = [
-            FakeAgent(broker.url, f"dev-{i}", broker.users[f"dev-{i}"]) for i in range(args.agents)
-        ]
-        for a in agents:
-            a.start()
-        orch = subprocess.Popen(
-            [sys.executable, "-m", "fedge", "orchestrator", "--config", str(cfg), "-q"]
-        )
-        answered: set[tuple[str, int]] = set()
+        ctx = mp.get_context("spawn")
+        ready, results, stop = ctx.Queue(), ctx.Queue(), ctx.Event()
+        ids = [f"dev-{i}" for i in range(args.agents)]
+        n_workers = math.ceil(args.agents / args.per_worker)
+        workers = []
+        orch = None
+        seen: dict[str, list[float]] = {}
         try:
-            end = time.monotonic() + 300
-            while orch.poll() is None and time.monotonic() < end:
-                for a in agents:
-                    a.pump(0)
-                    t = a.task
-                    if (
-                        t
-                        and t.state == "open"
-                        and (a.id, t.round) not in answered
-                        and a.id in t.participants
-                    ):
-                        answered.add((a.id, t.round))
-                        a.offer(delta)
-                time.sleep(0.005)
+            t0 = time.monotonic()
+            for w in range(n_workers):
+                creds = [(i, broker.users[i]) for i in ids[w::n_workers]]
+                p = ctx.Process(
+                    target=agent_worker,
+                    args=(
+                        broker.url,
+                        creds,
+                        delta,
+                        args.connect_timeout,
+                        args.timeout,
+                        ready,
+                        stop,
+                        results,
+                    ),
+                    daemon=True,
+                )
+                p.start()
+                workers.append(p)
+            for _ in workers:
+                status, detail = ready.get(timeout=args.connect_timeout + 60)
+                if status != "ok":
+                    raise RuntimeError(f"agents did not connect: {detail}")
+            print(
+                f"{args.agents} agents in {n_workers} worker processes connected in "
+                f"{time.monotonic() - t0:.1f} s"
+            )
+            orch = subprocess.Popen(
+                [
+                    sys.executable,
+                    str(ROOT / "bench" / "timed_orchestrator.py"),
+                    "--config",
+                    str(cfg),
+                    "--timings",
+                    str(timings_path),
+                ]
+            )
+            try:
+                orch.wait(timeout=args.timeout)
+            except subprocess.TimeoutExpired:
+                print(f"orchestrator still running after {args.timeout:.0f} s: stopping it")
         finally:
-            if orch.poll() is None:
+            if orch is not None and orch.poll() is None:
                 orch.terminate()
-            orch.wait(10)
-            for a in agents:
-                a.stop()
+                orch.wait(10)
+            stop.set()
+            for _ in workers:
+                try:
+                    for rnd, ts in results.get(timeout=30).items():
+                        seen.setdefault(rnd, []).extend(ts)
+                except Exception:  # a worker that failed to connect sends no results
+                    break
+            for p in workers:
+                p.join(10)
+                if p.is_alive():
+                    p.kill()
             broker.stop()
         con = sqlite3.connect(db)
         rounds = con.execute(
@@ -121,21 +252,92 @@ def main() -> int:
                 "SELECT round, MAX(received) FROM updates WHERE status='accepted' GROUP BY round"
             )
         )
-        overheads, durations = [], []
-        for (r, opened, closed, reports), nxt in zip(rounds, rounds[1:], strict=False):
-            overheads.append(nxt[1] - last_in[r])
-            durations.append(closed - opened)
+        timings = load_timings(timings_path)
+        closes = [t for t in timings if t["step"] == "close"]
+        opens = [t for t in timings if t["step"] == "open"]
+        pub_open = [t for t in timings if t["step"] == "publish:open"]
+        # The breakdown needs every close/open timed (a renamed method is not wrapped).
+        timed = len(closes) >= len(rounds) - 1 and len(opens) == len(pub_open) >= len(rounds)
+        if not timed:
+            print("orchestrator steps not timed (methods renamed?): no breakdown")
+        cols = {
+            k: []
+            for k in (
+                "overhead",
+                "detect",
+                "aggregate",
+                "commit",
+                "close_publish",
+                "gap",
+                "select",
+                "open_rest",
+                "open_publish",
+                "first_agent",
+                "all_agents",
+                "opened_db",
+                "duration",
+            )
+        }
+        for i, ((r, opened, closed, reports), nxt) in enumerate(
+            zip(rounds, rounds[1:], strict=False)
+        ):
             assert reports == args.agents, (r, reports)
-        print(f"{args.agents} agents, {len(rounds)} rounds, all with {args.agents} reports")
+            lin = last_in[r]
+            if timed:
+                c, o, po = closes[i], opens[i + 1], pub_open[i + 1]
+                commit = within(timings, "commit", c["start"], c["end"])
+                close_pub = within(timings, "publish:closed", c["start"], c["end"]) + within(
+                    timings, "event", c["start"], c["end"]
+                )
+                other = within(timings, "load_global", c["start"], c["end"]) + within(
+                    timings, "round_metrics", c["start"], c["end"]
+                )
+                select = within(timings, "select", o["start"], o["end"])
+                open_pub = po["end"] - po["start"] + within(timings, "event", o["start"], o["end"])
+                cols["overhead"].append(po["end"] - lin)
+                cols["detect"].append(c["start"] - lin)
+                cols["aggregate"].append(c["end"] - c["start"] - commit - close_pub - other)
+                cols["commit"].append(commit + other)
+                cols["close_publish"].append(close_pub)
+                cols["gap"].append(o["start"] - c["end"])
+                cols["select"].append(select)
+                cols["open_rest"].append(o["end"] - o["start"] - select - open_pub)
+                cols["open_publish"].append(open_pub)
+            cols["opened_db"].append(nxt[1] - lin)
+            cols["duration"].append(closed - opened)
+            got = sorted(seen.get(str(nxt[0]), []))
+            if got:
+                cols["first_agent"].append(got[0] - lin)
+                cols["all_agents"].append(got[-1] - lin)
+        n = len(cols["opened_db"])
         print(
-            f"round overhead (last report in -> next round opened): median "
-            f"{statistics.median(overheads) * 1000:.0f} ms (min {min(overheads) * 1000:.0f}, "
-            f"max {max(overheads) * 1000:.0f})"
+            f"{args.agents} agents, {len(rounds)} rounds, all with {args.agents} reports; "
+            f"model {n_params} parameters; median (min-max) over {n} round changes:"
         )
-        print(
-            f"round duration (open -> close, all agents answering at once): median "
-            f"{statistics.median(durations):.2f} s"
-        )
+        labels = {
+            "overhead": "round overhead: last report in -> next task published",
+            "detect": "  last report in -> round closing (loop notices)",
+            "aggregate": "  aggregate (read deltas from SQLite, decode, FedAvg)",
+            "commit": "  commit new version to SQLite + reload it + round metrics",
+            "close_publish": "  publish 'closed' task + event",
+            "gap": "  close -> open (main loop turn, eligibility query)",
+            "select": "  select participants",
+            "open_rest": "  record the new round in SQLite",
+            "open_publish": "  publish 'open' task + event",
+            "opened_db": "last report in -> round row opened (previous metric)",
+            "first_agent": "last report in -> first agent has the new task",
+            "all_agents": "last report in -> every agent has the new task",
+            "duration": "round duration open -> close (all answering at once), s",
+        }
+        for key, label in labels.items():
+            if cols[key]:
+                vals = cols[key]
+                text = (
+                    f"{statistics.median(vals):.2f} s ({min(vals):.2f}-{max(vals):.2f})"
+                    if key == "duration"
+                    else ms(vals)
+                )
+                print(f"{label}: {text}")
     return 0
 
 

@@ -148,7 +148,7 @@ def test_portable_matches_pytorch_after_many_steps(which, request, digits):
     assert max_diff(got, start) > 1e-3  # it did train
 
 
-@pytest.mark.parametrize("which", ["mlp_bundle", "cnn_bundle"])
+@pytest.mark.parametrize("which", ["mlp_bundle", "cnn_bundle", "bn_bundle"])
 def test_both_backends_give_the_same_parameters(which, request, digits):
     bundle, _, shape = request.getfixturevalue(which)
     x, y = digits[0][:400].reshape(-1, *shape), digits[1][:400]

@@ -45,15 +45,26 @@ class FakeAgent:
             will=(self.topics.agent_status(agent_id), offline),
         )
         self.task: RoundTask | None = None
+        # (round, state) -> time.time() when that RoundTask first arrived (benchmarks).
+        self.task_seen: dict[tuple[int, str], float] = {}
         self.blobs: dict[str, bytes] = {}
         self.acks: list[Ack] = []
 
-    def start(self) -> FakeAgent:
+    def start(self, connect_timeout: float = 10.0) -> FakeAgent:
+        """Connect, wait for the broker and publish an idle status."""
+        self.begin()
+        return self.finish_start(connect_timeout)
+
+    def begin(self) -> None:
+        """Start connecting in the background (so a fleet can connect in parallel)."""
         for t in (self.topics.round_current, self.topics.agent_cmd(self.id)):
             self.link.subscribe(t)
         self.link.start()
-        if not self.link.wait_connected(10):
-            raise RuntimeError(f"{self.id} cannot connect")
+
+    def finish_start(self, connect_timeout: float = 10.0) -> FakeAgent:
+        """Wait for the connection begun by ``begin()``, then publish an idle status."""
+        if not self.link.wait_connected(connect_timeout):
+            raise RuntimeError(f"{self.id} cannot connect within {connect_timeout:.0f} s")
         status = Status(agent=self.id, state="idle", backend="fake", num_samples=self.samples)
         self.link.publish(self.topics.agent_status(self.id), status.encode(), retain=True)
         return self
@@ -71,6 +82,7 @@ class FakeAgent:
             topic, payload = item
             if topic == self.topics.round_current and payload:
                 self.task = parse_message(payload, RoundTask)
+                self.task_seen.setdefault((self.task.round, self.task.state), time.time())
                 continue
             msg = parse_message(payload)
             if isinstance(msg, FetchRequest) and msg.sha256 in self.blobs:
