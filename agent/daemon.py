@@ -7,7 +7,6 @@ an offered delta is offered again, an interrupted training round is trained agai
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -21,6 +20,7 @@ from fedge.protocol.errors import CodecError, FedgeError, MessageError, Transfer
 from fedge.protocol.messages import (
     Ack,
     BlobRef,
+    EvalReport,
     FetchRequest,
     RoundAbort,
     RoundTask,
@@ -30,8 +30,7 @@ from fedge.protocol.messages import (
     parse_message,
 )
 from fedge.protocol.mqtt_link import MqttLink
-from fedge.protocol.privacy import privatize_delta
-from fedge.protocol.sqlite_samples import DataError, read_samples, split_train_validation
+from fedge.protocol.sqlite_samples import DataError, read_samples
 from fedge.protocol.tensors import check_finite, decode_tensors
 from fedge.protocol.topics import Topics, validate_name
 from fedge.protocol.transfer import PullTransfer
@@ -41,11 +40,17 @@ from .bundle_cache import BundleCache
 from .config import AgentConfig
 from .delta_encoding import encode_for_round
 from .eligibility import Decision, DutyCycle, EligibilityPolicy
+from .local_evaluation import evaluate_global, input_shape
+from .local_training import train_locally
+from .pacing import poll_seconds, resend_due, resend_interval
 from .state import AgentState, OutboxItem
 
 log = logging.getLogger(__name__)
 
-FINAL_STATES = ("offered", "acked", "rejected", "aborted")
+FINAL_STATES = ("offered", "acked", "rejected", "aborted", "evaluated", "expired")
+# an outbox entry is dropped this long after its round's deadline (tolerates clock skew between
+# the device and the orchestrator, which closes the round at the deadline by its own clock)
+OUTBOX_GRACE_SECONDS = 30.0
 
 
 def _version() -> str:
@@ -81,7 +86,8 @@ class Agent:
         self._downloads: dict[str, PullTransfer] = {}
         self._blobs: dict[str, bytes] = {}  # downloaded objects kept for the current round
         self._served: dict[str, bytes] = {}  # outbox blobs being fetched by the orchestrator
-        self._last_offer: dict[str, float] = {}
+        self._last_offer: dict[str, float] = {}  # sha256 or eval/run/round -> last send
+        self._eval_acked: set[tuple[str, int]] = set()
         self._num_samples = 0
         self._stop = threading.Event()
         self.rounds_done = 0
@@ -114,10 +120,12 @@ class Agent:
         self._publish_status("online")
         try:
             while not self._stop.is_set():
-                item = self.link.get(timeout=0.2)
+                busy = bool(self._downloads) or bool(self._last_offer)
+                item = self.link.get(timeout=poll_seconds(self.task, me, busy=busy))
                 if item is not None:
                     self._dispatch(*item)
-                    continue  # drain the queue before doing slow work
+                    if not self.link.messages.empty():
+                        continue  # drain the queue before doing slow work
                 self._tick()
                 if (
                     max_rounds is not None
@@ -195,6 +203,11 @@ class Agent:
                 )
 
     def _on_ack(self, ack: Ack) -> None:
+        if not ack.sha256:  # an evaluation report's ack (reports have no blob)
+            log.info("round %d: evaluation report acked: %s", ack.round, ack.reason or "counted")
+            self._eval_acked.add((ack.run_id, ack.round))
+            self._last_offer.pop(f"eval/{ack.run_id}/{ack.round}", None)
+            return
         if ack.accepted:
             log.info("round %d: update %s accepted", ack.round, ack.sha256[:12])
             self.state.remove_outbox(ack.sha256, "acked")
@@ -220,6 +233,7 @@ class Agent:
                 log.warning("download of %s failed: %s; will retry", sha[:12], transfer.failed)
                 del self._downloads[sha]
         self._retry_offers()
+        self._resend_eval_report()
         self._work_on_round()
 
     def _check_eligibility(self, *, force: bool = False) -> Decision:
@@ -239,14 +253,42 @@ class Agent:
         return decision
 
     def _retry_offers(self) -> None:
+        for item in self.state.expire_outbox(time.time() - OUTBOX_GRACE_SECONDS):
+            log.warning("round %d: unacknowledged update expired (deadline passed)", item.round)
+            self._served.pop(item.sha256, None)
+            self._last_offer.pop(item.sha256, None)
         if not self.link.connected:
             return
         now = time.monotonic()
         for item in self.state.outbox():
-            last = self._last_offer.get(item.sha256)
-            if last is None or now - last >= self.cfg.offer_retry_seconds:
+            every = resend_interval(
+                self.task, self.cfg.id, item.run_id, item.round, self.cfg.offer_retry_seconds
+            )
+            if resend_due(self._last_offer.get(item.sha256), now, every):
                 self.link.publish(self.topics.agent_up_msg(self.cfg.id), item.offer)
                 self._last_offer[item.sha256] = now
+
+    def _resend_eval_report(self) -> None:
+        """Send the open evaluation round's report again until the orchestrator acks it."""
+        task = self.task
+        key = f"eval/{task.run_id}/{task.round}" if task is not None else ""
+        for stale in [k for k in self._last_offer if k.startswith("eval/") and k != key]:
+            del self._last_offer[stale]  # that round is over
+        if task is None or task.state != "open" or not task.config.evaluate_only:
+            return
+        if (task.run_id, task.round) in self._eval_acked or not self.link.connected:
+            self._last_offer.pop(key, None)
+            return
+        status, report = self.state.journal_entry(task.run_id, task.round)
+        if status != "evaluated" or not report:
+            return
+        now = time.monotonic()
+        every = resend_interval(
+            task, self.cfg.id, task.run_id, task.round, self.cfg.offer_retry_seconds
+        )
+        if resend_due(self._last_offer.get(key), now, every):
+            self.link.publish(self.topics.agent_up_msg(self.cfg.id), report.encode())
+            self._last_offer[key] = now
 
     def _fetch(self, ref: BlobRef) -> bytes | None:
         """The object's bytes if downloaded; otherwise start or continue the download."""
@@ -270,6 +312,10 @@ class Agent:
     def _work_on_round(self) -> None:
         task = self.task
         if task is None or task.state != "open" or self.cfg.id not in task.participants:
+            # no re-requests for objects no round of ours needs; a bundle download continues
+            keep = task.bundle.sha256 if task is not None else None
+            self._downloads = {k: v for k, v in self._downloads.items() if k == keep}
+            self._blobs = {k: v for k, v in self._blobs.items() if k == keep}
             return
         if self.state.journal_status(task.run_id, task.round) in FINAL_STATES:
             return
@@ -297,7 +343,10 @@ class Agent:
         if params_bytes is None:
             return
         try:
-            self._train_round(task, bundle, params_bytes)
+            if task.config.evaluate_only:
+                self._evaluate_round(task, bundle, params_bytes)
+            else:
+                self._train_round(task, bundle, params_bytes)
         except DataError as exc:
             self._abort(task, f"local data problem: {exc}")
         except FedgeError as exc:
@@ -343,74 +392,65 @@ class Agent:
 
         return check
 
-    def _train_round(self, task: RoundTask, bundle, params_bytes: bytes) -> None:
-        started = time.monotonic()
-        self.state.set_journal(task.run_id, task.round, "training")
-        spec = bundle.manifest["inputs"][0]
-        n_features = int(np.prod([d for d in spec["shape"][1:]])) if spec["shape"][1:] else None
-        samples = read_samples(self.cfg.data, expected_features=n_features)
+    def _read_local(self, bundle):
+        """The device's rows, re-read every round (rows added since are used)."""
+        shape = input_shape(bundle)
+        samples = read_samples(
+            self.cfg.data, expected_features=int(np.prod(shape)) if shape else None
+        )
         if len(samples) == 0:
             raise DataError(f"no rows in {self.cfg.data.path} match the data source")
         self._num_samples = len(samples)
-        self._publish_status("training")
-        train, val = split_train_validation(samples, self.cfg.validation_fraction, seed=0)
-        if task.config.max_samples and len(train) > task.config.max_samples:
-            train.x, train.y = (
-                train.x[: task.config.max_samples],
-                train.y[: task.config.max_samples],
-            )
-        x_shape = [len(train)] + [int(d) for d in spec["shape"][1:]]
+        return samples
+
+    def _evaluate_round(self, task: RoundTask, bundle, params_bytes: bytes) -> None:
+        """Federated evaluation: the global model on the validation split, no training."""
+        samples = self._read_local(bundle)
         global_params = decode_tensors(params_bytes)
         check_finite(global_params)
-        backend = self.backend
-        backend.load(bundle, learning_rate=task.config.learning_rate or None)
-        backend.set_parameters(global_params)
-        seed = int.from_bytes(
-            hashlib.sha256(f"{self.cfg.id}/{task.config.seed}/{task.round}".encode()).digest()[:4],
-            "big",
+        n, metrics = evaluate_global(
+            self.backend, bundle, global_params, samples, self.cfg.validation_fraction
         )
-        train_started = time.monotonic()
-        try:
-            result = backend.train(
-                train.x.reshape(x_shape),
-                train.y,
-                epochs=task.config.local_epochs,
-                batch_size=task.config.batch_size,
-                seed=seed,
-                should_stop=self._should_stop(train_started),
-                proximal_mu=task.config.proximal_mu,  # FedProx (0 = plain local training)
-                anchor=global_params,
-            )
-        finally:
-            self.state.add_training_seconds(
-                time.strftime("%Y-%m-%d"), time.monotonic() - train_started
-            )
-        if result.stopped:
-            self._abort(task, f"training stopped: {result.stopped}")
+        report = EvalReport(
+            msg_id=new_msg_id(),
+            agent=self.cfg.id,
+            run_id=task.run_id,
+            round=task.round,
+            model_version=task.model_version,
+            num_samples=n,
+            metrics=metrics,
+        )
+        # journaled with the report, so a restarted agent sends the same report again
+        self.state.set_journal(task.run_id, task.round, "evaluated", report.encode().decode())
+        log.info(
+            "round %d: evaluated model v%d on %d rows: %s",
+            task.round,
+            task.model_version,
+            n,
+            ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())),
+        )
+        self._resend_eval_report()
+
+    def _train_round(self, task: RoundTask, bundle, params_bytes: bytes) -> None:
+        started = time.monotonic()
+        self.state.set_journal(task.run_id, task.round, "training")
+        samples = self._read_local(bundle)
+        self._publish_status("training")
+        update = train_locally(
+            self.backend,
+            bundle,
+            samples,
+            decode_tensors(params_bytes),
+            task.config,
+            seed_key=f"{self.cfg.id}/{task.config.seed}/{task.round}",
+            validation_fraction=self.cfg.validation_fraction,
+            should_stop=self._should_stop(time.monotonic()),
+            count_seconds=lambda s: self.state.add_training_seconds(time.strftime("%Y-%m-%d"), s),
+        )
+        if update.problem:
+            self._abort(task, update.problem)
             return
-        local = backend.get_parameters()
-        delta = {
-            name: (local[name] - global_params[name]).astype(global_params[name].dtype)
-            for name in global_params
-        }
-        try:
-            check_finite(delta)
-        except CodecError as exc:
-            self._abort(task, f"training diverged: {exc}")
-            return
-        if task.config.clip_norm > 0:  # client-level DP: clip + noise before the delta leaves
-            c = task.config
-            delta = privatize_delta(
-                delta, clip_norm=c.clip_norm, noise_multiplier=c.noise_multiplier
-            ).delta
-        metrics = {"train_loss": result.loss, "train_seconds": time.monotonic() - started}
-        if len(val):
-            ev = backend.evaluate(val.x.reshape([len(val)] + x_shape[1:]), val.y)
-            metrics["val_loss"] = ev.loss
-            if ev.accuracy is not None:
-                metrics["val_accuracy"] = ev.accuracy
-            metrics["val_samples"] = float(ev.samples)
-        blob, residual = encode_for_round(self.state, task, delta)
+        blob, residual = encode_for_round(self.state, task, update.delta)
         ref = blob_ref(blob)
         offer = UpdateOffer(
             msg_id=new_msg_id(),
@@ -419,20 +459,22 @@ class Agent:
             round=task.round,
             model_version=task.model_version,
             blob=ref,
-            num_samples=len(train),
-            metrics=metrics,
+            num_samples=update.num_samples,
+            metrics=update.metrics,
         )
         self.state.add_outbox(
-            OutboxItem(ref.sha256, task.run_id, task.round, offer.encode(), blob),
+            OutboxItem(
+                ref.sha256, task.run_id, task.round, offer.encode(), blob, deadline=task.deadline
+            ),
             residual=residual,
         )
         self.rounds_done += 1
         log.info(
             "round %d: trained %d steps on %d samples, loss %.4f, %.1f s; offering %d-byte delta",
             task.round,
-            result.steps,
-            len(train),
-            result.loss,
+            update.steps,
+            update.num_samples,
+            update.loss,
             time.monotonic() - started,
             ref.size,
         )

@@ -22,7 +22,8 @@ CREATE TABLE IF NOT EXISTS journal (
 );
 CREATE TABLE IF NOT EXISTS outbox (
     sha256 TEXT PRIMARY KEY, run_id TEXT NOT NULL, round INTEGER NOT NULL,
-    offer BLOB NOT NULL, blob BLOB NOT NULL, created REAL NOT NULL
+    offer BLOB NOT NULL, blob BLOB NOT NULL, created REAL NOT NULL,
+    deadline REAL NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS usage (
     day TEXT PRIMARY KEY, seconds REAL NOT NULL
@@ -31,6 +32,10 @@ CREATE TABLE IF NOT EXISTS residual (
     run_id TEXT PRIMARY KEY, blob BLOB NOT NULL, updated REAL NOT NULL
 );
 """
+# columns added after the first release: (table, column, definition)
+MIGRATIONS = [
+    ("outbox", "deadline", "REAL NOT NULL DEFAULT 0"),  # 0 = unknown: kept until acked
+]
 
 
 class StateError(FedgeError):
@@ -44,6 +49,7 @@ class OutboxItem:
     round: int
     offer: bytes  # the encoded UpdateOffer
     blob: bytes
+    deadline: float = 0.0  # the round's deadline (orchestrator's clock); 0 = none known
 
 
 class AgentState:
@@ -56,6 +62,10 @@ class AgentState:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(SCHEMA)
+            for table, column, definition in MIGRATIONS:
+                cols = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
+                if column not in cols:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
         except sqlite3.DatabaseError as exc:
             raise StateError(f"agent state {path} cannot be opened: {exc}") from None
 
@@ -74,6 +84,13 @@ class AgentState:
             "SELECT status FROM journal WHERE run_id=? AND round=?", (run_id, round_no)
         ).fetchone()
         return row[0] if row else ""
+
+    def journal_entry(self, run_id: str, round_no: int) -> tuple[str, str]:
+        """(status, detail) of a round in the journal; ("", "") if it has no entry."""
+        row = self._db.execute(
+            "SELECT status, detail FROM journal WHERE run_id=? AND round=?", (run_id, round_no)
+        ).fetchone()
+        return (row[0], row[1]) if row else ("", "")
 
     def set_journal(self, run_id: str, round_no: int, status: str, detail: str = "") -> None:
         self._write(
@@ -100,9 +117,17 @@ class AgentState:
                         (item.run_id, residual, time.time()),
                     )
                 self._db.execute(
-                    "INSERT OR REPLACE INTO outbox(sha256, run_id, round, offer, blob, created) "
-                    "VALUES (?,?,?,?,?,?)",
-                    (item.sha256, item.run_id, item.round, item.offer, item.blob, time.time()),
+                    "INSERT OR REPLACE INTO outbox(sha256, run_id, round, offer, blob, created, "
+                    "deadline) VALUES (?,?,?,?,?,?,?)",
+                    (
+                        item.sha256,
+                        item.run_id,
+                        item.round,
+                        item.offer,
+                        item.blob,
+                        time.time(),
+                        item.deadline,
+                    ),
                 )
                 self._db.execute(
                     "INSERT OR REPLACE INTO journal(run_id, round, status, detail, updated) "
@@ -116,7 +141,7 @@ class AgentState:
 
     def outbox(self) -> list[OutboxItem]:
         rows = self._db.execute(
-            "SELECT sha256, run_id, round, offer, blob FROM outbox ORDER BY created"
+            "SELECT sha256, run_id, round, offer, blob, deadline FROM outbox ORDER BY created"
         ).fetchall()
         return [OutboxItem(*r) for r in rows]
 
@@ -140,6 +165,15 @@ class AgentState:
                     )
         except sqlite3.OperationalError as exc:
             raise StateError(f"agent state write failed ({exc})") from None
+
+    def expire_outbox(self, before: float) -> list[OutboxItem]:
+        """Drop the deltas whose round's deadline is earlier than ``before`` (the round has
+        closed: nobody will count them) and journal their rounds ``expired``; return them.
+        Rows without a known deadline (0, written by older versions) stay until acked."""
+        expired = [i for i in self.outbox() if 0 < i.deadline < before]
+        for item in expired:
+            self.remove_outbox(item.sha256, "expired", "the round's deadline passed unacknowledged")
+        return expired
 
     def residual(self, run_id: str) -> bytes | None:
         """The error-feedback residual kept from this run's previous round, if any."""

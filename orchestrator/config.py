@@ -32,6 +32,9 @@ class RoundSettings:
     seed: int = 0
     max_update_norm: float = 0.0  # 0 = no bound; else reject deltas with a larger L2 norm
     keep_deltas: bool = False  # keep each accepted delta after its round commits (audits, tests)
+    # federated evaluation: after every N committed rounds, one round in which the devices
+    # evaluate that model version on their validation rows (0 = never)
+    evaluate_every: int = 0
 
 
 @dataclass

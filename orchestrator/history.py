@@ -41,8 +41,14 @@ def _fmt(v: Any, width: int, digits: int = 4) -> str:
     return str(v).rjust(width)
 
 
+def _val_accuracy(r: RoundRecord) -> float | None:
+    """Devices' validation accuracy: after training, or of the model in an evaluation round."""
+    return r.metrics.get("val_accuracy", r.metrics.get("fed_val_accuracy"))
+
+
 def history_table(rounds: list[RoundRecord]) -> str:
-    """One line per round: state, counters, the round's main metrics."""
+    """One line per round: state, counters, the round's main metrics. Federated evaluation
+    rounds have the state ``evaluated`` and show the evaluated model's accuracy."""
     head = (
         f"{'round':>5} {'ver':>4} {'state':<10} {'rep':>4}/{'goal':<4} {'inv':>4} {'rej':>4} "
         f"{'late':>4} {'dup':>4} {'abrt':>4} {'drop':>4} {'KiB in':>8} {'secs':>6} "
@@ -55,7 +61,7 @@ def history_table(rounds: list[RoundRecord]) -> str:
             f"{r.round:>5} {r.model_version:>4} {r.state:<10} {r.reports:>4}/{r.goal or len(r.participants):<4} "
             f"{len(r.participants):>4} {r.rejected:>4} {r.late:>4} {r.duplicates:>4} {r.aborted:>4} "
             f"{r.dropped:>4} {r.bytes_in / 1024:>8.1f} {_fmt(secs, 6, 1)} "
-            f"{_fmt(r.metrics.get('train_loss'), 10)} {_fmt(r.metrics.get('val_accuracy'), 8)} "
+            f"{_fmt(r.metrics.get('train_loss'), 10)} {_fmt(_val_accuracy(r), 8)} "
             f"{_fmt(r.metrics.get('test_accuracy'), 8)}  {r.note}"
         )
     return "\n".join(lines)
@@ -84,6 +90,11 @@ def status_text(store: Store, run_id: str) -> str:
         m = committed[-1].metrics
         shown = ", ".join(f"{k}={v:.4f}" for k, v in sorted(m.items()) if not k.endswith("samples"))
         lines.append(f"last metrics (round {committed[-1].round}): {shown}")
+    evaluated = [r for r in rounds if r.state == "evaluated"]
+    if evaluated:
+        e = evaluated[-1]
+        shown = ", ".join(f"{k}={v:.4f}" for k, v in sorted(e.metrics.items()))
+        lines.append(f"federated evaluation of v{e.model_version} (round {e.round}): {shown}")
     devices = store.devices()
     lines.append(f"devices: {len(devices)}")
     now = time.time()

@@ -4,6 +4,8 @@ An update counts only if it is for the open round of this run, from a selected d
 the current model version, arrives before the round closes, and passes ``validate_delta``.
 Everything else is acked with the reason and recorded in the round's counters: ``rejected``
 (bad update), ``late`` (round closed), ``duplicates`` (already counted).
+Evaluation reports (federated evaluation rounds) count once per device and round; they are
+acked with an empty sha256 so the device stops re-sending.
 """
 
 from __future__ import annotations
@@ -12,7 +14,14 @@ import logging
 from typing import TYPE_CHECKING
 
 from fedge.protocol.errors import TransferError
-from fedge.protocol.messages import Ack, FetchRequest, RoundAbort, UpdateOffer, new_msg_id
+from fedge.protocol.messages import (
+    Ack,
+    EvalReport,
+    FetchRequest,
+    RoundAbort,
+    UpdateOffer,
+    new_msg_id,
+)
 from fedge.protocol.transfer import PullTransfer
 
 from .validation import UpdateRejected, validate_delta
@@ -84,6 +93,54 @@ class UpdateIntake:
         o.metrics.inc("fedge_updates_total", status="aborted")
         log.info("round %d: %s will not report: %s", msg.round, agent_id, msg.reason)
 
+    def _ack_eval(self, msg: EvalReport, accepted: bool, reason: str = "") -> None:
+        ack = Ack(
+            msg_id=new_msg_id(),
+            agent=msg.agent,
+            run_id=msg.run_id,
+            round=msg.round,
+            sha256="",
+            accepted=accepted,
+            reason=reason,
+        )
+        self.o.link.publish(self.o.topics.agent_cmd(msg.agent), ack.encode())
+
+    def on_eval_report(self, agent_id: str, msg: EvalReport) -> None:
+        """Count a device's evaluation report once per (run, round, device)."""
+        o = self.o
+        r = o.current
+        if r is None or msg.run_id != o.run_id or msg.round != r.round:
+            if o.first_time(f"late/{msg.msg_id}") and o.store.get_round(msg.run_id, msg.round):
+                o.store.count(msg.run_id, msg.round, "late")
+                log.info("round %d: evaluation report from %s is late", msg.round, agent_id)
+            self._ack_eval(msg, False, f"round {msg.round} is closed")
+            return
+        if r.kind != "evaluate" or agent_id not in r.participants:
+            why = "not an evaluation round" if r.kind != "evaluate" else "device not selected"
+            log.warning("round %d: evaluation report from %s ignored: %s", r.round, agent_id, why)
+            self._ack_eval(msg, False, why)
+            return
+        if msg.model_version != r.model_version:
+            self._ack_eval(msg, False, f"the round evaluates model v{r.model_version}")
+            return
+        if agent_id in o.store.answered_agents(o.run_id, r.round):  # a re-send, or aborted
+            self._ack_eval(msg, True, "this device already answered the round")
+            return
+        if not o.store.add_eval_report(o.run_id, r.round, agent_id, msg.num_samples, msg.metrics):
+            self._ack_eval(msg, True, "already counted")
+            return
+        r.reports += 1
+        o.metrics.inc("fedge_updates_total", status="evaluated")
+        log.info(
+            "round %d: evaluation from %s counted (%d/%d, %d samples)",
+            r.round,
+            agent_id,
+            r.reports,
+            len(r.participants),
+            msg.num_samples,
+        )
+        self._ack_eval(msg, True)
+
     def on_offer(self, agent_id: str, offer: UpdateOffer) -> None:
         o = self.o
         accepted_sha = o.store.accepted_update(offer.run_id, offer.round, agent_id)
@@ -102,6 +159,9 @@ class UpdateIntake:
                 self.reject(offer, f"round {offer.round} is closed", counter="late")
             else:
                 self.ack(offer, False, f"round {offer.round} is closed")
+            return
+        if r.kind == "evaluate":
+            self.reject(offer, f"round {r.round} is a federated evaluation round (no training)")
             return
         if agent_id in o.store.answered_agents(o.run_id, r.round):
             self.ack(offer, False, "this device's update for the round was already refused")

@@ -25,13 +25,22 @@ def plot_rounds(rounds: list[RoundRecord], path: str | Path, *, title: str = "fe
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
     for key, label in (
         ("test_accuracy", "test accuracy (held-out)"),
-        ("val_accuracy", "device validation accuracy"),
+        ("val_accuracy", "local models on their own validation rows"),
     ):
         ys = [r.metrics.get(key) for r in committed]
         if any(y is not None for y in ys):
             ax_acc.plot(
                 xs, [y if y is not None else float("nan") for y in ys], marker="o", label=label
             )
+    evaluated = [r for r in rounds if r.state == "evaluated" and "fed_val_accuracy" in r.metrics]
+    if evaluated:  # federated evaluation rounds score version v (no new version of their own)
+        ax_acc.plot(
+            [r.model_version for r in evaluated],
+            [r.metrics["fed_val_accuracy"] for r in evaluated],
+            marker="s",
+            linestyle="--",
+            label="federated evaluation (devices' own data)",
+        )
     ax_acc.set_xlabel("model version (round)")
     ax_acc.set_ylabel("accuracy")
     ax_acc.set_ylim(0, 1.02)

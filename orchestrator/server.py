@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from fedge.protocol.bundle import Bundle, load_bundle, pack_bundle
@@ -20,6 +20,7 @@ from fedge.protocol.chunks import blob_ref, chunk_bytes, decode_frame, encode_fr
 from fedge.protocol.compression import decode_delta
 from fedge.protocol.errors import CodecError, MessageError, TransferError
 from fedge.protocol.messages import (
+    EvalReport,
     FetchRequest,
     Message,
     RoundAbort,
@@ -40,6 +41,7 @@ from .evaluation import CentralEvaluator
 from .intake import UpdateIntake
 from .metrics_exporter import Metrics, MetricsServer
 from .registry import DeviceRegistry
+from .round_metrics import federated_metrics, training_metrics
 from .selection import over_selected
 from .store import RoundRecord, Store
 from .strategies import create_strategy
@@ -157,7 +159,8 @@ class Orchestrator:
                 item = self.link.get(timeout=0.2)
                 if item is not None:
                     self._dispatch(*item)
-                    continue
+                    if not self.link.messages.empty():
+                        continue  # drain a burst first; then decide without idling 0.2 s
                 self.intake.tick()
                 self._step()
         finally:
@@ -169,7 +172,8 @@ class Orchestrator:
     # ---- rounds ----
     def _step(self) -> None:
         if self.current is None:
-            if self._version >= self.cfg.rounds.rounds:
+            kind = "evaluate" if self._evaluation_due() else "train"
+            if kind == "train" and self._version >= self.cfg.rounds.rounds:
                 self._finish()
                 return
             if time.time() < self._next_round_at:
@@ -181,7 +185,7 @@ class Orchestrator:
                     log.info("waiting for devices: %d of %d eligible", len(devices), rs.min_devices)
                     self._last_wait_log = time.monotonic()
                 return
-            self._open_round(devices)
+            self._open_round(devices, kind)
             return
         r = self.current
         done = self.store.answered_agents(self.run_id, r.round)
@@ -195,7 +199,18 @@ class Orchestrator:
         ):
             self._close_round()
 
-    def _open_round(self, devices) -> None:
+    def _evaluation_due(self) -> bool:
+        """After every ``evaluate_every`` committed versions, one federated evaluation round of
+        that version (one attempt: an evaluation that gets no report is not retried)."""
+        every = self.cfg.rounds.evaluate_every
+        if every <= 0 or self._version == 0 or self._version % every:
+            return False
+        return not any(
+            r.kind == "evaluate" and r.model_version == self._version
+            for r in self.store.rounds(self.run_id)
+        )
+
+    def _open_round(self, devices, kind: str = "train") -> None:
         previous = self.store.rounds(self.run_id)
         round_no = previous[-1].round + 1 if previous else 1
         rs = self.cfg.rounds
@@ -204,6 +219,8 @@ class Orchestrator:
         participants = self.strategy.configure_round(
             round_no, devices, per_round=invited, seed=rs.seed, weighted=rs.weighted_selection
         )
+        if kind == "evaluate":  # every invited device's metrics count: no goal short of all
+            goal = len(participants)
         now = time.time()
         self.current = RoundRecord(
             self.run_id,
@@ -221,14 +238,16 @@ class Orchestrator:
             0,
             {},
             goal=goal,
+            kind=kind,
         )
         self.store.open_round(self.current)
         self.metrics.set("fedge_current_round", round_no)
         self._publish_task("open")
         self._event("round_started", self.current)
         log.info(
-            "round %d open: model v%d, %d invited for a goal of %d, deadline in %.0f s",
+            "round %d open (%s): model v%d, %d invited for a goal of %d, deadline in %.0f s",
             round_no,
+            "federated evaluation" if kind == "evaluate" else "training",
             self._version,
             len(participants),
             goal,
@@ -269,7 +288,7 @@ class Orchestrator:
             params=blob_ref(self.global_bytes),
             participants=r.participants if r else [],
             deadline=r.deadline if r else 0.0,
-            config=self.train_config(),
+            config=replace(self.train_config(), evaluate_only=bool(r and r.kind == "evaluate")),
             retry_after=round(retry_after, 1),
         )
         self.link.publish(self.topics.round_current, task.encode(), retain=True)
@@ -283,6 +302,9 @@ class Orchestrator:
         self.intake.uploads.clear()
         self.metrics.set("fedge_current_round", 0)
         self.metrics.set("fedge_round_duration_seconds", time.time() - r.opened)
+        if r.kind == "evaluate":
+            self._close_evaluation(r)
+            return
         if r.reports < max(1, self.cfg.rounds.min_reports):
             note = f"{r.reports} reports < min_reports {self.cfg.rounds.min_reports}"
             self._abandon(r, note)
@@ -344,25 +366,26 @@ class Orchestrator:
         self._publish_task("closed")
 
     def _round_metrics(self, round_no: int) -> dict[str, float]:
-        """Weighted means of the devices' metrics: ``val_*`` by validation rows, the rest by
-        training samples; ``*_samples`` are summed."""
-        sums: dict[str, float] = {}
-        weights: dict[str, float] = {}
-        for n, metrics in self.store.update_metrics(self.run_id, round_no):
-            for k, v in metrics.items():
-                if k.endswith("_samples"):
-                    sums[k] = sums.get(k, 0.0) + v
-                    weights[k] = 1.0
-                    continue
-                w = metrics.get("val_samples", n) if k.startswith("val_") else n
-                if w > 0:
-                    sums[k] = sums.get(k, 0.0) + v * w
-                    weights[k] = weights.get(k, 0.0) + w
-        return {
-            k: sums[k] if k.endswith("_samples") else sums[k] / weights[k]
-            for k in sums
-            if weights.get(k)
-        }
+        return training_metrics(self.store.update_metrics(self.run_id, round_no))
+
+    def _close_evaluation(self, r: RoundRecord) -> None:
+        """Federated evaluation: store the reports' sample-weighted means; the model stays."""
+        if r.reports == 0:
+            self._abandon(r, "no evaluation reports")
+            return
+        metrics = federated_metrics(self.store.eval_reports(self.run_id, r.round))
+        self.store.close_evaluation(self.run_id, r.round, metrics)
+        r = self.store.get_round(self.run_id, r.round)
+        self.metrics.inc("fedge_rounds_total", state="evaluated")
+        log.info(
+            "round %d evaluated model v%d on %d devices: %s",
+            r.round,
+            r.model_version,
+            r.reports,
+            ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())),
+        )
+        self._event("round_evaluated", r)
+        self._publish_task("closed")
 
     def _finish(self) -> None:
         self.store.finish_run(self.run_id)
@@ -439,5 +462,7 @@ class Orchestrator:
             self.intake.on_offer(agent_id, msg)
         elif isinstance(msg, RoundAbort):
             self.intake.on_abort(agent_id, msg)
+        elif isinstance(msg, EvalReport):
+            self.intake.on_eval_report(agent_id, msg)
         else:
             raise MessageError(f"unexpected {msg.TYPE!r} message from an agent")

@@ -10,81 +10,18 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fedge.protocol.errors import FedgeError
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS devices (
-    agent_id TEXT PRIMARY KEY, state TEXT NOT NULL, backend TEXT NOT NULL DEFAULT '',
-    num_samples INTEGER NOT NULL DEFAULT 0, eligible INTEGER NOT NULL DEFAULT 1,
-    reason TEXT NOT NULL DEFAULT '', version TEXT NOT NULL DEFAULT '', last_seen REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS runs (
-    run_id TEXT PRIMARY KEY, bundle_hash TEXT NOT NULL, config TEXT NOT NULL,
-    state TEXT NOT NULL, started REAL NOT NULL, finished REAL
-);
-CREATE TABLE IF NOT EXISTS rounds (
-    run_id TEXT NOT NULL, round INTEGER NOT NULL, model_version INTEGER NOT NULL,
-    state TEXT NOT NULL, participants TEXT NOT NULL, opened REAL NOT NULL, deadline REAL NOT NULL,
-    closed REAL, reports INTEGER NOT NULL DEFAULT 0, rejected INTEGER NOT NULL DEFAULT 0,
-    duplicates INTEGER NOT NULL DEFAULT 0, late INTEGER NOT NULL DEFAULT 0,
-    aborted INTEGER NOT NULL DEFAULT 0, bytes_in INTEGER NOT NULL DEFAULT 0,
-    metrics TEXT NOT NULL DEFAULT '{}', note TEXT NOT NULL DEFAULT '',
-    goal INTEGER NOT NULL DEFAULT 0, dropped INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (run_id, round)
-);
-CREATE TABLE IF NOT EXISTS updates (
-    id INTEGER PRIMARY KEY, run_id TEXT NOT NULL, round INTEGER NOT NULL, agent_id TEXT NOT NULL,
-    sha256 TEXT NOT NULL, status TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '',
-    num_samples INTEGER NOT NULL DEFAULT 0, metrics TEXT NOT NULL DEFAULT '{}',
-    bytes INTEGER NOT NULL DEFAULT 0, received REAL NOT NULL, delta BLOB
-);
-CREATE UNIQUE INDEX IF NOT EXISTS one_accepted_update
-    ON updates(run_id, round, agent_id) WHERE status = 'accepted';
-CREATE TABLE IF NOT EXISTS model_versions (
-    run_id TEXT NOT NULL, version INTEGER NOT NULL, round INTEGER, sha256 TEXT NOT NULL,
-    params BLOB NOT NULL, metrics TEXT NOT NULL DEFAULT '{}', created REAL NOT NULL,
-    PRIMARY KEY (run_id, version)
-);
-CREATE TABLE IF NOT EXISTS strategy_state (
-    run_id TEXT NOT NULL, version INTEGER NOT NULL, state BLOB NOT NULL,
-    PRIMARY KEY (run_id, version)
-);
-"""
-# columns added after the first release: (table, column, definition)
-MIGRATIONS = [
-    ("rounds", "goal", "INTEGER NOT NULL DEFAULT 0"),
-    ("rounds", "dropped", "INTEGER NOT NULL DEFAULT 0"),
-]
+from .schema import MIGRATIONS, ROUND_COLS, SCHEMA, RoundRecord, round_from_row
+
+__all__ = ["RoundRecord", "Store", "StoreError"]
 
 
 class StoreError(FedgeError):
     """The orchestrator database cannot be opened or written."""
-
-
-@dataclass
-class RoundRecord:
-    run_id: str
-    round: int
-    model_version: int
-    state: str
-    participants: list[str]
-    opened: float
-    deadline: float
-    reports: int
-    rejected: int
-    duplicates: int
-    late: int
-    aborted: int
-    bytes_in: int
-    metrics: dict[str, Any]
-    closed: float | None = None
-    note: str = ""
-    goal: int = 0  # reports to accept; the round closes as soon as it has them
-    dropped: int = 0  # participants that went offline without reporting
 
 
 class Store:
@@ -214,7 +151,7 @@ class Store:
         self.tx(
             [
                 (
-                    "INSERT INTO rounds(run_id, round, model_version, state, participants, opened, deadline, goal) VALUES (?,?,?,?,?,?,?,?)",
+                    "INSERT INTO rounds(run_id, round, model_version, state, participants, opened, deadline, goal, kind) VALUES (?,?,?,?,?,?,?,?,?)",
                     (
                         rec.run_id,
                         rec.round,
@@ -224,69 +161,23 @@ class Store:
                         rec.opened,
                         rec.deadline,
                         rec.goal,
+                        rec.kind,
                     ),
                 )
             ]
         )
 
-    def _round_from_row(self, row: tuple) -> RoundRecord:
-        (
-            run_id,
-            rnd,
-            version,
-            state,
-            participants,
-            opened,
-            deadline,
-            closed,
-            reports,
-            rejected,
-            duplicates,
-            late,
-            aborted,
-            bytes_in,
-            metrics,
-            note,
-            goal,
-            dropped,
-        ) = row
-        return RoundRecord(
-            run_id,
-            rnd,
-            version,
-            state,
-            json.loads(participants),
-            opened,
-            deadline,
-            reports,
-            rejected,
-            duplicates,
-            late,
-            aborted,
-            bytes_in,
-            json.loads(metrics),
-            closed,
-            note,
-            goal,
-            dropped,
-        )
-
-    _ROUND_COLS = (
-        "run_id, round, model_version, state, participants, opened, deadline, closed, reports, "
-        "rejected, duplicates, late, aborted, bytes_in, metrics, note, goal, dropped"
-    )
-
     def rounds(self, run_id: str) -> list[RoundRecord]:
         rows = self.db.execute(
-            f"SELECT {self._ROUND_COLS} FROM rounds WHERE run_id=? ORDER BY round", (run_id,)
+            f"SELECT {ROUND_COLS} FROM rounds WHERE run_id=? ORDER BY round", (run_id,)
         ).fetchall()
-        return [self._round_from_row(r) for r in rows]
+        return [round_from_row(r) for r in rows]
 
     def get_round(self, run_id: str, round_no: int) -> RoundRecord | None:
         row = self.db.execute(
-            f"SELECT {self._ROUND_COLS} FROM rounds WHERE run_id=? AND round=?", (run_id, round_no)
+            f"SELECT {ROUND_COLS} FROM rounds WHERE run_id=? AND round=?", (run_id, round_no)
         ).fetchone()
-        return self._round_from_row(row) if row else None
+        return round_from_row(row) if row else None
 
     def count(self, run_id: str, round_no: int, column: str, by: int = 1) -> None:
         if column not in ("rejected", "duplicates", "late", "aborted", "bytes_in", "dropped"):
@@ -382,6 +273,49 @@ class Store:
         ).fetchall()
         return [(n, json.loads(m)) for n, m in rows]
 
+    def add_eval_report(
+        self, run_id: str, round_no: int, agent_id: str, num_samples: int, metrics: dict
+    ) -> bool:
+        """Count a device's evaluation report once; False if it was already counted."""
+        try:
+            self.tx(
+                [
+                    (
+                        "INSERT INTO updates(run_id, round, agent_id, sha256, status, num_samples, "
+                        "metrics, received) VALUES (?,?,?,'','evaluated',?,?,?)",
+                        (run_id, round_no, agent_id, num_samples, json.dumps(metrics), time.time()),
+                    ),
+                    (
+                        "UPDATE rounds SET reports=reports+1 WHERE run_id=? AND round=?",
+                        (run_id, round_no),
+                    ),
+                ]
+            )
+        except sqlite3.IntegrityError:  # the unique index one_eval_report
+            return False
+        return True
+
+    def eval_reports(self, run_id: str, round_no: int) -> list[tuple[int, dict[str, float]]]:
+        """(num_samples, metrics) of each device's evaluation report for the round."""
+        rows = self.db.execute(
+            "SELECT num_samples, metrics FROM updates WHERE run_id=? AND round=? "
+            "AND status='evaluated' ORDER BY id",
+            (run_id, round_no),
+        ).fetchall()
+        return [(n, json.loads(m)) for n, m in rows]
+
+    def close_evaluation(self, run_id: str, round_no: int, metrics: dict[str, Any]) -> None:
+        """Close a federated evaluation round with its metrics (no new model version)."""
+        self.tx(
+            [
+                (
+                    "UPDATE rounds SET state='evaluated', closed=?, metrics=? "
+                    "WHERE run_id=? AND round=?",
+                    (time.time(), json.dumps(metrics), run_id, round_no),
+                )
+            ]
+        )
+
     def commit_round(
         self,
         run_id: str,
@@ -469,7 +403,7 @@ class Store:
         """Agents whose update for the round was accepted or rejected, or who aborted it."""
         rows = self.db.execute(
             "SELECT DISTINCT agent_id FROM updates WHERE run_id=? AND round=? "
-            "AND status IN ('accepted', 'rejected', 'aborted')",
+            "AND status IN ('accepted', 'rejected', 'aborted', 'evaluated')",
             (run_id, round_no),
         ).fetchall()
         return {r[0] for r in rows}

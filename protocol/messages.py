@@ -102,6 +102,7 @@ class TrainConfig:
     topk_fraction: float = 0.0  # for "topk": the share of entries kept (with error feedback)
     clip_norm: float = 0.0  # client-level DP: clip the delta to this L2 norm (0 = off)
     noise_multiplier: float = 0.0  # client-level DP: Gaussian noise std = multiplier * clip_norm
+    evaluate_only: bool = False  # federated evaluation: evaluate the global model, no training
 
     COMPRESSIONS: ClassVar[frozenset[str]] = frozenset({"", "int8", "topk"})
 
@@ -221,12 +222,34 @@ class RoundAbort(Message):
 
 
 @dataclass(frozen=True)
+class EvalReport(Message):
+    """Agent -> orchestrator: metrics of the round's global model on the device's validation
+    rows (federated evaluation round). ``num_samples`` weighs them in the federation's mean."""
+
+    TYPE: ClassVar[str] = "eval"
+    msg_id: str
+    agent: str
+    run_id: str
+    round: int
+    model_version: int
+    num_samples: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        validate_name(self.agent)
+        if self.num_samples <= 0:
+            raise MessageError(f"eval num_samples must be > 0, got {self.num_samples}")
+        if self.round < 0 or self.model_version < 0:
+            raise MessageError("round and model_version must be >= 0")
+
+
+@dataclass(frozen=True)
 class RoundEvent(Message):
     """Orchestrator -> watchers (orchestrator/events): progress a person can follow."""
 
     TYPE: ClassVar[str] = "event"
     run_id: str
-    kind: str  # round_started | round_committed | round_abandoned | run_finished
+    kind: str  # round_started | round_committed | round_evaluated | round_abandoned | run_finished
     round: int
     model_version: int
     reports: int = 0
@@ -237,7 +260,16 @@ class RoundEvent(Message):
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls
-    for cls in (Status, RoundTask, FetchRequest, UpdateOffer, Ack, RoundAbort, RoundEvent)
+    for cls in (
+        Status,
+        RoundTask,
+        FetchRequest,
+        UpdateOffer,
+        Ack,
+        RoundAbort,
+        EvalReport,
+        RoundEvent,
+    )
 }
 
 

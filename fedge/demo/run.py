@@ -138,18 +138,6 @@ def run_demo(opts: DemoOptions, *, echo=print) -> DemoResult:
             target.unlink()
     (out / "logs").mkdir(parents=True, exist_ok=True)
 
-    echo(
-        f"[1/4] data: {opts.dataset} split over {opts.devices} devices (Dirichlet alpha {opts.alpha}, seed {opts.seed})"
-    )
-    fed = make_federation(
-        out / "data", dataset=opts.dataset, n_devices=opts.devices, alpha=opts.alpha, seed=opts.seed
-    )
-    for i, hist in enumerate(fed.label_histograms):
-        echo(f"      dev-{i}: {int(sum(hist)):4d} rows, labels {list(int(c) for c in hist)}")
-
-    echo("[2/4] export: PyTorch MLP -> ONNX Runtime training bundle")
-    bundle_dir = _export_model(opts, fed.n_features, fed.n_classes, out / "bundle", echo)
-
     broker = None
     if opts.broker:
         url = opts.broker
@@ -157,31 +145,9 @@ def run_demo(opts: DemoOptions, *, echo=print) -> DemoResult:
         broker = EmbeddedBroker()
         broker.start()
         url = broker.url
-    echo(f"[3/4] broker: {url} ({'embedded amqtt, demo only' if broker else 'external'})")
+    echo(f"[1/4] broker: {url} ({'embedded amqtt, demo only' if broker else 'external'})")
 
     federation = "demo"
-    orch_cfg = write_toml(
-        out / "orchestrator.toml",
-        {
-            "federation": federation,
-            "bundle": str(bundle_dir),
-            "database": str(out / "orchestrator.db"),
-            "mqtt": {"url": url, "protocol": opts.protocol, "username": "fedge-orchestrator"},
-            "rounds": {
-                "rounds": opts.rounds,
-                "min_devices": opts.devices,
-                "min_reports": max(1, opts.devices // 2),
-                "deadline_seconds": opts.deadline_seconds,
-                "local_epochs": opts.local_epochs,
-                "batch_size": opts.batch_size,
-                "seed": opts.seed,
-            },
-            "evaluation": {
-                "enabled": True,
-                "data": {"path": str(fed.test_path), "table": "samples"},
-            },
-        },
-    )
     procs = _Processes()
     result = DemoResult(database=str(out / "orchestrator.db"))
     watcher = MqttLink(
@@ -195,6 +161,44 @@ def run_demo(opts: DemoOptions, *, echo=print) -> DemoResult:
         watcher.start()
         if not watcher.wait_connected(15):
             raise FedgeError(f"cannot connect to the broker at {url}")
+        echo(
+            f"[2/4] data: {opts.dataset} split over {opts.devices} devices (Dirichlet alpha {opts.alpha}, seed {opts.seed})"
+        )
+        fed = make_federation(
+            out / "data",
+            dataset=opts.dataset,
+            n_devices=opts.devices,
+            alpha=opts.alpha,
+            seed=opts.seed,
+        )
+        for i, hist in enumerate(fed.label_histograms):
+            echo(f"      dev-{i}: {int(sum(hist)):4d} rows, labels {list(int(c) for c in hist)}")
+
+        echo("[3/4] export: PyTorch MLP -> ONNX Runtime training bundle")
+        bundle_dir = _export_model(opts, fed.n_features, fed.n_classes, out / "bundle", echo)
+
+        orch_cfg = write_toml(
+            out / "orchestrator.toml",
+            {
+                "federation": federation,
+                "bundle": str(bundle_dir),
+                "database": str(out / "orchestrator.db"),
+                "mqtt": {"url": url, "protocol": opts.protocol, "username": "fedge-orchestrator"},
+                "rounds": {
+                    "rounds": opts.rounds,
+                    "min_devices": opts.devices,
+                    "min_reports": max(1, opts.devices // 2),
+                    "deadline_seconds": opts.deadline_seconds,
+                    "local_epochs": opts.local_epochs,
+                    "batch_size": opts.batch_size,
+                    "seed": opts.seed,
+                },
+                "evaluation": {
+                    "enabled": True,
+                    "data": {"path": str(fed.test_path), "table": "samples"},
+                },
+            },
+        )
         procs.start(
             "orchestrator",
             ["orchestrator", "--config", str(orch_cfg)],
@@ -253,9 +257,17 @@ def _export_model(opts: DemoOptions, n_features: int, n_classes: int, out_dir: P
 
     bundle = load_bundle(path)
     ver = bundle.manifest.get("verification", {})
-    checks = ", ".join(f"{k} {v:.1e}" for k, v in ver.items() if isinstance(v, float))
+    parts = []
+    if "forward_max_abs_diff" in ver:
+        parts.append(f"forward {ver['forward_max_abs_diff']:.1e}")
+    if "step_max_abs_diff" in ver:
+        parts.append(f"one training step {ver['step_max_abs_diff']:.1e}")
+    if isinstance(ver.get("portable"), dict) and "step_max_abs_diff" in ver["portable"]:
+        parts.append(f"portable step {ver['portable']['step_max_abs_diff']:.1e}")
     echo(
-        f"      bundle {bundle.content_hash[:12]} in {time.monotonic() - t0:.1f} s; parity: {checks or 'n/a'}"
+        f"      bundle {bundle.content_hash[:12]} in {time.monotonic() - t0:.1f} s; "
+        f"backends {', '.join(bundle.manifest.get('backends', []))}; "
+        f"max |ORT - PyTorch|: {', '.join(parts) or 'not verified'}"
     )
     return path
 

@@ -1,0 +1,113 @@
+"""The orchestrator database's tables and the round record read from them."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS devices (
+    agent_id TEXT PRIMARY KEY, state TEXT NOT NULL, backend TEXT NOT NULL DEFAULT '',
+    num_samples INTEGER NOT NULL DEFAULT 0, eligible INTEGER NOT NULL DEFAULT 1,
+    reason TEXT NOT NULL DEFAULT '', version TEXT NOT NULL DEFAULT '', last_seen REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY, bundle_hash TEXT NOT NULL, config TEXT NOT NULL,
+    state TEXT NOT NULL, started REAL NOT NULL, finished REAL
+);
+CREATE TABLE IF NOT EXISTS rounds (
+    run_id TEXT NOT NULL, round INTEGER NOT NULL, model_version INTEGER NOT NULL,
+    state TEXT NOT NULL, participants TEXT NOT NULL, opened REAL NOT NULL, deadline REAL NOT NULL,
+    closed REAL, reports INTEGER NOT NULL DEFAULT 0, rejected INTEGER NOT NULL DEFAULT 0,
+    duplicates INTEGER NOT NULL DEFAULT 0, late INTEGER NOT NULL DEFAULT 0,
+    aborted INTEGER NOT NULL DEFAULT 0, bytes_in INTEGER NOT NULL DEFAULT 0,
+    metrics TEXT NOT NULL DEFAULT '{}', note TEXT NOT NULL DEFAULT '',
+    goal INTEGER NOT NULL DEFAULT 0, dropped INTEGER NOT NULL DEFAULT 0,
+    kind TEXT NOT NULL DEFAULT 'train',
+    PRIMARY KEY (run_id, round)
+);
+CREATE TABLE IF NOT EXISTS updates (
+    id INTEGER PRIMARY KEY, run_id TEXT NOT NULL, round INTEGER NOT NULL, agent_id TEXT NOT NULL,
+    sha256 TEXT NOT NULL, status TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '',
+    num_samples INTEGER NOT NULL DEFAULT 0, metrics TEXT NOT NULL DEFAULT '{}',
+    bytes INTEGER NOT NULL DEFAULT 0, received REAL NOT NULL, delta BLOB
+);
+CREATE UNIQUE INDEX IF NOT EXISTS one_accepted_update
+    ON updates(run_id, round, agent_id) WHERE status = 'accepted';
+CREATE UNIQUE INDEX IF NOT EXISTS one_eval_report
+    ON updates(run_id, round, agent_id) WHERE status = 'evaluated';
+CREATE TABLE IF NOT EXISTS model_versions (
+    run_id TEXT NOT NULL, version INTEGER NOT NULL, round INTEGER, sha256 TEXT NOT NULL,
+    params BLOB NOT NULL, metrics TEXT NOT NULL DEFAULT '{}', created REAL NOT NULL,
+    PRIMARY KEY (run_id, version)
+);
+CREATE TABLE IF NOT EXISTS strategy_state (
+    run_id TEXT NOT NULL, version INTEGER NOT NULL, state BLOB NOT NULL,
+    PRIMARY KEY (run_id, version)
+);
+"""
+# columns added after the first release: (table, column, definition)
+MIGRATIONS = [
+    ("rounds", "goal", "INTEGER NOT NULL DEFAULT 0"),
+    ("rounds", "dropped", "INTEGER NOT NULL DEFAULT 0"),
+    ("rounds", "kind", "TEXT NOT NULL DEFAULT 'train'"),
+]
+
+
+@dataclass
+class RoundRecord:
+    run_id: str
+    round: int
+    model_version: int
+    state: str
+    participants: list[str]
+    opened: float
+    deadline: float
+    reports: int
+    rejected: int
+    duplicates: int
+    late: int
+    aborted: int
+    bytes_in: int
+    metrics: dict[str, Any]
+    closed: float | None = None
+    note: str = ""
+    goal: int = 0  # reports to accept; the round closes as soon as it has them
+    dropped: int = 0  # participants that went offline without reporting
+    kind: str = "train"  # train | evaluate (federated evaluation: no new model version)
+
+
+ROUND_COLS = (
+    "run_id, round, model_version, state, participants, opened, deadline, closed, reports, "
+    "rejected, duplicates, late, aborted, bytes_in, metrics, note, goal, dropped, kind"
+)
+
+
+def round_from_row(row: tuple) -> RoundRecord:
+    """A RoundRecord from a row selected with ``ROUND_COLS``."""
+    (run_id, rnd, version, state, participants, opened, deadline, closed, *counters) = row
+    reports, rejected, duplicates, late, aborted, bytes_in, metrics, note, goal, dropped, kind = (
+        counters
+    )
+    return RoundRecord(
+        run_id,
+        rnd,
+        version,
+        state,
+        json.loads(participants),
+        opened,
+        deadline,
+        reports,
+        rejected,
+        duplicates,
+        late,
+        aborted,
+        bytes_in,
+        json.loads(metrics),
+        closed,
+        note,
+        goal,
+        dropped,
+        kind,
+    )
