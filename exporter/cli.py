@@ -34,7 +34,9 @@ def _register_export(subparsers: Any) -> None:
         epilog="Example:\n  fedge export fedge.demo.models:digits_mlp --input-shape 64 "
         "--num-classes 10 --optimizer adamw --lr 0.001 --out bundles/digits\n"
         "  fedge export my_model.py:build --input-shape 3,32,32 --frozen 'features.*' "
-        "--out digits.fedge --sign-key keys/signing.key",
+        "--out digits.fedge --sign-key keys/signing.key\n"
+        "  fedge export model.py:build --input-shape 8 --loss losses.py:SmoothL1Loss "
+        "--torch-loss torch.nn.functional:smooth_l1_loss --out bundles/huber",
         formatter_class=_RAW,
     )
     p.add_argument("model", help="package.module:factory or path/to/file.py:factory")
@@ -57,7 +59,16 @@ def _register_export(subparsers: Any) -> None:
         help="one label's shape (default: derived from the loss and the output)",
     )
     p.add_argument(
-        "--loss", default="cross_entropy", choices=["cross_entropy", "mse", "bce_with_logits", "l1"]
+        "--loss",
+        default="cross_entropy",
+        help="cross_entropy (default), mse, bce_with_logits, l1, or a custom onnxblock loss "
+        "class as module:Class or file.py:Class",
+    )
+    p.add_argument(
+        "--torch-loss",
+        default=None,
+        metavar="MODULE:FN",
+        help="PyTorch twin of a custom loss, fn(output, labels), for the training-step check",
     )
     p.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd"])
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default: 0.001)")
@@ -149,7 +160,7 @@ def _export(args: argparse.Namespace) -> int:
     import time
 
     from .export import export_bundle
-    from .loading import load_model
+    from .loading import load_loss, load_model, load_object
 
     out = args.out
     if args.archive and not out.endswith(".fedge"):
@@ -165,7 +176,8 @@ def _export(args: argparse.Namespace) -> int:
         input_dtype=args.input_dtype,
         label_dtype=args.label_dtype,
         label_shape=args.label_shape,
-        loss=args.loss,
+        loss=load_loss(args.loss),
+        torch_loss=load_object(args.torch_loss, "torch loss") if args.torch_loss else None,
         optimizer=args.optimizer,
         lr=args.lr,
         weight_decay=args.weight_decay,

@@ -41,6 +41,32 @@ def load_model(spec: str) -> Any:
     return obj
 
 
+def load_object(spec: str, what: str) -> Any:
+    """Import ``package.module:name`` or ``path/to/file.py:name`` and return that attribute."""
+    target, sep, attr = spec.rpartition(":")
+    if not sep or not target or not attr:
+        raise ExportError(f"{what} {spec!r} must look like package.module:name or file.py:name")
+    module = _import_file(Path(target)) if target.endswith(".py") else _import_module(target)
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        public = sorted(n for n in vars(module) if not n.startswith("_"))
+        raise ExportError(f"{target} has no attribute {attr!r}; it has: {public}") from None
+
+
+def load_loss(spec: str) -> Any:
+    """A built-in loss name as is, or a custom onnxblock loss: ``module:Class`` (instantiated)."""
+    if ":" not in spec:
+        return spec
+    obj = load_object(spec, "custom loss")
+    if isinstance(obj, type):
+        try:
+            obj = obj()
+        except Exception as exc:  # user code
+            raise ExportError(f"creating the loss {spec}() failed: {exc}") from exc
+    return obj
+
+
 def _import_module(name: str) -> Any:
     try:
         return importlib.import_module(name)

@@ -133,3 +133,25 @@ def test_inspect_batchnorm_bundle_and_broken_copies(
     archive.write_bytes(archive.read_bytes()[:-200])
     with pytest.raises(FedgeError, match="not a bundle archive"):
         run("inspect", str(archive))
+
+
+def test_custom_onnxblock_loss_from_the_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    zoo = Path(__file__).resolve().parents[1] / "zoo"
+    out = tmp_path / "huber"
+    code = run(
+        "export", f"{zoo / 'models.py'}:regressor", "--input-shape", "8",
+        "--loss", f"{zoo / 'losses.py'}:SmoothL1Loss",
+        "--torch-loss", "torch.nn.functional:smooth_l1_loss",
+        "--optimizer", "sgd", "--lr", "0.1", "--out", str(out),
+    )  # fmt: skip
+    assert code == 0
+    from fedge.protocol.bundle import load_bundle
+
+    manifest = load_bundle(out).manifest
+    assert manifest["loss"]["type"] == "custom" and manifest["loss"]["block"] == "SmoothL1Loss"
+    assert manifest["verification"]["step_max_abs_diff"] < 1e-5  # checked against the twin
+    with pytest.raises(FedgeError, match="has no attribute 'NoSuchLoss'"):
+        run("export", f"{zoo / 'models.py'}:regressor", "--input-shape", "8",
+            "--loss", f"{zoo / 'losses.py'}:NoSuchLoss", "--out", str(tmp_path / "x"))  # fmt: skip
