@@ -150,13 +150,15 @@ def test_agent_refuses_an_untrusted_bundle(
         reason = ""
         while time.monotonic() < deadline and not reason:
             time.sleep(0.5)
-            if db.exists():
+            try:  # the file can exist a moment before its tables do
                 row = (
-                    sqlite3.connect(db)
+                    sqlite3.connect(f"file:{db}?mode=ro", uri=True)
                     .execute("SELECT reason FROM devices WHERE agent_id='dev-a'")
                     .fetchone()
                 )
-                reason = row[0] if row and "bundle refused" in row[0] else ""
+            except sqlite3.OperationalError:
+                continue
+            reason = row[0] if row and "bundle refused" in row[0] else ""
         assert "signature does not verify" in reason, fleet.all_logs()
         aborted = (
             sqlite3.connect(db)
