@@ -162,7 +162,10 @@ class Orchestrator:
                     if not self.link.messages.empty():
                         continue  # drain a burst first; then decide without idling 0.2 s
                 self.intake.tick()
+                closing = self.current
                 self._step()
+                if closing is not None and self.current is None:
+                    self._step()  # open the next round now, not after the next idle poll
         finally:
             self.link.stop()
             self.store.close()
