@@ -31,6 +31,8 @@ class RoundSettings:
     noise_multiplier: float = 0.0
     seed: int = 0
     max_update_norm: float = 0.0  # 0 = no bound; else reject deltas with a larger L2 norm
+    # a participant offline this long counts as dropped (the round may close without it)
+    offline_grace_seconds: float = 10.0
     keep_deltas: bool = False  # keep each accepted delta after its round commits (audits, tests)
     # federated evaluation: after every N committed rounds, one round in which the devices
     # evaluate that model version on their validation rows (0 = never)

@@ -24,6 +24,7 @@ class DeviceRegistry:
         self.store = store
         self.devices: dict[str, Status] = {}
         self.last_seen: dict[str, float] = {}
+        self.offline_since: dict[str, float] = {}
 
     def on_status(self, agent_id: str, status: Status) -> None:
         if status.agent != agent_id:
@@ -31,6 +32,10 @@ class DeviceRegistry:
         previous = self.devices.get(agent_id)
         self.devices[agent_id] = status
         self.last_seen[agent_id] = time.time()
+        if status.state == "offline":
+            self.offline_since.setdefault(agent_id, time.monotonic())
+        else:
+            self.offline_since.pop(agent_id, None)
         if previous is None or previous.state != status.state:
             log.info(
                 "device %s is %s (backend %s, %d samples%s)",
@@ -50,9 +55,17 @@ class DeviceRegistry:
             status.version,
         )
 
-    def is_offline(self, agent_id: str) -> bool:
+    def is_offline(self, agent_id: str, grace: float = 0.0) -> bool:
+        """Offline (Last Will or a goodbye) for at least ``grace`` seconds.
+
+        The grace keeps a blip — a broker restart, a Wi-Fi hiccup, a retained "offline" seen
+        before the device re-announces itself — from counting as a drop-out.
+        """
         s = self.devices.get(agent_id)
-        return s is not None and s.state == "offline"
+        if s is None or s.state != "offline":
+            return False
+        since = self.offline_since.get(agent_id)
+        return since is None or time.monotonic() - since >= grace
 
     def why_not_eligible(self, status: Status, patterns: list[str], backends: list[str]) -> str:
         """Empty if the device can be selected, else the reason."""

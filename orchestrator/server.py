@@ -192,7 +192,8 @@ class Orchestrator:
             return
         r = self.current
         done = self.store.answered_agents(self.run_id, r.round)
-        gone = {p for p in r.participants if p not in done and self.registry.is_offline(p)}
+        grace = self.cfg.rounds.offline_grace_seconds
+        gone = {p for p in r.participants if p not in done and self.registry.is_offline(p, grace)}
         r.dropped = len(gone)
         goal = r.goal or len(r.participants)
         if (
