@@ -72,6 +72,8 @@ class Orchestrator:
         self.metrics = Metrics()
         self.metrics_server: MetricsServer | None = None
         self._blobs: dict[str, bytes] = {self.bundle_ref.sha256: self.archive}
+        # bytes of chunk frames this round: bundle + parameters down, deltas up
+        self.wire_bytes = {"bytes_down": 0, "bytes_up": 0}
         self._seen: OrderedDict[str, None] = OrderedDict()  # recent msg ids (QoS 1 duplicates)
         self._stop = threading.Event()
         self.run_id = ""
@@ -226,6 +228,7 @@ class Orchestrator:
         if kind == "evaluate":  # every invited device's metrics count: no goal short of all
             goal = len(participants)
         now = time.time()
+        self.wire_bytes = {"bytes_down": 0, "bytes_up": 0}
         self.current = RoundRecord(
             self.run_id,
             round_no,
@@ -321,6 +324,7 @@ class Orchestrator:
             self._abandon(r, "strategy kept the model")
             return
         metrics = self._round_metrics(r.round)
+        metrics.update(self.wire_bytes)  # chunk bytes since the round opened (or the restart)
         rs = self.cfg.rounds
         if (
             rs.clip_norm > 0 and rs.noise_multiplier > 0
@@ -444,6 +448,7 @@ class Orchestrator:
                     )
                 self._on_agent_message(agent_id, msg)
             elif kind == "up/chunk":
+                self.wire_bytes["bytes_up"] += len(payload)
                 self.intake.on_chunk(agent_id, decode_frame(payload))
             else:
                 raise MessageError(f"unexpected topic kind {kind!r}")
@@ -459,9 +464,9 @@ class Orchestrator:
             ref = blob_ref(blob)
             for i in msg.indices:
                 if 0 <= i < ref.chunks:
-                    self.link.publish(
-                        self.topics.agent_down(agent_id), encode_frame(ref, i, chunk_bytes(blob, i))
-                    )
+                    frame = encode_frame(ref, i, chunk_bytes(blob, i))
+                    self.wire_bytes["bytes_down"] += len(frame)
+                    self.link.publish(self.topics.agent_down(agent_id), frame)
         elif isinstance(msg, UpdateOffer):
             self.intake.on_offer(agent_id, msg)
         elif isinstance(msg, RoundAbort):

@@ -89,6 +89,11 @@ def test_three_agents_three_rounds_on_mosquitto(
             )
             np.testing.assert_allclose(after[name], expected, rtol=1e-5, atol=1e-6)
 
+    # bytes on the wire are recorded per round: the bundle and parameters went down in round 1
+    # (every agent fetched both), only parameters later; deltas came up every round
+    wire = [versions[v + 1][1] for v in range(ROUNDS)]
+    assert wire[0]["bytes_down"] > wire[1]["bytes_down"] > 0, wire
+    assert all(w["bytes_up"] > 0 for w in wire), wire
     first, last = versions[0][0], versions[ROUNDS][0]
     assert any(not np.allclose(first[n], last[n]) for n in first), "the global model did not change"
     acc0 = versions[0][1]["test_accuracy"]
