@@ -130,13 +130,13 @@ class Agent:
                 if (
                     max_rounds is not None
                     and self.rounds_done >= max_rounds
-                    and not self.state.outbox()
+                    and not self.state.has_outbox()
                 ):
                     break
                 if (
                     self.task is not None
                     and self.task.state == "finished"
-                    and not self.state.outbox()
+                    and not self.state.has_outbox()
                 ):
                     log.info(
                         "run %s finished; agent stays connected for the next run", self.task.run_id

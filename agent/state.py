@@ -48,7 +48,7 @@ class OutboxItem:
     run_id: str
     round: int
     offer: bytes  # the encoded UpdateOffer
-    blob: bytes
+    blob: bytes | None  # None in listings: read only when served (outbox_blob)
     deadline: float = 0.0  # the round's deadline (orchestrator's clock); 0 = none known
 
 
@@ -140,10 +140,14 @@ class AgentState:
             ) from None
 
     def outbox(self) -> list[OutboxItem]:
+        """Pending updates, oldest first, without their deltas (the loop lists them often)."""
         rows = self._db.execute(
-            "SELECT sha256, run_id, round, offer, blob, deadline FROM outbox ORDER BY created"
+            "SELECT sha256, run_id, round, offer, NULL, deadline FROM outbox ORDER BY created"
         ).fetchall()
         return [OutboxItem(*r) for r in rows]
+
+    def has_outbox(self) -> bool:
+        return self._db.execute("SELECT 1 FROM outbox LIMIT 1").fetchone() is not None
 
     def outbox_blob(self, sha256: str) -> bytes | None:
         row = self._db.execute("SELECT blob FROM outbox WHERE sha256=?", (sha256,)).fetchone()

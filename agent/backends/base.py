@@ -45,7 +45,6 @@ class TrainingBackend(ABC):
     def get_parameters(self) -> Params:
         """Copies of every named parameter."""
 
-    @abstractmethod
     def train(
         self,
         x: np.ndarray,
@@ -63,6 +62,48 @@ class TrainingBackend(ABC):
         With ``proximal_mu > 0`` (FedProx) every step is followed by a step on the proximal
         term ``mu/2 * ||w - anchor||^2`` for the trainable parameters (see ``proximal_pull``).
         """
+        self._begin_training()
+        pull = self._trainable_names() if proximal_mu > 0 and anchor else []
+        lr = self._learning_rate()
+        rng = np.random.default_rng(seed)
+        total, steps, seen = 0.0, 0, 0
+        for _ in range(epochs):
+            for idx in batches(len(y), batch_size, rng):
+                reason = should_stop()
+                if reason:
+                    return TrainResult(total / max(steps, 1), steps, seen, stopped=reason)
+                total += self._train_step(x[idx], y[idx])
+                for name in pull:
+                    value = proximal_pull(self._parameter(name), anchor[name], lr, proximal_mu)
+                    self._set_parameter(name, value)
+                steps += 1
+                seen += len(idx)
+        return TrainResult(total / max(steps, 1), steps, seen)
+
+    # ---- what each backend supplies to the shared training loop ----
+    @abstractmethod
+    def _begin_training(self) -> None:
+        """Switch to training mode; drop anything cached from the old parameters."""
+
+    @abstractmethod
+    def _train_step(self, x: np.ndarray, y: np.ndarray) -> float:
+        """One optimizer step on one batch; returns the batch loss."""
+
+    @abstractmethod
+    def _trainable_names(self) -> list[str]:
+        """Names of the parameters the optimizer updates."""
+
+    @abstractmethod
+    def _learning_rate(self) -> float:
+        """The optimizer's current learning rate."""
+
+    @abstractmethod
+    def _parameter(self, name: str) -> np.ndarray:
+        """The current value of one parameter (may be a live view)."""
+
+    @abstractmethod
+    def _set_parameter(self, name: str, value: np.ndarray) -> None:
+        """Overwrite one parameter."""
 
     @abstractmethod
     def evaluate(self, x: np.ndarray, y: np.ndarray, *, batch_size: int = 256) -> EvalResult:

@@ -10,7 +10,6 @@ Python 3.13). Evaluation uses ``inference.onnx`` (eval mode) and computes the lo
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -20,7 +19,7 @@ from fedge.protocol.errors import FedgeError
 from fedge.protocol.ort_runtime import import_onnxruntime, single_thread_session_options
 from fedge.protocol.tensors import decode_tensors
 
-from .base import EvalResult, Params, TrainingBackend, TrainResult, batches, proximal_pull
+from .base import EvalResult, Params, TrainingBackend
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +41,7 @@ class OrtPortableBackend(TrainingBackend):
         self._section: dict[str, Any] = {}
         self._state: dict[str, np.ndarray] = {}
         self._param_names: list[str] = []
+        self._updates: list[tuple[str, str]] = []
         self._lr = np.float32(0.0)
         self._infer: Any = None
 
@@ -61,6 +61,8 @@ class OrtPortableBackend(TrainingBackend):
         self._bundle = bundle
         self._param_names = [p.name for p in bundle.parameter_specs]
         self._state = self._initial_state(bundle, section)
+        # (state slot, graph output with its new value) for every slot a step changes
+        self._updates = [(s["name"], s["output"]) for s in section["state"] if s["output"]]
         lr = learning_rate if learning_rate is not None else section["optimizer"]["lr"]
         self._lr = np.array(lr, dtype=np.float32)
         self._infer = None
@@ -102,47 +104,33 @@ class OrtPortableBackend(TrainingBackend):
     def get_parameters(self) -> Params:
         return {n: self._state[n].copy() for n in self._param_names if n in self._state}
 
-    def train(
-        self,
-        x: np.ndarray,
-        y: np.ndarray,
-        *,
-        epochs: int,
-        batch_size: int,
-        seed: int,
-        should_stop: Callable[[], str] = lambda: "",
-        proximal_mu: float = 0.0,
-        anchor: Params | None = None,
-    ) -> TrainResult:
-        names = self._section["inputs"]
-        pull = list(self._bundle.trainable_names) if proximal_mu > 0 and anchor else []
-        label_dtype = np.dtype(self._bundle.manifest["label"]["dtype"])
-        input_dtype = np.dtype(self._bundle.manifest["inputs"][0]["dtype"])
-        outputs = self._section["outputs"]
-        updates = [(s["name"], s["output"]) for s in self._section["state"] if s["output"]]
-        rng = np.random.default_rng(seed)
-        total, steps, seen = 0.0, 0, 0
+    def _begin_training(self) -> None:
         self._infer = None
-        for _ in range(epochs):
-            for idx in batches(len(y), batch_size, rng):
-                reason = should_stop()
-                if reason:
-                    return TrainResult(total / max(steps, 1), steps, seen, stopped=reason)
-                feeds = dict(self._state)
-                feeds[names["input"]] = np.ascontiguousarray(x[idx], dtype=input_dtype)
-                feeds[names["label"]] = np.ascontiguousarray(y[idx], dtype=label_dtype)
-                feeds[names["lr"]] = self._lr
-                result = dict(zip(outputs, self._session.run(outputs, feeds), strict=True))
-                for name, output in updates:
-                    self._state[name] = result[output]
-                for name in pull:  # FedProx: see base.proximal_pull
-                    self._state[name] = proximal_pull(
-                        self._state[name], anchor[name], float(self._lr), proximal_mu
-                    )
-                total += float(result["loss"])
-                steps += 1
-                seen += len(idx)
-        return TrainResult(total / max(steps, 1), steps, seen)
+
+    def _train_step(self, x: np.ndarray, y: np.ndarray) -> float:
+        names = self._section["inputs"]
+        manifest = self._bundle.manifest
+        outputs = self._section["outputs"]
+        feeds = dict(self._state)
+        feeds[names["input"]] = np.ascontiguousarray(x, dtype=manifest["inputs"][0]["dtype"])
+        feeds[names["label"]] = np.ascontiguousarray(y, dtype=manifest["label"]["dtype"])
+        feeds[names["lr"]] = self._lr
+        result = dict(zip(outputs, self._session.run(outputs, feeds), strict=True))
+        for name, output in self._updates:
+            self._state[name] = result[output]
+        return float(result["loss"])
+
+    def _trainable_names(self) -> list[str]:
+        return list(self._bundle.trainable_names)
+
+    def _learning_rate(self) -> float:
+        return float(self._lr)
+
+    def _parameter(self, name: str) -> np.ndarray:
+        return self._state[name]
+
+    def _set_parameter(self, name: str, value: np.ndarray) -> None:
+        self._state[name] = value
 
     def evaluate(self, x: np.ndarray, y: np.ndarray, *, batch_size: int = 256) -> EvalResult:
         if len(y) == 0:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -12,7 +11,7 @@ from fedge.protocol.bundle import Bundle
 from fedge.protocol.errors import FedgeError
 from fedge.protocol.ort_runtime import import_training_api, single_thread_session_options
 
-from .base import EvalResult, Params, TrainingBackend, TrainResult, batches, proximal_pull
+from .base import EvalResult, Params, TrainingBackend
 
 log = logging.getLogger(__name__)
 
@@ -77,43 +76,28 @@ class OrtTrainingBackend(TrainingBackend):
     def get_parameters(self) -> Params:
         return {n: p.data.copy() for n, p in self._state.parameters}  # .data is a live view
 
-    def train(
-        self,
-        x: np.ndarray,
-        y: np.ndarray,
-        *,
-        epochs: int,
-        batch_size: int,
-        seed: int,
-        should_stop: Callable[[], str] = lambda: "",
-        proximal_mu: float = 0.0,
-        anchor: Params | None = None,
-    ) -> TrainResult:
-        module, optimizer = self._module, self._optimizer
-        pull = [n for n in self._bundle.trainable_names] if proximal_mu > 0 and anchor else []
-        lr = float(self._lr)
-        module.train()
-        rng = np.random.default_rng(seed)
-        label_dtype = np.dtype(self._bundle.manifest["label"]["dtype"]) if self._bundle else y.dtype
-        total, steps, seen = 0.0, 0, 0
-        for _ in range(epochs):
-            for idx in batches(len(y), batch_size, rng):
-                reason = should_stop()
-                if reason:
-                    return TrainResult(total / max(steps, 1), steps, seen, stopped=reason)
-                outputs = module(x[idx], y[idx].astype(label_dtype, copy=False))
-                optimizer.step()
-                module.lazy_reset_grad()
-                for name in pull:
-                    value = self._state.parameters[name].data
-                    self._state.parameters[name] = proximal_pull(
-                        value, anchor[name], lr, proximal_mu
-                    )
-                total += self._loss_after_step(outputs)
-                steps += 1
-                seen += len(idx)
+    def _begin_training(self) -> None:
+        self._module.train()
         self._infer = None
-        return TrainResult(total / max(steps, 1), steps, seen)
+
+    def _train_step(self, x: np.ndarray, y: np.ndarray) -> float:
+        label_dtype = np.dtype(self._bundle.manifest["label"]["dtype"])
+        outputs = self._module(x, y.astype(label_dtype, copy=False))
+        self._optimizer.step()
+        self._module.lazy_reset_grad()
+        return self._loss_after_step(outputs)
+
+    def _trainable_names(self) -> list[str]:
+        return list(self._bundle.trainable_names)
+
+    def _learning_rate(self) -> float:
+        return float(self._lr)
+
+    def _parameter(self, name: str) -> np.ndarray:
+        return self._state.parameters[name].data
+
+    def _set_parameter(self, name: str, value: np.ndarray) -> None:
+        self._state.parameters[name] = value
 
     def evaluate(self, x: np.ndarray, y: np.ndarray, *, batch_size: int = 256) -> EvalResult:
         if len(y) == 0:

@@ -8,68 +8,15 @@ would have arrived already.
 
 from __future__ import annotations
 
-import queue
-import threading
 from collections.abc import Callable, Iterator
-from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
 from support.mosquitto import MosquittoBroker
+from support.mqtt_peer import Peer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
 
 WAIT_S = 5.0
-
-
-class Peer:
-    """A paho client with its CONNACK result and a queue of received messages."""
-
-    def __init__(self, broker: MosquittoBroker, user: str | None, password: str | None) -> None:
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=user or "anonymous")
-        if user is not None:
-            self.client.username_pw_set(user, password)
-        self.connected = threading.Event()
-        self.reason: Any = None
-        self.messages: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
-        self.subacks: queue.Queue[list[Any]] = queue.Queue()
-        self.client.on_connect = self._on_connect
-        self.client.on_message = lambda _c, _u, msg: self.messages.put(msg)
-        self.client.on_subscribe = lambda _c, _u, _mid, codes, _p: self.subacks.put(codes)
-        self.client.connect(broker.host, broker.port, keepalive=10)
-        self.client.loop_start()
-
-    def _on_connect(self, _c: Any, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
-        self.reason = reason
-        self.connected.set()
-        if reason.is_failure:  # stop paho from retrying a refused login
-            self.client.disconnect()
-
-    def wait_connack(self) -> Any:
-        assert self.connected.wait(WAIT_S), "no CONNACK"
-        return self.reason
-
-    def subscribe(self, topic: str) -> list[Any]:
-        self.client.subscribe(topic, qos=1)
-        return self.subacks.get(timeout=WAIT_S)
-
-    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
-        info = self.client.publish(topic, payload, qos=1, retain=retain)
-        info.wait_for_publish(timeout=WAIT_S)
-        assert info.is_published(), f"no PUBACK for {topic}"
-
-    def receive_until(self, payload: bytes) -> list[tuple[str, bytes]]:
-        """Collect (topic, payload) pairs up to and including the first with ``payload``."""
-        seen: list[tuple[str, bytes]] = []
-        while True:
-            msg = self.messages.get(timeout=WAIT_S)
-            seen.append((msg.topic, msg.payload))
-            if msg.payload == payload:
-                return seen
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 @pytest.fixture
@@ -79,7 +26,7 @@ def connect(mosquitto: MosquittoBroker) -> Iterator[Callable[..., Peer]]:
     def make(user: str | None, password: str | None = None, *, ok: bool = True) -> Peer:
         if user is not None and password is None:
             password = mosquitto.users[user]
-        peer = Peer(mosquitto, user, password)
+        peer = Peer(mosquitto.host, mosquitto.port, user, password)
         peers.append(peer)
         reason = peer.wait_connack()
         if ok:

@@ -8,17 +8,14 @@ QoS 1 messages arrive in order).
 
 from __future__ import annotations
 
-import queue
 import socket
 import ssl
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
+from support.mqtt_peer import Peer
 from support.tls_broker import ProvisionedBroker, fedge_cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -37,56 +34,6 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProvisionedBrok
     b.stop()
 
 
-class Peer:
-    """A paho client over TLS (the fleet's CA) with its CONNACK and received messages."""
-
-    def __init__(
-        self, broker: ProvisionedBroker, user: str | None, password: str | None, host: str
-    ) -> None:
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=user or "anon")
-        if user is not None:
-            self.client.username_pw_set(user, password)
-        self.client.tls_set(ca_certs=str(broker.dir.ca_cert))
-        self.connected = threading.Event()
-        self.disconnected = threading.Event()
-        self.reason: Any = None
-        self.messages: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
-        self.subacks: queue.Queue[list[Any]] = queue.Queue()
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = lambda *_a: self.disconnected.set()
-        self.client.on_message = lambda _c, _u, msg: self.messages.put(msg)
-        self.client.on_subscribe = lambda _c, _u, _mid, codes, _p: self.subacks.put(codes)
-        self.client.connect(host, broker.tls_port, keepalive=10)
-        self.client.loop_start()
-
-    def _on_connect(self, _c: Any, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
-        self.reason = reason
-        self.connected.set()
-        if reason.is_failure:
-            self.client.disconnect()
-
-    def subscribe(self, topic: str) -> None:
-        self.client.subscribe(topic, qos=1)
-        self.subacks.get(timeout=WAIT_S)
-
-    def publish(self, topic: str, payload: bytes) -> None:
-        info = self.client.publish(topic, payload, qos=1)
-        info.wait_for_publish(timeout=WAIT_S)
-        assert info.is_published(), f"no PUBACK for {topic}"
-
-    def receive_until(self, payload: bytes) -> list[tuple[str, bytes]]:
-        seen: list[tuple[str, bytes]] = []
-        while True:
-            msg = self.messages.get(timeout=WAIT_S)
-            seen.append((msg.topic, msg.payload))
-            if msg.payload == payload:
-                return seen
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
 @pytest.fixture
 def connect(broker: ProvisionedBroker) -> Iterator[Callable[..., Peer]]:
     peers: list[Peer] = []
@@ -100,7 +47,7 @@ def connect(broker: ProvisionedBroker) -> Iterator[Callable[..., Peer]]:
     ) -> Peer:
         if user is not None and password is None:
             password = broker.password(user)
-        peer = Peer(broker, user, password, host)
+        peer = Peer(host, broker.tls_port, user, password, ca_file=str(broker.dir.ca_cert))
         peers.append(peer)
         assert peer.connected.wait(WAIT_S), f"no CONNACK for {user}\n{broker.log_tail()}"
         if ok:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support.toy_bundle import PARAMS, toy_manifest, write_toy_bundle
 
 from fedge.protocol import signing
 from fedge.protocol.bundle import load_bundle, pack_bundle, unpack_bundle, write_manifest
@@ -16,45 +17,12 @@ from fedge.protocol.errors import BundleError, SignatureError
 from fedge.protocol.manifest import REQUIRED_FILES, compute_content_hash
 from fedge.protocol.tensors import encode_tensors
 
-PARAMS = {
-    "fc.weight": np.arange(6, dtype=np.float32).reshape(2, 3),
-    "fc.bias": np.zeros(2, dtype=np.float32),
-}
-
-
-def _manifest() -> dict:
-    return {
-        "format_version": 1,
-        "model_name": "toy",
-        "inputs": [{"name": "input", "dtype": "float32", "shape": [None, 3]}],
-        "outputs": [{"name": "logits", "dtype": "float32", "shape": [None, 2]}],
-        "label": {"name": "labels", "dtype": "int64", "shape": [None]},
-        "loss": {"type": "cross_entropy"},
-        "optimizer": {"type": "sgd", "lr": 0.1},
-        "task": "classification",
-        "num_classes": 2,
-        "parameters": [
-            {"name": "fc.weight", "shape": [2, 3], "dtype": "float32", "trainable": True},
-            {"name": "fc.bias", "shape": [2], "dtype": "float32", "trainable": False},
-        ],
-        "opset": 17,
-        "ir_version": 8,
-        "versions": {"fedge": "0.1.0"},
-        "backends": ["ort-training"],
-        "verification": {"forward_max_abs_diff": 0.0},
-        "patches": [],
-    }
+_manifest = toy_manifest
 
 
 @pytest.fixture()
 def bundle_dir(tmp_path: Path) -> Path:
-    root = tmp_path / "bundle"
-    root.mkdir()
-    for name in REQUIRED_FILES:
-        (root / name).write_bytes(f"fake {name}".encode())
-    (root / "parameters.safetensors").write_bytes(encode_tensors(PARAMS))
-    write_manifest(root, _manifest())
-    return root
+    return write_toy_bundle(tmp_path / "bundle")
 
 
 def test_manifest_round_trip(bundle_dir: Path) -> None:

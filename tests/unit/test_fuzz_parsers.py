@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.toy_bundle import write_toy_bundle
 
 from fedge.protocol.chunks import blob_ref, chunk_bytes, decode_frame, encode_frame
 from fedge.protocol.compression import decode_delta
@@ -175,42 +176,6 @@ def test_deeply_nested_json_is_a_message_error(payload: bytes) -> None:
 # ---- the dispatchers, built for real without a broker connection ----
 
 
-def _fake_bundle(root: Path) -> Path:
-    from fedge.protocol.bundle import write_manifest
-    from fedge.protocol.manifest import REQUIRED_FILES
-
-    root.mkdir()
-    for name in REQUIRED_FILES:
-        (root / name).write_bytes(f"fake {name}".encode())
-    params = {"fc.weight": np.zeros((2, 3), np.float32), "fc.bias": np.zeros(2, np.float32)}
-    (root / "parameters.safetensors").write_bytes(encode_tensors(params))
-    write_manifest(
-        root,
-        {
-            "format_version": 1,
-            "model_name": "toy",
-            "inputs": [{"name": "input", "dtype": "float32", "shape": [None, 3]}],
-            "outputs": [{"name": "logits", "dtype": "float32", "shape": [None, 2]}],
-            "label": {"name": "labels", "dtype": "int64", "shape": [None]},
-            "loss": {"type": "cross_entropy"},
-            "optimizer": {"type": "sgd", "lr": 0.1},
-            "task": "classification",
-            "num_classes": 2,
-            "parameters": [
-                {"name": "fc.weight", "shape": [2, 3], "dtype": "float32", "trainable": True},
-                {"name": "fc.bias", "shape": [2], "dtype": "float32", "trainable": True},
-            ],
-            "opset": 17,
-            "ir_version": 8,
-            "versions": {"fedge": "0.1.0"},
-            "backends": ["ort-training"],
-            "verification": {"forward_max_abs_diff": 0.0},
-            "patches": [],
-        },
-    )
-    return root
-
-
 def _db_dump(path: Path) -> list[str]:
     con = sqlite3.connect(path)
     try:
@@ -237,7 +202,7 @@ def orchestrator(tmp_path: Path, caplog: pytest.LogCaptureFixture):
     from fedge.orchestrator.server import Orchestrator
 
     cfg = OrchestratorConfig(
-        bundle=str(_fake_bundle(tmp_path / "bundle")), database=str(tmp_path / "orch.db")
+        bundle=str(write_toy_bundle(tmp_path / "bundle")), database=str(tmp_path / "orch.db")
     )
     orch = Orchestrator(cfg)
     orch._resume_or_create_run()
