@@ -5,10 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from fedge.demo.run import write_toml
+from fedge.demo.run import stop_processes, write_toml
 
 
 class Fleet:
@@ -58,16 +57,7 @@ class Fleet:
         self.procs[name].wait()
 
     def stop_all(self) -> None:
-        for p in self.procs.values():
-            if p.poll() is None:
-                p.terminate()
-        deadline = time.monotonic() + 10
-        for p in self.procs.values():
-            try:
-                p.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_processes(list(self.procs.values()))
 
 
 def agent_config(agent_id: str, broker, data_path: Path, state_dir: Path, **extra) -> dict:
