@@ -14,6 +14,7 @@ import random
 import ssl
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
@@ -67,6 +68,7 @@ class MqttLink:
         self.messages: queue.Queue[tuple[str, bytes]] = queue.Queue()
         self._subscriptions: dict[str, int] = {}
         self._lock = threading.Lock()
+        self._unacked: deque[Any] = deque()  # QoS 1 publishes not yet acknowledged, in order
         self._connected = threading.Event()
         self._persistent = persistent
         self.host, self.port, tls = settings.host_port()
@@ -154,7 +156,11 @@ class MqttLink:
             raise MessageError(
                 f"payload for {topic} is {len(payload)} bytes; limit {self.settings.max_payload}"
             )
-        self._client.publish(topic, payload, qos=qos, retain=retain)
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if qos:
+            self._unacked.append(info)
+            while self._unacked and self._unacked[0].is_published():
+                self._unacked.popleft()
 
     def get(self, timeout: float) -> tuple[str, bytes] | None:
         """Next received message, or None after ``timeout`` seconds."""
@@ -167,10 +173,14 @@ class MqttLink:
         """Publish ``final`` (retained, e.g. an offline status), flush, disconnect."""
         try:
             if final and self._connected.is_set():
-                info = self._client.publish(final[0], final[1], qos=1, retain=True)
-                deadline = time.monotonic() + timeout
-                while not info.is_published() and time.monotonic() < deadline:
-                    time.sleep(0.02)
+                self.publish(final[0], final[1], retain=True)
+            # Flush: a disconnect drops QoS 1 messages paho has not sent yet (e.g. the last
+            # round's event, published just before a finished orchestrator exits).
+            deadline = time.monotonic() + timeout
+            while self._connected.is_set() and time.monotonic() < deadline:
+                if all(info.is_published() for info in self._unacked):
+                    break
+                time.sleep(0.02)
             self._client.disconnect()
         finally:
             self._client.loop_stop()
