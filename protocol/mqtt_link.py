@@ -157,7 +157,9 @@ class MqttLink:
                 f"payload for {topic} is {len(payload)} bytes; limit {self.settings.max_payload}"
             )
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
-        if qos:
+        # Track what is on its way; a publish made while disconnected (rc != 0) is queued by
+        # paho and resent after the reconnect, but its MessageInfo can no longer tell us when.
+        if qos and info.rc == 0:
             self._unacked.append(info)
             while self._unacked and self._unacked[0].is_published():
                 self._unacked.popleft()
