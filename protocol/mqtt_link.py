@@ -171,6 +171,10 @@ class MqttLink:
         except queue.Empty:
             return None
 
+    def pending(self) -> int:
+        """How many received messages wait in the queue."""
+        return self.messages.qsize()
+
     def stop(self, final: tuple[str, bytes] | None = None, timeout: float = 3.0) -> None:
         """Publish ``final`` (retained, e.g. an offline status), flush, disconnect."""
         try:
