@@ -23,6 +23,7 @@ from prometheus_client import (
     Counter,
     Histogram,
     ProcessCollector,
+    disable_created_metrics,
     generate_latest,
 )
 
@@ -45,6 +46,7 @@ class Metrics:
     """
 
     def __init__(self, database: str | Path | None = None, rounds: Any = None) -> None:
+        disable_created_metrics()  # no *_created series: noise for Prometheus 2, and per process
         self.registry = CollectorRegistry()
         self._wire = Counter(
             "fedge_wire_bytes",
