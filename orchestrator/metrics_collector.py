@@ -13,6 +13,7 @@ import json
 import logging
 import re
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -87,6 +88,10 @@ class StoreCollector(Collector):
     def __init__(self, database: str | Path, selection: SelectionView | None = None) -> None:
         self.path = Path(database)
         self.selection = selection or SelectionView()
+        self._lock = threading.Lock()  # scrapes may run in parallel (one thread each)
+        self._scanned_id = 0  # updates rows up to this id are in _counts
+        self._counts: dict[tuple[str, str], int] = {}
+        self._origin: tuple | None = None  # the database's first run: a new file has another
 
     def describe(self) -> list[Metric]:
         return []  # families are known only after reading the store; no duplicate checks needed
@@ -278,19 +283,7 @@ class StoreCollector(Collector):
             "SELECT COALESCE(SUM(late),0), COALESCE(SUM(duplicates),0), COALESCE(SUM(dropped),0),"
             " COALESCE(SUM(bytes_in),0) FROM rounds"
         ).fetchone()
-        rows = db.execute(
-            "SELECT status, reason, COUNT(*) FROM updates "
-            "WHERE status IN ('accepted','evaluated','rejected','aborted') GROUP BY status, reason"
-        ).fetchall()
-        by_status: dict[str, int] = {}
-        rejected = dict.fromkeys(REJECTION_CODES, 0)
-        aborted = dict.fromkeys(ABORT_CODES, 0)
-        for status, reason, n in rows:
-            by_status[status] = by_status.get(status, 0) + n
-            if status == "rejected":
-                rejected[rejection_code(reason)] += n
-            elif status == "aborted":
-                aborted[abort_code(reason)] += n
+        by_status, rejected, aborted = self._update_counts(db)
         outcome = {**by_status, "late": late, "duplicate": dup, "dropped": dropped}
         u = CounterMetricFamily(
             "fedge_updates",
@@ -315,6 +308,42 @@ class StoreCollector(Collector):
         )
         b.add_metric([], float(bytes_in))
         yield b
+
+    def _update_counts(
+        self, db: sqlite3.Connection
+    ) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
+        """Updates by status, rejections and aborts by code. Rows are only ever appended, so
+        each scrape reads just the rows added since the last one (a full scan of a long run's
+        table costs ~0.2 s per 100,000 rows); a smaller max id or another first run means a new database: rescan."""
+        with self._lock:
+            (top,) = db.execute("SELECT COALESCE(MAX(id), 0) FROM updates").fetchone()
+            first = db.execute("SELECT run_id, started FROM runs ORDER BY started LIMIT 1")
+            origin = first.fetchone()
+            if top < self._scanned_id or origin != self._origin:
+                self._scanned_id, self._counts, self._origin = 0, {}, origin
+            for status, reason in db.execute(
+                "SELECT status, reason FROM updates WHERE id > ? AND id <= ?",
+                (self._scanned_id, top),
+            ):
+                if status == "rejected":
+                    code = rejection_code(reason)
+                elif status == "aborted":
+                    code = abort_code(reason)
+                else:
+                    code = ""
+                self._counts[(status, code)] = self._counts.get((status, code), 0) + 1
+            self._scanned_id = top
+            counts = dict(self._counts)
+        by_status: dict[str, int] = {}
+        rejected = dict.fromkeys(REJECTION_CODES, 0)
+        aborted = dict.fromkeys(ABORT_CODES, 0)
+        for (status, code), n in counts.items():
+            by_status[status] = by_status.get(status, 0) + n
+            if status == "rejected":
+                rejected[code] += n
+            elif status == "aborted":
+                aborted[code] += n
+        return by_status, rejected, aborted
 
     def _durations(self, db: sqlite3.Connection) -> Iterator[Metric]:
         by_state: dict[tuple[str, ...], list[float]] = {(s,): [] for s in ROUND_STATES}

@@ -16,7 +16,7 @@ import logging
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CollectorRegistry,
@@ -28,6 +28,9 @@ from prometheus_client import (
 )
 
 from .metrics_collector import SelectionView, StoreCollector
+
+if TYPE_CHECKING:
+    from .config import RoundSettings
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +48,9 @@ class Metrics:
     eligible and how many a round waits for).
     """
 
-    def __init__(self, database: str | Path | None = None, rounds: Any = None) -> None:
+    def __init__(
+        self, database: str | Path | None = None, rounds: RoundSettings | None = None
+    ) -> None:
         disable_created_metrics()  # no *_created series: noise for Prometheus 2, and per process
         self.registry = CollectorRegistry()
         self._wire = Counter(
@@ -106,7 +111,7 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-def selection_view(rounds: Any) -> SelectionView:
+def selection_view(rounds: RoundSettings | None) -> SelectionView:
     """The parts of ``RoundSettings`` the collector reads (defaults when ``rounds`` is None)."""
     if rounds is None:
         return SelectionView()

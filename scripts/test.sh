@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # Run the test suite: make sure Mosquitto and Prometheus are installed, prepare .venv with the
-# dev extras,
-# then run pytest with ARGS (default: the whole suite, -q).
+# dev extras, then run pytest with ARGS (default: the whole suite, -q).
 # Usage: scripts/test.sh [pytest args...]     e.g. scripts/test.sh tests/unit -x
 # Exit code: pytest's; "no tests collected" (pytest's 5) is a failure too.
 set -euo pipefail

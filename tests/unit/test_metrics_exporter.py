@@ -252,3 +252,32 @@ def test_endpoint_passes_promtool_check_metrics(tmp_path: Path) -> None:
     )
     assert check.returncode == 0, (check.stdout + check.stderr).decode()
     assert b'fedge_devices{state="idle"} 1.0' in body
+
+
+def test_update_counters_read_only_new_rows_and_restart_with_a_new_database(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "o.db"
+    store = Store(path)
+    store.create_run("r", "h" * 64, {}, b"p0", "s0")
+    _round(store, 1, time.time(), ["a", "b"])
+    store.reject_update("r", 1, "a", "x" * 64, "update norm 9 exceeds the bound 1", 7)
+    m = Metrics(path)
+
+    def rejected() -> dict[str, float]:
+        return family(m.render(), "fedge_updates_rejected_total", "reason")
+
+    assert rejected()["norm_bound"] == 1.0
+    assert rejected()["norm_bound"] == 1.0  # a second scrape does not count the row again
+    store.reject_update("r", 1, "b", "y" * 64, "'w' has dtype float64, expected float32", 7)
+    store.accept_update("r", 1, "a", "z" * 64, 3, {}, b"d")
+    got = rejected()
+    assert (got["norm_bound"], got["dtype_mismatch"]) == (1.0, 1.0)
+    assert family(m.render(), "fedge_updates_total", "outcome")["accepted"] == 1.0
+    store.close()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    fresh = Store(path)  # the operator replaced the database: counters start again
+    fresh.create_run("r2", "h" * 64, {}, b"p0", "s0")
+    assert sum(rejected().values()) == 0.0
+    fresh.close()
