@@ -30,8 +30,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from fedge.protocol.messages import Status
-
-from .metrics_reasons import (
+from fedge.protocol.reason_codes import (
     ABORT_CODES,
     ELIGIBILITY_CODES,
     REJECTION_CODES,
@@ -39,6 +38,7 @@ from .metrics_reasons import (
     eligibility_code,
     rejection_code,
 )
+
 from .selection import matches_target
 
 log = logging.getLogger(__name__)

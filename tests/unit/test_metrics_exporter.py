@@ -14,16 +14,16 @@ from support.toy_bundle import write_toy_bundle
 
 from fedge.orchestrator.config import OrchestratorConfig, RoundSettings
 from fedge.orchestrator.metrics_exporter import Metrics, MetricsServer
-from fedge.orchestrator.metrics_reasons import (
+from fedge.orchestrator.registry import DeviceRegistry
+from fedge.orchestrator.server import Orchestrator
+from fedge.orchestrator.store import RoundRecord, Store
+from fedge.protocol.messages import Status
+from fedge.protocol.reason_codes import (
     REJECTION_CODES,
     abort_code,
     eligibility_code,
     rejection_code,
 )
-from fedge.orchestrator.registry import DeviceRegistry
-from fedge.orchestrator.server import Orchestrator
-from fedge.orchestrator.store import RoundRecord, Store
-from fedge.protocol.messages import Status
 
 
 def samples(text: str | bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

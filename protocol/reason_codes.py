@@ -1,4 +1,5 @@
-"""Free-text reasons mapped to small, fixed sets of codes: the only label values metrics carry.
+"""Free-text reasons mapped to small, fixed sets of codes: the only label values metrics carry
+(orchestrator and agent alike).
 
 Reasons are written for people ("update norm 12.3 exceeds the bound 5", "on battery at 12% <
 20%") and contain numbers, names and device ids: as Prometheus label values they would make a
