@@ -115,7 +115,7 @@ class StoreCollector(Collector):
             return
         try:
             families = list(self._families(db))
-        except sqlite3.Error as exc:  # a schema the collector does not know, a locked file
+        except (sqlite3.Error, ValueError) as exc:  # an unknown schema, a locked file, bad JSON
             log.warning("metrics: reading %s failed: %s", self.path, exc)
             families = []
         finally:
