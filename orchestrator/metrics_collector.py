@@ -175,7 +175,9 @@ class StoreCollector(Collector):
             g.add_metric([s], 1.0 if s == state else 0.0)
         yield g
         open_round = None
-        version, created, vmetrics, fed = 0, 0.0, {}, {}
+        version, created = 0, 0.0
+        vmetrics: dict[str, object] = {}
+        fed: dict[str, object] = {}
         if run is not None:
             run_id = run[0]
             row = db.execute(
@@ -207,7 +209,7 @@ class StoreCollector(Collector):
         yield from self._evaluation(vmetrics, fed)
         yield from self._open_round(open_round)
 
-    def _evaluation(self, vmetrics: dict, fed: dict) -> Iterator[Metric]:
+    def _evaluation(self, vmetrics: dict[str, object], fed: dict[str, object]) -> Iterator[Metric]:
         g = GaugeMetricFamily(
             "fedge_model_evaluation",
             "Evaluation metrics of the newest committed version (train_/val_/test_) and of the "
@@ -215,25 +217,26 @@ class StoreCollector(Collector):
             labels=["metric"],
         )
         merged = {**vmetrics, **{k: v for k, v in fed.items() if k.startswith("fed_")}}
-        keys = [
-            k
+        numbers = {
+            k: v
             for k in sorted(merged)
-            if _EVAL_KEY.match(k) and not k.endswith("_samples") and _is_number(merged[k])
-        ]
-        for k in keys[:_MAX_EVAL_KEYS]:
-            g.add_metric([k], float(merged[k]))
+            if _EVAL_KEY.match(k)
+            and not k.endswith("_samples")
+            and (v := _number(merged[k])) is not None
+        }
+        for k in list(numbers)[:_MAX_EVAL_KEYS]:
+            g.add_metric([k], numbers[k])
         yield g
-        if _is_number(vmetrics.get("dp_epsilon")):
+        epsilon, delta = _number(vmetrics.get("dp_epsilon")), _number(vmetrics.get("dp_delta"))
+        if epsilon is not None:
             yield GaugeMetricFamily(
                 "fedge_privacy_epsilon",
                 "Privacy budget spent by the run so far (client-level DP epsilon at dp_delta).",
-                value=float(vmetrics["dp_epsilon"]),
+                value=epsilon,
             )
-            if _is_number(vmetrics.get("dp_delta")):
+            if delta is not None:
                 yield GaugeMetricFamily(
-                    "fedge_privacy_delta",
-                    "The delta the epsilon is stated at.",
-                    value=float(vmetrics["dp_delta"]),
+                    "fedge_privacy_delta", "The delta the epsilon is stated at.", value=delta
                 )
 
     def _open_round(self, r: tuple | None) -> Iterator[Metric]:
@@ -383,5 +386,8 @@ def _coded(name: str, doc: str, counts: dict[str, int], codes: tuple[str, ...]) 
     return c
 
 
-def _is_number(v: object) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v  # not NaN
+def _number(v: object) -> float | None:
+    """``v`` as a float if it is a real number (not a bool, not NaN), else None."""
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v:
+        return float(v)
+    return None
