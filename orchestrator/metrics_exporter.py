@@ -1,7 +1,13 @@
-"""Prometheus metrics in the text exposition format, served on an optional loopback port.
+"""The orchestrator's Prometheus endpoint: ``GET /metrics`` on an optional loopback port.
 
-No dependency: ``prometheus_client`` is not needed for a handful of counters and gauges.
-``GET /metrics`` returns e.g. ``fedge_rounds_total{state="committed"} 3``.
+Two sources, one ``prometheus_client`` registry:
+- the store (``metrics_collector.StoreCollector``): devices, run, rounds, updates, versions,
+  evaluation and privacy metrics, read from SQLite at scrape time;
+- events only the running process sees, recorded through this small API: chunk bytes on the
+  wire (``count_bytes``), aggregation and commit time (``observe_aggregation``,
+  ``observe_commit``); plus the process's own CPU and memory (``process_*``).
+
+The metric table is in docs/orchestrator.md.
 """
 
 from __future__ import annotations
@@ -9,83 +15,128 @@ from __future__ import annotations
 import logging
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
+
+from .metrics_collector import SelectionView, StoreCollector
+
+if TYPE_CHECKING:
+    from .config import RoundSettings
 
 log = logging.getLogger(__name__)
 
-HELP = {
-    "fedge_rounds_total": ("counter", "Rounds closed, by final state."),
-    "fedge_updates_total": ("counter", "Updates received, by outcome."),
-    "fedge_update_bytes_total": ("counter", "Bytes of accepted deltas received."),
-    "fedge_round_duration_seconds": ("gauge", "Duration of the last closed round."),
-    "fedge_model_version": ("gauge", "Latest committed model version."),
-    "fedge_current_round": ("gauge", "Round number currently open (0 if none)."),
-    "fedge_devices": ("gauge", "Known devices, by state."),
-}
-
-
-def _labels(labels: dict[str, str]) -> str:
-    if not labels:
-        return ""
-    inner = ",".join(
-        f'{k}="{v.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
-        for k, v in sorted(labels.items())
-    )
-    return "{" + inner + "}"
+# generate_latest writes the classic text format; newer clients label it 1.0.0, which
+# Prometheus 2.x does not know: state the version the body really is.
+TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+DIRECTIONS = ("down", "up")
 
 
 class Metrics:
-    """Thread-safe counters and gauges keyed by (name, labels)."""
+    """The metrics of one orchestrator; ``database`` adds the store-derived families.
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    ``rounds``: the orchestrator's ``RoundSettings`` (targets and goal: which devices count as
+    eligible and how many a round waits for).
+    """
+
+    def __init__(
+        self, database: str | Path | None = None, rounds: RoundSettings | None = None
+    ) -> None:
+        disable_created_metrics()  # no *_created series: noise for Prometheus 2, and per process
+        self.registry = CollectorRegistry()
+        self._wire = Counter(
+            "fedge_wire_bytes",
+            "Chunk frames on the wire: down = bundle and parameters served, up = deltas received.",
+            ["direction"],
+            unit="bytes",
+            registry=self.registry,
+        )
+        for d in DIRECTIONS:
+            self._wire.labels(direction=d)
+        self._aggregation = Histogram(
+            "fedge_aggregation_duration_seconds",
+            "Time to aggregate a round's accepted deltas into new parameters.",
+            buckets=STEP_BUCKETS,
+            registry=self.registry,
+        )
+        self._commit = Histogram(
+            "fedge_commit_duration_seconds",
+            "Time to evaluate and store a new model version (one transaction).",
+            buckets=STEP_BUCKETS,
+            registry=self.registry,
+        )
+        ProcessCollector(registry=self.registry)
+        if database is not None:
+            self.registry.register(StoreCollector(database, selection_view(rounds)))
+        self._legacy_warned = False
+
+    # ---- events the store does not hold ----
+    def count_bytes(self, direction: str, n: int) -> None:
+        """``n`` bytes of chunk frames sent (``"down"``) or received (``"up"``)."""
+        if direction not in DIRECTIONS:
+            raise ValueError(f"direction {direction!r} unknown; one of {DIRECTIONS}")
+        self._wire.labels(direction=direction).inc(max(0, n))
+
+    def observe_aggregation(self, seconds: float) -> None:
+        self._aggregation.observe(max(0.0, seconds))
+
+    def observe_commit(self, seconds: float) -> None:
+        self._commit.observe(max(0.0, seconds))
+
+    # ---- the old façade: every value it set is now read from the store ----
+    def set(self, name: str, value: float, **labels: str) -> None:
+        """Accepted and ignored: gauges are read from the store at scrape time."""
+        self._legacy(name)
 
     def inc(self, name: str, by: float = 1.0, **labels: str) -> None:
-        key = (name, tuple(sorted(labels.items())))
-        with self._lock:
-            self._values[key] = self._values.get(key, 0.0) + by
+        """Accepted and ignored: counters are derived from the stored rounds and updates."""
+        self._legacy(name)
 
-    def set(self, name: str, value: float, **labels: str) -> None:
-        with self._lock:
-            self._values[(name, tuple(sorted(labels.items())))] = float(value)
+    def _legacy(self, name: str) -> None:
+        if not self._legacy_warned:
+            log.debug("metrics: %s is derived from the store; set/inc calls are ignored", name)
+            self._legacy_warned = True
 
-    def clear(self, name: str) -> None:
-        with self._lock:
-            for key in [k for k in self._values if k[0] == name]:
-                del self._values[key]
+    def render(self) -> bytes:
+        """The text exposition of every family (what ``/metrics`` serves)."""
+        return generate_latest(self.registry)
 
-    def get(self, name: str, **labels: str) -> float:
-        with self._lock:
-            return self._values.get((name, tuple(sorted(labels.items()))), 0.0)
 
-    def render(self) -> str:
-        with self._lock:
-            items = sorted(self._values.items())
-        lines: list[str] = []
-        done: set[str] = set()
-        for (name, labels), value in items:
-            if name not in done and name in HELP:
-                kind, text = HELP[name]
-                lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
-                done.add(name)
-            lines.append(f"{name}{_labels(dict(labels))} {value:g}")
-        return "\n".join(lines) + "\n"
+def selection_view(rounds: RoundSettings | None) -> SelectionView:
+    """The parts of ``RoundSettings`` the collector reads (defaults when ``rounds`` is None)."""
+    if rounds is None:
+        return SelectionView()
+    return SelectionView(
+        target_agents=list(rounds.target_agents),
+        target_backends=list(rounds.target_backends),
+        min_devices=int(rounds.min_devices),
+        devices_per_round=int(rounds.devices_per_round),
+    )
 
 
 class MetricsServer:
-    """``http://host:port/metrics`` in a daemon thread; ``port=0`` in settings means off."""
+    """``http://host:port/metrics`` in a daemon thread; ``port=0`` binds a free port (tests)."""
 
     def __init__(self, metrics: Metrics, host: str, port: int) -> None:
-        registry = metrics
+        source = metrics
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
                 if self.path.split("?")[0] != "/metrics":
                     self.send_error(404, "only /metrics is served")
                     return
-                body = registry.render().encode()
+                body = source.render()
                 self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+                self.send_header("Content-Type", TEXT_CONTENT_TYPE)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
@@ -94,6 +145,7 @@ class MetricsServer:
                 log.debug("metrics: " + fmt, *args)
 
         self.httpd = ThreadingHTTPServer((host, port), Handler)
+        self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 

@@ -69,7 +69,7 @@ class Orchestrator:
         self.link = MqttLink(config.mqtt, client_id=config.client_id)
         self.registry = DeviceRegistry(self.store)
         self.intake = UpdateIntake(self)
-        self.metrics = Metrics()
+        self.metrics = Metrics(config.database, config.rounds)  # store-derived + events
         self.metrics_server: MetricsServer | None = None
         self._blobs: dict[str, bytes] = {self.bundle_ref.sha256: self.archive}
         # bytes of chunk frames this round: bundle + parameters down, deltas up
@@ -316,13 +316,16 @@ class Orchestrator:
             note = f"{r.reports} reports < min_reports {self.cfg.rounds.min_reports}"
             self._abandon(r, note)
             return
+        t_aggregate = time.monotonic()
         aggregator = self.strategy.start_aggregation(self.global_params)
         for _agent, num_samples, delta in self.store.accepted_deltas(self.run_id, r.round):
             aggregator.add(decode_delta(delta), num_samples)
         new_params = aggregator.result()
+        self.metrics.observe_aggregation(time.monotonic() - t_aggregate)
         if new_params is None:
             self._abandon(r, "strategy kept the model")
             return
+        t_commit = time.monotonic()
         metrics = self._round_metrics(r.round)
         metrics.update(self.wire_bytes)  # chunk bytes since the round opened (or the restart)
         rs = self.cfg.rounds
@@ -346,6 +349,7 @@ class Orchestrator:
             strategy_state=encode_tensors(state) if state else None,
         )
         self._load_global()
+        self.metrics.observe_commit(time.monotonic() - t_commit)
         r = self.store.get_round(self.run_id, r.round)
         self.metrics.inc("fedge_rounds_total", state="committed")
         log.info(
@@ -449,6 +453,7 @@ class Orchestrator:
                 self._on_agent_message(agent_id, msg)
             elif kind == "up/chunk":
                 self.wire_bytes["bytes_up"] += len(payload)
+                self.metrics.count_bytes("up", len(payload))
                 self.intake.on_chunk(agent_id, decode_frame(payload))
             else:
                 raise MessageError(f"unexpected topic kind {kind!r}")
@@ -466,6 +471,7 @@ class Orchestrator:
                 if 0 <= i < ref.chunks:
                     frame = encode_frame(ref, i, chunk_bytes(blob, i))
                     self.wire_bytes["bytes_down"] += len(frame)
+                    self.metrics.count_bytes("down", len(frame))
                     self.link.publish(self.topics.agent_down(agent_id), frame)
         elif isinstance(msg, UpdateOffer):
             self.intake.on_offer(agent_id, msg)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Run the test suite: make sure Mosquitto is installed, prepare .venv with the dev extras,
-# then run pytest with ARGS (default: the whole suite, -q).
+# Run the test suite: make sure Mosquitto and Prometheus are installed, prepare .venv with the
+# dev extras, then run pytest with ARGS (default: the whole suite, -q).
 # Usage: scripts/test.sh [pytest args...]     e.g. scripts/test.sh tests/unit -x
 # Exit code: pytest's; "no tests collected" (pytest's 5) is a failure too.
 set -euo pipefail
@@ -29,6 +29,32 @@ else
         mosquitto mosquitto-clients || die "apt-get install mosquitto mosquitto-clients failed"
     have_mosquitto || die "mosquitto is still not found after apt-get install"
     say "installed: $( (command -v mosquitto || echo /usr/sbin/mosquitto) )"
+fi
+
+# Prometheus (server + promtool): tests/integration/test_prometheus.py scrapes a live run with
+# it, and the alert-rule tests run promtool. Same pattern: install if missing, never skip.
+have_prometheus() {
+    command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1
+}
+
+if have_prometheus; then
+    say "prometheus found: $(command -v prometheus)"
+else
+    say "prometheus (or promtool) missing: installing prometheus with apt-get"
+    command -v apt-get >/dev/null 2>&1 ||
+        die "apt-get not available: install prometheus yourself (it ships promtool), then rerun"
+    SUDO=""
+    if [ "$(id -u)" -ne 0 ]; then
+        command -v sudo >/dev/null 2>&1 || die "not root and no sudo: run 'apt-get install prometheus' as root"
+        SUDO="sudo"
+    fi
+    $SUDO apt-get update || die "apt-get update failed"
+    # policy-rc.d / no systemd in containers: the package's own service may not start; the
+    # tests start their own server on a free loopback port anyway.
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+        prometheus || die "apt-get install prometheus failed"
+    have_prometheus || die "prometheus is still not found after apt-get install"
+    say "installed: $(command -v prometheus)"
 fi
 
 bash "$ROOT/scripts/setup-venv.sh" dev

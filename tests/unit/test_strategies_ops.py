@@ -1,31 +1,11 @@
-"""Orchestrator operations without a broker: Prometheus exposition, history and status views."""
+"""Orchestrator operations without a broker: history and status views."""
 
 from __future__ import annotations
 
 import time
-import urllib.request
 
 from fedge.orchestrator.history import history_table, status_text
-from fedge.orchestrator.metrics_exporter import Metrics, MetricsServer
 from fedge.orchestrator.store import RoundRecord, Store
-
-
-def test_metrics_text_exposition_over_http():
-    m = Metrics()
-    m.inc("fedge_rounds_total", state="committed")
-    m.inc("fedge_rounds_total", state="committed")
-    m.inc("fedge_updates_total", status="rejected")
-    m.set("fedge_round_duration_seconds", 1.5)
-    server = MetricsServer(m, "127.0.0.1", 0).start()
-    try:
-        body = urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=5).read()
-    finally:
-        server.stop()
-    text = body.decode()
-    assert 'fedge_rounds_total{state="committed"} 2' in text
-    assert 'fedge_updates_total{status="rejected"} 1' in text
-    assert "# TYPE fedge_rounds_total counter" in text
-    assert "fedge_round_duration_seconds 1.5" in text
 
 
 def test_history_and_status_read_the_round_records(tmp_path):
