@@ -1,0 +1,458 @@
+"""A real Agent driven through whole rounds on the in-memory transport, with no broker and no sleeps.
+
+Real state database, real bundle cache (a toy bundle, verified and unpacked), real SQLite data
+file; the orchestrator is scripted in-process: it publishes a retained RoundTask, serves the
+bundle and the parameters with BlobServer, fetches the offered delta and acks it. Time is a fake
+clock. Training uses a small fake backend (the toy bundle holds no real ONNX model): these tests
+are about the round logic, not about the numbers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from support.toy_bundle import PARAMS, write_toy_bundle
+
+from fedge.agent.backends.base import EvalResult, TrainingBackend
+from fedge.agent.config import AgentConfig
+from fedge.agent.daemon import Agent
+from fedge.agent.eligibility import EligibilitySettings
+from fedge.demo.data import write_samples_sqlite
+from fedge.protocol.blob_server import BlobServer
+from fedge.protocol.bundle import load_bundle, pack_bundle
+from fedge.protocol.chunks import blob_ref, decode_frame
+from fedge.protocol.messages import (
+    Ack,
+    EvalReport,
+    FetchRequest,
+    RoundAbort,
+    RoundTask,
+    TrainConfig,
+    UpdateOffer,
+    new_msg_id,
+    parse_message,
+)
+from fedge.protocol.sqlite_samples import DataSource
+from fedge.protocol.tensors import decode_tensors, encode_tensors
+from fedge.protocol.topics import Topics
+from fedge.protocol.transfer import PullTransfer
+from fedge.protocol.transport import InMemoryBroker
+
+T0 = 1_800_000_000.0
+STEP = np.float32(0.01)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def time(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.now - T0
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class FakeBackend(TrainingBackend):
+    """Each step lowers every trainable parameter by 0.01; ``on_step(n)`` runs before step n."""
+
+    name = "fake"
+
+    def __init__(self, on_step: Callable[[int], None] = lambda n: None) -> None:
+        self.params: dict[str, np.ndarray] = {}
+        self.trainable: list[str] = []
+        self.steps = 0
+        self.loads = 0
+        self.on_step = on_step
+
+    def load(self, bundle, *, learning_rate: float | None = None) -> None:
+        self.loads += 1
+        self.trainable = bundle.trainable_names
+
+    def set_parameters(self, params) -> None:
+        self.params = {k: v.copy() for k, v in params.items()}
+
+    def get_parameters(self):
+        return {k: v.copy() for k, v in self.params.items()}
+
+    def _begin_training(self) -> None:
+        pass
+
+    def _train_step(self, x: np.ndarray, y: np.ndarray) -> float:
+        self.steps += 1
+        self.on_step(self.steps)
+        for name in self.trainable:
+            self.params[name] = self.params[name] - STEP
+        return 1.0
+
+    def _trainable_names(self) -> list[str]:
+        return self.trainable
+
+    def _learning_rate(self) -> float:
+        return 0.1
+
+    def _parameter(self, name: str) -> np.ndarray:
+        return self.params[name]
+
+    def _set_parameter(self, name: str, value: np.ndarray) -> None:
+        self.params[name] = value
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray, *, batch_size: int = 256) -> EvalResult:
+        return EvalResult(loss=0.5, accuracy=0.75, samples=len(y))
+
+
+class ScriptedOrchestrator:
+    """Publishes round tasks, serves the bundle and parameters, fetches and acks deltas."""
+
+    def __init__(self, broker: InMemoryBroker, bundle_dir: Path, clock: FakeClock) -> None:
+        self.topics = Topics("demo")
+        self.clock = clock
+        self.link = broker.client("fedge-orchestrator")
+        self.link.subscribe(self.topics.all_agent_up)
+        self.link.start()
+        self.server = BlobServer(lambda topic, frame: self.link.publish(topic, frame))
+        self.archive = pack_bundle(bundle_dir)
+        self.bundle_hash = load_bundle(bundle_dir).content_hash
+        self.bundle_ref = self.server.offer(self.archive)
+        self.params_ref = self.server.offer(encode_tensors(PARAMS))
+        self.requests: list[FetchRequest] = []
+        self.offers: list[UpdateOffer] = []
+        self.aborts: list[RoundAbort] = []
+        self.reports: list[EvalReport] = []
+        self.deltas: dict[str, bytes] = {}
+        self.auto_fetch = True
+        self.auto_ack = True
+        self._pulls: dict[str, tuple[UpdateOffer, PullTransfer]] = {}
+
+    def task(self, round_no: int = 1, **fields) -> RoundTask:
+        base = dict(
+            run_id="run-1",
+            round=round_no,
+            model_version=round_no - 1,
+            state="open",
+            bundle_hash=self.bundle_hash,
+            bundle=self.bundle_ref,
+            params=self.params_ref,
+            participants=["dev-0"],
+            config=TrainConfig(local_epochs=1, batch_size=8),
+            deadline=self.clock.time() + 60.0,
+        )
+        return RoundTask(**(base | fields))
+
+    def publish_task(self, task: RoundTask) -> bytes:
+        payload = task.encode()
+        self.link.publish(self.topics.round_current, payload, retain=True)
+        return payload
+
+    def process(self) -> bool:
+        """Handle everything received; True if anything was."""
+        seen = False
+        while (item := self.link.get(0)) is not None:
+            seen = True
+            topic, payload = item
+            agent_id, kind = self.topics.parse_agent_topic(topic)
+            if kind == "up/chunk":
+                self._on_chunk(agent_id, payload)
+            elif kind == "up/msg":
+                self._on_msg(agent_id, parse_message(payload))
+        return seen
+
+    def _on_msg(self, agent_id: str, msg) -> None:
+        if isinstance(msg, FetchRequest):
+            self.requests.append(msg)
+            self.server.serve(msg, self.topics.agent_down(agent_id))
+        elif isinstance(msg, UpdateOffer):
+            self.offers.append(msg)
+            if self.auto_fetch and msg.blob.sha256 not in self.deltas:
+                self.fetch(agent_id, msg)
+        elif isinstance(msg, RoundAbort):
+            self.aborts.append(msg)
+        elif isinstance(msg, EvalReport):
+            self.reports.append(msg)
+
+    def fetch(self, agent_id: str, offer: UpdateOffer) -> None:
+        def request(indices: list[int]) -> None:
+            req = FetchRequest(
+                msg_id=new_msg_id(), agent=agent_id, sha256=offer.blob.sha256, indices=indices
+            )
+            self.link.publish(self.topics.agent_cmd(agent_id), req.encode())
+
+        transfer = PullTransfer(offer.blob, request, clock=self.clock.monotonic)
+        self._pulls[offer.blob.sha256] = (offer, transfer)
+        transfer.start()
+
+    def _on_chunk(self, agent_id: str, payload: bytes) -> None:
+        chunk = decode_frame(payload)
+        offer, transfer = self._pulls[chunk.sha256]
+        if transfer.on_chunk(chunk):
+            self.deltas[chunk.sha256] = transfer.result or b""
+            if self.auto_ack:
+                self.ack(agent_id, offer, accepted=True)
+
+    def ack(self, agent_id: str, offer: UpdateOffer, *, accepted: bool, reason: str = "") -> None:
+        ack = Ack(
+            msg_id=new_msg_id(),
+            agent=agent_id,
+            run_id=offer.run_id,
+            round=offer.round,
+            sha256=offer.blob.sha256,
+            accepted=accepted,
+            reason=reason,
+        )
+        self.link.publish(self.topics.agent_cmd(agent_id), ack.encode())
+
+
+def pump(agent: Agent, orch: ScriptedOrchestrator, *, rounds: int = 50) -> None:
+    """Deliver messages both ways and tick the agent until nothing moves."""
+    for _ in range(rounds):
+        moved = orch.process()
+        while (item := agent.transport.get(0)) is not None:
+            agent.handle(*item)
+            moved = True
+        agent.tick()
+        moved = orch.process() or moved
+        if not moved and agent.transport.pending() == 0:
+            return
+    raise AssertionError("the agent and the orchestrator never went quiet")
+
+
+@pytest.fixture
+def world(tmp_path: Path):
+    rng = np.random.default_rng(0)
+    data = write_samples_sqlite(
+        tmp_path / "data.db",
+        rng.random((40, 3), dtype=np.float32),
+        rng.integers(0, 2, 40).astype(np.int64),
+    )
+    broker = InMemoryBroker()
+    clock = FakeClock()
+    orch = ScriptedOrchestrator(broker, write_toy_bundle(tmp_path / "bundle"), clock)
+    sensors = tmp_path / "sensors.json"
+    sensors.write_text("{}")
+
+    def make_agent(backend: FakeBackend | None = None, agent_id: str = "dev-0") -> Agent:
+        cfg = AgentConfig(
+            id=agent_id,
+            state_dir=str(tmp_path / f"state-{agent_id}"),
+            validation_fraction=0.25,
+            eligibility=EligibilitySettings(override_file=str(sensors)),
+            data=DataSource(path=str(data)),
+        )
+        agent = Agent(
+            cfg, transport=broker.client(agent_id), backend=backend or FakeBackend(), clock=clock
+        )
+        agent.start()
+        return agent
+
+    return broker, clock, orch, make_agent, sensors
+
+
+def fetched(orch: ScriptedOrchestrator, ref) -> int:
+    return sum(1 for r in orch.requests if r.sha256 == ref.sha256)
+
+
+def test_a_participant_fetches_trains_and_offers_its_delta(world):
+    _, _, orch, make_agent, _ = world
+    backend = FakeBackend()
+    agent = make_agent(backend)
+    orch.auto_ack = False
+    orch.publish_task(orch.task())
+    pump(agent, orch)
+
+    assert fetched(orch, orch.bundle_ref) == 1 and fetched(orch, orch.params_ref) == 1
+    (offer,) = orch.offers
+    assert (offer.agent, offer.run_id, offer.round) == ("dev-0", "run-1", 1)
+    assert offer.num_samples == 30  # 40 rows, a quarter kept for validation
+    assert offer.metrics["val_accuracy"] == 0.75
+    assert backend.steps == 4  # 30 rows in batches of 8, one epoch
+    delta = decode_tensors(orch.deltas[offer.blob.sha256])
+    np.testing.assert_allclose(delta["fc.weight"], np.full((2, 3), -4 * STEP), atol=1e-5)
+    np.testing.assert_array_equal(delta["fc.bias"], np.zeros(2))  # frozen
+    assert agent.state.journal_status("run-1", 1) == "offered"
+    assert agent.state.has_outbox()  # not acked yet
+    assert agent.bundles.get(orch.bundle_hash) is not None  # verified and cached
+
+
+def test_an_accepted_ack_empties_the_outbox_and_a_rejection_is_journaled(world):
+    _, clock, orch, make_agent, _ = world
+    agent = make_agent()
+    orch.publish_task(orch.task())
+    pump(agent, orch)
+    assert len(orch.offers) == 1 and not agent.state.has_outbox()
+    assert agent.state.journal_status("run-1", 1) == "acked"
+    assert not agent.server.holds(orch.offers[0].blob.sha256)
+    clock.advance(120)  # no re-offer of an acked delta, ever
+    pump(agent, orch)
+    assert len(orch.offers) == 1
+
+    orch.auto_ack = False
+    orch.publish_task(orch.task(2))
+    pump(agent, orch)
+    orch.ack("dev-0", orch.offers[-1], accepted=False, reason="stale model version")
+    pump(agent, orch)
+    assert agent.state.journal_entry("run-1", 2) == ("rejected", "stale model version")
+    assert not agent.state.has_outbox()
+
+
+def test_a_device_not_selected_does_nothing(world):
+    broker, _, orch, make_agent, _ = world
+    backend = FakeBackend()
+    agent = make_agent(backend)
+    orch.publish_task(orch.task(participants=["dev-1", "dev-2"]))
+    pump(agent, orch)
+    assert orch.requests == [] and orch.offers == [] and orch.aborts == []
+    assert backend.loads == 0 and agent.state.journal_status("run-1", 1) == ""
+    sent = [t for sender, t, _, _ in broker.published if sender == "dev-0"]
+    assert all(t.endswith("/status") for t in sent)  # only its own status
+
+
+def test_an_ineligible_device_aborts_with_the_reason_and_fetches_nothing(world):
+    _, _, orch, make_agent, sensors = world
+    sensors.write_text(json.dumps({"force_ineligible": "user is gaming"}))
+    backend = FakeBackend()
+    agent = make_agent(backend)
+    orch.publish_task(orch.task())
+    pump(agent, orch)
+    (abort,) = orch.aborts
+    assert (abort.agent, abort.round, abort.reason) == (
+        "dev-0",
+        1,
+        "not eligible: override: user is gaming",
+    )
+    assert orch.requests == [] and backend.loads == 0
+    assert agent.state.journal_entry("run-1", 1)[0] == "aborted"
+    pump(agent, orch)
+    assert len(orch.aborts) == 1  # said once
+
+
+def test_a_redelivered_task_trains_once(world):
+    _, _, orch, make_agent, _ = world
+    backend = FakeBackend()
+    agent = make_agent(backend)
+    orch.auto_ack = False
+    payload = orch.publish_task(orch.task())
+    pump(agent, orch)
+    for _ in range(3):  # QoS 1 delivers duplicates after reconnects
+        agent.handle(orch.topics.round_current, payload)
+        pump(agent, orch)
+    assert backend.loads == 1 and backend.steps == 4
+    assert len(orch.offers) == 1 and fetched(orch, orch.params_ref) == 1
+
+
+def test_a_round_whose_deadline_has_passed_is_not_trained(world):
+    _, clock, orch, make_agent, _ = world
+    backend = FakeBackend()
+    agent = make_agent(backend)
+    orch.publish_task(orch.task(deadline=clock.time() - 1.0))
+    pump(agent, orch)
+    assert orch.requests == [] and orch.offers == [] and orch.aborts == []
+    assert backend.loads == 0 and agent.state.journal_status("run-1", 1) == ""
+
+
+def test_a_restarted_agent_offers_its_outbox_again_without_training(world):
+    _, clock, orch, make_agent, _ = world
+    orch.auto_fetch = False  # the orchestrator is busy: the delta stays in the outbox
+    first = make_agent()
+    orch.publish_task(orch.task())
+    pump(first, orch)
+    (offer,) = orch.offers
+    first.close()  # the process ends (the outbox is in its SQLite state)
+
+    orch.auto_fetch = True
+    backend = FakeBackend()
+    again = make_agent(backend)
+    pump(again, orch)
+    assert [o.blob.sha256 for o in orch.offers] == [offer.blob.sha256] * 2
+    assert backend.loads == 0  # the round was not trained twice
+    assert offer.blob.sha256 in orch.deltas and not again.state.has_outbox()
+    assert again.state.journal_status("run-1", 1) == "acked"
+
+
+def test_an_unacked_offer_is_sent_again_then_expires_after_the_deadline(world):
+    _, clock, orch, make_agent, _ = world
+    orch.auto_fetch = False
+    agent = make_agent()
+    orch.publish_task(orch.task())
+    pump(agent, orch)
+    clock.advance(agent.cfg.offer_retry_seconds)
+    pump(agent, orch)
+    assert len(orch.offers) == 2  # re-offered at the retry interval
+    orch.publish_task(orch.task(state="closed"))
+    clock.advance(60 + 31)  # past the deadline and the grace for clock skew
+    pump(agent, orch)
+    assert not agent.state.has_outbox()
+    assert agent.state.journal_status("run-1", 1) == "expired"
+
+
+def test_a_closed_round_stops_the_parameter_download(world):
+    _, clock, orch, make_agent, _ = world
+    orch.server.withdraw(orch.params_ref.sha256)  # the parameters never come
+    backend = FakeBackend()
+    agent = make_agent(backend)
+    orch.publish_task(orch.task())
+    pump(agent, orch)
+    assert orch.params_ref.sha256 in agent.fetches.transfers
+    clock.advance(6)  # a stalled download is asked for again ...
+    pump(agent, orch)
+    assert fetched(orch, orch.params_ref) == 2
+
+    orch.publish_task(orch.task(state="closed"))
+    pump(agent, orch)
+    assert agent.fetches.transfers == {} and agent.fetches.blobs == {}
+    clock.advance(60)  # ... but not once the round is closed
+    pump(agent, orch)
+    assert fetched(orch, orch.params_ref) == 2 and backend.loads == 0
+    assert agent.bundles.get(orch.bundle_hash) is not None  # the bundle is kept for next time
+
+
+def test_stopping_mid_training_journals_interrupted_and_the_restart_trains_again(world):
+    _, _, orch, make_agent, _ = world
+    box: list[Agent] = []
+    first = make_agent(FakeBackend(on_step=lambda n: box[0].stop() if n == 2 else None))
+    box.append(first)
+    orch.publish_task(orch.task())
+    pump(first, orch)
+    assert first.stopping
+    assert first.state.journal_entry("run-1", 1) == (
+        "interrupted",
+        "training stopped: agent stopping",
+    )
+    assert orch.aborts == [] and orch.offers == []  # the orchestrator is told nothing
+    first.close()
+
+    backend = FakeBackend()
+    again = make_agent(backend)
+    pump(again, orch)
+    assert backend.steps == 4 and len(orch.offers) == 1 and orch.aborts == []
+    assert again.state.journal_status("run-1", 1) == "acked"
+
+
+def test_an_evaluation_round_reports_until_acked(world):
+    _, clock, orch, make_agent, _ = world
+    backend = FakeBackend()
+    agent = make_agent(backend)
+    orch.publish_task(orch.task(config=TrainConfig(evaluate_only=True)))
+    pump(agent, orch)
+    (report,) = orch.reports
+    assert report.num_samples == 10 and report.metrics == {"val_loss": 0.5, "val_accuracy": 0.75}
+    assert backend.steps == 0 and agent.state.journal_status("run-1", 1) == "evaluated"
+    clock.advance(agent.cfg.offer_retry_seconds)
+    pump(agent, orch)
+    assert len(orch.reports) == 2  # not acked: sent again
+    ack = Ack(msg_id=new_msg_id(), agent="dev-0", run_id="run-1", round=1, sha256="", accepted=True)
+    orch.link.publish(orch.topics.agent_cmd("dev-0"), ack.encode())
+    clock.advance(agent.cfg.offer_retry_seconds)
+    pump(agent, orch)
+    assert len(orch.reports) == 2
+
+
+def test_blob_refs_of_the_scripted_orchestrator_are_what_the_agent_verifies(world):
+    _, _, orch, _, _ = world
+    assert orch.bundle_ref == blob_ref(orch.archive)
