@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 
 from fedge.protocol.blob_server import BlobServer
@@ -53,6 +54,8 @@ from .round_runner import RoundRunner
 from .state import AgentState
 
 log = logging.getLogger(__name__)
+
+REST_SLICE_SECONDS = 0.1  # how late a stop request may interrupt a rest between batches
 
 
 def _version() -> str:
@@ -105,6 +108,7 @@ class Agent:
             self.clock,
             stopping=self._stop.is_set,
             on_decision=self._on_training_decision,
+            sleep=self._rest,  # a CPU-budget rest ends soon after stop()
         )
         self.fetches = Fetches(self._request_chunks, clock=self.clock.monotonic)
         self.server = BlobServer(self._publish, lookup=self.state.outbox_blob)
@@ -123,6 +127,14 @@ class Agent:
         """Ask the agent to stop (safe from a signal handler): training ends at the next batch
         and its round is journaled interrupted, to be trained again after a restart."""
         self._stop.set()
+
+    def _rest(self, seconds: float) -> None:
+        """Sleep in short slices until ``seconds`` pass or stop() is called. (Not
+        ``Event.wait``: stop() runs in a signal handler on this very thread, and setting an
+        Event whose lock this thread holds inside wait() would deadlock.)"""
+        end = time.monotonic() + seconds
+        while not self._stop.is_set() and (left := end - time.monotonic()) > 0:
+            time.sleep(min(left, REST_SLICE_SECONDS))
 
     @property
     def stopping(self) -> bool:

@@ -45,9 +45,11 @@ class RoundRunner:
         *,
         stopping: Callable[[], bool],
         on_decision: Callable[[Decision], None],
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         """``stopping``: whether the agent was asked to stop; ``on_decision`` receives every
-        eligibility decision read during training (the daemon reports changes)."""
+        eligibility decision read during training (the daemon reports changes); ``sleep``
+        rests between batches under a CPU budget (the daemon's wakes up on a stop request)."""
         self.cfg = config
         self.backend = backend
         self.state = state
@@ -55,6 +57,7 @@ class RoundRunner:
         self.clock = clock
         self._stopping = stopping
         self._on_decision = on_decision
+        self._sleep = sleep
         self.num_samples = 0  # rows found in the last round (reported in the status)
 
     def read_local(self, bundle) -> Samples:
@@ -89,7 +92,7 @@ class RoundRunner:
 
     def _should_stop(self, started: float) -> Callable[[], str]:
         """The per-batch callback: stop requests, eligibility changes, and the CPU budget."""
-        duty = DutyCycle(self.cfg.max_cpu_percent)
+        duty = DutyCycle(self.cfg.max_cpu_percent, sleep=self._sleep)
         last = [float("-inf")]
 
         def check() -> str:
