@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from fedge.protocol.blob_server import BlobServer
+from fedge.protocol.bundle import Bundle
 from fedge.protocol.chunks import decode_frame
 from fedge.protocol.errors import CodecError, FedgeError, MessageError, TransferError
 from fedge.protocol.messages import (
@@ -164,7 +165,7 @@ class Agent:
             self.state.close()
 
     def poll_seconds(self) -> float:
-        busy = self.fetches.busy or bool(self._last_offer)
+        busy = self.fetches.busy or bool(self._last_offer) or bool(self._last_report)
         return poll_seconds(self.task, self.cfg.id, busy=busy)
 
     def done(self, max_rounds: int | None) -> bool:
@@ -289,8 +290,9 @@ class Agent:
             self._publish_status("training")
 
     def _work_outbox(self) -> None:
+        items = self.state.outbox()
         steps = outbox_steps(
-            self.state.outbox(),
+            items,
             task=self.task,
             agent_id=self.cfg.id,
             now=self.clock.time(),
@@ -299,7 +301,7 @@ class Agent:
             base_interval=self.cfg.offer_retry_seconds,
             connected=self.transport.connected,
         )
-        offers = {i.sha256: i for i in self.state.outbox()} if steps else {}
+        offers = {i.sha256: i for i in items}
         for step in steps:
             item = offers[step.sha256]
             if step.action is Action.EXPIRE:
@@ -384,7 +386,9 @@ class Agent:
 
     def _run_round(self, task: RoundTask, step: Step) -> None:
         bundle = self.bundles.get(task.bundle_hash)
-        params = self.fetches.blobs[task.params.sha256]
+        params = self.fetches.blobs.get(task.params.sha256)
+        if bundle is None or params is None:  # the cached copy failed verification just now
+            return
         try:
             if step.action is Action.EVALUATE:
                 report = self.runner.evaluate(task, bundle, params)
@@ -405,7 +409,7 @@ class Agent:
         finally:
             self.fetches.drop_completed()
 
-    def _train(self, task: RoundTask, bundle, params: bytes) -> None:
+    def _train(self, task: RoundTask, bundle: Bundle, params: bytes) -> None:
         started = self.clock.monotonic()
         self.state.set_journal(task.run_id, task.round, "training")
         samples = self.runner.read_local(bundle)
