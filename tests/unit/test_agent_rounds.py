@@ -10,6 +10,7 @@ are about the round logic, not about the numbers.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -456,3 +457,56 @@ def test_an_evaluation_round_reports_until_acked(world):
 def test_blob_refs_of_the_scripted_orchestrator_are_what_the_agent_verifies(world):
     _, _, orch, _, _ = world
     assert orch.bundle_ref == blob_ref(orch.archive)
+
+
+def test_losing_eligibility_mid_training_aborts_with_the_reason(world):
+    broker, clock, orch, make_agent, sensors = world
+
+    def heat_up(n: int) -> None:
+        if n == 2:
+            sensors.write_text(json.dumps({"force_ineligible": "user is gaming"}))
+            clock.advance(1.0)  # the sensors are re-read at most twice a second
+
+    backend = FakeBackend(on_step=heat_up)
+    agent = make_agent(backend)
+    orch.publish_task(orch.task())
+    pump(agent, orch)
+    (abort,) = orch.aborts
+    assert abort.reason == "training stopped: no longer eligible: override: user is gaming"
+    assert backend.steps == 2 and orch.offers == []
+    assert agent.state.journal_status("run-1", 1) == "aborted"
+    status = json.loads(broker.retained[orch.topics.agent_status("dev-0")])
+    assert (status["state"], status["eligible"]) == ("ineligible", False)
+
+
+def test_a_bundle_that_is_not_the_rounds_is_refused(world):
+    _, _, orch, make_agent, _ = world
+    backend = FakeBackend()
+    agent = make_agent(backend)
+    orch.publish_task(orch.task(bundle_hash="f" * 64))
+    pump(agent, orch)
+    (abort,) = orch.aborts
+    assert abort.reason.startswith("bundle refused: bundle content hash ")
+    assert backend.loads == 0 and agent.bundles.get("f" * 64) is None
+    assert fetched(orch, orch.params_ref) == 0
+
+
+def test_missing_local_data_aborts_without_training(world, tmp_path):
+    _, _, orch, make_agent, _ = world
+    backend = FakeBackend()
+    agent = make_agent(backend)
+    agent.cfg.data.path = str(tmp_path / "nowhere.db")
+    orch.publish_task(orch.task())
+    pump(agent, orch)
+    (abort,) = orch.aborts
+    assert abort.reason.startswith("local data problem: data file ")
+    assert "does not exist" in abort.reason and backend.loads == 0
+
+
+def test_a_stop_request_cuts_a_cpu_budget_rest_short(world):
+    _, _, _, make_agent, _ = world
+    agent = make_agent()
+    agent.stop()
+    started = time.monotonic()
+    agent.runner._sleep(30.0)  # the rest DutyCycle takes between batches
+    assert time.monotonic() - started < 1.0
