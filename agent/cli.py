@@ -96,12 +96,19 @@ def load_config(args: argparse.Namespace):
 
 
 def run_agent(args: argparse.Namespace) -> int:
-    from .daemon import Agent
+    from fedge.protocol.mqtt_link import MqttLink
+
+    from .backends import create_backend
+    from .daemon import Agent, offline_status
     from .eligibility import apply_process_limits
 
     config = load_config(args)
     apply_process_limits(config.nice)
-    agent = Agent(config)
+    backend = create_backend(config.backend, threads=config.threads)
+    link = MqttLink(config.mqtt, client_id=config.id, will=offline_status(config, backend.name))
+    agent = Agent(config, transport=link, backend=backend)
+    # SIGTERM (systemd stop, docker stop): finish the current batch, journal the round as
+    # interrupted (trained again after the restart), say offline, exit 0
     signal.signal(signal.SIGTERM, lambda *_: agent.stop())
     log.info(
         "agent %s: backend %s, data %s, broker %s",

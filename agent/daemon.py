@@ -1,8 +1,11 @@
-"""The agent's main loop: follow the open round, fetch what it needs, train, offer the delta.
+"""The agent's I/O edge: messages in, the round machine's steps out.
 
-One thread does the work; paho's network thread only queues messages. Every step is driven
-by state that survives a crash (journal, outbox, bundle cache), so a restarted agent resumes:
-an offered delta is offered again, an interrupted training round is trained again.
+The transport, the clock and the training backend are passed in. ``handle(topic, payload)``
+takes one received message, ``tick()`` does the periodic work (re-requests, re-offers, the
+round's next step); ``run()`` loops over both for a real transport, and a unit test calls them
+directly on an in-memory one. What to do is decided in agent/round_machine.py; the local work
+itself is in agent/round_runner.py. Every step is driven by state that survives a crash
+(journal, outbox, bundle cache), so a restarted agent resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -10,47 +13,50 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-
-from fedge.protocol.chunks import blob_ref, chunk_bytes, decode_frame, encode_frame
+from fedge.protocol.blob_server import BlobServer
+from fedge.protocol.bundle import Bundle
+from fedge.protocol.chunks import decode_frame
 from fedge.protocol.errors import CodecError, FedgeError, MessageError, TransferError
 from fedge.protocol.messages import (
     Ack,
-    BlobRef,
-    EvalReport,
     FetchRequest,
     RoundAbort,
     RoundTask,
     Status,
-    UpdateOffer,
     new_msg_id,
     parse_message,
 )
-from fedge.protocol.mqtt_link import MqttLink
-from fedge.protocol.sqlite_samples import DataError, read_samples
-from fedge.protocol.tensors import check_finite, decode_tensors
+from fedge.protocol.sqlite_samples import DataError
 from fedge.protocol.topics import Topics, validate_name
-from fedge.protocol.transfer import PullTransfer
+from fedge.protocol.transport import Transport
 
 from .backends import TrainingBackend, create_backend
 from .bundle_cache import BundleCache
+from .clock import Clock, SystemClock
 from .config import AgentConfig
-from .delta_encoding import encode_for_round
-from .eligibility import Decision, DutyCycle, EligibilityPolicy
-from .local_evaluation import evaluate_global, input_shape
-from .local_training import train_locally
-from .pacing import poll_seconds, resend_due, resend_interval
-from .state import AgentState, OutboxItem
+from .eligibility import Decision, EligibilityPolicy
+from .fetches import Fetches
+from .pacing import poll_seconds
+from .round_machine import (
+    INTERRUPTED,
+    Action,
+    RoundFacts,
+    Step,
+    after_training,
+    next_step,
+    objects_to_keep,
+    outbox_steps,
+    report_step,
+    task_changed,
+)
+from .round_runner import RoundRunner
+from .state import AgentState
 
 log = logging.getLogger(__name__)
 
-FINAL_STATES = ("offered", "acked", "rejected", "aborted", "evaluated", "expired")
-# an outbox entry is dropped this long after its round's deadline (tolerates clock skew between
-# the device and the orchestrator, which closes the round at the deadline by its own clock)
-OUTBOX_GRACE_SECONDS = 30.0
+REST_SLICE_SECONDS = 0.1  # how late a stop request may interrupt a rest between batches
 
 
 def _version() -> str:
@@ -62,125 +68,144 @@ def _version() -> str:
         return "dev"
 
 
-class Agent:
-    """A device taking part in one federation."""
+def offline_status(config: AgentConfig, backend_name: str) -> tuple[str, bytes]:
+    """(topic, payload) of the retained ``offline`` status: the Last Will and the last word."""
+    validate_name(config.id)
+    status = Status(agent=config.id, state="offline", backend=backend_name, version=_version())
+    return Topics(config.federation).agent_status(config.id), status.encode()
 
-    def __init__(self, config: AgentConfig, *, backend: TrainingBackend | None = None) -> None:
+
+class Agent:
+    """A device taking part in one federation, over the ``transport`` it is given."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        transport: Transport,
+        backend: TrainingBackend | None = None,
+        clock: Clock | None = None,
+    ) -> None:
         validate_name(config.id)
         self.cfg = config
+        self.transport = transport
+        self.clock = clock or SystemClock()
         self.topics = Topics(config.federation)
-        root = config.state_path
-        self.state = AgentState(root / "agent.db")
+        self.state = AgentState(config.state_path / "agent.db")
         keys = [Path(p).read_bytes() for p in config.trusted_keys]
-        self.bundles = BundleCache(root / "bundles", keys)
+        self.bundles = BundleCache(config.state_path / "bundles", keys)
         self.backend = backend or create_backend(config.backend, threads=config.threads)
-        offline = Status(
-            agent=config.id, state="offline", backend=self.backend.name, version=_version()
-        )
-        self.link = MqttLink(
-            config.mqtt,
-            client_id=config.id,
-            will=(self.topics.agent_status(config.id), offline.encode()),
-        )
-        self.task: RoundTask | None = None
-        self._downloads: dict[str, PullTransfer] = {}
-        self._blobs: dict[str, bytes] = {}  # downloaded objects kept for the current round
-        self._served: dict[str, bytes] = {}  # outbox blobs being fetched by the orchestrator
-        self._last_offer: dict[str, float] = {}  # sha256 or eval/run/round -> last send
-        self._eval_acked: set[tuple[str, int]] = set()
-        self._num_samples = 0
-        self._stop = threading.Event()
-        self.rounds_done = 0
         self.policy = EligibilityPolicy(
-            config.eligibility, minutes_today=self.state.training_minutes
+            config.eligibility,
+            minutes_today=self.state.training_minutes,
+            clock=self.clock.monotonic,
         )
+        self._stop = threading.Event()
+        self.runner = RoundRunner(
+            config,
+            self.backend,
+            self.state,
+            self.policy,
+            self.clock,
+            stopping=self._stop.is_set,
+            on_decision=self._on_training_decision,
+            sleep=self._rest,  # a CPU-budget rest ends soon after stop()
+        )
+        self.fetches = Fetches(self._request_chunks, clock=self.clock.monotonic)
+        self.server = BlobServer(self._publish, lookup=self.state.outbox_blob)
+        self.task: RoundTask | None = None
         self.decision = Decision(True)
+        self.rounds_done = 0
+        self._last_offer: dict[str, float] = {}  # outbox sha256 -> last send (monotonic)
+        self._last_report: dict[tuple[str, int], float] = {}  # evaluation report -> last send
+        self._eval_acked: set[tuple[str, int]] = set()
         self._last_check = float("-inf")
         self._status = "online"
         self._was_connected = False
 
     # ---- lifecycle ----
     def stop(self) -> None:
+        """Ask the agent to stop (safe from a signal handler): training ends at the next batch
+        and its round is journaled interrupted, to be trained again after a restart."""
         self._stop.set()
 
-    def run(self, *, max_rounds: int | None = None) -> None:
-        """Work until stop() (or ``max_rounds`` trained rounds, for tests and the demo)."""
+    def _rest(self, seconds: float) -> None:
+        """Sleep in short slices until ``seconds`` pass or stop() is called. (Not
+        ``Event.wait``: stop() runs in a signal handler on this very thread, and setting an
+        Event whose lock this thread holds inside wait() would deadlock.)"""
+        end = time.monotonic() + seconds
+        while not self._stop.is_set() and (left := end - time.monotonic()) > 0:
+            time.sleep(min(left, REST_SLICE_SECONDS))
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def start(self) -> None:
+        """Subscribe, connect, read the sensors once and say we are online."""
         me = self.cfg.id
         for topic in (
             self.topics.round_current,
             self.topics.agent_cmd(me),
             self.topics.agent_down(me),
         ):
-            self.link.subscribe(topic)
-        self.link.start()
+            self.transport.subscribe(topic)
+        self.transport.start()
         self.decision = self.policy.check()
-        self._last_check = time.monotonic()
+        self._last_check = self.clock.monotonic()
         if not self.decision.eligible:
             log.info("not eligible to train: %s", self.decision.reason)
         self._publish_status("online")
+
+    def close(self) -> None:
+        """Say we are offline, disconnect, close the state database."""
         try:
-            while not self._stop.is_set():
-                busy = bool(self._downloads) or bool(self._last_offer)
-                item = self.link.get(timeout=poll_seconds(self.task, me, busy=busy))
-                if item is not None:
-                    self._dispatch(*item)
-                    if not self.link.messages.empty():
-                        continue  # drain the queue before doing slow work
-                self._tick()
-                if (
-                    max_rounds is not None
-                    and self.rounds_done >= max_rounds
-                    and not self.state.has_outbox()
-                ):
-                    break
-                if (
-                    self.task is not None
-                    and self.task.state == "finished"
-                    and not self.state.has_outbox()
-                ):
-                    log.info(
-                        "run %s finished; agent stays connected for the next run", self.task.run_id
-                    )
-                    self.task = None
+            self.transport.stop(final=offline_status(self.cfg, self.backend.name))
         finally:
-            offline = Status(
-                agent=me, state="offline", backend=self.backend.name, version=_version()
-            )
-            self.link.stop(final=(self.topics.agent_status(me), offline.encode()))
             self.state.close()
 
-    # ---- incoming ----
-    def _dispatch(self, topic: str, payload: bytes) -> None:
+    def poll_seconds(self) -> float:
+        busy = self.fetches.busy or bool(self._last_offer) or bool(self._last_report)
+        return poll_seconds(self.task, self.cfg.id, busy=busy)
+
+    def done(self, max_rounds: int | None) -> bool:
+        """``max_rounds`` trained and acknowledged (tests and the demo stop there)."""
+        return (
+            max_rounds is not None
+            and self.rounds_done >= max_rounds
+            and not self.state.has_outbox()
+        )
+
+    def run(self, *, max_rounds: int | None = None) -> None:
+        """Work until stop() (or ``max_rounds`` trained rounds, for tests and the demo)."""
+        self.start()
         try:
-            if topic == self.topics.agent_down(self.cfg.id):
-                chunk = decode_frame(payload)
-                transfer = self._downloads.get(chunk.sha256)
-                if transfer is not None and transfer.on_chunk(chunk):
-                    self._blobs[chunk.sha256] = transfer.result  # type: ignore[assignment]
-                    del self._downloads[chunk.sha256]
+            while not self._stop.is_set():
+                item = self.transport.get(timeout=self.poll_seconds())
+                if item is not None:
+                    self.handle(*item)
+                    if self.transport.pending():
+                        continue  # drain the queue before doing slow work
+                self.tick()
+                if self.done(max_rounds):
+                    break
+        finally:
+            self.close()
+
+    # ---- incoming ----
+    def handle(self, topic: str, payload: bytes) -> None:
+        """Take one received message; a malformed one is logged and changes nothing."""
+        me = self.cfg.id
+        try:
+            if topic == self.topics.agent_down(me):
+                self.fetches.on_chunk(decode_frame(payload))
             elif topic == self.topics.round_current:
-                if not payload:
-                    self.task = None
-                    return
-                task = parse_message(payload, RoundTask)
-                assert isinstance(task, RoundTask)
-                if self.task is None or (task.run_id, task.round, task.state) != (
-                    self.task.run_id,
-                    self.task.round,
-                    self.task.state,
-                ):
-                    log.info(
-                        "round %d of run %s is %s (%d participants)",
-                        task.round,
-                        task.run_id,
-                        task.state,
-                        len(task.participants),
-                    )
-                self.task = task
-            elif topic == self.topics.agent_cmd(self.cfg.id):
+                self._on_task(payload)
+            elif topic == self.topics.agent_cmd(me):
                 msg = parse_message(payload)
                 if isinstance(msg, FetchRequest):
-                    self._serve(msg)
+                    if not self.server.serve(msg, self.topics.agent_up_chunk(me)):
+                        log.info("asked for %s, no longer in the outbox", msg.sha256[:12])
                 elif isinstance(msg, Ack):
                     self._on_ack(msg)
                 else:
@@ -188,25 +213,28 @@ class Agent:
         except (MessageError, TransferError, CodecError) as exc:
             log.warning("ignored a bad message on %s: %s", topic, exc)
 
-    def _serve(self, req: FetchRequest) -> None:
-        blob = self._served.get(req.sha256) or self.state.outbox_blob(req.sha256)
-        if blob is None:
-            log.info("orchestrator asked for %s which is no longer in the outbox", req.sha256[:12])
+    def _on_task(self, payload: bytes) -> None:
+        if not payload:
+            self.task = None
             return
-        self._served[req.sha256] = blob
-        ref = blob_ref(blob)
-        for i in req.indices:
-            if 0 <= i < ref.chunks:
-                self.link.publish(
-                    self.topics.agent_up_chunk(self.cfg.id),
-                    encode_frame(ref, i, chunk_bytes(blob, i)),
-                )
+        task = parse_message(payload, RoundTask)
+        if not isinstance(task, RoundTask):  # pragma: no cover - parse_message checked it
+            raise MessageError("expected a round task")
+        if task_changed(self.task, task):
+            log.info(
+                "round %d of run %s is %s (%d participants)",
+                task.round,
+                task.run_id,
+                task.state,
+                len(task.participants),
+            )
+        self.task = task
 
     def _on_ack(self, ack: Ack) -> None:
         if not ack.sha256:  # an evaluation report's ack (reports have no blob)
             log.info("round %d: evaluation report acked: %s", ack.round, ack.reason or "counted")
             self._eval_acked.add((ack.run_id, ack.round))
-            self._last_offer.pop(f"eval/{ack.run_id}/{ack.round}", None)
+            self._last_report.pop((ack.run_id, ack.round), None)
             return
         if ack.accepted:
             log.info("round %d: update %s accepted", ack.round, ack.sha256[:12])
@@ -214,139 +242,163 @@ class Agent:
         else:
             log.warning("round %d: update %s rejected: %s", ack.round, ack.sha256[:12], ack.reason)
             self.state.remove_outbox(ack.sha256, "rejected", ack.reason)
-        self._served.pop(ack.sha256, None)
+        self.server.withdraw(ack.sha256)
         self._last_offer.pop(ack.sha256, None)
 
     # ---- periodic work ----
-    def _tick(self) -> None:
-        connected = self.link.connected
+    def tick(self) -> None:
+        """Re-request stalled downloads, (re-)offer or expire the outbox, take the round's
+        next step (which may train: it returns when training ends or is stopped)."""
+        connected = self.transport.connected
         if connected and not self._was_connected:
             # After a reconnect the broker may hold our Last Will ("offline", retained, e.g.
             # sent when the broker itself restarted): say again where we are, offer again.
             self._publish_status(self._status)
             self._last_offer.clear()
+            self._last_report.clear()
         self._was_connected = connected
         self._check_eligibility()
-        for sha, transfer in list(self._downloads.items()):
-            transfer.tick()
-            if transfer.failed:
-                log.warning("download of %s failed: %s; will retry", sha[:12], transfer.failed)
-                del self._downloads[sha]
-        self._retry_offers()
-        self._resend_eval_report()
+        self.fetches.tick()
+        self._work_outbox()
+        self._send_report()
         self._work_on_round()
+        task = self.task
+        if task is not None and task.state == "finished" and not self.state.has_outbox():
+            log.info("run %s finished; agent stays connected for the next run", task.run_id)
+            self.task = None
 
     def _check_eligibility(self, *, force: bool = False) -> Decision:
         """Re-read the sensors every ``check_seconds``; report a change in the status."""
-        now = time.monotonic()
+        now = self.clock.monotonic()
         if not force and now - self._last_check < self.cfg.eligibility.check_seconds:
             return self.decision
         self._last_check = now
         decision = self.policy.check()
         if decision != self.decision:
-            if decision.eligible:
-                log.info("eligible to train again")
-            else:
-                log.info("not eligible to train: %s", decision.reason)
+            log.info(
+                "eligible to train again"
+                if decision.eligible
+                else f"not eligible to train: {decision.reason}"
+            )
             self.decision = decision
             self._publish_status(self._status)
         return decision
 
-    def _retry_offers(self) -> None:
-        for item in self.state.expire_outbox(time.time() - OUTBOX_GRACE_SECONDS):
-            log.warning("round %d: unacknowledged update expired (deadline passed)", item.round)
-            self._served.pop(item.sha256, None)
-            self._last_offer.pop(item.sha256, None)
-        if not self.link.connected:
-            return
-        now = time.monotonic()
-        for item in self.state.outbox():
-            every = resend_interval(
-                self.task, self.cfg.id, item.run_id, item.round, self.cfg.offer_retry_seconds
-            )
-            if resend_due(self._last_offer.get(item.sha256), now, every):
-                self.link.publish(self.topics.agent_up_msg(self.cfg.id), item.offer)
-                self._last_offer[item.sha256] = now
+    def _on_training_decision(self, decision: Decision) -> None:
+        if decision != self.decision:
+            self.decision = decision
+            self._publish_status("training")
 
-    def _resend_eval_report(self) -> None:
-        """Send the open evaluation round's report again until the orchestrator acks it."""
+    def _work_outbox(self) -> None:
+        items = self.state.outbox()
+        steps = outbox_steps(
+            items,
+            task=self.task,
+            agent_id=self.cfg.id,
+            now=self.clock.time(),
+            mono_now=self.clock.monotonic(),
+            last_sent=self._last_offer,
+            base_interval=self.cfg.offer_retry_seconds,
+            connected=self.transport.connected,
+        )
+        offers = {i.sha256: i for i in items}
+        for step in steps:
+            item = offers[step.sha256]
+            if step.action is Action.EXPIRE:
+                log.warning("round %d: unacknowledged update expired (deadline passed)", item.round)
+                self.state.remove_outbox(item.sha256, "expired", step.reason)
+                self.server.withdraw(item.sha256)
+                self._last_offer.pop(item.sha256, None)
+            else:
+                self._publish(self.topics.agent_up_msg(self.cfg.id), item.offer)
+                self._last_offer[item.sha256] = self.clock.monotonic()
+
+    def _send_report(self) -> None:
+        """Send the open evaluation round's report (again) until the orchestrator acks it."""
         task = self.task
-        key = f"eval/{task.run_id}/{task.round}" if task is not None else ""
-        for stale in [k for k in self._last_offer if k.startswith("eval/") and k != key]:
-            del self._last_offer[stale]  # that round is over
-        if task is None or task.state != "open" or not task.config.evaluate_only:
-            return
-        if (task.run_id, task.round) in self._eval_acked or not self.link.connected:
-            self._last_offer.pop(key, None)
+        key = (task.run_id, task.round) if task is not None else None
+        self._last_report = {k: v for k, v in self._last_report.items() if k == key}
+        if task is None or key is None:
             return
         status, report = self.state.journal_entry(task.run_id, task.round)
-        if status != "evaluated" or not report:
-            return
-        now = time.monotonic()
-        every = resend_interval(
-            task, self.cfg.id, task.run_id, task.round, self.cfg.offer_retry_seconds
+        step = report_step(
+            task,
+            agent_id=self.cfg.id,
+            journal=status,
+            acked=key in self._eval_acked,
+            connected=self.transport.connected,
+            mono_now=self.clock.monotonic(),
+            last_sent=self._last_report.get(key),
+            base_interval=self.cfg.offer_retry_seconds,
         )
-        if resend_due(self._last_offer.get(key), now, every):
-            self.link.publish(self.topics.agent_up_msg(self.cfg.id), report.encode())
-            self._last_offer[key] = now
-
-    def _fetch(self, ref: BlobRef) -> bytes | None:
-        """The object's bytes if downloaded; otherwise start or continue the download."""
-        if ref.sha256 in self._blobs:
-            return self._blobs[ref.sha256]
-        if ref.sha256 not in self._downloads:
-            me = self.cfg.id
-
-            def request(indices: list[int], sha: str = ref.sha256) -> None:
-                req = FetchRequest(msg_id=new_msg_id(), agent=me, sha256=sha, indices=indices)
-                self.link.publish(self.topics.agent_up_msg(me), req.encode())
-
-            transfer = PullTransfer(ref, request)
-            self._downloads[ref.sha256] = transfer
-            if ref.size == 0:
-                self._blobs[ref.sha256] = b""
-                return b""
-            transfer.start()
-        return None
+        if step.action in (Action.OFFER, Action.REOFFER) and report:
+            self._publish(self.topics.agent_up_msg(self.cfg.id), report.encode())
+            self._last_report[key] = self.clock.monotonic()
 
     def _work_on_round(self) -> None:
+        while self._take_step():
+            pass
+
+    def _take_step(self) -> bool:
+        """Decide and carry out one step; True if it made progress worth deciding again on."""
         task = self.task
-        if task is None or task.state != "open" or self.cfg.id not in task.participants:
-            # no re-requests for objects no round of ours needs; a bundle download continues
-            keep = task.bundle.sha256 if task is not None else None
-            self._downloads = {k: v for k, v in self._downloads.items() if k == keep}
-            self._blobs = {k: v for k, v in self._blobs.items() if k == keep}
-            return
-        if self.state.journal_status(task.run_id, task.round) in FINAL_STATES:
-            return
-        if task.deadline and time.time() > task.deadline:
-            return
-        if not self.link.connected:
-            return
-        decision = self._check_eligibility(force=True)
-        if not decision.eligible:
-            self._abort(task, f"not eligible: {decision.reason}")
-            return
+        journal = self.state.journal_status(task.run_id, task.round) if task else ""
+        self.fetches.keep_only(objects_to_keep(task, self.cfg.id, journal))
+        facts = RoundFacts(
+            task,
+            self.cfg.id,
+            journal,
+            self.clock.time(),
+            self.transport.connected,
+            stopping=self._stop.is_set(),
+        )
+        step = next_step(
+            facts,
+            eligibility=lambda: self._check_eligibility(force=True),
+            bundle_ready=lambda: (
+                task is not None and self.bundles.get(task.bundle_hash) is not None
+            ),
+            params_ready=lambda: task is not None and self.fetches.has(task.params.sha256),
+        )
+        if task is None or step.action in (Action.IGNORE, Action.WAIT):
+            return False
+        if step.action is Action.ABORT:
+            self._abort(task, step.reason)
+        elif step.action is Action.FETCH_BUNDLE:
+            return self._install_bundle(task)
+        elif step.action is Action.FETCH_PARAMS:
+            return self.fetches.get(task.params) is not None
+        else:
+            self._run_round(task, step)
+        return False
+
+    def _install_bundle(self, task: RoundTask) -> bool:
+        archive = self.fetches.get(task.bundle)
+        if archive is None:
+            return False
+        self.fetches.discard(task.bundle.sha256)
+        try:
+            self.bundles.add(archive, task.bundle_hash)
+        except FedgeError as exc:
+            self._abort(task, f"bundle refused: {exc}")
+            return False
+        return True
+
+    def _run_round(self, task: RoundTask, step: Step) -> None:
         bundle = self.bundles.get(task.bundle_hash)
-        if bundle is None:
-            archive = self._fetch(task.bundle)
-            if archive is None:
-                return
-            try:
-                bundle = self.bundles.add(archive, task.bundle_hash)
-            except FedgeError as exc:
-                self._blobs.pop(task.bundle.sha256, None)
-                self._abort(task, f"bundle refused: {exc}")
-                return
-            self._blobs.pop(task.bundle.sha256, None)
-        params_bytes = self._fetch(task.params)
-        if params_bytes is None:
+        params = self.fetches.blobs.get(task.params.sha256)
+        if bundle is None or params is None:  # the cached copy failed verification just now
             return
         try:
-            if task.config.evaluate_only:
-                self._evaluate_round(task, bundle, params_bytes)
+            if step.action is Action.EVALUATE:
+                report = self.runner.evaluate(task, bundle, params)
+                # journaled with the report, so a restarted agent sends the same report again
+                self.state.set_journal(
+                    task.run_id, task.round, "evaluated", report.encode().decode()
+                )
+                self._send_report()
             else:
-                self._train_round(task, bundle, params_bytes)
+                self._train(task, bundle, params)
         except DataError as exc:
             self._abort(task, f"local data problem: {exc}")
         except FedgeError as exc:
@@ -355,8 +407,40 @@ class Agent:
             log.exception("round %d: training failed", task.round)
             self._abort(task, f"training failed: {type(exc).__name__}: {exc}")
         finally:
-            self._blobs.clear()
+            self.fetches.drop_completed()
 
+    def _train(self, task: RoundTask, bundle: Bundle, params: bytes) -> None:
+        started = self.clock.monotonic()
+        self.state.set_journal(task.run_id, task.round, "training")
+        samples = self.runner.read_local(bundle)
+        self._publish_status("training")
+        update = self.runner.train(task, bundle, params, samples)
+        step = after_training(update.problem, stopping=self._stop.is_set())
+        if step.action is Action.INTERRUPT:
+            log.info(
+                "round %d: %s; it will be trained again after a restart", task.round, step.reason
+            )
+            self.state.set_journal(task.run_id, task.round, INTERRUPTED, step.reason)
+            return
+        if step.action is Action.ABORT:
+            self._abort(task, step.reason)
+            return
+        item, residual = self.runner.build_offer(task, update)
+        self.state.add_outbox(item, residual=residual)
+        self.rounds_done += 1
+        log.info(
+            "round %d: trained %d steps on %d samples, loss %.4f, %.1f s; offering %d-byte delta",
+            task.round,
+            update.steps,
+            update.num_samples,
+            update.loss,
+            self.clock.monotonic() - started,
+            len(item.blob or b""),
+        )
+        self._publish_status("idle")
+        self._work_outbox()
+
+    # ---- outgoing ----
     def _abort(self, task: RoundTask, reason: str) -> None:
         log.warning("round %d aborted: %s", task.round, reason)
         self.state.set_journal(task.run_id, task.round, "aborted", reason)
@@ -367,119 +451,16 @@ class Agent:
             round=task.round,
             reason=reason[:1000],
         )
-        self.link.publish(self.topics.agent_up_msg(self.cfg.id), msg.encode())
+        self._publish(self.topics.agent_up_msg(self.cfg.id), msg.encode())
         self._publish_status("idle", problem=reason)
 
-    def _should_stop(self, started: float) -> Callable[[], str]:
-        """The per-batch callback: stop requests, eligibility changes, and the CPU budget."""
-        duty = DutyCycle(self.cfg.max_cpu_percent)
-        last = [float("-inf")]
+    def _request_chunks(self, sha256: str, indices: list[int]) -> None:
+        me = self.cfg.id
+        req = FetchRequest(msg_id=new_msg_id(), agent=me, sha256=sha256, indices=indices)
+        self._publish(self.topics.agent_up_msg(me), req.encode())
 
-        def check() -> str:
-            if self._stop.is_set():
-                return "agent stopping"
-            duty.pause()
-            now = time.monotonic()
-            if now - last[0] >= 0.5:  # sensors at most twice a second
-                last[0] = now
-                decision = self.policy.check(extra_minutes=(now - started) / 60.0)
-                if decision != self.decision:
-                    self.decision = decision
-                    self._publish_status("training")
-                if not decision.eligible:
-                    return f"no longer eligible: {decision.reason}"
-            return ""
-
-        return check
-
-    def _read_local(self, bundle):
-        """The device's rows, re-read every round (rows added since are used)."""
-        shape = input_shape(bundle)
-        samples = read_samples(
-            self.cfg.data, expected_features=int(np.prod(shape)) if shape else None
-        )
-        if len(samples) == 0:
-            raise DataError(f"no rows in {self.cfg.data.path} match the data source")
-        self._num_samples = len(samples)
-        return samples
-
-    def _evaluate_round(self, task: RoundTask, bundle, params_bytes: bytes) -> None:
-        """Federated evaluation: the global model on the validation split, no training."""
-        samples = self._read_local(bundle)
-        global_params = decode_tensors(params_bytes)
-        check_finite(global_params)
-        n, metrics = evaluate_global(
-            self.backend, bundle, global_params, samples, self.cfg.validation_fraction
-        )
-        report = EvalReport(
-            msg_id=new_msg_id(),
-            agent=self.cfg.id,
-            run_id=task.run_id,
-            round=task.round,
-            model_version=task.model_version,
-            num_samples=n,
-            metrics=metrics,
-        )
-        # journaled with the report, so a restarted agent sends the same report again
-        self.state.set_journal(task.run_id, task.round, "evaluated", report.encode().decode())
-        log.info(
-            "round %d: evaluated model v%d on %d rows: %s",
-            task.round,
-            task.model_version,
-            n,
-            ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())),
-        )
-        self._resend_eval_report()
-
-    def _train_round(self, task: RoundTask, bundle, params_bytes: bytes) -> None:
-        started = time.monotonic()
-        self.state.set_journal(task.run_id, task.round, "training")
-        samples = self._read_local(bundle)
-        self._publish_status("training")
-        update = train_locally(
-            self.backend,
-            bundle,
-            samples,
-            decode_tensors(params_bytes),
-            task.config,
-            seed_key=f"{self.cfg.id}/{task.config.seed}/{task.round}",
-            validation_fraction=self.cfg.validation_fraction,
-            should_stop=self._should_stop(time.monotonic()),
-            count_seconds=lambda s: self.state.add_training_seconds(time.strftime("%Y-%m-%d"), s),
-        )
-        if update.problem:
-            self._abort(task, update.problem)
-            return
-        blob, residual = encode_for_round(self.state, task, update.delta)
-        ref = blob_ref(blob)
-        offer = UpdateOffer(
-            msg_id=new_msg_id(),
-            agent=self.cfg.id,
-            run_id=task.run_id,
-            round=task.round,
-            model_version=task.model_version,
-            blob=ref,
-            num_samples=update.num_samples,
-            metrics=update.metrics,
-        )
-        self.state.add_outbox(
-            OutboxItem(
-                ref.sha256, task.run_id, task.round, offer.encode(), blob, deadline=task.deadline
-            ),
-            residual=residual,
-        )
-        self.rounds_done += 1
-        log.info(
-            "round %d: trained %d steps on %d samples, loss %.4f, %.1f s; offering %d-byte delta",
-            task.round,
-            update.steps,
-            update.num_samples,
-            update.loss,
-            time.monotonic() - started,
-            ref.size,
-        )
-        self._publish_status("idle")
-        self._retry_offers()
+    def _publish(self, topic: str, payload: bytes) -> None:
+        self.transport.publish(topic, payload)
 
     def _publish_status(self, state: str, problem: str = "") -> None:
         self._status = state
@@ -492,8 +473,8 @@ class Agent:
             backend=self.backend.name,
             eligible=eligible,
             reason=(problem or self.decision.reason)[:500],
-            num_samples=self._num_samples,
+            num_samples=self.runner.num_samples,
             version=_version(),
-            ts=time.time(),
+            ts=self.clock.time(),
         )
-        self.link.publish(self.topics.agent_status(self.cfg.id), status.encode(), retain=True)
+        self.transport.publish(self.topics.agent_status(self.cfg.id), status.encode(), retain=True)

@@ -251,3 +251,52 @@ def test_eligibility_flip_and_missing_table_abort_cleanly(
     orch = fleet.logs("orchestrator")
     assert "dev-1 will not report: local data problem: table 'readings' not found" in orch
     assert "dev-0 will not report: training stopped: no longer eligible" in orch
+
+
+def test_sigterm_mid_training_is_trained_again_after_restart(
+    mosquitto, digits_federation, digits_bundle, tmp_path
+):
+    """Issue #6: SIGTERM (systemd or docker stop) mid-training used to journal the round
+    'aborted' and tell the orchestrator so: the restarted agent then never trained it. Now the
+    agent stops at the next batch, journals the round 'interrupted', says nothing to the
+    orchestrator, exits 0, and trains the round again when it comes back."""
+    fleet = Fleet(tmp_path)
+    db = tmp_path / "orchestrator.db"
+    states = [tmp_path / f"state-{i}" for i in range(3)]
+    data = digits_federation.device_paths
+    # as in the kill -9 test: dev-0 slow enough to be stopped mid-training, dev-2 slower still
+    # so the round stays open while dev-0 restarts
+    cfg0 = agent_config("dev-0", mosquitto, data[0], states[0], max_cpu_percent=15.0)
+    try:
+        fleet.start("dev-0", "agent", cfg0)
+        fleet.start("dev-1", "agent", agent_config("dev-1", mosquitto, data[1], states[1]))
+        fleet.start(
+            "dev-2",
+            "agent",
+            agent_config("dev-2", mosquitto, data[2], states[2], max_cpu_percent=3.0),
+        )
+        _orchestrator(
+            fleet,
+            mosquitto,
+            digits_bundle,
+            db,
+            {"rounds": 1, "min_devices": 3, "min_reports": 3, "local_epochs": 30},
+        )
+        wait_for("dev-0 training round 1", lambda: journal(states[0], 1) == "training", fleet)
+        time.sleep(0.3)
+        stopped_at = time.monotonic()
+        fleet.procs["dev-0"].send_signal(signal.SIGTERM)
+        assert fleet.wait("dev-0", timeout=30) == 0, fleet.logs("dev-0")
+        stop_seconds = time.monotonic() - stopped_at
+        assert journal(states[0], 1) == "interrupted" and outbox_rounds(states[0]) == []
+        assert stop_seconds < 5.0, stop_seconds  # the batch loop ends promptly
+        fleet.start("dev-0", "agent", cfg0)
+        assert fleet.wait("orchestrator", timeout=120) == 0, fleet.all_logs()
+    finally:
+        fleet.stop_all()
+
+    check_one_update_per_device(db, 1, ["dev-0", "dev-1", "dev-2"])
+    assert query(db, "SELECT agent_id FROM updates WHERE status='aborted'") == []
+    assert journal(states[0], 1) == "acked"
+    log0 = fleet.logs("dev-0")
+    assert "will be trained again after a restart" in log0 and "Traceback" not in log0

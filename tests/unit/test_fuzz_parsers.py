@@ -253,8 +253,10 @@ class _NoTraining:
 def agent(tmp_path: Path, caplog: pytest.LogCaptureFixture):
     from fedge.agent.config import AgentConfig
     from fedge.agent.daemon import Agent
+    from fedge.protocol.transport import InMemoryBroker
 
-    agent = Agent(AgentConfig(id="dev-0", state_dir=str(tmp_path / "state")), backend=_NoTraining())
+    cfg = AgentConfig(id="dev-0", state_dir=str(tmp_path / "state"))
+    agent = Agent(cfg, transport=InMemoryBroker().client("dev-0"), backend=_NoTraining())
     caplog.set_level(logging.WARNING)
     yield agent
     agent.state.close()
@@ -273,14 +275,14 @@ agent_topics = st.sampled_from(
 @given(topic=agent_topics, payload=wire_bytes)
 def test_agent_dispatch_survives_garbage(agent, topic: str, payload: bytes) -> None:
     db = agent.cfg.state_path / "agent.db"
-    before = (_db_dump(db), agent.task, dict(agent._downloads), dict(agent._blobs))
-    agent._dispatch(topic, payload)  # must not raise
+    before = (_db_dump(db), agent.task, dict(agent.fetches.transfers), dict(agent.fetches.blobs))
+    agent.handle(topic, payload)  # must not raise
     kind = topic.rsplit("/", 1)[-1]
     valid = _valid("down" if kind == "down" else "msg", payload) and (
         kind != "current" or not payload or isinstance(parse_message(payload), RoundTask)
     )
     if not valid:
-        after = (_db_dump(db), agent.task, dict(agent._downloads), dict(agent._blobs))
+        after = (_db_dump(db), agent.task, dict(agent.fetches.transfers), dict(agent.fetches.blobs))
         assert after == before, f"invalid input on {topic} changed the agent's state"
 
 
@@ -288,12 +290,12 @@ def test_agent_dispatch_survives_garbage(agent, topic: str, payload: bytes) -> N
 def test_nested_json_does_not_crash_the_dispatchers(orchestrator, agent, payload: bytes) -> None:
     orchestrator._dispatch("fedge/v1/demo/agent/dev-0/up/msg", payload)
     orchestrator._dispatch("fedge/v1/demo/agent/dev-0/status", payload)
-    agent._dispatch("fedge/v1/demo/round/current", payload)
-    agent._dispatch("fedge/v1/demo/agent/dev-0/cmd", payload)
+    agent.handle("fedge/v1/demo/round/current", payload)
+    agent.handle("fedge/v1/demo/agent/dev-0/cmd", payload)
 
 
 def test_bad_input_is_logged_clearly(agent, caplog: pytest.LogCaptureFixture) -> None:
-    agent._dispatch("fedge/v1/demo/agent/dev-0/cmd", b'{"type": "ack", "agent": 5}')
+    agent.handle("fedge/v1/demo/agent/dev-0/cmd", b'{"type": "ack", "agent": 5}')
     assert any(
         "ignored a bad message on fedge/v1/demo/agent/dev-0/cmd" in r.getMessage()
         for r in caplog.records

@@ -1,0 +1,156 @@
+"""One round's local work on the device: read the rows, train or evaluate, build the offer.
+
+It sits between the daemon (which decides, journals and publishes) and local_training /
+local_evaluation (which know nothing of rounds, storage or the wire).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from fedge.protocol.chunks import blob_ref
+from fedge.protocol.messages import EvalReport, RoundTask, UpdateOffer, new_msg_id
+from fedge.protocol.sqlite_samples import DataError, Samples, read_samples
+from fedge.protocol.tensors import check_finite, decode_tensors
+
+from .backends import TrainingBackend
+from .clock import Clock
+from .config import AgentConfig
+from .delta_encoding import encode_for_round
+from .eligibility import Decision, DutyCycle, EligibilityPolicy
+from .local_evaluation import evaluate_global, input_shape
+from .local_training import LocalUpdate, train_locally
+from .state import AgentState, OutboxItem
+
+log = logging.getLogger(__name__)
+
+SENSOR_SECONDS = 0.5  # during training, read the sensors at most this often
+STOPPING = "agent stopping"
+
+
+class RoundRunner:
+    """Runs the training or evaluation of one round with the agent's backend and data."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        backend: TrainingBackend,
+        state: AgentState,
+        policy: EligibilityPolicy,
+        clock: Clock,
+        *,
+        stopping: Callable[[], bool],
+        on_decision: Callable[[Decision], None],
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        """``stopping``: whether the agent was asked to stop; ``on_decision`` receives every
+        eligibility decision read during training (the daemon reports changes); ``sleep``
+        rests between batches under a CPU budget (the daemon's wakes up on a stop request)."""
+        self.cfg = config
+        self.backend = backend
+        self.state = state
+        self.policy = policy
+        self.clock = clock
+        self._stopping = stopping
+        self._on_decision = on_decision
+        self._sleep = sleep
+        self.num_samples = 0  # rows found in the last round (reported in the status)
+
+    def read_local(self, bundle) -> Samples:
+        """The device's rows, re-read every round (rows added since are used)."""
+        shape = input_shape(bundle)
+        samples = read_samples(
+            self.cfg.data, expected_features=int(np.prod(shape)) if shape else None
+        )
+        if len(samples) == 0:
+            raise DataError(f"no rows in {self.cfg.data.path} match the data source")
+        self.num_samples = len(samples)
+        return samples
+
+    def train(self, task: RoundTask, bundle, params_bytes: bytes, samples: Samples) -> LocalUpdate:
+        """Train the round's global model on ``samples``; the update's ``problem`` says why
+        there is no delta (stopped, diverged)."""
+        return train_locally(
+            self.backend,
+            bundle,
+            samples,
+            decode_tensors(params_bytes),
+            task.config,
+            seed_key=f"{self.cfg.id}/{task.config.seed}/{task.round}",
+            validation_fraction=self.cfg.validation_fraction,
+            should_stop=self._should_stop(self.clock.monotonic()),
+            count_seconds=self._count_seconds,
+        )
+
+    def _count_seconds(self, seconds: float) -> None:
+        day = time.strftime("%Y-%m-%d", time.localtime(self.clock.time()))
+        self.state.add_training_seconds(day, seconds)
+
+    def _should_stop(self, started: float) -> Callable[[], str]:
+        """The per-batch callback: stop requests, eligibility changes, and the CPU budget."""
+        duty = DutyCycle(self.cfg.max_cpu_percent, sleep=self._sleep)
+        last = [float("-inf")]
+
+        def check() -> str:
+            if self._stopping():
+                return STOPPING
+            duty.pause()
+            now = self.clock.monotonic()
+            if now - last[0] >= SENSOR_SECONDS:
+                last[0] = now
+                decision = self.policy.check(extra_minutes=(now - started) / 60.0)
+                self._on_decision(decision)
+                if not decision.eligible:
+                    return f"no longer eligible: {decision.reason}"
+            return ""
+
+        return check
+
+    def build_offer(self, task: RoundTask, update: LocalUpdate) -> tuple[OutboxItem, bytes | None]:
+        """The outbox entry for a trained delta (encoded as the round asks) and the top-k
+        residual to store with it in the same transaction."""
+        blob, residual = encode_for_round(self.state, task, update.delta)
+        ref = blob_ref(blob)
+        offer = UpdateOffer(
+            msg_id=new_msg_id(),
+            agent=self.cfg.id,
+            run_id=task.run_id,
+            round=task.round,
+            model_version=task.model_version,
+            blob=ref,
+            num_samples=update.num_samples,
+            metrics=update.metrics,
+        )
+        item = OutboxItem(
+            ref.sha256, task.run_id, task.round, offer.encode(), blob, deadline=task.deadline
+        )
+        return item, residual
+
+    def evaluate(self, task: RoundTask, bundle, params_bytes: bytes) -> EvalReport:
+        """Federated evaluation: the global model on the validation split, no training."""
+        samples = self.read_local(bundle)
+        global_params = decode_tensors(params_bytes)
+        check_finite(global_params)
+        n, metrics = evaluate_global(
+            self.backend, bundle, global_params, samples, self.cfg.validation_fraction
+        )
+        log.info(
+            "round %d: evaluated model v%d on %d rows: %s",
+            task.round,
+            task.model_version,
+            n,
+            ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())),
+        )
+        return EvalReport(
+            msg_id=new_msg_id(),
+            agent=self.cfg.id,
+            run_id=task.run_id,
+            round=task.round,
+            model_version=task.model_version,
+            num_samples=n,
+            metrics=metrics,
+        )
