@@ -106,8 +106,8 @@ def _advice(exc: BaseException, path: Path, action: str) -> str:
         return f"disk I/O error {action} {path} ({text}): check the disk and free space"
     if "no such table" in lowered or "no such column" in lowered:
         return (
-            f"database {path} lacks part of the schema ({text}): it was written by another fedge "
-            "version; open it once with the process that owns it to migrate it"
+            f"{action} {path} failed ({text}): the database lacks part of the schema; if another "
+            "fedge version wrote it, open it once with the process that owns it to migrate it"
         )
     return f"{action} {path} failed ({text})"
 

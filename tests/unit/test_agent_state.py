@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import sqlite3
 
-from fedge.agent.state import AgentState, OutboxItem
+import pytest
+
+from fedge.agent.state import AgentState, OutboxItem, StateError
 
 
 def _item(sha: str, round_no: int, deadline: float) -> OutboxItem:
@@ -59,4 +61,71 @@ def test_an_old_agent_database_gains_the_deadline_column(tmp_path):
     assert state.expire_outbox(before=1e12) == []  # no known deadline: never expired
     state.add_outbox(_item("n", 2, deadline=5.0))
     assert [i.sha256 for i in state.expire_outbox(before=10.0)] == ["n" * 64]
+    state.close()
+
+
+# agent/state.py's SCHEMA as it was on main before numbered migrations
+OLD_AGENT_SCHEMA = """
+CREATE TABLE IF NOT EXISTS journal (
+    run_id TEXT NOT NULL, round INTEGER NOT NULL, status TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT '', updated REAL NOT NULL,
+    PRIMARY KEY (run_id, round)
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    sha256 TEXT PRIMARY KEY, run_id TEXT NOT NULL, round INTEGER NOT NULL,
+    offer BLOB NOT NULL, blob BLOB NOT NULL, created REAL NOT NULL,
+    deadline REAL NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS usage (
+    day TEXT PRIMARY KEY, seconds REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS residual (
+    run_id TEXT PRIMARY KEY, blob BLOB NOT NULL, updated REAL NOT NULL
+);
+"""
+
+
+def test_a_database_written_by_the_old_code_is_adopted_and_numbered(tmp_path):
+    path = tmp_path / "agent.db"
+    db = sqlite3.connect(path)
+    db.executescript(OLD_AGENT_SCHEMA)
+    db.executescript(
+        """
+        INSERT INTO journal VALUES ('run', 1, 'offered', 'sha', 1.0);
+        INSERT INTO outbox VALUES ('sha', 'run', 1, x'7b7d', x'0102', 1.0, 50.0);
+        INSERT INTO usage VALUES ('2026-12-01', 120.0);
+        INSERT INTO residual VALUES ('run', x'ff', 1.0);
+        """
+    )
+    db.commit()
+    db.close()
+    state = AgentState(path)
+    assert state.journal_entry("run", 1) == ("offered", "sha")
+    assert [(i.sha256, i.deadline) for i in state.outbox()] == [("sha", 50.0)]
+    assert state.outbox_blob("sha") == b"\x01\x02"
+    assert state.training_minutes("2026-12-01") == 2.0
+    assert state.residual("run") == b"\xff"
+    state.close()
+    applied = sqlite3.connect(path).execute("SELECT number, name FROM migrations").fetchall()
+    assert applied == [(1, "initial schema"), (2, "outbox.deadline")]
+
+
+def test_a_damaged_state_file_is_a_state_error_naming_the_fix(tmp_path):
+    path = tmp_path / "agent.db"
+    path.write_bytes(b"not sqlite at all" * 200)
+    with pytest.raises(StateError, match=r"agent.db is damaged \(.*\): move it aside and restart"):
+        AgentState(path)
+
+
+def test_disk_full_saving_an_update_is_a_state_error_and_keeps_the_old_rows(tmp_path):
+    state = AgentState(tmp_path / "agent.db")
+    state.add_outbox(_item("a", 1, deadline=0.0))
+    conn = state._db.conn
+    (pages,) = conn.execute("PRAGMA page_count").fetchone()
+    conn.execute(f"PRAGMA max_page_count = {pages}")
+    big = OutboxItem("b" * 64, "run", 2, b"{}", b"x" * 1_000_000, 0.0)
+    with pytest.raises(StateError, match=r"disk full saving the update to .*agent.db.*free space"):
+        state.add_outbox(big)
+    assert [i.round for i in state.outbox()] == [1]
+    assert state.journal_status("run", 2) == ""  # the journal row rolled back with the delta
     state.close()
