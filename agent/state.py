@@ -37,6 +37,12 @@ MIGRATIONS: list[Migration] = [
     Migration(1, "initial schema", INITIAL_SCHEMA),
     # 0 = unknown: kept until acked
     Migration(2, "outbox.deadline", add_column("outbox", "deadline", "REAL NOT NULL DEFAULT 0")),
+    Migration(
+        3,
+        "cached bundles",
+        "CREATE TABLE IF NOT EXISTS bundles (content_hash TEXT PRIMARY KEY, "
+        "bytes INTEGER NOT NULL, added REAL NOT NULL, last_used REAL NOT NULL)",
+    ),
 ]
 
 
@@ -167,6 +173,30 @@ class AgentState:
     def training_minutes(self, day: str) -> float:
         row = self._db.row("SELECT seconds FROM usage WHERE day=?", (day,))
         return (row[0] if row else 0.0) / 60.0
+
+    # ---- cached bundles (the files live in the bundle cache directory) ----
+    def remember_bundle(self, content_hash: str, nbytes: int) -> None:
+        """Record that a verified bundle is cached (or was just used again)."""
+        now = time.time()
+        self._write(
+            "INSERT INTO bundles(content_hash, bytes, added, last_used) VALUES (?,?,?,?) "
+            "ON CONFLICT(content_hash) DO UPDATE SET bytes=excluded.bytes, "
+            "last_used=excluded.last_used",
+            (content_hash, nbytes, now, now),
+        )
+
+    def forget_bundle(self, content_hash: str) -> None:
+        self._write("DELETE FROM bundles WHERE content_hash=?", (content_hash,))
+
+    def cached_bundles(self) -> list[tuple[str, int, float]]:
+        """(content hash, bytes, last used) of the cached bundles, most recently used first."""
+        return [
+            (h, n, t)
+            for h, n, t in self._db.rows(
+                "SELECT content_hash, bytes, last_used FROM bundles "
+                "ORDER BY last_used DESC, rowid DESC"
+            )
+        ]
 
     def close(self) -> None:
         self._db.close()

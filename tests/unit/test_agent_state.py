@@ -5,8 +5,13 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
+from support.toy_bundle import PARAMS, toy_manifest
 
+from fedge.agent.bundle_cache import BundleCache
 from fedge.agent.state import AgentState, OutboxItem, StateError
+from fedge.protocol.bundle import pack_bundle, write_manifest
+from fedge.protocol.manifest import REQUIRED_FILES
+from fedge.protocol.tensors import encode_tensors
 
 
 def _item(sha: str, round_no: int, deadline: float) -> OutboxItem:
@@ -107,7 +112,7 @@ def test_a_database_written_by_the_old_code_is_adopted_and_numbered(tmp_path):
     assert state.residual("run") == b"\xff"
     state.close()
     applied = sqlite3.connect(path).execute("SELECT number, name FROM migrations").fetchall()
-    assert applied == [(1, "initial schema"), (2, "outbox.deadline")]
+    assert applied == [(1, "initial schema"), (2, "outbox.deadline"), (3, "cached bundles")]
 
 
 def test_a_damaged_state_file_is_a_state_error_naming_the_fix(tmp_path):
@@ -128,4 +133,47 @@ def test_disk_full_saving_an_update_is_a_state_error_and_keeps_the_old_rows(tmp_
         state.add_outbox(big)
     assert [i.round for i in state.outbox()] == [1]
     assert state.journal_status("run", 2) == ""  # the journal row rolled back with the delta
+    state.close()
+
+
+def _toy_archive(tmp_path, name: str) -> tuple[bytes, str]:
+    root = tmp_path / f"src-{name}"
+    root.mkdir()
+    for file in REQUIRED_FILES:
+        (root / file).write_bytes(f"fake {file} of {name}".encode())
+    (root / "parameters.safetensors").write_bytes(encode_tensors(PARAMS))
+    manifest = write_manifest(root, {**toy_manifest(), "model_name": name})
+    return pack_bundle(root), manifest["content_hash"]
+
+
+def test_the_bundle_cache_keeps_the_most_recently_used_bundles(tmp_path):
+    state = AgentState(tmp_path / "agent.db")
+    cache = BundleCache(tmp_path / "bundles", state=state, keep=2)
+    a, b, c = (_toy_archive(tmp_path, n) for n in ("a", "b", "c"))
+    cache.add(*a)
+    cache.add(*b)
+    assert cache.get(a[1]) is not None  # a is used again: b is now the least recently used
+    cache.add(*c)
+    assert sorted(p.name for p in (tmp_path / "bundles").iterdir()) == sorted([a[1], c[1]])
+    assert cache.get(b[1]) is None
+    cached = state.cached_bundles()
+    assert [h for h, _, _ in cached] == [c[1], a[1]]
+    assert all(n > 0 for _, n, _ in cached)
+    state.close()
+    # the index survives a restart and goes on ordering the pruning
+    state = AgentState(tmp_path / "agent.db")
+    assert [h for h, _, _ in state.cached_bundles()] == [c[1], a[1]]
+    state.close()
+
+
+def test_a_corrupt_cached_bundle_is_dropped_from_disk_and_index(tmp_path):
+    state = AgentState(tmp_path / "agent.db")
+    cache = BundleCache(tmp_path / "bundles", state=state)
+    archive, content_hash = _toy_archive(tmp_path, "a")
+    cache.add(archive, content_hash)
+    (tmp_path / "bundles" / content_hash / "checkpoint").write_bytes(b"tampered")
+    fresh = BundleCache(tmp_path / "bundles", state=state)  # a restarted agent re-verifies
+    assert fresh.get(content_hash) is None
+    assert state.cached_bundles() == []
+    assert not (tmp_path / "bundles" / content_hash).exists()
     state.close()
