@@ -354,16 +354,11 @@ class Store:
     def accepted_deltas(self, run_id: str, round_no: int) -> Iterator[tuple[str, int, bytes]]:
         """Yield (agent_id, num_samples, delta bytes) for a round's accepted updates, one row
         at a time (a round's deltas need not fit in memory together)."""
-        with self._db.errors("reading the deltas of"):
-            ids = [
-                r[0]
-                for r in self._db.rows(
-                    "SELECT id FROM updates WHERE run_id=? AND round=? AND status='accepted' "
-                    "ORDER BY id",
-                    (run_id, round_no),
-                )
-            ]
-        for update_id in ids:
+        ids = self._db.rows(
+            "SELECT id FROM updates WHERE run_id=? AND round=? AND status='accepted' ORDER BY id",
+            (run_id, round_no),
+        )
+        for (update_id,) in ids:
             row = self._db.row(
                 "SELECT agent_id, num_samples, delta FROM updates WHERE id=?", (update_id,)
             )

@@ -163,11 +163,11 @@ class Database:
             self.conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self.conn
-            except BaseException:
+                self.conn.execute("COMMIT")
+            except BaseException:  # the block failed, or COMMIT did (disk full, I/O error)
                 if self.conn.in_transaction:
                     self.conn.rollback()
                 raise
-            self.conn.execute("COMMIT")
 
     def close(self) -> None:
         with self._lock, self.errors("closing"):
@@ -217,10 +217,11 @@ def apply_migrations(
                     "INSERT INTO migrations(number, name, applied_at) VALUES (?,?,?)",
                     (m.number, m.name, datetime.datetime.now(datetime.timezone.utc).isoformat()),
                 )
+                conn.execute("COMMIT")
             except BaseException:
-                conn.rollback()
+                if conn.in_transaction:
+                    conn.rollback()
                 raise
-            conn.execute("COMMIT")
         log.info("database %s: applied migration %d (%s)", path, m.number, m.name)
         applied.append(m.number)
     return applied

@@ -259,6 +259,9 @@ def test_disk_full_while_writing_is_a_store_error(tmp_path):
     with pytest.raises(StoreError, match=r"disk full committing round 1 to .*o.db .*free space"):
         store.commit_round("r", 1, 1, b"x" * 1_000_000, "s1", {})
     assert store.latest_version("r")[0] == 0  # the failed transaction left nothing behind
+    conn.execute("PRAGMA max_page_count = 1000000")  # space freed: the store works on
+    store.commit_round("r", 1, 1, b"x" * 1_000_000, "s1", {})
+    assert store.latest_version("r")[:1] == (1,)
     store.close()
 
 
