@@ -3,7 +3,9 @@ SQLite and disk failures turned into errors a person can act on."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import re
 import sqlite3
 
 import pytest
@@ -11,7 +13,7 @@ import pytest
 from fedge.cli import main
 from fedge.orchestrator.schema import LATEST_MIGRATION, MIGRATIONS
 from fedge.orchestrator.store import RoundRecord, Store, StoreError
-from fedge.protocol.sqlite_db import DatabaseError, Migration, apply_migrations
+from fedge.protocol.sqlite_db import DatabaseError, Migration, apply_migrations, database_errors
 
 # orchestrator/schema.py's SCHEMA and MIGRATIONS as they were on main before numbered migrations
 # (`git show main:orchestrator/schema.py`), replayed by OLD_OPEN exactly as the old Store did.
@@ -270,3 +272,23 @@ def test_an_unwritable_location_is_a_store_error(tmp_path):
     blocker.write_text("")
     with pytest.raises(StoreError, match=r"opening .*a-file/o.db failed"):
         Store(blocker / "o.db")
+
+
+@pytest.mark.parametrize(
+    ("exc", "expected"),
+    [
+        (sqlite3.OperationalError("database is locked"), "is locked (database is locked) while"),
+        (
+            sqlite3.OperationalError("attempt to write a readonly database"),
+            "cannot be written (attempt to write a readonly database) while writing",
+        ),
+        (sqlite3.DatabaseError("file is not a database"), "is damaged (file is not a database)"),
+        (sqlite3.OperationalError("disk I/O error"), "disk I/O error writing /x/o.db"),
+        (OSError(errno.ENOSPC, "No space left on device"), "disk full writing /x/o.db"),
+        (OSError(errno.EACCES, "Permission denied"), "no permission writing /x/o.db"),
+    ],
+)
+def test_each_failure_gets_its_advice(exc, expected):
+    with pytest.raises(StoreError, match=re.escape(expected)):
+        with database_errors("/x/o.db", StoreError, "writing"):
+            raise exc
