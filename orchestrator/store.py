@@ -10,6 +10,7 @@ writes the file.
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,6 +54,12 @@ class Store:
     @property
     def path(self) -> Path:
         return self._db.path
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        """The raw connection, for diagnostics only (errors from it are not translated): SQL
+        belongs in this module's methods. Kept because tests read ``store.db``."""
+        return self._db.conn
 
     def _tx(self, statements: Statements, action: str = "writing") -> None:
         """Run statements in one IMMEDIATE transaction."""

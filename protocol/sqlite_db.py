@@ -106,8 +106,9 @@ def _advice(exc: BaseException, path: Path, action: str) -> str:
         return f"disk I/O error {action} {path} ({text}): check the disk and free space"
     if "no such table" in lowered or "no such column" in lowered:
         return (
-            f"{action} {path} failed ({text}): the database lacks part of the schema; if another "
-            "fedge version wrote it, open it once with the process that owns it to migrate it"
+            f"{action} {path} failed ({text}): the database lacks part of the schema; if an "
+            "older fedge wrote it, start the orchestrator or agent that owns it once to migrate "
+            "it (read-only commands never do)"
         )
     return f"{action} {path} failed ({text})"
 
