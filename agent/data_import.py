@@ -184,31 +184,34 @@ def import_file(
     with database_errors(db_path, DataImportError, "importing into"):
         db = Database(db_path, recursive_triggers=False, execute_plugins=False)
         try:
-            exists = db[table].exists()
+            if table in db.view_names():
+                raise DataError(f"'{table}' in {db_path} is a view; import into a table")
+            target = db.table(table)
+            exists = target.exists()
             if exists and not replace:
-                have = {c.name for c in db[table].columns}
-                extra = [c for c in columns if c not in have]
+                have = [(c.name, c.type) for c in target.columns]
+                extra = [c for c in columns if c not in dict(have)]
                 if extra:
                     raise DataError(
                         f"table '{table}' of {db_path} has no column "
                         f"{', '.join(repr(c) for c in extra)}; columns are: "
-                        f"{describe_columns([(c.name, c.type) for c in db[table].columns])}. "
+                        f"{describe_columns(have)}. "
                         "Rename the file's columns, or pass --replace to recreate the table"
                     )
+            created = replace or not exists
             with db.atomic():
                 if exists and replace:
-                    db[table].drop()
-                created = replace or not exists
+                    target.drop()
                 if created:
-                    db[table].create(column_types)
-                db[table].insert_all(rows, batch_size=500)
+                    target.create(column_types)
+                target.insert_all(rows, batch_size=500)
             result = ImportResult(
                 rows=count,
                 table=table,
                 database=db_path,
                 format=FORMAT_NAMES[fmt],
                 created=created,
-                columns=[(c.name, c.type) for c in db[table].columns],
+                columns=[(c.name, c.type) for c in target.columns],
             )
         except (ValueError, TypeError) as exc:  # a value that does not fit its detected type
             raise DataError(

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 from .errors import FedgeError
@@ -138,15 +139,16 @@ class Database:
         """Context manager: SQLite/OS failures inside become ``self.error``."""
         return database_errors(self.path, self.error, action)
 
-    def rows(self, sql: str, args: Sequence[object] = ()) -> list[tuple]:
+    def rows(self, sql: str, args: Sequence[object] = ()) -> list[tuple[Any, ...]]:
         """All rows of a query."""
         with self._lock, self.errors("reading"):
             return self.conn.execute(sql, tuple(args)).fetchall()
 
-    def row(self, sql: str, args: Sequence[object] = ()) -> tuple | None:
+    def row(self, sql: str, args: Sequence[object] = ()) -> tuple[Any, ...] | None:
         """The first row of a query, or None."""
         with self._lock, self.errors("reading"):
-            return self.conn.execute(sql, tuple(args)).fetchone()
+            row: tuple[Any, ...] | None = self.conn.execute(sql, tuple(args)).fetchone()
+            return row
 
     def dicts(self, sql: str, args: Sequence[object] = ()) -> list[dict[str, object]]:
         """All rows of a query as dicts keyed by column name."""
