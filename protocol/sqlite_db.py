@@ -261,6 +261,22 @@ def open_writer(
     return Database(conn, p, error, read_only=False)
 
 
+def read_only_uri(path: Path) -> str:
+    """The ``file:`` URI that reads ``path`` without creating anything beside it.
+
+    A plain ``mode=ro`` reader of a WAL database creates ``-wal`` and ``-shm`` files. While a
+    writer has it open its ``-wal`` exists and the reader shares it (seeing every committed
+    transaction); otherwise nothing is in a WAL and ``immutable=1`` reads the file as it is,
+    creating nothing. A rollback-journal database is read with ordinary locking (a plain
+    ``mode=ro`` reader creates nothing there).
+    """
+    uri = f"file:{quote(str(path.resolve()))}?mode=ro"
+    with path.open("rb") as f:
+        header = f.read(20)
+    wal_mode = len(header) == 20 and header[18] == 2  # file format "write version" 2 = WAL
+    return uri + ("&immutable=1" if wal_mode and not Path(f"{path}-wal").exists() else "")
+
+
 def open_reader(
     path: str | Path,
     error: type[DatabaseError],
@@ -278,10 +294,10 @@ def open_reader(
     p = Path(path)
     if not p.is_file():
         raise error(f"database {p} does not exist: {missing_hint}")
-    live = Path(f"{p}-wal").exists()
-    uri = f"file:{quote(str(p.resolve()))}?mode=ro" + ("" if live else "&immutable=1")
     with database_errors(p, error, "opening"):
-        conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(
+            read_only_uri(p), uri=True, isolation_level=None, check_same_thread=False
+        )
     try:
         with database_errors(p, error, "reading"):
             conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")

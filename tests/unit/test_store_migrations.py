@@ -292,3 +292,21 @@ def test_each_failure_gets_its_advice(exc, expected):
     with pytest.raises(StoreError, match=re.escape(expected)):
         with database_errors("/x/o.db", StoreError, "writing"):
             raise exc
+
+
+def test_reading_a_users_wal_database_creates_no_files_beside_it(tmp_path):
+    from fedge.agent.data_check import check_data
+    from fedge.protocol.sqlite_samples import DataSource, read_samples
+
+    path = tmp_path / "readings.db"
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("CREATE TABLE samples (f0 REAL, f1 REAL, label INTEGER)")
+    db.executemany("INSERT INTO samples VALUES (?,?,?)", [(i, -i, i % 2) for i in range(20)])
+    db.commit()
+    db.close()
+    before = _digest(path)
+    assert len(read_samples(DataSource(path=str(path)))) == 20
+    assert check_data(DataSource(path=str(path))).ok
+    assert _digest(path) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["readings.db"]
