@@ -7,10 +7,11 @@ import errno
 import hashlib
 import re
 import sqlite3
+import subprocess
+import sys
 
 import pytest
 
-from fedge.cli import main
 from fedge.orchestrator.schema import LATEST_MIGRATION, MIGRATIONS
 from fedge.orchestrator.store import RoundRecord, Store, StoreError
 from fedge.protocol.sqlite_db import DatabaseError, Migration, apply_migrations, database_errors
@@ -204,13 +205,22 @@ def _old_database(tmp_path):
     return path
 
 
-def test_status_and_history_leave_the_database_untouched(tmp_path, capsys):
+def _fedge(*args: str) -> subprocess.CompletedProcess:
+    """The real command line, in its own process (its logging setup stays out of pytest's)."""
+    return subprocess.run(
+        [sys.executable, "-m", "fedge", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_status_and_history_leave_the_database_untouched(tmp_path):
     path = _old_database(tmp_path)  # not migrated: a read-only command must not migrate it
     before = _digest(path)
-    assert main(["status", "--database", str(path)]) == 0
-    assert "run run-1: running" in capsys.readouterr().out
-    assert main(["history", "--database", str(path)]) == 0
-    assert "committed" in capsys.readouterr().out
+    status = _fedge("status", "--database", str(path))
+    assert status.returncode == 0, status.stderr
+    assert "run run-1: running" in status.stdout
+    history = _fedge("history", "--database", str(path))
+    assert history.returncode == 0, history.stderr
+    assert "committed" in history.stdout
     assert _digest(path) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["orchestrator.db"]  # no -wal, no -shm
 
@@ -229,19 +239,19 @@ def test_a_reader_sees_what_a_live_writer_committed(tmp_path):
     writer.close()
 
 
-def test_status_on_a_missing_or_damaged_file_is_one_error_line(tmp_path, capsys):
+def test_status_on_a_missing_or_damaged_file_is_one_error_line(tmp_path):
     missing = tmp_path / "nope.db"
-    assert main(["status", "--database", str(missing)]) == 1
-    err = capsys.readouterr().err
-    assert err.startswith("Error: ") and err.count("\n") == 1 and "--database" in err
+    proc = _fedge("status", "--database", str(missing))
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("Error: ") and proc.stderr.count("\n") == 1, proc.stderr
+    assert "--database" in proc.stderr
     assert not missing.exists()
 
     damaged = tmp_path / "damaged.db"
     damaged.write_bytes(b"this is not an SQLite database" * 100)
-    assert main(["history", "--database", str(damaged)]) == 1
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1
-    assert f"database {damaged} is damaged" in err and "move it aside" in err
+    proc = _fedge("history", "--database", str(damaged))
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert f"database {damaged} is damaged" in proc.stderr and "move it aside" in proc.stderr
 
 
 def test_a_damaged_database_names_the_file_and_the_fix(tmp_path):
