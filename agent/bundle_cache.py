@@ -1,4 +1,9 @@
-"""Bundles cached on the device by content hash, verified before every use."""
+"""Bundles cached on the device by content hash, verified before every use.
+
+With the agent's state database the cache also records each bundle's size and last use and
+keeps only the ``keep`` most recently used bundles: older runs' bundles are fetched again if a
+run ever comes back, and a device's disk does not fill up with them.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +15,34 @@ from pathlib import Path
 from fedge.protocol.bundle import Bundle, load_bundle, unpack_bundle
 from fedge.protocol.errors import BundleError
 
+from .state import AgentState
+
 log = logging.getLogger(__name__)
+
+KEEP_BUNDLES = 3
+
+
+def _size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
 class BundleCache:
-    def __init__(self, root: Path, trusted_keys: list[bytes] | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        trusted_keys: list[bytes] | None = None,
+        *,
+        state: AgentState | None = None,
+        keep: int = KEEP_BUNDLES,
+    ) -> None:
+        if keep < 1:
+            raise ValueError(f"keep must be at least 1 (the bundle in use), not {keep}")
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
         self._trusted = trusted_keys or None
         self._loaded: dict[str, Bundle] = {}
+        self._state = state
+        self._keep = keep
 
     def _load(self, path: Path) -> Bundle:
         return load_bundle(
@@ -27,9 +51,11 @@ class BundleCache:
 
     def get(self, content_hash: str) -> Bundle | None:
         """The cached bundle, re-verified; None if absent (a corrupt copy is deleted)."""
-        if content_hash in self._loaded:
-            return self._loaded[content_hash]
         path = self.root / content_hash
+        if content_hash in self._loaded:
+            if self._state is not None:  # the last use orders the pruning
+                self._state.remember_bundle(content_hash, _size(path))
+            return self._loaded[content_hash]
         if not path.is_dir():
             return None
         try:
@@ -41,8 +67,12 @@ class BundleCache:
                 exc,
             )
             shutil.rmtree(path, ignore_errors=True)
+            if self._state is not None:
+                self._state.forget_bundle(content_hash)
             return None
         self._loaded[content_hash] = bundle
+        if self._state is not None:
+            self._state.remember_bundle(content_hash, _size(path))
         return bundle
 
     def add(self, archive: bytes, content_hash: str) -> Bundle:
@@ -61,4 +91,23 @@ class BundleCache:
             tmp.rename(final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        return self.get(content_hash)  # type: ignore[return-value]
+        self._loaded.pop(content_hash, None)
+        bundle = self.get(content_hash)
+        self._prune(keep=content_hash)
+        return bundle  # type: ignore[return-value]
+
+    def _prune(self, keep: str) -> None:
+        """Delete the least recently used bundles beyond ``self._keep`` (never ``keep``)."""
+        if self._state is None:
+            return
+        for content_hash, nbytes, _used in self._state.cached_bundles()[self._keep :]:
+            if content_hash == keep:
+                continue
+            log.info(
+                "bundle cache: removing %s (%d bytes, least recently used)",
+                content_hash[:12],
+                nbytes,
+            )
+            shutil.rmtree(self.root / content_hash, ignore_errors=True)
+            self._loaded.pop(content_hash, None)
+            self._state.forget_bundle(content_hash)

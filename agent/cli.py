@@ -72,6 +72,9 @@ def _register_data(sub: argparse._SubParsersAction) -> None:
         "--features", type=int, default=None, help="features per sample the model expects"
     )
     check.set_defaults(func=run_data_check)
+    from .data_cli import register_import  # `fedge data import` (storage engineer's module)
+
+    register_import(data_sub)
 
 
 def run_data_check(args: argparse.Namespace) -> int:

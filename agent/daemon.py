@@ -93,7 +93,7 @@ class Agent:
         self.topics = Topics(config.federation)
         self.state = AgentState(config.state_path / "agent.db")
         keys = [Path(p).read_bytes() for p in config.trusted_keys]
-        self.bundles = BundleCache(config.state_path / "bundles", keys)
+        self.bundles = BundleCache(config.state_path / "bundles", keys, state=self.state)
         self.backend = backend or create_backend(config.backend, threads=config.threads)
         self.policy = EligibilityPolicy(
             config.eligibility,

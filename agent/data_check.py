@@ -1,15 +1,21 @@
-"""``fedge data check``: what the agent would train on, and the first problems, read-only."""
+"""``fedge data check``: what the agent would train on, and the first problems, read-only.
+
+The file's tables, columns and declared types come from sqlite-utils' introspection and are
+shown in the report and in the problems, so a wrong name in the config is fixed at a glance.
+"""
 
 from __future__ import annotations
 
+import fnmatch
 import sqlite3
 from collections import Counter
 from dataclasses import dataclass, field
 
+from sqlite_utils import Database
+
 from fedge.protocol.sqlite_samples import (
     DataError,
     DataSource,
-    _columns,
     _connect_read_only,
     read_samples,
     resolve_feature_columns,
@@ -17,11 +23,39 @@ from fedge.protocol.sqlite_samples import (
 )
 
 MAX_PROBLEMS = 10
+MAX_LISTED_COLUMNS = 24  # wider tables (64 pixel columns) are listed up to here, then counted
+
+
+def describe_columns(columns: list[tuple[str, str]]) -> str:
+    """``id INTEGER, f0 REAL, ...``: names with their declared types, long lists shortened."""
+    shown = [f"{name} {ctype}".rstrip() for name, ctype in columns[:MAX_LISTED_COLUMNS]]
+    more = len(columns) - len(shown)
+    return ", ".join(shown) + (f", ... ({more} more)" if more > 0 else "") or "(none)"
+
+
+def _schema(db: Database, src: DataSource) -> list[tuple[str, str]]:
+    """(name, declared type) of the source's columns; a DataError naming the tables if the
+    configured table does not exist, or the SQL error if the query does not run."""
+    if src.query:
+        try:
+            cur = db.execute(f"SELECT * FROM ({src.query}) LIMIT 0")
+        except sqlite3.DatabaseError as exc:
+            raise DataError(f"data query failed: {exc}; query was: {src.query}") from None
+        return [(d[0], "") for d in cur.description]
+    names = db.table_names() + db.view_names()
+    if src.table not in names:
+        raise DataError(
+            f"table '{src.table}' not found in {src.path}; tables are: "
+            f"{', '.join(names) or '(none)'}"
+        )
+    return [(c.name, c.type or "ANY") for c in db[src.table].columns]
 
 
 @dataclass
 class DataReport:
     source: str
+    tables: list[str] = field(default_factory=list)  # tables and views in the file
+    columns: str = ""  # the source's columns with their declared types
     rows_total: int | None = None  # rows in the table (None for a query source)
     rows_selected: int = 0  # rows the agent reads (after `where`)
     features: str = ""
@@ -36,6 +70,10 @@ class DataReport:
 
     def lines(self) -> list[str]:
         out = [f"source:      {self.source}"]
+        if self.tables:
+            out.append(f"tables:      {', '.join(self.tables)}")
+        if self.columns:
+            out.append(f"columns:     {self.columns}")
         if self.rows_total is not None:
             out.append(
                 f"rows:        {self.rows_total} in the table, {self.rows_selected} selected"
@@ -56,11 +94,29 @@ class DataReport:
         return out
 
 
-def _null_scan(conn: sqlite3.Connection, src: DataSource, columns: list[str]) -> list[str]:
-    """Rows with a NULL label or feature, named by rowid where there is one."""
+def _null_scan(
+    conn: sqlite3.Connection, src: DataSource, columns: list[str], described: str
+) -> list[str]:
+    """Rows with a NULL label or feature; unknown feature or blob columns by name."""
     source = f"({src.query})" if src.query else f'"{src.table}"'
     where = f"({src.where}) AND " if src.where else ""
+    where_from = f"table '{src.table}'" if not src.query else "the query"
     problems = []
+    if src.blob_column and src.blob_column not in columns:
+        return [
+            f"{where_from} has no column '{src.blob_column}' (the feature blob); "
+            f"columns are: {described}"
+        ]
+    unmatched = [
+        p
+        for p in src.features
+        if not any(fnmatch.fnmatchcase(c, p) and c != src.label for c in columns)
+    ]
+    if not src.blob_column and unmatched:
+        return [
+            f"{where_from} has no column matching the feature pattern "
+            f"{', '.join(repr(p) for p in unmatched)}; columns are: {described}"
+        ]
     try:
         feats = [src.blob_column] if src.blob_column else resolve_feature_columns(columns, src)
     except DataError as exc:
@@ -93,17 +149,26 @@ def check_data(
         report.problems.append(str(exc))
         return report
     try:
+        db = Database(conn, recursive_triggers=False, execute_plugins=False)
         try:
-            columns = _columns(conn, src)
+            report.tables = db.table_names() + db.view_names()
+            schema = _schema(db, src)
         except DataError as exc:
             report.problems.append(str(exc))
             return report
+        except sqlite3.DatabaseError as exc:
+            report.problems.append(f"data file {src.path} cannot be read: {exc}")
+            return report
+        columns = [name for name, _ in schema]
+        report.columns = describe_columns(schema)
+        where_from = f"table '{src.table}'" if not src.query else "the query"
         if src.label not in columns:
             report.problems.append(
-                f"no label column '{src.label}'; columns are: {', '.join(columns)}"
+                f"{where_from} has no column '{src.label}' (the label); columns are: "
+                f"{report.columns}"
             )
         if not src.query:
-            (report.rows_total,) = conn.execute(f'SELECT COUNT(*) FROM "{src.table}"').fetchone()
+            report.rows_total = db[src.table].count
         source = f"({src.query})" if src.query else f'"{src.table}"'
         where = f" WHERE {src.where}" if src.where else ""
         try:
@@ -113,7 +178,7 @@ def check_data(
         except sqlite3.DatabaseError as exc:
             report.problems.append(f"the row filter `where` failed: {exc}")
             return report
-        report.problems.extend(_null_scan(conn, src, columns))
+        report.problems.extend(_null_scan(conn, src, columns, report.columns))
     finally:
         conn.close()
     if report.problems:

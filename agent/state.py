@@ -7,14 +7,15 @@ outbox is offered again and the orchestrator drops what it already counted.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedge.protocol.errors import FedgeError
+from fedge.protocol.sqlite_db import DatabaseError, Migration, add_column, open_writer
 
-SCHEMA = """
+# The first release's tables. A database written before migrations were numbered has them but no
+# `migrations` table: every step is idempotent on it, so it is adopted without losing a row.
+INITIAL_SCHEMA = """
 CREATE TABLE IF NOT EXISTS journal (
     run_id TEXT NOT NULL, round INTEGER NOT NULL, status TEXT NOT NULL,
     detail TEXT NOT NULL DEFAULT '', updated REAL NOT NULL,
@@ -22,23 +23,30 @@ CREATE TABLE IF NOT EXISTS journal (
 );
 CREATE TABLE IF NOT EXISTS outbox (
     sha256 TEXT PRIMARY KEY, run_id TEXT NOT NULL, round INTEGER NOT NULL,
-    offer BLOB NOT NULL, blob BLOB NOT NULL, created REAL NOT NULL,
-    deadline REAL NOT NULL DEFAULT 0
+    offer BLOB NOT NULL, blob BLOB NOT NULL, created REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS usage (
     day TEXT PRIMARY KEY, seconds REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS residual (
     run_id TEXT PRIMARY KEY, blob BLOB NOT NULL, updated REAL NOT NULL
-);
+)
 """
-# columns added after the first release: (table, column, definition)
-MIGRATIONS = [
-    ("outbox", "deadline", "REAL NOT NULL DEFAULT 0"),  # 0 = unknown: kept until acked
+# Append only: a released migration never changes (its number is recorded in databases).
+MIGRATIONS: list[Migration] = [
+    Migration(1, "initial schema", INITIAL_SCHEMA),
+    # 0 = unknown: kept until acked
+    Migration(2, "outbox.deadline", add_column("outbox", "deadline", "REAL NOT NULL DEFAULT 0")),
+    Migration(
+        3,
+        "cached bundles",
+        "CREATE TABLE IF NOT EXISTS bundles (content_hash TEXT PRIMARY KEY, "
+        "bytes INTEGER NOT NULL, added REAL NOT NULL, last_used REAL NOT NULL)",
+    ),
 ]
 
 
-class StateError(FedgeError):
+class StateError(DatabaseError):
     """The agent's state database cannot be opened or written (disk full, permissions)."""
 
 
@@ -56,40 +64,20 @@ class AgentState:
     """Journal of rounds (training, offered, acked, aborted) and the outbox of unacked deltas."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(SCHEMA)
-            for table, column, definition in MIGRATIONS:
-                cols = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
-                if column not in cols:
-                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
-        except sqlite3.DatabaseError as exc:
-            raise StateError(f"agent state {path} cannot be opened: {exc}") from None
+        self._db = open_writer(path, MIGRATIONS, StateError)
 
-    def _write(self, sql: str, args: tuple) -> None:
-        try:
-            with self._db:
-                self._db.execute("BEGIN IMMEDIATE")
-                self._db.execute(sql, args)
-        except sqlite3.OperationalError as exc:
-            raise StateError(
-                f"agent state write failed ({exc}); free disk space and restart"
-            ) from None
+    def _write(self, sql: str, args: tuple, action: str = "writing") -> None:
+        with self._db.transaction(action) as conn:
+            conn.execute(sql, args)
 
     def journal_status(self, run_id: str, round_no: int) -> str:
-        row = self._db.execute(
-            "SELECT status FROM journal WHERE run_id=? AND round=?", (run_id, round_no)
-        ).fetchone()
-        return row[0] if row else ""
+        return self.journal_entry(run_id, round_no)[0]
 
     def journal_entry(self, run_id: str, round_no: int) -> tuple[str, str]:
         """(status, detail) of a round in the journal; ("", "") if it has no entry."""
-        row = self._db.execute(
+        row = self._db.row(
             "SELECT status, detail FROM journal WHERE run_id=? AND round=?", (run_id, round_no)
-        ).fetchone()
+        )
         return (row[0], row[1]) if row else ("", "")
 
     def set_journal(self, run_id: str, round_no: int, status: str, detail: str = "") -> None:
@@ -108,67 +96,57 @@ class AgentState:
         ``residual``: the top-k error-feedback residual for the next round of this run, saved in
         the same transaction so a crash can neither lose it nor apply it twice.
         """
-        try:
-            with self._db:
-                self._db.execute("BEGIN IMMEDIATE")
-                if residual is not None:
-                    self._db.execute(
-                        "INSERT OR REPLACE INTO residual(run_id, blob, updated) VALUES (?,?,?)",
-                        (item.run_id, residual, time.time()),
-                    )
-                self._db.execute(
-                    "INSERT OR REPLACE INTO outbox(sha256, run_id, round, offer, blob, created, "
-                    "deadline) VALUES (?,?,?,?,?,?,?)",
-                    (
-                        item.sha256,
-                        item.run_id,
-                        item.round,
-                        item.offer,
-                        item.blob,
-                        time.time(),
-                        item.deadline,
-                    ),
+        with self._db.transaction("saving the update to") as conn:
+            if residual is not None:
+                conn.execute(
+                    "INSERT OR REPLACE INTO residual(run_id, blob, updated) VALUES (?,?,?)",
+                    (item.run_id, residual, time.time()),
                 )
-                self._db.execute(
-                    "INSERT OR REPLACE INTO journal(run_id, round, status, detail, updated) "
-                    "VALUES (?,?,?,?,?)",
-                    (item.run_id, item.round, journal_status, item.sha256, time.time()),
-                )
-        except sqlite3.OperationalError as exc:
-            raise StateError(
-                f"could not save the update ({exc}); free disk space and restart"
-            ) from None
+            conn.execute(
+                "INSERT OR REPLACE INTO outbox(sha256, run_id, round, offer, blob, created, "
+                "deadline) VALUES (?,?,?,?,?,?,?)",
+                (
+                    item.sha256,
+                    item.run_id,
+                    item.round,
+                    item.offer,
+                    item.blob,
+                    time.time(),
+                    item.deadline,
+                ),
+            )
+            conn.execute(
+                "INSERT OR REPLACE INTO journal(run_id, round, status, detail, updated) "
+                "VALUES (?,?,?,?,?)",
+                (item.run_id, item.round, journal_status, item.sha256, time.time()),
+            )
 
     def outbox(self) -> list[OutboxItem]:
         """Pending updates, oldest first, without their deltas (the loop lists them often)."""
-        rows = self._db.execute(
+        rows = self._db.rows(
             "SELECT sha256, run_id, round, offer, NULL, deadline FROM outbox ORDER BY created"
-        ).fetchall()
+        )
         return [OutboxItem(*r) for r in rows]
 
     def has_outbox(self) -> bool:
-        return self._db.execute("SELECT 1 FROM outbox LIMIT 1").fetchone() is not None
+        return self._db.row("SELECT 1 FROM outbox LIMIT 1") is not None
 
     def outbox_blob(self, sha256: str) -> bytes | None:
-        row = self._db.execute("SELECT blob FROM outbox WHERE sha256=?", (sha256,)).fetchone()
+        row = self._db.row("SELECT blob FROM outbox WHERE sha256=?", (sha256,))
         return row[0] if row else None
 
     def remove_outbox(self, sha256: str, journal_status: str, detail: str = "") -> None:
         """Drop an acknowledged (or expired) delta and record why, atomically."""
-        try:
-            with self._db:
-                self._db.execute("BEGIN IMMEDIATE")
-                row = self._db.execute(
-                    "SELECT run_id, round FROM outbox WHERE sha256=?", (sha256,)
-                ).fetchone()
-                self._db.execute("DELETE FROM outbox WHERE sha256=?", (sha256,))
-                if row:
-                    self._db.execute(
-                        "UPDATE journal SET status=?, detail=?, updated=? WHERE run_id=? AND round=?",
-                        (journal_status, detail, time.time(), row[0], row[1]),
-                    )
-        except sqlite3.OperationalError as exc:
-            raise StateError(f"agent state write failed ({exc})") from None
+        with self._db.transaction() as conn:
+            row = conn.execute(
+                "SELECT run_id, round FROM outbox WHERE sha256=?", (sha256,)
+            ).fetchone()
+            conn.execute("DELETE FROM outbox WHERE sha256=?", (sha256,))
+            if row:
+                conn.execute(
+                    "UPDATE journal SET status=?, detail=?, updated=? WHERE run_id=? AND round=?",
+                    (journal_status, detail, time.time(), row[0], row[1]),
+                )
 
     def expire_outbox(self, before: float) -> list[OutboxItem]:
         """Drop the deltas whose round's deadline is earlier than ``before`` (the round has
@@ -181,7 +159,7 @@ class AgentState:
 
     def residual(self, run_id: str) -> bytes | None:
         """The error-feedback residual kept from this run's previous round, if any."""
-        row = self._db.execute("SELECT blob FROM residual WHERE run_id=?", (run_id,)).fetchone()
+        row = self._db.row("SELECT blob FROM residual WHERE run_id=?", (run_id,))
         return row[0] if row else None
 
     def add_training_seconds(self, day: str, seconds: float) -> None:
@@ -193,8 +171,32 @@ class AgentState:
         )
 
     def training_minutes(self, day: str) -> float:
-        row = self._db.execute("SELECT seconds FROM usage WHERE day=?", (day,)).fetchone()
+        row = self._db.row("SELECT seconds FROM usage WHERE day=?", (day,))
         return (row[0] if row else 0.0) / 60.0
+
+    # ---- cached bundles (the files live in the bundle cache directory) ----
+    def remember_bundle(self, content_hash: str, nbytes: int) -> None:
+        """Record that a verified bundle is cached (or was just used again)."""
+        now = time.time()
+        self._write(
+            "INSERT INTO bundles(content_hash, bytes, added, last_used) VALUES (?,?,?,?) "
+            "ON CONFLICT(content_hash) DO UPDATE SET bytes=excluded.bytes, "
+            "last_used=excluded.last_used",
+            (content_hash, nbytes, now, now),
+        )
+
+    def forget_bundle(self, content_hash: str) -> None:
+        self._write("DELETE FROM bundles WHERE content_hash=?", (content_hash,))
+
+    def cached_bundles(self) -> list[tuple[str, int, float]]:
+        """(content hash, bytes, last used) of the cached bundles, most recently used first."""
+        return [
+            (h, n, t)
+            for h, n, t in self._db.rows(
+                "SELECT content_hash, bytes, last_used FROM bundles "
+                "ORDER BY last_used DESC, rowid DESC"
+            )
+        ]
 
     def close(self) -> None:
         self._db.close()

@@ -16,9 +16,10 @@ class HistoryError(FedgeError):
 
 
 def open_store(path: str | Path) -> Store:
+    """Open an orchestrator database read-only: no schema is created, nothing is written."""
     if not Path(path).is_file():
         raise HistoryError(f"orchestrator database {path} not found; pass --database PATH")
-    return Store(path)
+    return Store.open_read_only(path)
 
 
 def pick_run(store: Store, run_id: str | None) -> str:

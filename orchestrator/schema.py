@@ -6,7 +6,12 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-SCHEMA = """
+from fedge.protocol.sqlite_db import Migration, add_column
+
+# The schema of the first release. Databases written before migrations were numbered have these
+# tables (and maybe later columns) but no `migrations` table: every step below is idempotent on
+# them (CREATE ... IF NOT EXISTS, add_column skips a column that exists), so they are adopted.
+INITIAL_SCHEMA = """
 CREATE TABLE IF NOT EXISTS devices (
     agent_id TEXT PRIMARY KEY, state TEXT NOT NULL, backend TEXT NOT NULL DEFAULT '',
     num_samples INTEGER NOT NULL DEFAULT 0, eligible INTEGER NOT NULL DEFAULT 1,
@@ -23,8 +28,6 @@ CREATE TABLE IF NOT EXISTS rounds (
     duplicates INTEGER NOT NULL DEFAULT 0, late INTEGER NOT NULL DEFAULT 0,
     aborted INTEGER NOT NULL DEFAULT 0, bytes_in INTEGER NOT NULL DEFAULT 0,
     metrics TEXT NOT NULL DEFAULT '{}', note TEXT NOT NULL DEFAULT '',
-    goal INTEGER NOT NULL DEFAULT 0, dropped INTEGER NOT NULL DEFAULT 0,
-    kind TEXT NOT NULL DEFAULT 'train',
     PRIMARY KEY (run_id, round)
 );
 CREATE TABLE IF NOT EXISTS updates (
@@ -35,8 +38,6 @@ CREATE TABLE IF NOT EXISTS updates (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS one_accepted_update
     ON updates(run_id, round, agent_id) WHERE status = 'accepted';
-CREATE UNIQUE INDEX IF NOT EXISTS one_eval_report
-    ON updates(run_id, round, agent_id) WHERE status = 'evaluated';
 CREATE TABLE IF NOT EXISTS model_versions (
     run_id TEXT NOT NULL, version INTEGER NOT NULL, round INTEGER, sha256 TEXT NOT NULL,
     params BLOB NOT NULL, metrics TEXT NOT NULL DEFAULT '{}', created REAL NOT NULL,
@@ -45,14 +46,28 @@ CREATE TABLE IF NOT EXISTS model_versions (
 CREATE TABLE IF NOT EXISTS strategy_state (
     run_id TEXT NOT NULL, version INTEGER NOT NULL, state BLOB NOT NULL,
     PRIMARY KEY (run_id, version)
-);
+)
 """
-# columns added after the first release: (table, column, definition)
-MIGRATIONS = [
-    ("rounds", "goal", "INTEGER NOT NULL DEFAULT 0"),
-    ("rounds", "dropped", "INTEGER NOT NULL DEFAULT 0"),
-    ("rounds", "kind", "TEXT NOT NULL DEFAULT 'train'"),
+
+# Append only: a migration, once released, never changes (its number is recorded in databases).
+MIGRATIONS: list[Migration] = [
+    Migration(1, "initial schema", INITIAL_SCHEMA),
+    Migration(2, "rounds.goal", add_column("rounds", "goal", "INTEGER NOT NULL DEFAULT 0")),
+    Migration(3, "rounds.dropped", add_column("rounds", "dropped", "INTEGER NOT NULL DEFAULT 0")),
+    Migration(4, "rounds.kind", add_column("rounds", "kind", "TEXT NOT NULL DEFAULT 'train'")),
+    Migration(
+        5,
+        "one evaluation report per device and round",
+        "CREATE UNIQUE INDEX IF NOT EXISTS one_eval_report "
+        "ON updates(run_id, round, agent_id) WHERE status = 'evaluated'",
+    ),
+    Migration(
+        6,
+        "index updates by round",
+        "CREATE INDEX IF NOT EXISTS updates_by_round ON updates(run_id, round)",
+    ),
 ]
+LATEST_MIGRATION = MIGRATIONS[-1].number
 
 
 @dataclass

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import FedgeError
+from .sqlite_db import read_only_uri
 
 
 class DataError(FedgeError):
@@ -52,9 +53,9 @@ def _connect_read_only(path: str) -> sqlite3.Connection:
     if not p.is_file():
         raise DataError(f"data file {path} does not exist: check `data.path` in the config")
     try:
-        conn = sqlite3.connect(f"file:{p.resolve()}?mode=ro", uri=True)
+        conn = sqlite3.connect(read_only_uri(p), uri=True)  # creates no -wal/-shm beside it
         conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
-    except sqlite3.DatabaseError as exc:
+    except (sqlite3.DatabaseError, OSError) as exc:
         raise DataError(f"data file {path} is not a readable SQLite database: {exc}") from None
     return conn
 

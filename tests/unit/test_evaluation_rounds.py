@@ -63,6 +63,7 @@ def test_an_old_orchestrator_database_gains_the_round_kind(tmp_path):
     store.close()
     db = sqlite3.connect(path)
     db.execute("ALTER TABLE rounds DROP COLUMN kind")  # as written before the column existed
+    db.execute("DROP TABLE migrations")  # ... and before migrations were numbered
     db.commit()
     db.close()
     store = Store(path)
