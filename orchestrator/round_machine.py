@@ -139,6 +139,7 @@ class RoundMachine:
         self.last_round = 0
         self.current: LiveRound | None = None
         self.next_round_at = 0.0
+        self.finished = False  # Finish was decided; nothing more until the next resume()
         self._evaluated: set[int] = set()  # versions that already had their evaluation round
 
     def resume(
@@ -157,6 +158,7 @@ class RoundMachine:
         self._evaluated = set(evaluated_versions)
         self.current = current
         self.next_round_at = 0.0
+        self.finished = False
 
     def evaluation_due(self) -> bool:
         """After every ``evaluate_every`` committed versions, one federated evaluation round of
@@ -179,6 +181,8 @@ class RoundMachine:
         ``eligible`` is asked only when no round is open; ``offline(agent)`` is True for a
         device offline longer than the grace.
         """
+        if self.finished:
+            return None
         if self.current is None:
             return self._maybe_open(now, eligible)
         return self._maybe_close(now, offline)
@@ -187,6 +191,7 @@ class RoundMachine:
         kind = "evaluate" if self.evaluation_due() else "train"
         rs = self.settings
         if kind == "train" and self.version >= rs.rounds:
+            self.finished = True
             return Finish()
         if now < self.next_round_at:
             return None
