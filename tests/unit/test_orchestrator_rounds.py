@@ -13,7 +13,7 @@ from support.toy_bundle import write_toy_bundle
 from fedge.orchestrator.config import OrchestratorConfig, RoundSettings
 from fedge.orchestrator.server import Orchestrator
 from fedge.protocol.bundle import load_bundle
-from fedge.protocol.messages import FetchRequest, new_msg_id
+from fedge.protocol.messages import EvalReport, FetchRequest, new_msg_id
 from fedge.protocol.tensors import decode_tensors
 from fedge.protocol.transport import InMemoryBroker
 
@@ -259,3 +259,25 @@ def test_the_round_closes_when_every_invited_device_answered(tmp_path, outsider_
     fed.settle()
     r = fed.round()
     assert (r.state, r.aborted) == ("abandoned", 2) and "min_reports" in r.note
+
+
+def test_an_evaluation_round_follows_and_counts_only_invited_reports(tmp_path):
+    fed = Federation(tmp_path, 3, devices_per_round=2, evaluate_every=1)
+    for d, v in zip(fed.invited(), (0.1, 0.3), strict=True):
+        fed.train(d, v)
+    live = fed.orch.current
+    assert live is not None and live.kind == "evaluate" and live.model_version == 1
+    invited = fed.invited()
+    (outsider,) = outsiders = fed.outsiders()
+    assert len(invited) == 2
+    for d in outsiders:  # not asked: ignored, the round keeps waiting for the invited ones
+        d.send(EvalReport(new_msg_id(), d.id, live.run_id, live.round, 1, 5, {"val_loss": 9.0}))
+    fed.settle()
+    assert fed.orch.current is not None and fed.orch.intake.ignored["eval_report"] == 1
+    assert not outsider.acks[-1].accepted
+    for d, loss in zip(invited, (1.0, 3.0), strict=True):
+        d.send(EvalReport(new_msg_id(), d.id, live.run_id, live.round, 1, 10, {"val_loss": loss}))
+    fed.settle()
+    r = fed.round(2)
+    assert (r.kind, r.state, r.reports) == ("evaluate", "evaluated", 2)
+    assert r.metrics["fed_val_loss"] == pytest.approx(2.0)  # the outsider's 9.0 is not in it
