@@ -54,6 +54,8 @@ from .strategies import DeviceInfo, create_strategy
 
 log = logging.getLogger(__name__)
 
+TICK_SECONDS = 0.2  # decide at least this often, even while messages keep arriving
+
 
 class Orchestrator:
     def __init__(
@@ -100,6 +102,7 @@ class Orchestrator:
         self.global_params: dict = {}
         self.global_bytes = b""
         self._last_wait_log = float("-inf")
+        self._last_tick = float("-inf")
 
     @property
     def run_id(self) -> str:
@@ -133,8 +136,8 @@ class Orchestrator:
         item = self.transport.get(timeout=timeout)
         if item is not None:
             self.handle(*item)
-            if self.transport.pending():
-                return  # drain a burst first; then decide without idling
+            if self.transport.pending() and self.clock() - self._last_tick < TICK_SECONDS:
+                return  # drain a burst first, but a flood must not starve the deadline
         self.tick()
 
     def run(self) -> None:
@@ -154,6 +157,7 @@ class Orchestrator:
 
     def tick(self) -> None:
         """Time-based work: stalled uploads, then the round machine's decisions."""
+        self._last_tick = self.clock()
         self.intake.tick()
         for _ in range(3):  # a closed round may be followed at once by the next one
             decision = self.rounds.tick(self.clock(), eligible=self._eligible, offline=self._gone)

@@ -281,3 +281,16 @@ def test_an_evaluation_round_follows_and_counts_only_invited_reports(tmp_path):
     r = fed.round(2)
     assert (r.kind, r.state, r.reports) == ("evaluate", "evaluated", 2)
     assert r.metrics["fed_val_loss"] == pytest.approx(2.0)  # the outsider's 9.0 is not in it
+
+
+def test_a_flood_of_messages_does_not_starve_the_deadline(tmp_path):
+    fed = Federation(tmp_path, 3, devices_per_round=2, deadline_seconds=30.0)
+    a, _b = fed.invited()
+    (outsider,) = fed.outsiders()
+    fed.train(a, 0.1)
+    for _ in range(50):
+        outsider.abort("flood")
+    fed.clock.advance(31.0)
+    fed.orch.poll(0)  # one message handled, 49 still queued: the deadline is decided anyway
+    assert fed.orch.transport.pending() == 49
+    assert fed.round().state == "committed"
