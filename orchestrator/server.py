@@ -341,7 +341,7 @@ class Orchestrator:
             self._abandon(live.round, "strategy kept the model")
             return
         t_commit = time.monotonic()
-        metrics = training_metrics(self.store.update_metrics(self.run_id, live.round))
+        metrics = self._round_metrics(live.round)
         # chunk bytes since the round opened (or the restart)
         metrics.update({"bytes_down": self.blobs.bytes_sent, "bytes_up": self.bytes_up})
         rs = self.cfg.rounds
@@ -377,6 +377,9 @@ class Orchestrator:
         )
         self._event("round_committed", r)
         self._publish_task("closed")
+
+    def _round_metrics(self, round_no: int) -> dict[str, float]:
+        return training_metrics(self.store.update_metrics(self.run_id, round_no))
 
     def _stored_round(self, round_no: int) -> RoundRecord:
         rec = self.store.get_round(self.run_id, round_no)
