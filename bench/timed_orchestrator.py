@@ -21,6 +21,7 @@ from typing import IO, Any
 
 from fedge.orchestrator.config import OrchestratorConfig
 from fedge.orchestrator.server import Orchestrator
+from fedge.protocol.mqtt_link import MqttLink
 from fedge.protocol.settings import load_settings
 
 log = logging.getLogger("timed_orchestrator")
@@ -50,7 +51,7 @@ def main() -> int:
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     config = load_settings(OrchestratorConfig, args.config)
-    orch = Orchestrator(config)
+    orch = Orchestrator(config, transport=MqttLink(config.mqtt, client_id=config.client_id))
     signal.signal(signal.SIGTERM, lambda *_: orch.stop())
     with open(args.timings, "a", buffering=1) as out:
         _wrap(orch, "_close_round", "close", out)
@@ -63,8 +64,8 @@ def main() -> int:
         _wrap(orch.store, "open_round", "store_open", out)
         _wrap(orch.strategy, "configure_round", "select", out)
         _wrap(orch.registry, "eligible", "eligible", out)
-        _wrap(orch, "_dispatch", "dispatch", out)
-        _wrap(orch, "_step", "step", out)
+        _wrap(orch, "handle", "dispatch", out)
+        _wrap(orch, "tick", "step", out)
         orch.run()
     return 0
 

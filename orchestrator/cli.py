@@ -96,13 +96,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_orchestrator(args: argparse.Namespace) -> int:
+    from fedge.protocol.mqtt_link import MqttLink
     from fedge.protocol.settings import load_settings
 
     from .config import OrchestratorConfig
     from .server import Orchestrator
 
     config = load_settings(OrchestratorConfig, args.config, overrides=args.set)
-    orch = Orchestrator(config)
+    link = MqttLink(config.mqtt, client_id=config.client_id)
+    orch = Orchestrator(config, transport=link)
     signal.signal(signal.SIGTERM, lambda *_: orch.stop())
     log.info(
         "orchestrator for federation %s: bundle %s, database %s, broker %s, strategy %s",

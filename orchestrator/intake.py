@@ -2,8 +2,11 @@
 
 An update counts only if it is for the open round of this run, from a selected device, for
 the current model version, arrives before the round closes, and passes ``validate_delta``.
-Everything else is acked with the reason and recorded in the round's counters: ``rejected``
-(bad update), ``late`` (round closed), ``duplicates`` (already counted).
+Outcomes from invited devices are acked with the reason and recorded in the round's counters:
+``rejected`` (bad update), ``late`` (round closed), ``duplicates`` (already counted).
+Messages from devices that were not invited to the round are counted in ``ignored`` (and the
+``fedge_ignored_messages_total`` metric), never written to the database one row per message,
+and cannot affect the round. Each device has at most one upload in flight.
 Evaluation reports (federated evaluation rounds) count once per device and round; they are
 acked with an empty sha256 so the device stops re-sending.
 """
@@ -11,8 +14,13 @@ acked with an empty sha256 so the device stops re-sending.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable
 
+import numpy as np
+
+from fedge.protocol.chunks import Chunk
 from fedge.protocol.errors import TransferError
 from fedge.protocol.messages import (
     Ack,
@@ -24,48 +32,92 @@ from fedge.protocol.messages import (
 )
 from fedge.protocol.transfer import PullTransfer
 
+from .metrics_exporter import Metrics
+from .round_machine import LiveRound, RoundMachine
+from .store import Store
 from .validation import UpdateRejected, validate_delta
-
-if TYPE_CHECKING:
-    from .server import Orchestrator
 
 log = logging.getLogger(__name__)
 
+Send = Callable[[str, bytes], None]  # (agent id, payload) -> published on that agent's cmd topic
+
+
+class RecentIds:
+    """The last ``size`` message ids seen (QoS 1 delivers duplicates after reconnects)."""
+
+    def __init__(self, size: int = 10000) -> None:
+        self._size = size
+        self._seen: OrderedDict[str, None] = OrderedDict()
+
+    def first_time(self, msg_id: str) -> bool:
+        if msg_id in self._seen:
+            return False
+        self._seen[msg_id] = None
+        if len(self._seen) > self._size:
+            self._seen.popitem(last=False)
+        return True
+
 
 class UpdateIntake:
-    def __init__(self, orch: Orchestrator) -> None:
-        self.o = orch
-        self.uploads: dict[tuple[str, str], tuple[PullTransfer, UpdateOffer]] = {}
+    def __init__(
+        self,
+        *,
+        store: Store,
+        rounds: RoundMachine,
+        send: Send,
+        global_params: Callable[[], dict[str, np.ndarray]],
+        metrics: Metrics,
+        max_update_norm: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.rounds = rounds
+        self._send = send
+        self._global_params = global_params
+        self.metrics = metrics
+        self._max_norm = max_update_norm
+        self._clock = clock
+        self._recent = RecentIds()
+        # one upload in flight per device: agent id -> (transfer, the offer it serves)
+        self.uploads: dict[str, tuple[PullTransfer, UpdateOffer]] = {}
+        self.ignored: Counter[str] = Counter()  # message kind -> count, devices not invited
 
+    # ---- lifecycle ----
     def tick(self) -> None:
-        for key, (transfer, _offer) in list(self.uploads.items()):
+        for agent_id, (transfer, _offer) in list(self.uploads.items()):
             transfer.tick()
             if transfer.failed:
-                log.warning("upload from %s failed: %s", key[0], transfer.failed)
-                del self.uploads[key]
+                log.warning("upload from %s failed: %s", agent_id, transfer.failed)
+                del self.uploads[agent_id]
 
-    def on_chunk(self, agent_id: str, chunk) -> None:
-        entry = self.uploads.get((agent_id, chunk.sha256))
-        if entry and entry[0].on_chunk(chunk):
-            del self.uploads[(agent_id, chunk.sha256)]
-            self._on_upload_complete(agent_id, entry[1], entry[0].result)
+    def round_closed(self) -> None:
+        """Drop every upload in flight (their offers are late now)."""
+        self.uploads.clear()
+
+    def on_chunk(self, agent_id: str, chunk: Chunk) -> None:
+        entry = self.uploads.get(agent_id)
+        if entry is None or entry[0].ref.sha256 != chunk.sha256:
+            return
+        if entry[0].on_chunk(chunk):
+            del self.uploads[agent_id]
+            result = entry[0].result
+            if result is not None:
+                self._on_upload_complete(agent_id, entry[1], result)
+
+    # ---- replies ----
+    def _reply(self, agent: str, run_id: str, round_no: int, sha: str, ok: bool, why: str) -> None:
+        ack = Ack(new_msg_id(), agent, run_id, round_no, sha, accepted=ok, reason=why)
+        self._send(agent, ack.encode())
 
     def ack(self, offer: UpdateOffer, accepted: bool, reason: str = "") -> None:
-        ack = Ack(
-            msg_id=new_msg_id(),
-            agent=offer.agent,
-            run_id=offer.run_id,
-            round=offer.round,
-            sha256=offer.blob.sha256,
-            accepted=accepted,
-            reason=reason,
-        )
-        self.o.link.publish(self.o.topics.agent_cmd(offer.agent), ack.encode())
+        self._reply(offer.agent, offer.run_id, offer.round, offer.blob.sha256, accepted, reason)
+
+    def _ack_eval(self, msg: EvalReport, accepted: bool, reason: str = "") -> None:
+        self._reply(msg.agent, msg.run_id, msg.round, "", accepted, reason)
 
     def reject(self, offer: UpdateOffer, reason: str, counter: str = "rejected") -> None:
-        o = self.o
         log.warning("round %d: update from %s %s: %s", offer.round, offer.agent, counter, reason)
-        o.store.reject_update(
+        self.store.reject_update(
             offer.run_id,
             offer.round,
             offer.agent,
@@ -74,63 +126,76 @@ class UpdateIntake:
             offer.blob.size,
             counter=counter,
         )
-        o.metrics.inc("fedge_updates_total", status=counter)
+        self.metrics.inc("fedge_updates_total", status=counter)
+        if counter == "rejected":
+            self.rounds.on_refused(offer.agent)
         self.ack(offer, False, reason)
 
-    def on_abort(self, agent_id: str, msg: RoundAbort) -> None:
-        o = self.o
-        r = o.current
-        if not (
-            o.first_time(f"abort/{msg.msg_id}")
-            and r
-            and msg.run_id == o.run_id
-            and msg.round == r.round
-        ):
-            return
-        if agent_id in o.store.answered_agents(o.run_id, r.round):
-            return
-        o.store.reject_update(o.run_id, r.round, agent_id, "", msg.reason, 0, counter="aborted")
-        o.metrics.inc("fedge_updates_total", status="aborted")
-        log.info("round %d: %s will not report: %s", msg.round, agent_id, msg.reason)
+    def _ignore(self, kind: str, agent_id: str, round_no: int) -> None:
+        """A message about a round from a device that was not invited to it: a counter, no row."""
+        self.ignored[kind] += 1
+        r = self.rounds.current
+        if r is not None and r.round == round_no:
+            self.rounds.on_ignored()
+        self.metrics.inc("fedge_ignored_messages_total", kind=kind)
+        log.debug("round %d: %s from %s ignored: device was not invited", round_no, kind, agent_id)
 
-    def _ack_eval(self, msg: EvalReport, accepted: bool, reason: str = "") -> None:
-        ack = Ack(
-            msg_id=new_msg_id(),
-            agent=msg.agent,
-            run_id=msg.run_id,
-            round=msg.round,
-            sha256="",
-            accepted=accepted,
-            reason=reason,
+    def _open_round_for(self, run_id: str, round_no: int) -> LiveRound | None:
+        r = self.rounds.current
+        if r is None or run_id != self.rounds.run_id or round_no != r.round:
+            return None
+        return r
+
+    # ---- aborts and evaluation reports ----
+    def on_abort(self, agent_id: str, msg: RoundAbort) -> None:
+        r = self._open_round_for(msg.run_id, msg.round)
+        if r is None:
+            return
+        if not r.invited(agent_id):
+            self._ignore("abort", agent_id, r.round)
+            return
+        if not self._recent.first_time(f"abort/{msg.msg_id}") or agent_id in r.answered:
+            return
+        self.store.reject_update(
+            msg.run_id, r.round, agent_id, "", msg.reason, 0, counter="aborted"
         )
-        self.o.link.publish(self.o.topics.agent_cmd(msg.agent), ack.encode())
+        self.rounds.on_refused(agent_id)
+        self.metrics.inc("fedge_updates_total", status="aborted")
+        log.info("round %d: %s will not report: %s", msg.round, agent_id, msg.reason)
 
     def on_eval_report(self, agent_id: str, msg: EvalReport) -> None:
         """Count a device's evaluation report once per (run, round, device)."""
-        o = self.o
-        r = o.current
-        if r is None or msg.run_id != o.run_id or msg.round != r.round:
-            if o.first_time(f"late/{msg.msg_id}") and o.store.get_round(msg.run_id, msg.round):
-                o.store.count(msg.run_id, msg.round, "late")
+        r = self._open_round_for(msg.run_id, msg.round)
+        if r is None:
+            if self._was_invited(msg.run_id, msg.round, agent_id) and self._recent.first_time(
+                f"late/{msg.msg_id}"
+            ):
+                self.store.count(msg.run_id, msg.round, "late")
                 log.info("round %d: evaluation report from %s is late", msg.round, agent_id)
             self._ack_eval(msg, False, f"round {msg.round} is closed")
             return
-        if r.kind != "evaluate" or agent_id not in r.participants:
-            why = "not an evaluation round" if r.kind != "evaluate" else "device not selected"
+        if not r.invited(agent_id):
+            self._ignore("eval_report", agent_id, r.round)
+            self._ack_eval(msg, False, "device not selected")
+            return
+        if r.kind != "evaluate":
+            why = "not an evaluation round"
             log.warning("round %d: evaluation report from %s ignored: %s", r.round, agent_id, why)
             self._ack_eval(msg, False, why)
             return
         if msg.model_version != r.model_version:
             self._ack_eval(msg, False, f"the round evaluates model v{r.model_version}")
             return
-        if agent_id in o.store.answered_agents(o.run_id, r.round):  # a re-send, or aborted
+        if agent_id in r.answered:  # a re-send, or aborted
             self._ack_eval(msg, True, "this device already answered the round")
             return
-        if not o.store.add_eval_report(o.run_id, r.round, agent_id, msg.num_samples, msg.metrics):
+        if not self.store.add_eval_report(
+            msg.run_id, r.round, agent_id, msg.num_samples, msg.metrics
+        ):
             self._ack_eval(msg, True, "already counted")
             return
-        r.reports += 1
-        o.metrics.inc("fedge_updates_total", status="evaluated")
+        self.rounds.on_accepted(agent_id)
+        self.metrics.inc("fedge_updates_total", status="evaluated")
         log.info(
             "round %d: evaluation from %s counted (%d/%d, %d samples)",
             r.round,
@@ -141,33 +206,45 @@ class UpdateIntake:
         )
         self._ack_eval(msg, True)
 
+    def _was_invited(self, run_id: str, round_no: int, agent_id: str) -> bool:
+        """Whether ``agent_id`` took part in a (closed) round of this run."""
+        if run_id != self.rounds.run_id:
+            return False
+        rec = self.store.get_round(run_id, round_no)
+        return rec is not None and agent_id in rec.participants
+
+    # ---- offers and uploads ----
     def on_offer(self, agent_id: str, offer: UpdateOffer) -> None:
-        o = self.o
-        accepted_sha = o.store.accepted_update(offer.run_id, offer.round, agent_id)
+        accepted_sha = self.store.accepted_update(offer.run_id, offer.round, agent_id)
         if accepted_sha is not None:  # counted already: a re-offer after a lost ack, or a duplicate
             if accepted_sha == offer.blob.sha256:
-                if o.first_time(f"dup/{offer.msg_id}"):
-                    o.store.count(offer.run_id, offer.round, "duplicates")
-                    o.metrics.inc("fedge_updates_total", status="duplicate")
+                if self._recent.first_time(f"dup/{offer.msg_id}"):
+                    self.store.count(offer.run_id, offer.round, "duplicates")
+                    self.metrics.inc("fedge_updates_total", status="duplicate")
                 self.ack(offer, True, "already counted")
             else:
                 self.ack(offer, False, "another update from this device was already counted")
             return
-        r = o.current
-        if r is None or offer.run_id != o.run_id or offer.round != r.round:
-            if o.first_time(f"late/{offer.msg_id}"):
-                self.reject(offer, f"round {offer.round} is closed", counter="late")
+        r = self._open_round_for(offer.run_id, offer.round)
+        if r is None:
+            closed = f"round {offer.round} is closed"
+            if not self._was_invited(offer.run_id, offer.round, agent_id):
+                self._ignore("late_offer", agent_id, offer.round)  # not this device's round
+                self.ack(offer, False, closed)
+            elif self._recent.first_time(f"late/{offer.msg_id}"):
+                self.reject(offer, closed, counter="late")
             else:
-                self.ack(offer, False, f"round {offer.round} is closed")
+                self.ack(offer, False, closed)
+            return
+        if not r.invited(agent_id):
+            self._ignore("offer", agent_id, r.round)
+            self.ack(offer, False, "device was not selected for this round")
             return
         if r.kind == "evaluate":
             self.reject(offer, f"round {r.round} is a federated evaluation round (no training)")
             return
-        if agent_id in o.store.answered_agents(o.run_id, r.round):
+        if agent_id in r.answered:
             self.ack(offer, False, "this device's update for the round was already refused")
-            return
-        if agent_id not in r.participants:
-            self.reject(offer, "device was not selected for this round")
             return
         if offer.model_version != r.model_version:
             self.reject(
@@ -175,44 +252,43 @@ class UpdateIntake:
                 f"update is for model v{offer.model_version}, the round trains v{r.model_version}",
             )
             return
-        key = (agent_id, offer.blob.sha256)
-        if key in self.uploads:
+        busy = self.uploads.get(agent_id)
+        if busy is not None:
+            if busy[1].blob.sha256 != offer.blob.sha256:  # a second upload at once: refused
+                self.ack(offer, False, "another upload from this device is in progress")
             return
-        limit = 4 * len(o.global_bytes) + (1 << 20)
+        limit = 4 * sum(int(a.nbytes) for a in self._global_params().values()) + (1 << 20)
 
-        def request(
-            indices: list[int], agent: str = agent_id, sha: str = offer.blob.sha256
-        ) -> None:
+        def request(indices: list[int], agent: str = agent_id, sha: str = offer.blob.sha256):
             req = FetchRequest(msg_id=new_msg_id(), agent=agent, sha256=sha, indices=indices)
-            o.link.publish(o.topics.agent_cmd(agent), req.encode())
+            self._send(agent, req.encode())
 
         try:
-            transfer = PullTransfer(offer.blob, request, max_bytes=limit)
+            transfer = PullTransfer(offer.blob, request, max_bytes=limit, clock=self._clock)
         except TransferError as exc:
             self.reject(offer, str(exc))
             return
-        self.uploads[key] = (transfer, offer)
+        self.uploads[agent_id] = (transfer, offer)
         transfer.start()
 
     def _on_upload_complete(self, agent_id: str, offer: UpdateOffer, blob: bytes) -> None:
-        o = self.o
-        r = o.current
-        if r is None or offer.round != r.round or offer.run_id != o.run_id:
+        r = self._open_round_for(offer.run_id, offer.round)
+        if r is None:
             self.reject(offer, f"round {offer.round} closed during the upload", counter="late")
             return
-        if o.store.accepted_update(o.run_id, r.round, agent_id) is not None:
+        if agent_id in r.accepted:
             self.ack(offer, True, "already counted")
             return
         if r.goal and r.reports >= r.goal:
             self.reject(offer, f"round {r.round} already has its {r.goal} reports", counter="late")
             return
         try:
-            validate_delta(blob, o.global_params, max_norm=o.cfg.rounds.max_update_norm)
+            validate_delta(blob, self._global_params(), max_norm=self._max_norm)
         except UpdateRejected as exc:
             self.reject(offer, str(exc))
             return
-        o.store.accept_update(
-            o.run_id,
+        self.store.accept_update(
+            offer.run_id,
             r.round,
             agent_id,
             offer.blob.sha256,
@@ -220,9 +296,9 @@ class UpdateIntake:
             offer.metrics,
             blob,
         )
-        r.reports += 1
-        o.metrics.inc("fedge_updates_total", status="accepted")
-        o.metrics.inc("fedge_update_bytes_total", len(blob))
+        self.rounds.on_accepted(agent_id)
+        self.metrics.inc("fedge_updates_total", status="accepted")
+        self.metrics.inc("fedge_update_bytes_total", len(blob))
         log.info(
             "round %d: update from %s accepted (%d/%d, %d samples)",
             r.round,

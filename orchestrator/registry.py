@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from fedge.protocol.errors import MessageError
 from fedge.protocol.messages import Status
@@ -20,8 +21,9 @@ log = logging.getLogger(__name__)
 
 
 class DeviceRegistry:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
+        self._clock = clock
         self.devices: dict[str, Status] = {}
         self.last_seen: dict[str, float] = {}
         self.offline_since: dict[str, float] = {}
@@ -31,9 +33,9 @@ class DeviceRegistry:
             raise MessageError(f"status for {status.agent!r} published on {agent_id}'s topic")
         previous = self.devices.get(agent_id)
         self.devices[agent_id] = status
-        self.last_seen[agent_id] = time.time()
+        self.last_seen[agent_id] = self._clock()
         if status.state == "offline":
-            self.offline_since.setdefault(agent_id, time.monotonic())
+            self.offline_since.setdefault(agent_id, self._clock())
         else:
             self.offline_since.pop(agent_id, None)
         if previous is None or previous.state != status.state:
@@ -65,7 +67,7 @@ class DeviceRegistry:
         if s is None or s.state != "offline":
             return False
         since = self.offline_since.get(agent_id)
-        return since is None or time.monotonic() - since >= grace
+        return since is None or self._clock() - since >= grace
 
     def why_not_eligible(self, status: Status, patterns: list[str], backends: list[str]) -> str:
         """Empty if the device can be selected, else the reason."""

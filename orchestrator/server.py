@@ -1,8 +1,13 @@
-"""The orchestrator's main loop: rounds, aggregation, persistence, events.
+"""The orchestrator: carries out the round machine's decisions over a transport and a store.
 
-One thread owns all state; paho's network thread only queues messages. Every decision is
-recorded in SQLite before it is announced, so a restart resumes the same run and round.
-Devices live in ``registry.py``, update intake in ``intake.py``.
+``round_machine.py`` decides (open, close, abandon, finish); this module does the I/O around
+those decisions: SQLite writes, MQTT publishes, aggregation and central evaluation. Every
+decision is recorded in SQLite before it is announced, so a restart resumes the same run and
+round. Devices live in ``registry.py``, update intake in ``intake.py``.
+
+The transport and the clock are passed in. ``run()`` loops over ``poll()`` with the real
+transport; a unit test calls ``start()``, ``handle(topic, payload)`` and ``tick()`` itself on
+an in-memory transport with a fake clock (no threads, no sleeps).
 """
 
 from __future__ import annotations
@@ -11,12 +16,13 @@ import hashlib
 import logging
 import threading
 import time
-from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 
+from fedge.protocol.blob_server import BlobServer
 from fedge.protocol.bundle import Bundle, load_bundle, pack_bundle
-from fedge.protocol.chunks import blob_ref, chunk_bytes, decode_frame, encode_frame
+from fedge.protocol.chunks import blob_ref, decode_frame
 from fedge.protocol.compression import decode_delta
 from fedge.protocol.errors import CodecError, MessageError, TransferError
 from fedge.protocol.messages import (
@@ -31,34 +37,44 @@ from fedge.protocol.messages import (
     UpdateOffer,
     parse_message,
 )
-from fedge.protocol.mqtt_link import MqttLink
 from fedge.protocol.privacy import DEFAULT_TARGET_DELTA, dp_epsilon
 from fedge.protocol.tensors import decode_tensors, encode_tensors
 from fedge.protocol.topics import Topics
+from fedge.protocol.transport import Transport
 
 from .config import OrchestratorConfig
 from .evaluation import CentralEvaluator
 from .intake import UpdateIntake
 from .metrics_exporter import Metrics, MetricsServer
 from .registry import DeviceRegistry
+from .round_machine import CloseRound, Finish, LiveRound, OpenRound, RoundMachine, Wait
 from .round_metrics import federated_metrics, training_metrics
-from .selection import over_selected
 from .store import RoundRecord, Store
-from .strategies import create_strategy
+from .strategies import DeviceInfo, create_strategy
 
 log = logging.getLogger(__name__)
 
+TICK_SECONDS = 0.2  # decide at least this often, even while messages keep arriving
+
 
 class Orchestrator:
-    def __init__(self, config: OrchestratorConfig, *, bundle: Bundle | None = None) -> None:
+    def __init__(
+        self,
+        config: OrchestratorConfig,
+        *,
+        transport: Transport,
+        bundle: Bundle | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.cfg = config
         self.topics = Topics(config.federation)
+        self.transport = transport
+        self.clock = clock
         keys = [Path(p).read_bytes() for p in config.trusted_keys]
         self.bundle = bundle or load_bundle(
             config.bundle, trusted_public_keys=keys or None, require_signature=bool(keys)
         )
         self.archive = pack_bundle(self.bundle.root)
-        self.bundle_ref = blob_ref(self.archive)
         self.store = Store(config.database)
         self.strategy = create_strategy(config.strategy, config.strategy_options)
         self.evaluator = (
@@ -66,33 +82,118 @@ class Orchestrator:
             if config.evaluation.enabled
             else None
         )
-        self.link = MqttLink(config.mqtt, client_id=config.client_id)
-        self.registry = DeviceRegistry(self.store)
-        self.intake = UpdateIntake(self)
         self.metrics = Metrics(config.database, config.rounds)  # store-derived + events
         self.metrics_server: MetricsServer | None = None
-        self._blobs: dict[str, bytes] = {self.bundle_ref.sha256: self.archive}
-        # bytes of chunk frames this round: bundle + parameters down, deltas up
-        self.wire_bytes = {"bytes_down": 0, "bytes_up": 0}
-        self._seen: OrderedDict[str, None] = OrderedDict()  # recent msg ids (QoS 1 duplicates)
+        self.registry = DeviceRegistry(self.store, clock=clock)
+        self.rounds = RoundMachine(config.rounds, self._select)
+        self.blobs = BlobServer(lambda topic, frame: self.transport.publish(topic, frame))
+        self.bundle_ref = self.blobs.offer(self.archive)
+        self.intake = UpdateIntake(
+            store=self.store,
+            rounds=self.rounds,
+            send=lambda agent, data: self.transport.publish(self.topics.agent_cmd(agent), data),
+            global_params=lambda: self.global_params,
+            metrics=self.metrics,
+            max_update_norm=config.rounds.max_update_norm,
+            clock=clock,
+        )
+        self.bytes_up = 0  # chunk frame bytes received this round (bytes down: self.blobs)
         self._stop = threading.Event()
-        self.run_id = ""
-        self.current: RoundRecord | None = None
-        self.global_params: dict | None = None
+        self.global_params: dict = {}
         self.global_bytes = b""
-        self._version = 0
-        self._last_wait_log = 0.0
-        self._next_round_at = 0.0
+        self._last_wait_log = float("-inf")
+        self._last_tick = float("-inf")
+
+    @property
+    def run_id(self) -> str:
+        return self.rounds.run_id
+
+    @property
+    def current(self) -> LiveRound | None:
+        return self.rounds.current
 
     def stop(self) -> None:
         self._stop.set()
+
+    def _select(self, round_no: int, devices: list[DeviceInfo], invited: int) -> list[str]:
+        rs = self.cfg.rounds
+        return self.strategy.configure_round(
+            round_no, devices, per_round=invited, seed=rs.seed, weighted=rs.weighted_selection
+        )
+
+    # ---- driving it ----
+    def start(self) -> None:
+        """Subscribe, connect, and resume the active run (or create one)."""
+        for topic in (self.topics.all_agent_status, self.topics.all_agent_up):
+            self.transport.subscribe(topic)
+        self.transport.start()
+        if not self.transport.wait_connected(30):
+            log.warning("broker %s not reachable yet; still trying", self.cfg.mqtt.url)
+        self._resume_or_create_run()
+
+    def poll(self, timeout: float) -> None:
+        """Handle one received message (waiting up to ``timeout``); decide once idle."""
+        item = self.transport.get(timeout=timeout)
+        if item is not None:
+            self.handle(*item)
+            if self.transport.pending() and self.clock() - self._last_tick < TICK_SECONDS:
+                return  # drain a burst first, but a flood must not starve the deadline
+        self.tick()
+
+    def run(self) -> None:
+        if self.cfg.metrics.port:
+            self.metrics_server = MetricsServer(
+                self.metrics, self.cfg.metrics.host, self.cfg.metrics.port
+            ).start()
+        try:
+            self.start()
+            while not self._stop.is_set():
+                self.poll(0.2)
+        finally:
+            self.transport.stop()
+            self.store.close()
+            if self.metrics_server is not None:
+                self.metrics_server.stop()
+
+    def tick(self) -> None:
+        """Time-based work: stalled uploads, then the round machine's decisions."""
+        self._last_tick = self.clock()
+        self.intake.tick()
+        for _ in range(3):  # a closed round may be followed at once by the next one
+            decision = self.rounds.tick(self.clock(), eligible=self._eligible, offline=self._gone)
+            if decision is None:
+                return
+            if isinstance(decision, Wait):
+                self._log_wait(decision)
+                return
+            if isinstance(decision, Finish):
+                self._finish()
+                return
+            if isinstance(decision, OpenRound):
+                self._open_round(decision.round)
+                return
+            self._close_round(decision)
+            if self._stop.is_set():
+                return
+
+    def _eligible(self) -> list[DeviceInfo]:
+        rs = self.cfg.rounds
+        return self.registry.eligible(rs.target_agents, rs.target_backends)
+
+    def _gone(self, agent_id: str) -> bool:
+        return self.registry.is_offline(agent_id, self.cfg.rounds.offline_grace_seconds)
+
+    def _log_wait(self, wait: Wait) -> None:
+        if self.clock() - self._last_wait_log > 10:
+            log.info("waiting for devices: %d of %d eligible", wait.eligible, wait.needed)
+            self._last_wait_log = self.clock()
 
     # ---- run lifecycle ----
     def _resume_or_create_run(self) -> None:
         active = self.store.active_run()
         if active and active["bundle_hash"] == self.bundle.content_hash:
-            self.run_id = active["run_id"]
-            log.info("resuming run %s", self.run_id)
+            run_id = active["run_id"]
+            log.info("resuming run %s", run_id)
         else:
             if active:
                 log.warning(
@@ -100,165 +201,72 @@ class Orchestrator:
                     active["run_id"],
                 )
             params = encode_tensors(self.bundle.initial_parameters())
-            stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-            self.run_id = f"{stamp}-{self.bundle.content_hash[:8]}"
+            stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(self.clock()))
+            run_id = f"{stamp}-{self.bundle.content_hash[:8]}"
             config = {"rounds": asdict(self.cfg.rounds), "strategy": self.strategy.describe()}
             self.store.create_run(
-                self.run_id,
-                self.bundle.content_hash,
-                config,
-                params,
-                hashlib.sha256(params).hexdigest(),
+                run_id, self.bundle.content_hash, config, params, hashlib.sha256(params).hexdigest()
             )
             self.strategy = create_strategy(self.cfg.strategy, self.cfg.strategy_options)
             log.info(
                 "new run %s for model %s with %s",
-                self.run_id,
+                run_id,
                 self.bundle.manifest.get("model_name"),
                 self.strategy.describe(),
             )
             if self.evaluator is not None:  # the baseline every later version is compared with
                 baseline = self.evaluator.evaluate(self.bundle.initial_parameters())
-                self.store.set_version_metrics(self.run_id, 0, baseline)
-        self._load_global()
-        state = self.store.strategy_state(self.run_id, self._version)
+                self.store.set_version_metrics(run_id, 0, baseline)
+        version = self._load_global(run_id)
+        state = self.store.strategy_state(run_id, version)
         if state is not None:
             self.strategy.load_state_dict(decode_tensors(state))
-        rounds = self.store.rounds(self.run_id)
+        rounds = self.store.rounds(run_id)
+        live = None
         if rounds and rounds[-1].state == "open":
-            self.current = rounds[-1]
+            live = LiveRound.resumed(rounds[-1], self.store.updates(run_id, rounds[-1].round))
+        self.rounds.resume(
+            run_id,
+            version=version,
+            last_round=rounds[-1].round if rounds else 0,
+            evaluated_versions={r.model_version for r in rounds if r.kind == "evaluate"},
+            current=live,
+        )
+        if live is not None:
             log.info(
                 "round %d was open at restart; continuing it (%d reports kept)",
-                self.current.round,
-                self.current.reports,
+                live.round,
+                live.reports,
             )
             self._publish_task("open")
         else:
             self._publish_task("closed")
 
-    def _load_global(self) -> None:
-        self._version, self.global_bytes, _sha = self.store.latest_version(self.run_id)
+    def _load_global(self, run_id: str) -> int:
+        version, self.global_bytes, _sha = self.store.latest_version(run_id)
         self.global_params = decode_tensors(self.global_bytes)
-        self._blobs = {
-            self.bundle_ref.sha256: self.archive,
-            blob_ref(self.global_bytes).sha256: self.global_bytes,
-        }
-        self.metrics.set("fedge_model_version", self._version)
-
-    def run(self) -> None:
-        if self.cfg.metrics.port:
-            self.metrics_server = MetricsServer(
-                self.metrics, self.cfg.metrics.host, self.cfg.metrics.port
-            ).start()
-        for topic in (self.topics.all_agent_status, self.topics.all_agent_up):
-            self.link.subscribe(topic)
-        self.link.start()
-        if not self.link.wait_connected(30):
-            log.warning("broker %s not reachable yet; still trying", self.cfg.mqtt.url)
-        self._resume_or_create_run()
-        try:
-            while not self._stop.is_set():
-                item = self.link.get(timeout=0.2)
-                if item is not None:
-                    self._dispatch(*item)
-                    if not self.link.messages.empty():
-                        continue  # drain a burst first; then decide without idling 0.2 s
-                self.intake.tick()
-                closing = self.current
-                self._step()
-                if closing is not None and self.current is None:
-                    self._step()  # open the next round now, not after the next idle poll
-        finally:
-            self.link.stop()
-            self.store.close()
-            if self.metrics_server is not None:
-                self.metrics_server.stop()
+        params_ref = self.blobs.offer(self.global_bytes)
+        self.blobs.keep_only({self.bundle_ref.sha256, params_ref.sha256})
+        self.metrics.set("fedge_model_version", version)
+        return version
 
     # ---- rounds ----
-    def _step(self) -> None:
-        if self.current is None:
-            kind = "evaluate" if self._evaluation_due() else "train"
-            if kind == "train" and self._version >= self.cfg.rounds.rounds:
-                self._finish()
-                return
-            if time.time() < self._next_round_at:
-                return
-            rs = self.cfg.rounds
-            devices = self.registry.eligible(rs.target_agents, rs.target_backends)
-            if len(devices) < max(1, rs.min_devices):
-                if time.monotonic() - self._last_wait_log > 10:
-                    log.info("waiting for devices: %d of %d eligible", len(devices), rs.min_devices)
-                    self._last_wait_log = time.monotonic()
-                return
-            self._open_round(devices, kind)
-            return
-        r = self.current
-        done = self.store.answered_agents(self.run_id, r.round)
-        grace = self.cfg.rounds.offline_grace_seconds
-        gone = {p for p in r.participants if p not in done and self.registry.is_offline(p, grace)}
-        r.dropped = len(gone)
-        goal = r.goal or len(r.participants)
-        if (
-            r.reports >= goal
-            or len(done | gone) >= len(r.participants)
-            or time.time() >= r.deadline
-        ):
-            self._close_round()
-
-    def _evaluation_due(self) -> bool:
-        """After every ``evaluate_every`` committed versions, one federated evaluation round of
-        that version (one attempt: an evaluation that gets no report is not retried)."""
-        every = self.cfg.rounds.evaluate_every
-        if every <= 0 or self._version == 0 or self._version % every:
-            return False
-        return not any(
-            r.kind == "evaluate" and r.model_version == self._version
-            for r in self.store.rounds(self.run_id)
-        )
-
-    def _open_round(self, devices, kind: str = "train") -> None:
-        previous = self.store.rounds(self.run_id)
-        round_no = previous[-1].round + 1 if previous else 1
-        rs = self.cfg.rounds
-        goal = min(rs.devices_per_round or len(devices), len(devices))
-        invited = over_selected(goal, rs.over_selection, len(devices))
-        participants = self.strategy.configure_round(
-            round_no, devices, per_round=invited, seed=rs.seed, weighted=rs.weighted_selection
-        )
-        if kind == "evaluate":  # every invited device's metrics count: no goal short of all
-            goal = len(participants)
-        now = time.time()
-        self.wire_bytes = {"bytes_down": 0, "bytes_up": 0}
-        self.current = RoundRecord(
-            self.run_id,
-            round_no,
-            self._version,
-            "open",
-            participants,
-            now,
-            now + rs.deadline_seconds,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-            {},
-            goal=goal,
-            kind=kind,
-        )
-        self.store.open_round(self.current)
-        self.metrics.set("fedge_current_round", round_no)
+    def _open_round(self, live: LiveRound) -> None:
+        rec = live.record()
+        self.store.open_round(rec)
+        self.bytes_up = 0
+        self.blobs.bytes_sent = 0
+        self.metrics.set("fedge_current_round", live.round)
         self._publish_task("open")
-        self._event("round_started", self.current)
+        self._event("round_started", rec)
         log.info(
             "round %d open (%s): model v%d, %d invited for a goal of %d, deadline in %.0f s",
-            round_no,
-            "federated evaluation" if kind == "evaluate" else "training",
-            self._version,
-            len(participants),
-            goal,
-            rs.deadline_seconds,
+            live.round,
+            "federated evaluation" if live.kind == "evaluate" else "training",
+            live.model_version,
+            len(live.participants),
+            live.goal,
+            live.deadline - live.opened,
         )
 
     def train_config(self) -> TrainConfig:
@@ -277,62 +285,68 @@ class Orchestrator:
         return self.strategy.configure_train(base)
 
     def _publish_task(self, state: str) -> None:
-        r = self.current if state == "open" else None
+        r = self.rounds.current if state == "open" else None
         rs = self.cfg.rounds
-        if state == "open" and r is not None:
-            retry_after = max(1.0, r.deadline - time.time())
+        now = self.clock()
+        if r is not None:
+            retry_after = max(1.0, r.deadline - now)
         elif state == "finished":
             retry_after = rs.check_back_seconds
         else:
-            retry_after = max(1.0, self._next_round_at - time.time())
+            retry_after = max(1.0, self.rounds.next_round_at - now)
         task = RoundTask(
             run_id=self.run_id,
-            round=r.round if r else (self.current.round if self.current else 0),
-            model_version=self._version,
+            round=r.round if r else 0,
+            model_version=self.rounds.version,
             state=state,
             bundle_hash=self.bundle.content_hash,
             bundle=self.bundle_ref,
             params=blob_ref(self.global_bytes),
-            participants=r.participants if r else [],
+            participants=list(r.participants) if r else [],
             deadline=r.deadline if r else 0.0,
             config=replace(self.train_config(), evaluate_only=bool(r and r.kind == "evaluate")),
             retry_after=round(retry_after, 1),
         )
-        self.link.publish(self.topics.round_current, task.encode(), retain=True)
+        self.transport.publish(self.topics.round_current, task.encode(), retain=True)
 
-    def _close_round(self) -> None:
-        r = self.store.get_round(self.run_id, self.current.round)
-        dropped = self.current.dropped
-        if dropped:
-            self.store.count(self.run_id, r.round, "dropped", dropped)
-        self.current = None
-        self.intake.uploads.clear()
+    def _close_round(self, close: CloseRound) -> None:
+        live = close.round
+        if close.dropped:
+            self.store.count(self.run_id, live.round, "dropped", close.dropped)
+        self.intake.round_closed()
         self.metrics.set("fedge_current_round", 0)
-        self.metrics.set("fedge_round_duration_seconds", time.time() - r.opened)
-        if r.kind == "evaluate":
-            self._close_evaluation(r)
-            return
-        if r.reports < max(1, self.cfg.rounds.min_reports):
-            note = f"{r.reports} reports < min_reports {self.cfg.rounds.min_reports}"
-            self._abandon(r, note)
-            return
+        self.metrics.set("fedge_round_duration_seconds", self.clock() - live.opened)
+        if live.ignored:
+            log.warning(
+                "round %d: ignored %d messages from devices that were not invited",
+                live.round,
+                live.ignored,
+            )
+        log.debug("round %d closes (%s, %d dropped)", live.round, close.why, close.dropped)
+        if close.abandon:
+            self._abandon(live.round, close.abandon)
+        elif live.kind == "evaluate":
+            self._close_evaluation(live.round)
+        else:
+            self._commit(live)
+
+    def _commit(self, live: LiveRound) -> None:
         t_aggregate = time.monotonic()
         aggregator = self.strategy.start_aggregation(self.global_params)
-        for _agent, num_samples, delta in self.store.accepted_deltas(self.run_id, r.round):
+        for _agent, num_samples, delta in self.store.accepted_deltas(self.run_id, live.round):
             aggregator.add(decode_delta(delta), num_samples)
         new_params = aggregator.result()
         self.metrics.observe_aggregation(time.monotonic() - t_aggregate)
         if new_params is None:
-            self._abandon(r, "strategy kept the model")
+            self._abandon(live.round, "strategy kept the model")
             return
         t_commit = time.monotonic()
-        metrics = self._round_metrics(r.round)
-        metrics.update(self.wire_bytes)  # chunk bytes since the round opened (or the restart)
+        metrics = self._round_metrics(live.round)
+        # chunk bytes since the round opened (or the restart)
+        metrics.update({"bytes_down": self.blobs.bytes_sent, "bytes_up": self.bytes_up})
         rs = self.cfg.rounds
-        if (
-            rs.clip_norm > 0 and rs.noise_multiplier > 0
-        ):  # privacy budget spent so far (conservative)
-            metrics["dp_epsilon"] = dp_epsilon(rs.noise_multiplier, r.round)
+        if rs.clip_norm > 0 and rs.noise_multiplier > 0:  # privacy budget so far (conservative)
+            metrics["dp_epsilon"] = dp_epsilon(rs.noise_multiplier, live.round)
             metrics["dp_delta"] = DEFAULT_TARGET_DELTA
         if self.evaluator is not None:
             metrics.update(self.evaluator.evaluate(new_params))
@@ -340,22 +354,22 @@ class Orchestrator:
         state = self.strategy.state_dict()
         self.store.commit_round(
             self.run_id,
-            r.round,
-            self._version + 1,
+            live.round,
+            self.rounds.version + 1,
             blob,
             hashlib.sha256(blob).hexdigest(),
             metrics,
-            keep_deltas=self.cfg.rounds.keep_deltas,
+            keep_deltas=rs.keep_deltas,
             strategy_state=encode_tensors(state) if state else None,
         )
-        self._load_global()
+        self.rounds.on_committed(self._load_global(self.run_id))
         self.metrics.observe_commit(time.monotonic() - t_commit)
-        r = self.store.get_round(self.run_id, r.round)
+        r = self._stored_round(live.round)
         self.metrics.inc("fedge_rounds_total", state="committed")
         log.info(
             "round %d committed -> model v%d (%d reports): %s",
             r.round,
-            self._version,
+            self.rounds.version,
             r.reports,
             ", ".join(
                 f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if not k.endswith("samples")
@@ -364,30 +378,33 @@ class Orchestrator:
         self._event("round_committed", r)
         self._publish_task("closed")
 
-    def _abandon(self, r: RoundRecord, note: str) -> None:
-        self.store.close_round(self.run_id, r.round, "abandoned", note)
-        self.metrics.inc("fedge_rounds_total", state="abandoned")
-        self._next_round_at = time.time() + self.cfg.rounds.retry_seconds
-        log.warning(
-            "round %d abandoned: %s; retrying in %.0f s",
-            r.round,
-            note,
-            self.cfg.rounds.retry_seconds,
-        )
-        self._event("round_abandoned", self.store.get_round(self.run_id, r.round))
-        self._publish_task("closed")
-
     def _round_metrics(self, round_no: int) -> dict[str, float]:
         return training_metrics(self.store.update_metrics(self.run_id, round_no))
 
-    def _close_evaluation(self, r: RoundRecord) -> None:
+    def _stored_round(self, round_no: int) -> RoundRecord:
+        rec = self.store.get_round(self.run_id, round_no)
+        if rec is None:
+            raise RuntimeError(f"round {round_no} of run {self.run_id} vanished from the database")
+        return rec
+
+    def _abandon(self, round_no: int, note: str) -> None:
+        self.store.close_round(self.run_id, round_no, "abandoned", note)
+        self.metrics.inc("fedge_rounds_total", state="abandoned")
+        self.rounds.on_abandoned(self.clock())
+        log.warning(
+            "round %d abandoned: %s; retrying in %.0f s",
+            round_no,
+            note,
+            self.cfg.rounds.retry_seconds,
+        )
+        self._event("round_abandoned", self._stored_round(round_no))
+        self._publish_task("closed")
+
+    def _close_evaluation(self, round_no: int) -> None:
         """Federated evaluation: store the reports' sample-weighted means; the model stays."""
-        if r.reports == 0:
-            self._abandon(r, "no evaluation reports")
-            return
-        metrics = federated_metrics(self.store.eval_reports(self.run_id, r.round))
-        self.store.close_evaluation(self.run_id, r.round, metrics)
-        r = self.store.get_round(self.run_id, r.round)
+        metrics = federated_metrics(self.store.eval_reports(self.run_id, round_no))
+        self.store.close_evaluation(self.run_id, round_no, metrics)
+        r = self._stored_round(round_no)
         self.metrics.inc("fedge_rounds_total", state="evaluated")
         log.info(
             "round %d evaluated model v%d on %d devices: %s",
@@ -403,11 +420,10 @@ class Orchestrator:
         self.store.finish_run(self.run_id)
         self._publish_task("finished")
         self._event("run_finished", None)
-        log.info("run %s finished: %d model versions", self.run_id, self._version)
+        log.info("run %s finished: %d model versions", self.run_id, self.rounds.version)
         if self.cfg.exit_when_done:
             self._stop.set()
         else:
-            self.run_id = ""
             self._resume_or_create_run()
 
     def _event(self, kind: str, r: RoundRecord | None) -> None:
@@ -415,32 +431,26 @@ class Orchestrator:
             run_id=self.run_id,
             kind=kind,
             round=r.round if r else 0,
-            model_version=self._version,
+            model_version=self.rounds.version,
             reports=r.reports if r else 0,
             participants=len(r.participants) if r else 0,
             metrics={k: float(v) for k, v in (r.metrics if r else {}).items()},
-            ts=time.time(),
+            ts=self.clock(),
         )
         data = ev.encode()
-        self.link.publish(self.topics.orchestrator_events, data)
-        self.link.publish(self.topics.orchestrator_status, data, retain=True)
+        self.transport.publish(self.topics.orchestrator_events, data)
+        self.transport.publish(self.topics.orchestrator_status, data, retain=True)
 
     # ---- incoming ----
-    def first_time(self, msg_id: str) -> bool:
-        if msg_id in self._seen:
-            return False
-        self._seen[msg_id] = None
-        if len(self._seen) > 10000:
-            self._seen.popitem(last=False)
-        return True
-
-    def _dispatch(self, topic: str, payload: bytes) -> None:
+    def handle(self, topic: str, payload: bytes) -> None:
+        """One received message; bad input is logged and ignored, never raised."""
         try:
             agent_id, kind = self.topics.parse_agent_topic(topic)
             if kind == "status":
                 if payload:
                     status = parse_message(payload, Status)
-                    assert isinstance(status, Status)
+                    if not isinstance(status, Status):
+                        raise MessageError(f"expected a status on {topic}")
                     self.registry.on_status(agent_id, status)
                     for state, n in self.registry.counts().items():
                         self.metrics.set("fedge_devices", n, state=state)
@@ -452,7 +462,7 @@ class Orchestrator:
                     )
                 self._on_agent_message(agent_id, msg)
             elif kind == "up/chunk":
-                self.wire_bytes["bytes_up"] += len(payload)
+                self.bytes_up += len(payload)
                 self.metrics.count_bytes("up", len(payload))
                 self.intake.on_chunk(agent_id, decode_frame(payload))
             else:
@@ -460,19 +470,16 @@ class Orchestrator:
         except (MessageError, TransferError, CodecError) as exc:
             log.warning("ignored a bad message on %s: %s", topic, exc)
 
+    _dispatch = handle  # the name the fuzz tests use
+
     def _on_agent_message(self, agent_id: str, msg: Message) -> None:
         if isinstance(msg, FetchRequest):
-            blob = self._blobs.get(msg.sha256)
-            if blob is None:
+            if self.blobs.holds(msg.sha256):
+                sent_before = self.blobs.bytes_sent
+                self.blobs.serve(msg, self.topics.agent_down(agent_id))
+                self.metrics.count_bytes("down", self.blobs.bytes_sent - sent_before)
+            else:
                 log.info("%s asked for unknown object %s", agent_id, msg.sha256[:12])
-                return
-            ref = blob_ref(blob)
-            for i in msg.indices:
-                if 0 <= i < ref.chunks:
-                    frame = encode_frame(ref, i, chunk_bytes(blob, i))
-                    self.wire_bytes["bytes_down"] += len(frame)
-                    self.metrics.count_bytes("down", len(frame))
-                    self.link.publish(self.topics.agent_down(agent_id), frame)
         elif isinstance(msg, UpdateOffer):
             self.intake.on_offer(agent_id, msg)
         elif isinstance(msg, RoundAbort):

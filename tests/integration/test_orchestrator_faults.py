@@ -24,7 +24,7 @@ from fedge.orchestrator.config import OrchestratorConfig, RoundSettings
 from fedge.orchestrator.server import Orchestrator
 from fedge.orchestrator.store import Store
 from fedge.protocol.bundle import load_bundle
-from fedge.protocol.mqtt_link import MqttSettings
+from fedge.protocol.mqtt_link import MqttLink, MqttSettings
 from fedge.protocol.tensors import decode_tensors
 
 pytestmark = pytest.mark.integration
@@ -63,7 +63,7 @@ def test_faulty_devices_are_recorded_and_rounds_still_finish(
             keep_deltas=True,
         ),
     )
-    orch = Orchestrator(cfg, bundle=bundle)
+    orch = Orchestrator(cfg, transport=MqttLink(cfg.mqtt, client_id=user), bundle=bundle)
     thread = threading.Thread(target=orch.run, daemon=True)
     agents = {
         f"dev-{i}": FakeAgent(mosquitto.url, f"dev-{i}", mosquitto.users[f"dev-{i}"]).start()

@@ -200,11 +200,12 @@ def _valid(kind: str, payload: bytes) -> bool:
 def orchestrator(tmp_path: Path, caplog: pytest.LogCaptureFixture):
     from fedge.orchestrator.config import OrchestratorConfig
     from fedge.orchestrator.server import Orchestrator
+    from fedge.protocol.transport import InMemoryBroker
 
     cfg = OrchestratorConfig(
         bundle=str(write_toy_bundle(tmp_path / "bundle")), database=str(tmp_path / "orch.db")
     )
-    orch = Orchestrator(cfg)
+    orch = Orchestrator(cfg, transport=InMemoryBroker().client("orch"))
     orch._resume_or_create_run()
     caplog.set_level(logging.WARNING)
     yield orch

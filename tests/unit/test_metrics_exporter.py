@@ -24,6 +24,7 @@ from fedge.protocol.reason_codes import (
     eligibility_code,
     rejection_code,
 )
+from fedge.protocol.transport import InMemoryBroker
 
 
 def samples(text: str | bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -56,7 +57,7 @@ def orchestrator(tmp_path: Path) -> Orchestrator:
         bundle=str(write_toy_bundle(tmp_path / "bundle")),
         database=str(tmp_path / "o.db"),
     )
-    orch = Orchestrator(cfg)
+    orch = Orchestrator(cfg, transport=InMemoryBroker().client("orch"))
     yield orch
     orch.store.close()
 

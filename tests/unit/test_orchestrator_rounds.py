@@ -1,0 +1,296 @@
+"""Whole rounds on an in-memory transport: a real Orchestrator, SQLite Store and toy bundle,
+scripted in-process devices and a fake clock. No broker, no threads, no sleeps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from support.memory_device import FakeClock, MemoryDevice, settle
+from support.toy_bundle import write_toy_bundle
+
+from fedge.orchestrator.config import OrchestratorConfig, RoundSettings
+from fedge.orchestrator.server import Orchestrator
+from fedge.protocol.bundle import load_bundle
+from fedge.protocol.messages import EvalReport, FetchRequest, new_msg_id
+from fedge.protocol.tensors import decode_tensors
+from fedge.protocol.transport import InMemoryBroker
+
+
+class Federation:
+    def __init__(self, tmp_path: Path, devices: int, **rounds: object) -> None:
+        self.tmp_path = tmp_path
+        self.broker = InMemoryBroker()
+        self.clock = FakeClock()
+        self.bundle = load_bundle(write_toy_bundle(tmp_path / "bundle"))
+        settings = {"rounds": 1, "min_devices": devices, "deadline_seconds": 60.0} | rounds
+        self.cfg = OrchestratorConfig(
+            database=str(tmp_path / "o.db"), rounds=RoundSettings(**settings)
+        )
+        self.devices = {f"dev-{i}": MemoryDevice(self.broker, f"dev-{i}") for i in range(devices)}
+        self.orch = self.new_orchestrator()
+
+    def new_orchestrator(self) -> Orchestrator:
+        orch = Orchestrator(
+            self.cfg,
+            transport=self.broker.client("fedge-orchestrator"),
+            bundle=self.bundle,
+            clock=self.clock,
+        )
+        orch.start()
+        self.orch = orch
+        self.settle()
+        return orch
+
+    def settle(self) -> None:
+        settle(self.orch, self.devices.values())
+
+    def invited(self) -> list[MemoryDevice]:
+        return [d for d in self.devices.values() if d.invited]
+
+    def outsiders(self) -> list[MemoryDevice]:
+        return [d for d in self.devices.values() if not d.invited]
+
+    def train(self, device: MemoryDevice, value: float) -> None:
+        """Fetch the global parameters like an agent, then offer a constant delta."""
+        device.fetch_params()
+        self.settle()
+        assert device.params is not None, f"{device.id} could not fetch the parameters"
+        device.offer(delta(device.params, value))
+        self.settle()
+
+    def round(self, n: int = 1):
+        return self.orch.store.get_round(self.orch.run_id, n)
+
+    def version(self, v: int) -> dict[str, np.ndarray]:
+        return decode_tensors(self.orch.store.version_params(self.orch.run_id, v))
+
+
+def delta(template: dict[str, np.ndarray], value: float) -> dict[str, np.ndarray]:
+    return {n: np.full(a.shape, value, a.dtype) for n, a in template.items()}
+
+
+def assert_moved_by(fed: Federation, step: float) -> None:
+    v0, v1 = fed.version(0), fed.version(1)
+    for name in v0:
+        np.testing.assert_allclose(v1[name] - v0[name], step, atol=1e-6)
+
+
+def test_a_full_round_commits_the_fedavg_of_the_deltas(tmp_path):
+    fed = Federation(tmp_path, 2)
+    assert len(fed.invited()) == 2 and fed.orch.current is not None
+    a, b = fed.invited()
+    fed.train(a, 0.1)
+    assert fed.orch.current is not None  # one of two: still open
+    fed.train(b, 0.3)
+    r = fed.round()
+    assert (r.state, r.reports, r.rejected, r.late) == ("committed", 2, 0, 0)
+    assert_moved_by(fed, 0.2)  # equal sample counts: the plain mean
+    assert all(ack.accepted for d in (a, b) for ack in d.acks)
+    assert a.task is not None and a.task.state == "finished"  # rounds=1: the run is done
+
+
+def test_over_selection_closes_at_the_goal_and_a_later_report_is_late(tmp_path):
+    fed = Federation(tmp_path, 3, devices_per_round=2, over_selection=1.5)
+    invited = fed.invited()
+    assert len(invited) == 3 and fed.round().goal == 2
+    fed.train(invited[0], 0.1)
+    fed.train(invited[1], 0.3)
+    assert fed.orch.current is None  # goal reached: closed without waiting for the third
+    fed.devices[invited[2].id].offer(delta(fed.version(0), 0.5), round_no=1, model_version=0)
+    fed.settle()
+    r = fed.round()
+    assert (r.state, r.reports, r.late) == ("committed", 2, 1)
+    assert_moved_by(fed, 0.2)
+    assert not invited[2].acks[-1].accepted and "closed" in invited[2].acks[-1].reason
+
+
+def test_the_deadline_closes_the_round(tmp_path):
+    fed = Federation(tmp_path, 2, deadline_seconds=30.0)
+    a, b = fed.invited()
+    fed.train(a, 0.1)
+    fed.clock.advance(29.0)
+    fed.settle()
+    assert fed.orch.current is not None
+    fed.clock.advance(1.0)
+    fed.settle()
+    r = fed.round()
+    assert (r.state, r.reports) == ("committed", 1)
+    assert_moved_by(fed, 0.1)
+
+
+def test_a_report_after_the_deadline_is_counted_late(tmp_path):
+    fed = Federation(tmp_path, 2, rounds=2, deadline_seconds=30.0)
+    a, b = fed.invited()
+    fed.train(a, 0.1)
+    b.fetch_params()
+    fed.settle()
+    fed.clock.advance(31.0)
+    fed.settle()  # round 1 commits on its deadline, round 2 opens
+    assert fed.round(1).state == "committed" and fed.orch.current.round == 2
+    b.offer(delta(b.params, 0.3), round_no=1, model_version=0)
+    fed.settle()
+    assert (fed.round(1).reports, fed.round(1).late) == (1, 1)
+    assert fed.round(2).late == 0 and fed.orch.current.reports == 0
+
+
+def test_a_duplicate_offer_counts_once(tmp_path):
+    fed = Federation(tmp_path, 2)
+    a, b = fed.invited()
+    a.fetch_params()
+    fed.settle()
+    offer = a.offer(delta(a.params, 0.1))
+    fed.settle()
+    a.send(offer)  # a QoS 1 redelivery
+    a.send(offer)
+    fed.settle()
+    assert fed.orch.current.reports == 1
+    assert [ack.reason for ack in a.acks] == ["", "already counted", "already counted"]
+    fed.train(b, 0.3)
+    r = fed.round()
+    assert (r.state, r.reports, r.duplicates) == ("committed", 2, 1)
+    assert_moved_by(fed, 0.2)
+
+
+def test_a_dropout_closes_the_round_after_the_grace(tmp_path):
+    fed = Federation(tmp_path, 2, offline_grace_seconds=10.0)
+    a, b = fed.invited()
+    fed.train(a, 0.1)
+    b.status("offline")  # the broker publishes its Last Will
+    fed.settle()
+    fed.clock.advance(9.0)
+    fed.settle()
+    assert fed.orch.current is not None  # a blip, maybe: still waiting
+    fed.clock.advance(2.0)
+    fed.settle()
+    r = fed.round()
+    assert (r.state, r.reports, r.dropped) == ("committed", 1, 1)
+    assert_moved_by(fed, 0.1)
+
+
+def test_an_abort_counts_as_an_answer(tmp_path):
+    fed = Federation(tmp_path, 2)
+    a, b = fed.invited()
+    a.abort("battery low")
+    fed.settle()
+    assert fed.orch.current is not None
+    fed.train(b, 0.3)
+    r = fed.round()
+    assert (r.state, r.reports, r.aborted) == ("committed", 1, 1)
+    assert_moved_by(fed, 0.3)
+
+
+def test_a_device_that_was_not_invited_cannot_close_or_change_the_round(tmp_path):
+    """Issue "hostile device": an outsider's abort made the round close while a selected
+    device was still training, and that device's honest update was then recorded late."""
+    fed = Federation(tmp_path, 3, devices_per_round=2)
+    a, b = fed.invited()
+    (outsider,) = fed.outsiders()
+    fed.train(a, 0.1)
+    outsider.abort("I was never asked")
+    outsider.offer(delta(fed.version(0), 100.0))
+    outsider.offer(delta(fed.version(0), 100.0), round_no=7)  # no such round
+    fed.settle()
+    r = fed.round()
+    assert fed.orch.current is not None and r.state == "open"
+    assert (r.aborted, r.rejected, r.late) == (0, 0, 0)
+    assert [u["agent_id"] for u in fed.orch.store.updates(fed.orch.run_id, 1)] == [a.id]
+    assert fed.orch.intake.ignored == {"abort": 1, "offer": 1, "late_offer": 1}
+    assert not fed.orch.intake.uploads  # the outsider's delta was never fetched
+    fed.train(b, 0.3)  # the honest update still counts
+    r = fed.round()
+    assert (r.state, r.reports, r.late, r.rejected) == ("committed", 2, 0, 0)
+    assert_moved_by(fed, 0.2)  # the outsider's 100.0 is not in the model
+
+
+def test_a_participant_has_at_most_one_upload_in_flight(tmp_path):
+    """Issue "hostile device": 300 concurrent half-served offers each held a transfer."""
+    fed = Federation(tmp_path, 2)
+    a, _b = fed.invited()
+    template = fed.version(0)
+    offers = [a.offer(delta(template, 0.001 * (i + 1))) for i in range(300)]
+    orch = fed.orch
+    while (item := orch.transport.get(timeout=0)) is not None:  # the orchestrator side only
+        orch.handle(*item)
+    assert list(orch.intake.uploads) == [a.id]
+    assert orch.intake.uploads[a.id][1].blob == offers[0].blob
+    fed.settle()  # now the device serves its chunks
+    refused = [ack for ack in a.acks if not ack.accepted]
+    assert len(refused) == 299 and "in progress" in refused[0].reason
+    assert orch.current.reports == 1 and not orch.intake.uploads
+
+
+def test_a_fetch_request_is_served_once_per_chunk(tmp_path):
+    fed = Federation(tmp_path, 2)
+    a, _b = fed.invited()
+    params = a.task.params
+    a.send(FetchRequest(new_msg_id(), a.id, params.sha256, [0] * 200 + [1, 5, 99]))
+    fed.settle()
+    assert a.frames_received == params.chunks == 1
+
+
+def test_a_restarted_orchestrator_continues_the_open_round(tmp_path):
+    fed = Federation(tmp_path, 2)
+    a, b = fed.invited()
+    fed.train(a, 0.1)
+    fed.orch.transport.stop()
+    fed.orch.store.close()
+    orch = fed.new_orchestrator()
+    assert orch.current is not None and orch.current.accepted == {a.id}
+    fed.train(b, 0.3)
+    assert (fed.round().state, fed.round().reports) == ("committed", 2)
+    assert_moved_by(fed, 0.2)
+
+
+@pytest.mark.parametrize("outsider_acts", ["abort", "offer"])
+def test_the_round_closes_when_every_invited_device_answered(tmp_path, outsider_acts):
+    fed = Federation(tmp_path, 3, devices_per_round=2, min_reports=1)
+    a, b = fed.invited()
+    (outsider,) = fed.outsiders()
+    a.abort()
+    if outsider_acts == "abort":
+        outsider.abort()
+    else:
+        outsider.offer(delta(fed.version(0), 1.0))
+    fed.settle()
+    assert fed.orch.current is not None  # b has not answered yet
+    b.abort()
+    fed.settle()
+    r = fed.round()
+    assert (r.state, r.aborted) == ("abandoned", 2) and "min_reports" in r.note
+
+
+def test_an_evaluation_round_follows_and_counts_only_invited_reports(tmp_path):
+    fed = Federation(tmp_path, 3, devices_per_round=2, evaluate_every=1)
+    for d, v in zip(fed.invited(), (0.1, 0.3), strict=True):
+        fed.train(d, v)
+    live = fed.orch.current
+    assert live is not None and live.kind == "evaluate" and live.model_version == 1
+    invited = fed.invited()
+    (outsider,) = outsiders = fed.outsiders()
+    assert len(invited) == 2
+    for d in outsiders:  # not asked: ignored, the round keeps waiting for the invited ones
+        d.send(EvalReport(new_msg_id(), d.id, live.run_id, live.round, 1, 5, {"val_loss": 9.0}))
+    fed.settle()
+    assert fed.orch.current is not None and fed.orch.intake.ignored["eval_report"] == 1
+    assert not outsider.acks[-1].accepted
+    for d, loss in zip(invited, (1.0, 3.0), strict=True):
+        d.send(EvalReport(new_msg_id(), d.id, live.run_id, live.round, 1, 10, {"val_loss": loss}))
+    fed.settle()
+    r = fed.round(2)
+    assert (r.kind, r.state, r.reports) == ("evaluate", "evaluated", 2)
+    assert r.metrics["fed_val_loss"] == pytest.approx(2.0)  # the outsider's 9.0 is not in it
+
+
+def test_a_flood_of_messages_does_not_starve_the_deadline(tmp_path):
+    fed = Federation(tmp_path, 3, devices_per_round=2, deadline_seconds=30.0)
+    a, _b = fed.invited()
+    (outsider,) = fed.outsiders()
+    fed.train(a, 0.1)
+    for _ in range(50):
+        outsider.abort("flood")
+    fed.clock.advance(31.0)
+    fed.orch.poll(0)  # one message handled, 49 still queued: the deadline is decided anyway
+    assert fed.orch.transport.pending() == 49
+    assert fed.round().state == "committed"
