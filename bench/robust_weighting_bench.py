@@ -184,9 +184,10 @@ def main() -> int:
         print(f"robust = RobustWeighting({', '.join(f'{k}={v}' for k, v in options.items())})")
         print(
             f"| attack | weighting | accuracy r{at} | accuracy r{args.rounds} | "
-            f"r{args.rounds} vs honest today (points) | honest capped / clipped | s/run |"
+            f"vs honest today r{at} / r{args.rounds} (points) | honest capped / clipped | s/run |"
         )
         print("|---|---|---|---|---|---|---|")
+        base_early: list[float] = []
         baseline: list[float] = []
         for attack, name in rows:
             t = time.perf_counter()
@@ -205,7 +206,8 @@ def main() -> int:
                 final.append(hist[-1])
                 effects = {k: effects[k] + eff[k] for k in effects}
             if (attack, name) == ("honest", "today"):
-                baseline = final
+                base_early, baseline = early, final
+            diff_early = 100 * np.median(np.subtract(early, base_early))
             diff = 100 * np.median(np.subtract(final, baseline))
             shown = (
                 f"{100 * effects['capped'] / effects['updates']:.0f}% / "
@@ -214,7 +216,7 @@ def main() -> int:
                 else "-"
             )
             print(
-                f"| {attack} | {name} | {_cell(early)} | {_cell(final)} | {diff:+.1f} | "
+                f"| {attack} | {name} | {_cell(early)} | {_cell(final)} | {diff_early:+.1f} / {diff:+.1f} | "
                 f"{shown} | {(time.perf_counter() - t) / len(seeds):.1f} |",
                 flush=True,
             )

@@ -153,9 +153,9 @@ class RobustWeighting:
     def __init__(
         self,
         *,
-        sample_cap_multiple: float = 3.0,
+        sample_cap_multiple: float = 2.0,
         max_samples: int = DEFAULT_MAX_SAMPLES,
-        norm_multiple: float = 2.0,
+        norm_multiple: float = 1.5,
         norm_floor: float = 1e-6,
         norm_window: int = 5,
         max_update_norm: float = 0.0,

@@ -70,10 +70,16 @@ def test_cap_c_configurable_and_median_of_the_justified_counts() -> None:
 
 
 def test_two_devices_one_liar_cannot_own_the_round() -> None:
-    plan = RobustWeighting(max_samples=0, norm_multiple=0).weigh(
+    plan = RobustWeighting(sample_cap_multiple=2.0, max_samples=0, norm_multiple=0).weigh(
         ups((10**15, None, 1.0), (100, None, 1.0))
     )
-    assert [u.weight for u in plan.updates] == [300, 100]
+    assert [u.weight for u in plan.updates] == [200, 100]
+
+
+def test_defaults_are_the_benchmarked_ones() -> None:
+    rw = RobustWeighting()  # docs/learning-quality.md, "Robust weighting"
+    assert (rw.sample_cap_multiple, rw.norm_multiple, rw.norm_window) == (2.0, 1.5, 5)
+    assert rw.max_samples == 10_000_000 and rw.max_update_norm == 0.0
 
 
 def test_honest_counts_untouched() -> None:
@@ -95,12 +101,14 @@ def test_clip_scales_only_above_the_bound() -> None:
 
 
 def test_clip_at_exactly_the_bound_is_not_clipped() -> None:
-    plan = RobustWeighting(norm_window=1).weigh(ups((1, None, 1.0), (1, None, 2.0)))
+    plan = RobustWeighting(norm_multiple=2.0, norm_window=1).weigh(
+        ups((1, None, 1.0), (1, None, 2.0))
+    )
     assert plan.norm_bound == 2.0 and plan.updates[1].scale == 1.0
 
 
 def test_median_with_one_device_does_not_clip_it() -> None:
-    plan = RobustWeighting().weigh(ups((10, None, 7.0)))
+    plan = RobustWeighting(norm_multiple=2.0).weigh(ups((10, None, 7.0)))
     assert plan.median_norm == 7.0 and plan.norm_bound == 14.0
     assert plan.updates[0].scale == 1.0 and plan.updates[0].weight == 10
 
@@ -132,7 +140,7 @@ def test_recent_rounds_bound_a_lone_outlier() -> None:
 
 
 def test_history_restore_and_window_one_keeps_nothing() -> None:
-    rw = RobustWeighting(norm_window=4)
+    rw = RobustWeighting(norm_multiple=2.0, norm_window=4)
     rw.restore([[1.0, 1.0], [1.0]])
     assert rw.weigh(ups((10, None, 10.0))).norm_bound == 2.0
     single = RobustWeighting(norm_window=1)
@@ -192,9 +200,9 @@ def test_two_pass_fedavg_neutralises_a_liar() -> None:
         w = plan.get(agent)
         agg.add(scale_delta(delta, w.scale), w.weight)
     new = agg.result()["w"]
-    # honest norm 0.2; the liar is weighted 300 of 1100 and scaled to norm 0.4 (-0.2 an entry):
-    # at most 3 x 2 = 6 honest devices' worth of pull, so 8 honest devices still win
-    assert np.allclose(new, (8 * 100 * 0.1 + 300 * -0.2) / 1100, atol=1e-6)
+    # honest norm 0.2; the liar is weighted 200 of 1000 and scaled to norm 0.3 (-0.15 an entry):
+    # at most 2 x 1.5 = 3 honest devices' worth of pull, so 8 honest devices win
+    assert np.allclose(new, (8 * 100 * 0.1 + 200 * -0.15) / 1000, atol=1e-6)
     assert new[0] > 0  # without the defence it is ~-1000
 
 
