@@ -203,7 +203,11 @@ def test_two_pass_fedavg_neutralises_a_liar() -> None:
     # honest norm 0.2; the liar is weighted 200 of 1000 and scaled to norm 0.3 (-0.15 an entry):
     # at most 2 x 1.5 = 3 honest devices' worth of pull, so 8 honest devices win
     assert np.allclose(new, (8 * 100 * 0.1 + 200 * -0.15) / 1000, atol=1e-6)
-    assert new[0] > 0  # without the defence it is ~-1000
+    assert new[0] > 0
+    today = create_strategy("fedavg").start_aggregation(g)  # weight = claim, no clipping
+    for _agent, n, delta in stored:
+        today.add(delta, n)
+    assert today.result()["w"][0] < -999  # the liar is the new model
 
 
 def test_scale_delta_keeps_dtype_and_identity_at_one() -> None:
