@@ -12,7 +12,32 @@ EXAMPLE = """Example:
   fedge agent --config agent.toml
   fedge agent --config agent.toml --set mqtt.url=mqtt://broker.local:1883 --set data.path=/data/readings.db
 
-Every setting can also come from the environment: FEDGE_MQTT_PASSWORD=... for mqtt.password."""
+Every setting can also come from the environment: FEDGE_MQTT_PASSWORD=... for mqtt.password.
+
+The training rows: [data] in agent.toml (read-only SQLite; every key with examples: docs/data.md)
+  path           the SQLite file (default data.db)
+  table          table or view to read (default samples)
+  query          a full SELECT instead of table (default none)
+  features       feature columns, names or globs; globs sort naturally (default ["f*"])
+  blob_column    features from one BLOB column instead (default none)
+  blob_dtype     its little-endian type: float32, float64, uint8, int8 (default float32)
+  blob_shape     one sample's shape, e.g. [1, 28, 28] (default [] = flat)
+  label          the label column (default label)
+  where          SQL condition selecting the rows (default none)
+  feature_scale  multiply every feature, e.g. 0.003921569 = 1/255 (default 1.0)
+and at the top level:
+  validation_fraction  rows held back from training in every round to measure the model
+                       (default 0.1: a tenth of every device's rows; 0 = train on all)
+For example, in agent.toml:
+  validation_fraction = 0.1
+  [data]
+  path = "/var/lib/fedge/readings.db"
+  table = "readings"
+  features = ["temp", "humidity", "vibration"]
+  label = "label"
+  where = "taken_at > datetime('now', '-30 days')"
+
+Check what the agent will read: fedge data check --config agent.toml"""
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -49,7 +49,7 @@ from .round_machine import (
     objects_to_keep,
     outbox_steps,
     report_step,
-    task_changed,
+    round_news,
 )
 from .round_runner import RoundRunner
 from .state import AgentState
@@ -122,6 +122,7 @@ class Agent:
         self._last_check = float("-inf")
         self._status = "online"
         self._was_connected = False
+        self._seen_task: RoundTask | None = None  # the last task received (for the log)
 
     # ---- lifecycle ----
     def stop(self) -> None:
@@ -220,14 +221,10 @@ class Agent:
         task = parse_message(payload, RoundTask)
         if not isinstance(task, RoundTask):  # pragma: no cover - parse_message checked it
             raise MessageError("expected a round task")
-        if task_changed(self.task, task):
-            log.info(
-                "round %d of run %s is %s (%d participants)",
-                task.round,
-                task.run_id,
-                task.state,
-                len(task.participants),
-            )
+        news = round_news(self._seen_task, task, self.cfg.id, self.clock.time())
+        if news:
+            log.info("%s", news)
+        self._seen_task = task
         self.task = task
 
     def _on_ack(self, ack: Ack) -> None:
@@ -264,8 +261,7 @@ class Agent:
         self._work_on_round()
         task = self.task
         if task is not None and task.state == "finished" and not self.state.has_outbox():
-            log.info("run %s finished; agent stays connected for the next run", task.run_id)
-            self.task = None
+            self.task = None  # said in the log once, when the task came (round_news)
 
     def _check_eligibility(self, *, force: bool = False) -> Decision:
         """Re-read the sensors every ``check_seconds``; report a change in the status."""

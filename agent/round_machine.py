@@ -178,3 +178,34 @@ def report_step(
 def task_changed(old: RoundTask | None, new: RoundTask) -> bool:
     """Whether ``new`` moves the round on (a QoS 1 redelivery of the same task does not)."""
     return old is None or (new.run_id, new.round, new.state) != (old.run_id, old.round, old.state)
+
+
+def round_news(seen: RoundTask | None, task: RoundTask, agent_id: str, now: float) -> str:
+    """The log line a new round task is worth for this device, or "" when it says nothing new.
+
+    ``seen`` is the last task received. A round's opening is news; its closing only after this
+    device saw it open (the orchestrator publishes "closed" also between rounds and after a
+    restart, with round 0); a run's end once. Redeliveries of the same task are never news.
+    """
+    if seen is not None and not task_changed(seen, task):
+        return ""
+    if task.state == "open":
+        if agent_id in task.participants:
+            return (
+                f"round {task.round} of run {task.run_id} open: this device is one of "
+                f"{len(task.participants)} invited (deadline in {task.deadline - now:.0f} s)"
+            )
+        return (
+            f"round {task.round} of run {task.run_id} open without this device "
+            f"({len(task.participants)} invited)"
+        )
+    if task.state == "closed":
+        if seen is not None and seen.state == "open" and seen.run_id == task.run_id:
+            return f"round {seen.round} of run {task.run_id} closed"
+        return ""
+    if seen is not None and seen.state == "finished" and seen.run_id == task.run_id:
+        return ""
+    return (
+        f"run {task.run_id} finished at model v{task.model_version}; "
+        "the agent stays connected for the next run"
+    )

@@ -71,6 +71,7 @@ class MqttLink:
         self._unacked: deque[Any] = deque()  # QoS 1 publishes not yet acknowledged, in order
         self._connected = threading.Event()
         self._persistent = persistent
+        self._stopping = False  # set by stop(): the next disconnect is ours, not a failure
         self.host, self.port, tls = settings.host_port()
         if settings.protocol not in ("5", "3.1.1"):
             raise ConfigError(f"mqtt protocol must be '5' or '3.1.1', not {settings.protocol!r}")
@@ -117,6 +118,9 @@ class MqttLink:
         self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any
     ) -> None:
         self._connected.clear()
+        if self._stopping:
+            log.info("disconnected from broker (stopping)")
+            return
         log.info("disconnected from %s:%d (%s); will reconnect", self.host, self.port, reason)
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
@@ -187,6 +191,7 @@ class MqttLink:
                 if all(info.is_published() for info in self._unacked):
                     break
                 time.sleep(0.02)
+            self._stopping = True
             self._client.disconnect()
         finally:
             self._client.loop_stop()

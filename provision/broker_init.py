@@ -22,12 +22,13 @@ from fedge.orchestrator.broker_files import (
     TlsSettings,
     write_broker_files,
 )
+from fedge.orchestrator.config import MetricsSettings, OrchestratorConfig, RoundSettings
 from fedge.protocol import signing
 from fedge.protocol.errors import ConfigError, MessageError
 from fedge.protocol.topics import validate_name
 
 from .certs import make_ca, make_server_cert, write_pem
-from .layout import BrokerDir, BrokerRecord, render_toml, write_secret
+from .layout import BrokerDir, BrokerRecord, Commented, render_toml, write_secret
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,38 @@ def _give_to_broker_user(d: BrokerDir, user: str) -> None:
         os.chown(path, entry.pw_uid, entry.pw_gid)
 
 
+ORCHESTRATOR_COMMENTS = {
+    "strategy": "how deltas are combined: fedavg, fedavgm, fedprox, fedadam, fedyogi, fedadagrad,\n"
+    "median, trimmed_mean, krum (options: [strategy_options], docs/strategies.md)",
+    "exit_when_done": "stop after the last round (false: stay up and serve the final model)",
+    "mqtt": "the orchestrator's own broker login (keep this file mode 0600)",
+    "rounds": "How rounds are run (more keys: orchestrator/config.py RoundSettings). Any key can be\n"
+    "overridden: --set rounds.min_devices=10 or FEDGE_ROUNDS_MIN_DEVICES=10.",
+    "rounds.rounds": "model versions to produce (committed rounds), then stop",
+    "rounds.min_devices": "A round opens as soon as this many eligible devices are online. Set it to\n"
+    "the fleet size (or the number every round should have): with the default 2,\n"
+    "ten agents started together get a first round of only two devices.",
+    "rounds.devices_per_round": "updates a round needs (its goal); 0 = every eligible device online",
+    "rounds.over_selection": "invite goal x this (1.3 = 30% spare devices against dropouts)",
+    "rounds.min_reports": "commit a round with at least this many accepted updates, else "
+    "abandon it",
+    "rounds.deadline_seconds": "a round closes after this long with the updates it has",
+    "rounds.local_epochs": "passes over its local training rows each device makes per round",
+    "rounds.batch_size": "rows per training step on the device",
+    "rounds.learning_rate": "local learning rate; 0 = the bundle's own (from fedge export)",
+    "rounds.max_samples": "cap on training rows per device and round; 0 = all rows",
+    "rounds.evaluate_every": "after every N committed rounds, one round in which the devices only\n"
+    "evaluate the model on their validation rows (0 = never)",
+    "evaluation": "Central evaluation: every committed model is scored on a held-out SQLite table\n"
+    "on this host (all its rows; devices' data never leaves them).",
+    "evaluation.enabled": "true needs [evaluation.data] path (and table/features/label if they\n"
+    "differ from the defaults)",
+    "evaluation.data": "the same keys as an agent's [data] section: see docs/data.md",
+    "metrics": "Prometheus metrics on http://host:port/metrics",
+    "metrics.port": "0 = off; e.g. 9464",
+}
+
+
 def _orchestrator_toml(d: BrokerDir, record: BrokerRecord, password: str) -> str:
     host = "localhost" if "localhost" in record.hosts else record.hosts[0]
     header = (
@@ -132,7 +165,9 @@ def _orchestrator_toml(d: BrokerDir, record: BrokerRecord, password: str) -> str
         "Holds the orchestrator's broker password: keep it mode 0600.\n"
         f"Sign bundles with {d.signing_key}:\n"
         f"  fedge export ... --sign-key {d.signing_key} --out {d.root / 'bundle.fedge'}\n"
+        "Check it: fedge doctor --config orchestrator.toml"
     )
+    rs, metrics = RoundSettings(), MetricsSettings()
     return render_toml(
         header,
         {
@@ -141,6 +176,8 @@ def _orchestrator_toml(d: BrokerDir, record: BrokerRecord, password: str) -> str
             "bundle": str(d.root / "bundle.fedge"),
             "database": str(d.orchestrator_dir / "orchestrator.db"),
             "trusted_keys": [str(d.signing_pub)],
+            "strategy": OrchestratorConfig().strategy,
+            "exit_when_done": OrchestratorConfig().exit_when_done,
         },
         {
             "mqtt": {
@@ -148,6 +185,30 @@ def _orchestrator_toml(d: BrokerDir, record: BrokerRecord, password: str) -> str
                 "username": record.orchestrator_user,
                 "password": password,
                 "ca_file": str(d.ca_cert),
-            }
+            },
+            "rounds": {
+                key: getattr(rs, key)
+                for key in (
+                    "rounds",
+                    "min_devices",
+                    "devices_per_round",
+                    "over_selection",
+                    "min_reports",
+                    "deadline_seconds",
+                    "local_epochs",
+                    "batch_size",
+                    "learning_rate",
+                    "max_samples",
+                    "evaluate_every",
+                )
+            },
+            "evaluation": {"enabled": False},
+            "evaluation.data": {
+                "path": Commented("/var/lib/fedge/test.db"),
+                "table": Commented("samples"),
+                "label": Commented("label"),
+            },
+            "metrics": {"port": metrics.port},
         },
+        comments=ORCHESTRATOR_COMMENTS,
     )

@@ -22,11 +22,15 @@ def register(sub: Any) -> None:
         description="Check Python, the training backend, data and keys, disk, the clock, and "
         "the broker (reachable, TLS with the CA and host name; --login: credentials).",
         epilog="Example:\n  fedge doctor --config /etc/fedge/agent.toml\n"
+        "  fedge doctor --config agent.toml --set data.path=/var/lib/fedge/readings.db\n"
         "  fedge doctor --config orchestrator.toml --login",
         formatter_class=_FMT,
     )
     p.add_argument("--config", help="agent or orchestrator TOML file")
     p.add_argument("--role", choices=["auto", "agent", "orchestrator"], default="auto")
+    p.add_argument(  # the same option as `fedge agent` / `fedge orchestrator`
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting"
+    )
     p.add_argument(
         "--login",
         action="store_true",
@@ -203,6 +207,6 @@ def _device_list(args: argparse.Namespace) -> int:
 def _doctor(args: argparse.Namespace) -> int:
     from .doctor import FAIL, diagnose, format_report
 
-    role, checks = diagnose(args.config, args.role, login=args.login)
+    role, checks = diagnose(args.config, args.role, login=args.login, overrides=args.set)
     print(format_report(role, checks))
     return 1 if any(c.status == FAIL for c in checks) else 0

@@ -13,18 +13,49 @@ import os
 import secrets
 import shutil
 import signal
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from fedge.agent.config import AgentConfig
+from fedge.agent.eligibility import EligibilitySettings
 from fedge.orchestrator.broker_files import delete_password, password_file_users, set_password
 from fedge.protocol.errors import ConfigError, MessageError
+from fedge.protocol.sqlite_samples import DataSource
 from fedge.protocol.topics import validate_name
 
-from .layout import BrokerDir, render_toml, write_secret
+from .layout import BrokerDir, Commented, render_toml, write_secret
 
 log = logging.getLogger(__name__)
 
 DEFAULT_DATA_PATH = "/var/lib/fedge/data.db"
+
+AGENT_COMMENTS = {
+    "state_dir": "the agent's own SQLite state: outbox, round journal, cached bundles",
+    "trusted_keys": "only bundles signed by one of these keys are trained",
+    "validation_fraction": "Share of the device's rows held back from training in every round to\n"
+    "measure the model (val_loss, val_accuracy). 0.1 = a tenth of the rows; 0 = train on\n"
+    "all rows (no validation metrics). Devices with fewer than 10 rows use all of them.",
+    "data": "The device's training rows: a read-only SQLite file. Every key with examples:\n"
+    "docs/data.md. Check what the agent will read: fedge data check --config agent.toml",
+    "data.table": "the table (or view) to read; ignored when query is set",
+    "data.features": 'feature columns: names or globs ("f*" = f0, f1, ... f10 in natural order)',
+    "data.label": "the label column (class index, 0/1, or a number for regression)",
+    "data.where": "an SQL filter on the rows",
+    "data.query": "a full SELECT instead of table (it must return the features and the label)",
+    "data.blob_column": "features from one BLOB column instead (set blob_dtype, blob_shape)",
+    "data.feature_scale": "multiply every feature, e.g. 1/255 for uint8 pixels",
+    "eligibility": "When this device may train. 0 or empty switches a rule off (all off here).\n"
+    'Example: max_load_per_cpu = 0.5, idle_minutes = 10, windows = ["22:00-06:00"]',
+    "eligibility.max_load_per_cpu": "1-minute load average / CPU count must stay below this ...",
+    "eligibility.idle_minutes": "... for this many minutes before training starts",
+    "eligibility.min_battery_percent": "on battery: train only above this charge",
+    "eligibility.require_ac": "never train on battery",
+    "eligibility.max_temperature_c": "hottest sensor (Raspberry Pi: thermal_zone0)",
+    "eligibility.windows": 'local time windows, e.g. ["22:00-06:00"] (may wrap midnight)',
+    "eligibility.max_minutes_per_day": "training time budget per local day",
+    "eligibility.override_file": "JSON readings replacing the real ones (tests, simulation)",
+    "eligibility.check_seconds": "how often an idle agent re-checks and reports a change",
+}
 
 
 @dataclass(frozen=True)
@@ -80,6 +111,7 @@ def add_device(
             "federation": record.federation,
             "state_dir": state_dir or str(there / "state"),
             "trusted_keys": [str(there / "signing.pub")],
+            "validation_fraction": AgentConfig().validation_fraction,
         },
         {
             "mqtt": {
@@ -88,8 +120,19 @@ def add_device(
                 "password": password,
                 "ca_file": str(there / "ca.crt"),
             },
-            "data": {"path": data_path, "table": data_table},
+            "data": {
+                "path": data_path,
+                "table": data_table,
+                "features": DataSource(path="").features,
+                "label": DataSource(path="").label,
+                "where": Commented("created_at > datetime('now', '-30 days')"),
+                "query": Commented("SELECT f0, f1, f2, label FROM readings JOIN ..."),
+                "blob_column": Commented("pixels"),
+                "feature_scale": Commented(0.003921569),
+            },
+            "eligibility": asdict(EligibilitySettings()),
         },
+        comments=AGENT_COMMENTS,
     )
     write_secret(files.agent_toml, text)
     if name not in record.devices:

@@ -232,9 +232,15 @@ def _check_login(mqtt: MqttSettings, client_id: str, timeout: float) -> Check:
 
 
 def diagnose(
-    config_path: str | None, role: str = "auto", *, login: bool = False
+    config_path: str | None,
+    role: str = "auto",
+    *,
+    login: bool = False,
+    overrides: list[str] | None = None,
 ) -> tuple[str, list[Check]]:
-    """Run the checks for ``role`` (agent, orchestrator, or auto from the config file)."""
+    """Run the checks for ``role`` (agent, orchestrator, or auto from the config file) on the
+    settings the process would run with: the file, ``FEDGE_*`` variables and ``overrides``
+    (``--set key=value`` items)."""
     from fedge.protocol.settings import load_settings
 
     checks = [check_python()]
@@ -243,7 +249,7 @@ def diagnose(
         from fedge.agent.config import AgentConfig
 
         try:
-            cfg = load_settings(AgentConfig, config_path)
+            cfg = load_settings(AgentConfig, config_path, overrides=overrides)
             role = "agent"
         except ConfigError as exc:
             if role == "agent" or "unknown setting" not in str(exc):
@@ -252,7 +258,7 @@ def diagnose(
         from fedge.orchestrator.config import OrchestratorConfig
 
         try:
-            cfg = load_settings(OrchestratorConfig, config_path)
+            cfg = load_settings(OrchestratorConfig, config_path, overrides=overrides)
             role = "orchestrator"
         except ConfigError as exc:
             return role, [*checks, Check("config", FAIL, str(exc), "fix the config file")]

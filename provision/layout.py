@@ -102,13 +102,44 @@ def toml_value(value: object) -> str:
     raise ConfigError(f"cannot write {value!r} to TOML")  # pragma: no cover
 
 
-def render_toml(header: str, top: dict[str, object], sections: dict[str, dict[str, object]]) -> str:
-    """TOML text: a comment header, top-level keys, then one ``[section]`` per entry."""
-    lines = [f"# {line}" if line else "#" for line in header.splitlines()]
-    lines += [f"{k} = {toml_value(v)}" for k, v in top.items()]
+@dataclass(frozen=True)
+class Commented:
+    """A key written commented out (``# key = value``): an example, not a setting."""
+
+    value: object
+
+
+def _comment_lines(text: str) -> list[str]:
+    return [f"# {line}" if line else "#" for line in text.splitlines()]
+
+
+def _key_lines(key: str, value: object, comment: str) -> list[str]:
+    lines = _comment_lines(comment)
+    if isinstance(value, Commented):
+        return [*lines, f"# {key} = {toml_value(value.value)}"]
+    return [*lines, f"{key} = {toml_value(value)}"]
+
+
+def render_toml(
+    header: str,
+    top: dict[str, object],
+    sections: dict[str, dict[str, object]],
+    *,
+    comments: dict[str, str] | None = None,
+) -> str:
+    """TOML text: a comment header, top-level keys, then one ``[section]`` per entry.
+
+    ``comments`` maps a dotted key (``rounds.min_devices``, or a section name such as
+    ``rounds``) to the comment written above it; a ``Commented`` value is written commented out.
+    """
+    notes = comments or {}
+    lines = [*_comment_lines(header), ""]
+    for k, v in top.items():
+        lines += _key_lines(k, v, notes.get(k, ""))
     for name, table in sections.items():
-        lines += ["", f"[{name}]"]
-        lines += [f"{k} = {toml_value(v)}" for k, v in table.items()]
+        lines += ["", *_comment_lines(notes.get(name, "")), f"[{name}]"]
+        for k, v in table.items():
+            lines += _key_lines(k, v, notes.get(f"{name}.{k}", ""))
     return "\n".join(lines) + "\n"
 
 

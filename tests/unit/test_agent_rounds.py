@@ -10,6 +10,7 @@ are about the round logic, not about the numbers.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -131,6 +132,36 @@ def test_a_device_not_selected_does_nothing(world):
     assert backend.loads == 0 and agent.state.journal_status("run-1", 1) == ""
     sent = [t for sender, t, _, _ in broker.published if sender == "dev-0"]
     assert all(t.endswith("/status") for t in sent)  # only its own status
+
+
+def test_the_log_says_each_round_transition_once_and_never_round_0(world, caplog):
+    _, _, orch, make_agent, _ = world
+    agent = make_agent()
+    caplog.set_level(logging.INFO, logger="fedge.agent.daemon")
+    between = orch.task(0, state="closed", participants=[], model_version=1)  # as sent
+    script = [
+        orch.task(1),
+        between,
+        between,  # a redelivery (QoS 1, reconnect)
+        orch.task(2, participants=["dev-1"]),
+        orch.task(2, participants=["dev-1"]),
+        between,
+        between,  # an abandoned round's retry wait: closed again
+        orch.task(3, state="finished", participants=[]),
+        orch.task(3, state="finished", participants=[]),
+    ]
+    for task in script:
+        orch.publish_task(task)
+        pump(agent, orch)
+    said = [r.getMessage() for r in caplog.records if "run run-1" in r.getMessage()]
+    assert said == [
+        "round 1 of run run-1 open: this device is one of 1 invited (deadline in 60 s)",
+        "round 1 of run run-1 closed",
+        "round 2 of run run-1 open without this device (1 invited)",
+        "round 2 of run run-1 closed",
+        "run run-1 finished at model v2; the agent stays connected for the next run",
+    ]
+    assert not any("round 0" in r.getMessage() for r in caplog.records)
 
 
 def test_an_ineligible_device_aborts_with_the_reason_and_fetches_nothing(world):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from fedge.agent.eligibility import Decision
@@ -15,6 +17,7 @@ from fedge.agent.round_machine import (
     objects_to_keep,
     outbox_steps,
     report_step,
+    round_news,
     task_changed,
 )
 from fedge.agent.state import OutboxItem
@@ -162,6 +165,21 @@ def test_an_evaluation_report_is_sent_until_acked():
     assert step(journal="aborted") is Action.IGNORE
     assert step(connected=False) is Action.IGNORE
     assert step(task=_task()) is Action.IGNORE  # a training round has no report
+
+
+def test_round_news_after_a_restart_and_across_runs():
+    closed = replace(_task(state="closed", participants=()), round=0)
+    # a restarted agent finds the retained "between rounds" task: nothing to say
+    assert round_news(None, closed, "dev-0", now=0.0) == ""
+    finished = replace(closed, state="finished")
+    assert round_news(closed, finished, "dev-0", 0.0).startswith("run run finished")
+    assert round_news(finished, finished, "dev-0", 0.0) == ""
+    # the next run's first round is news again, the closing of a round never seen open is not
+    new_run = replace(_task(), run_id="run-2")
+    assert round_news(finished, new_run, "dev-0", 400.0) == (
+        "round 2 of run run-2 open: this device is one of 1 invited (deadline in 600 s)"
+    )
+    assert round_news(closed, replace(closed, run_id="run-2"), "dev-0", 0.0) == ""
 
 
 def test_a_redelivered_task_is_not_a_change():
