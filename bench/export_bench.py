@@ -63,16 +63,16 @@ def main() -> None:
             )
             times.append(time.perf_counter() - started)
             bundle = load_bundle(path)
-            size = sum(f["size"] for f in bundle.manifest["files"].values())
-            ver = bundle.manifest["verification"]
+            size = sum(f.size for f in bundle.manifest.files.values())
+            ver = bundle.manifest.verification
             shutil.rmtree(tmp)
         median = statistics.median(times)
         base = base or median
-        step = ver.get("step_max_abs_diff")
-        stats = ver.get("running_stats_max_abs_diff")
+        step = ver.step_max_abs_diff
+        stats = ver.values.get("running_stats_max_abs_diff")
         print(
             f"{name:<17}{median:>9.2f}{median / base:>7.2f}{size / 1024:>12.1f}"
-            f"{ver['forward_max_abs_diff']:>10.1e}"
+            f"{ver.forward_max_abs_diff or 0.0:>10.1e}"
             f"{(f'{step:.1e}' if step is not None else 'skipped'):>11}"
             f"{(f'{stats:.1e}' if stats is not None else '-'):>10}"
         )

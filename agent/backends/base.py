@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -26,6 +26,8 @@ class EvalResult:
     loss: float
     accuracy: float | None
     samples: int
+    # the task's metrics (fedge.protocol.task_metrics): accuracy, macro_f1, roc_auc, mae, rmse
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 class TrainingBackend(ABC):
@@ -107,7 +109,7 @@ class TrainingBackend(ABC):
 
     @abstractmethod
     def evaluate(self, x: np.ndarray, y: np.ndarray, *, batch_size: int = 256) -> EvalResult:
-        """Loss (and accuracy for classifiers) without changing any parameter."""
+        """Loss and the task's metrics without changing any parameter."""
 
 
 def proximal_pull(value: np.ndarray, anchor: np.ndarray, lr: float, mu: float) -> np.ndarray:
