@@ -121,11 +121,11 @@ class Bundle:
 
 
 def load_bundle(
-    path: str | os.PathLike,
+    path: str | os.PathLike[str],
     *,
     trusted_public_keys: Sequence[signing.PublicKeyLike] | None = None,
     require_signature: bool = False,
-    extract_to: str | os.PathLike | None = None,
+    extract_to: str | os.PathLike[str] | None = None,
 ) -> Bundle:
     """Open a bundle directory or ``.fedge`` archive and verify it; raise BundleError if not valid.
 
@@ -178,7 +178,7 @@ def load_bundle(
 
 
 def write_manifest(
-    bundle_dir: str | os.PathLike, manifest: Manifest | Mapping[str, Any]
+    bundle_dir: str | os.PathLike[str], manifest: Manifest | Mapping[str, Any]
 ) -> Manifest:
     """Fill ``files`` (sha256 and size of every other file) and ``content_hash``, write
     ``manifest.json`` deterministically (``Manifest.to_dict``), and return the complete manifest.
@@ -208,7 +208,7 @@ def write_manifest(
     return final
 
 
-def pack_bundle(bundle_dir: str | os.PathLike) -> bytes:
+def pack_bundle(bundle_dir: str | os.PathLike[str]) -> bytes:
     """Zip a bundle directory deterministically: sorted names, 1980-01-01 timestamps, mode 0644.
 
     Only ``manifest.json``, ``manifest.sig`` and the files the manifest lists are packed, so the
@@ -238,7 +238,7 @@ def pack_bundle(bundle_dir: str | os.PathLike) -> bytes:
 
 def unpack_bundle(
     data: bytes,
-    dest_dir: str | os.PathLike,
+    dest_dir: str | os.PathLike[str],
     *,
     max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
 ) -> Path:

@@ -196,12 +196,10 @@ class Verification:
     @property
     def portable_step_max_abs_diff(self) -> float | None:
         portable = self.values.get("portable")
-        value = portable.get("step_max_abs_diff") if isinstance(portable, dict) else None
-        return float(value) if is_number(value) else None
+        return _number(portable.get("step_max_abs_diff")) if isinstance(portable, dict) else None
 
     def _number(self, key: str) -> float | None:
-        value = self.values.get(key)
-        return float(value) if is_number(value) else None
+        return _number(self.values.get(key))
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.values)
@@ -473,9 +471,15 @@ def _optimizers(items: list[Any]) -> tuple[OptimizerSpec, ...]:
     return tuple(out)
 
 
+def _number(value: Any) -> float | None:
+    return float(value) if is_number(value) else None
+
+
 def _hyperparameter(value: Any, where: str) -> Hyperparameter:
-    if isinstance(value, bool) or is_number(value):
+    if isinstance(value, bool):
         return value
+    if is_number(value):
+        return float(value) if isinstance(value, float) else int(value)
     if isinstance(value, list) and value and all(is_number(v) for v in value):
         return tuple(float(v) for v in value)
     raise BundleError(f"manifest field '{where}' must be a number, true/false or a list of numbers")
