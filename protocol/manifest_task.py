@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 from .errors import BundleError
 
 if TYPE_CHECKING:
-    from .manifest import TensorSpec
     from .manifest_fields import FieldReader
+    from .manifest_specs import TensorSpec
 
 TASK_KINDS = ("multiclass", "binary", "multilabel", "regression")
 _LOSSES_FOR = {

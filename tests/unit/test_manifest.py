@@ -276,3 +276,17 @@ def test_writer_upgrades_a_format1_dict_to_format2(tmp_path: Path) -> None:
 def test_unknown_future_format_is_refused() -> None:
     with pytest.raises(BundleError, match="unknown bundle format version 3"):
         Manifest.from_dict({**toy_manifest(), "format_version": 3})
+
+
+def test_inspect_summarizes_a_format1_bundle(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from fedge.exporter.cli import _print_summary
+
+    _write_format1(tmp_path / "old", _format1())
+    _print_summary(load_bundle(tmp_path / "old"), tmp_path / "old", details=True)
+    out = capsys.readouterr().out
+    assert "model:         toy (multiclass, 2 classes)" in out
+    assert (
+        "optimizer:     adamw (betas=[0.9, 0.999], bias_correction=True, eps=1e-08, lr=0.01" in out
+    )
+    assert "format:        2, read from format 1 (opset 17, IR 8" in out
+    assert "no (BatchNorm running stat)" not in out and "fc.bias" in out
