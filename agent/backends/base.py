@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fedge.protocol.bundle import Bundle
+from fedge.protocol.errors import FedgeError
+from fedge.protocol.manifest import TensorSpec
 
 Params = dict[str, np.ndarray]
 
@@ -119,6 +121,23 @@ def proximal_pull(value: np.ndarray, anchor: np.ndarray, lr: float, mu: float) -
     every backend and optimizer without changing the exported loss.
     """
     return (value - np.float32(lr * mu) * (value - anchor)).astype(value.dtype, copy=False)
+
+
+def shape_labels(y: np.ndarray, label: TensorSpec) -> np.ndarray:
+    """Labels as the bundle's label input takes them: its dtype, and (n, *per-sample shape).
+
+    A one-logit bundle's label is (n, 1); SQLite gives one label column, (n,): same values.
+    """
+    want = (len(y), *label.sample_shape)
+    out = np.asarray(y).astype(label.dtype, copy=False)
+    if out.shape == want:
+        return out
+    if out.size == int(np.prod(want)):
+        return out.reshape(want)
+    raise FedgeError(
+        f"labels have shape {list(out.shape)}; the bundle's label '{label.name}' needs "
+        f"{list(want)} ({list(label.sample_shape)} per sample)"
+    )
 
 
 def batches(n: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:

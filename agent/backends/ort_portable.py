@@ -21,7 +21,7 @@ from fedge.protocol.ort_runtime import import_onnxruntime, single_thread_session
 from fedge.protocol.task_metrics import mean_loss, task_metrics
 from fedge.protocol.tensors import decode_tensors
 
-from .base import EvalResult, Params, TrainingBackend
+from .base import EvalResult, Params, TrainingBackend, shape_labels
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ class OrtPortableBackend(TrainingBackend):
         outputs = list(section.outputs)
         feeds = dict(self._state)
         feeds[section.input_name] = np.ascontiguousarray(x, dtype=manifest.input.dtype)
-        feeds[section.label_name] = np.ascontiguousarray(y, dtype=manifest.label.dtype)
+        feeds[section.label_name] = np.ascontiguousarray(shape_labels(y, manifest.label))
         feeds[section.lr_name] = self._lr
         result = dict(zip(outputs, self._session.run(outputs, feeds), strict=True))
         for name, output in self._updates:
@@ -139,10 +139,9 @@ class OrtPortableBackend(TrainingBackend):
         if len(y) == 0:
             return EvalResult(float("nan"), None, 0)
         manifest = self._bundle.manifest
-        label_dtype = np.dtype(manifest.label.dtype)
         total, outputs = 0.0, []
         for i in range(0, len(y), batch_size):
-            xb, yb = x[i : i + batch_size], y[i : i + batch_size].astype(label_dtype, copy=False)
+            xb, yb = x[i : i + batch_size], shape_labels(y[i : i + batch_size], manifest.label)
             out = self._forward(xb)
             total += mean_loss(manifest.loss.type, out, yb) * len(yb)
             outputs.append(out)

@@ -12,7 +12,7 @@ from fedge.protocol.errors import FedgeError
 from fedge.protocol.ort_runtime import import_training_api, single_thread_session_options
 from fedge.protocol.task_metrics import task_metrics
 
-from .base import EvalResult, Params, TrainingBackend
+from .base import EvalResult, Params, TrainingBackend, shape_labels
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +81,7 @@ class OrtTrainingBackend(TrainingBackend):
         self._infer = None
 
     def _train_step(self, x: np.ndarray, y: np.ndarray) -> float:
-        label_dtype = np.dtype(self._bundle.manifest.label.dtype)
-        outputs = self._module(x, y.astype(label_dtype, copy=False))
+        outputs = self._module(x, shape_labels(y, self._bundle.manifest.label))
         self._optimizer.step()
         self._module.lazy_reset_grad()
         return self._loss_after_step(outputs)
@@ -105,10 +104,9 @@ class OrtTrainingBackend(TrainingBackend):
         module = self._module
         module.eval()
         manifest = self._bundle.manifest
-        label_dtype = np.dtype(manifest.label.dtype)
         losses, outputs = [], []
         for i in range(0, len(y), batch_size):
-            xb, yb = x[i : i + batch_size], y[i : i + batch_size].astype(label_dtype, copy=False)
+            xb, yb = x[i : i + batch_size], shape_labels(y[i : i + batch_size], manifest.label)
             losses.append(float(module(xb, yb)) * len(yb))
             outputs.append(self._logits(xb))
         module.train()
