@@ -27,6 +27,7 @@ from zoo.models import ZOO  # noqa: E402
 
 from fedge.exporter.export import export_bundle  # noqa: E402
 from fedge.protocol.bundle import load_bundle  # noqa: E402
+from fedge.protocol.manifest import Verification  # noqa: E402
 
 
 def main() -> None:
@@ -48,7 +49,7 @@ def main() -> None:
     base = None
     for name in names:
         z = ZOO[name]
-        times, size, ver = [], 0, {}
+        times, size, ver = [], 0, Verification()
         for _ in range(args.runs):
             tmp = Path(tempfile.mkdtemp(prefix="fedge-bench-"))
             started = time.perf_counter()

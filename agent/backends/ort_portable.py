@@ -91,6 +91,11 @@ class OrtPortableBackend(TrainingBackend):
                 )
         return state
 
+    def _loaded(self) -> Bundle:
+        if self._bundle is None:
+            raise FedgeError(f"{self.name}: load a bundle first (backend.load(bundle))")
+        return self._bundle
+
     def set_parameters(self, params: Params) -> None:
         unknown = sorted(set(params) - set(self._state))
         if unknown:
@@ -112,7 +117,7 @@ class OrtPortableBackend(TrainingBackend):
 
     def _train_step(self, x: np.ndarray, y: np.ndarray) -> float:
         section = self._section
-        manifest = self._bundle.manifest
+        manifest = self._loaded().manifest
         outputs = list(section.outputs)
         feeds = dict(self._state)
         feeds[section.input_name] = np.ascontiguousarray(x, dtype=manifest.input.dtype)
@@ -124,7 +129,7 @@ class OrtPortableBackend(TrainingBackend):
         return float(result["loss"])
 
     def _trainable_names(self) -> list[str]:
-        return list(self._bundle.trainable_names)
+        return list(self._loaded().trainable_names)
 
     def _learning_rate(self) -> float:
         return float(self._lr)
@@ -138,7 +143,7 @@ class OrtPortableBackend(TrainingBackend):
     def evaluate(self, x: np.ndarray, y: np.ndarray, *, batch_size: int = 256) -> EvalResult:
         if len(y) == 0:
             return EvalResult(float("nan"), None, 0)
-        manifest = self._bundle.manifest
+        manifest = self._loaded().manifest
         total, outputs = 0.0, []
         for i in range(0, len(y), batch_size):
             xb, yb = x[i : i + batch_size], shape_labels(y[i : i + batch_size], manifest.label)
@@ -150,7 +155,7 @@ class OrtPortableBackend(TrainingBackend):
 
     def _forward(self, xb: np.ndarray) -> np.ndarray:
         if self._infer is None:
-            self._infer = _EvalSession(self._ort, self._bundle, self._eval_state(), self._threads)
+            self._infer = _EvalSession(self._ort, self._loaded(), self._eval_state(), self._threads)
         return self._infer.run(xb)
 
     def _eval_state(self) -> Params:

@@ -60,6 +60,11 @@ class OrtTrainingBackend(TrainingBackend):
         self._bundle = bundle
         self._infer = None
 
+    def _loaded(self) -> Bundle:
+        if self._bundle is None:
+            raise FedgeError(f"{self.name}: load a bundle first (backend.load(bundle))")
+        return self._bundle
+
     def set_parameters(self, params: Params) -> None:
         names = {n for n, _ in self._state.parameters}
         unknown = sorted(set(params) - names)
@@ -81,13 +86,13 @@ class OrtTrainingBackend(TrainingBackend):
         self._infer = None
 
     def _train_step(self, x: np.ndarray, y: np.ndarray) -> float:
-        outputs = self._module(x, shape_labels(y, self._bundle.manifest.label))
+        outputs = self._module(x, shape_labels(y, self._loaded().manifest.label))
         self._optimizer.step()
         self._module.lazy_reset_grad()
         return self._loss_after_step(outputs)
 
     def _trainable_names(self) -> list[str]:
-        return list(self._bundle.trainable_names)
+        return list(self._loaded().trainable_names)
 
     def _learning_rate(self) -> float:
         return float(self._lr)
@@ -103,7 +108,7 @@ class OrtTrainingBackend(TrainingBackend):
             return EvalResult(float("nan"), None, 0)
         module = self._module
         module.eval()
-        manifest = self._bundle.manifest
+        manifest = self._loaded().manifest
         losses, outputs = [], []
         for i in range(0, len(y), batch_size):
             xb, yb = x[i : i + batch_size], shape_labels(y[i : i + batch_size], manifest.label)
@@ -129,6 +134,6 @@ class OrtTrainingBackend(TrainingBackend):
 
         if self._infer is None:
             self._infer = InferenceRunner(
-                self._bundle, self.get_parameters(), threads=self._threads
+                self._loaded(), self.get_parameters(), threads=self._threads
             )
         return self._infer.run(xb)
