@@ -221,7 +221,8 @@ class _opened:
     """Load a bundle (extracting archives to a temporary folder removed afterwards)."""
 
     def __init__(self, path: Path, keys: list[bytes]) -> None:
-        self.path, self.keys, self.tmp = Path(path), keys, None
+        self.path, self.keys = Path(path), keys
+        self.tmp: str | None = None
 
     def __enter__(self) -> Bundle:
         if self.path.is_file():
