@@ -126,8 +126,7 @@ def compression_sizes(bundle: Path) -> list[tuple[str, int]]:
 
     manifest = load_bundle(bundle).manifest
     rng = np.random.default_rng(0)
-    params = manifest.get("trainable") or manifest.get("parameters") or []
-    shapes = {p["name"]: tuple(p["shape"]) for p in params}
+    shapes = {p.name: p.shape for p in manifest.parameters}
     delta = {n: rng.normal(0, 0.01, s).astype(np.float32) for n, s in shapes.items()}
     rows = [("plain float32", len(encode_delta(delta)[0]))]
     rows.append(("int8", len(encode_delta(delta, "int8")[0])))

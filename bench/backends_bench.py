@@ -86,7 +86,7 @@ def worker(args: argparse.Namespace) -> None:
         model.load_state_dict(
             {n: torch.from_numpy(v) for n, v in bundle.initial_parameters().items()}
         )
-        opt = torch.optim.SGD(model.parameters(), lr=bundle.manifest["optimizer"]["lr"])
+        opt = torch.optim.SGD(model.parameters(), lr=bundle.manifest.optimizer.lr)
         xt, yt = torch.from_numpy(x), torch.from_numpy(y)
         rng = np.random.default_rng(0)
         start = time.perf_counter()

@@ -27,6 +27,7 @@ from zoo.models import ZOO  # noqa: E402
 
 from fedge.exporter.export import export_bundle  # noqa: E402
 from fedge.protocol.bundle import load_bundle  # noqa: E402
+from fedge.protocol.manifest import Verification  # noqa: E402
 
 
 def main() -> None:
@@ -48,7 +49,7 @@ def main() -> None:
     base = None
     for name in names:
         z = ZOO[name]
-        times, size, ver = [], 0, {}
+        times, size, ver = [], 0, Verification()
         for _ in range(args.runs):
             tmp = Path(tempfile.mkdtemp(prefix="fedge-bench-"))
             started = time.perf_counter()
@@ -63,16 +64,16 @@ def main() -> None:
             )
             times.append(time.perf_counter() - started)
             bundle = load_bundle(path)
-            size = sum(f["size"] for f in bundle.manifest["files"].values())
-            ver = bundle.manifest["verification"]
+            size = sum(f.size for f in bundle.manifest.files.values())
+            ver = bundle.manifest.verification
             shutil.rmtree(tmp)
         median = statistics.median(times)
         base = base or median
-        step = ver.get("step_max_abs_diff")
-        stats = ver.get("running_stats_max_abs_diff")
+        step = ver.step_max_abs_diff
+        stats = ver.values.get("running_stats_max_abs_diff")
         print(
             f"{name:<17}{median:>9.2f}{median / base:>7.2f}{size / 1024:>12.1f}"
-            f"{ver['forward_max_abs_diff']:>10.1e}"
+            f"{ver.forward_max_abs_diff or 0.0:>10.1e}"
             f"{(f'{step:.1e}' if step is not None else 'skipped'):>11}"
             f"{(f'{stats:.1e}' if stats is not None else '-'):>10}"
         )

@@ -96,7 +96,7 @@ def simulate(
 ):
     strategy = create_strategy(strategy_name, options)
     mu = options.get("proximal_mu", 0.0) if strategy_name == "fedprox" else 0.0
-    lr = float(bundle.manifest["optimizer"].get("lr", 0.01))
+    lr = float(bundle.manifest.optimizer.lr)
     backend = create_backend("ort-training")
     params = bundle.initial_parameters()
     history = []

@@ -13,6 +13,8 @@ from typing import Any
 
 import onnx
 
+from fedge.protocol.manifest import Hyperparameter
+from fedge.protocol.manifest import OptimizerSpec as ManifestOptimizer
 from fedge.protocol.ort_runtime import import_onnxruntime
 
 from .errors import ExportError
@@ -41,18 +43,17 @@ class OptimizerSpec:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
 
-    def to_manifest(self) -> dict[str, Any]:
-        """The manifest's ``optimizer`` object."""
+    def to_manifest(self) -> ManifestOptimizer:
+        """The manifest's entry for this optimizer."""
         if self.type == "sgd":
-            return {"type": "sgd", "lr": self.lr, "momentum": 0.0, "weight_decay": 0.0}
-        return {
-            "type": "adamw",
-            "lr": self.lr,
-            "betas": list(self.betas),
+            return ManifestOptimizer("sgd", self.lr, {"momentum": 0.0, "weight_decay": 0.0})
+        hyper: dict[str, Hyperparameter] = {
+            "betas": tuple(self.betas),
             "eps": self.eps,
             "weight_decay": self.weight_decay,
             "bias_correction": True,
         }
+        return ManifestOptimizer("adamw", self.lr, hyper)
 
 
 def check_loss(loss: Any) -> bool:

@@ -15,6 +15,7 @@ from typing import Any
 from fedge.protocol import signing
 from fedge.protocol.bundle import Bundle, load_bundle
 from fedge.protocol.errors import FedgeError
+from fedge.protocol.manifest import Manifest, TaskSpec, TensorSpec
 
 _RAW = argparse.RawDescriptionHelpFormatter
 
@@ -220,7 +221,8 @@ class _opened:
     """Load a bundle (extracting archives to a temporary folder removed afterwards)."""
 
     def __init__(self, path: Path, keys: list[bytes]) -> None:
-        self.path, self.keys, self.tmp = Path(path), keys, None
+        self.path, self.keys = Path(path), keys
+        self.tmp: str | None = None
 
     def __enter__(self) -> Bundle:
         if self.path.is_file():
@@ -242,68 +244,79 @@ def _print_summary(bundle: Bundle, path: Path, *, details: bool = False) -> None
     specs = bundle.parameter_specs
     n_train = sum(_numel(s.shape) for s in specs if s.trainable)
     n_frozen = sum(_numel(s.shape) for s in specs if not s.trainable)
-    opt = m["optimizer"]
-    hyper = ", ".join(f"{k}={v}" for k, v in sorted(opt.items()) if k != "type")
-    print(f"bundle:        {path}")
-    print(
-        f"model:         {m['model_name']} ({m['task']}"
-        + (f", {m['num_classes']} classes)" if "num_classes" in m else ")")
+    opt = m.optimizer
+    hyper = ", ".join(
+        f"{k}={list(v) if isinstance(v, tuple) else v}"
+        for k, v in sorted({"lr": opt.lr, **opt.hyperparameters}.items())
     )
+    print(f"bundle:        {path}")
+    print(f"model:         {m.model_name} ({_task(m.task)})")
     print(f"content hash:  {bundle.content_hash}")
-    print("inputs:        " + ", ".join(_spec(s) for s in m["inputs"]))
-    print(f"label:         {_spec(m['label'])}")
-    print("outputs:       " + ", ".join(_spec(s) for s in m["outputs"]))
-    print(f"loss:          {m['loss']['type']}")
-    print(f"optimizer:     {opt['type']} ({hyper})")
+    print("inputs:        " + ", ".join(_spec(s) for s in m.inputs))
+    print(f"label:         {_spec(m.label)}")
+    print("outputs:       " + ", ".join(_spec(s) for s in m.outputs))
+    print(f"loss:          {m.loss.type}")
+    print(f"optimizer:     {opt.type} ({hyper})")
     print(
         f"parameters:    {len(specs)} tensors, {n_train:,} trainable + {n_frozen:,} frozen values"
     )
-    total = sum(f["size"] for f in m["files"].values())
-    print(f"files:         {len(m['files'])} files, {total / 1024:.1f} KiB")
-    ver = m["verification"]
-    if ver.get("skipped"):
+    total = sum(f.size for f in m.files.values())
+    print(f"files:         {len(m.files)} files, {total / 1024:.1f} KiB")
+    ver = m.verification
+    if ver.skipped:
         print("verification:  skipped (--no-verify)")
     else:
-        step = ver.get("step_max_abs_diff")
+        step = ver.step_max_abs_diff
+        forward = ver.forward_max_abs_diff
         print(
-            f"verification:  forward max|diff| {ver['forward_max_abs_diff']:.2e}, step max|diff| "
-            + (f"{step:.2e}" if step is not None else f"skipped ({ver.get('step_skipped')})")
+            f"verification:  forward max|diff| {forward or 0.0:.2e}, step max|diff| "
+            + (f"{step:.2e}" if step is not None else f"skipped ({ver.step_skipped})")
         )
     print(f"signature:     {bundle.signature_status}")
-    print(f"backends:      {', '.join(m['backends'])}" + _portable_note(m))
+    print(f"backends:      {', '.join(m.backends)}" + _portable_note(m))
     if not details:
         return
-    print(
-        f"format:        {m['format_version']} (opset {m['opset']}, IR {m['ir_version']}, "
-        f"backends {', '.join(m['backends'])})"
+    upgraded = (
+        f", read from format {m.source_format}" if m.source_format != m.format_version else ""
     )
-    print("versions:      " + ", ".join(f"{k} {v}" for k, v in sorted(m["versions"].items())))
-    stats = {r["param"] for r in m.get("running_stats", [])}
+    print(
+        f"format:        {m.format_version}{upgraded} (opset {m.opset}, IR {m.ir_version}, "
+        f"backends {', '.join(m.backends)})"
+    )
+    print("versions:      " + ", ".join(f"{k} {v}" for k, v in sorted(m.versions.items())))
+    stats = {r.param for r in m.running_stats}
     print("\nparameter                       shape           dtype     trainable")
     for s in specs:
         kind = "yes" if s.trainable else "no (BatchNorm running stat)" if s.name in stats else "no"
         print(f"  {s.name:<30}{str(list(s.shape)):<16}{s.dtype:<10}{kind}")
     print("\nverification:")
-    for key, value in sorted(ver.items()):
+    for key, value in sorted(ver.values.items()):
         print(f"  {key}: {value}")
     print("\nfile                            size        sha256")
-    for name, entry in sorted(m["files"].items()):
-        print(f"  {name:<30}{entry['size']:>10,}  {entry['sha256'][:16]}")
-    print("\npatches:" + ("" if m["patches"] else " none"))
-    for patch in m["patches"]:
-        print(f"  - {patch['what']}\n    why: {patch['why']}")
+    for name, entry in sorted(m.files.items()):
+        print(f"  {name:<30}{entry.size:>10,}  {entry.sha256[:16]}")
+    print("\npatches:" + ("" if m.patches else " none"))
+    for patch in m.patches:
+        print(f"  - {patch.what}\n    why: {patch.why}")
 
 
-def _portable_note(m: dict[str, Any]) -> str:
-    portable = m.get("portable")
-    if isinstance(portable, dict) and not portable.get("available", True):
-        return f" (no ort-portable: {portable.get('reason')})"
+def _task(task: TaskSpec) -> str:
+    """``multiclass, 10 classes``; ``binary, one logit``; ``regression, 1 target``."""
+    if task.kind == "binary":
+        return "binary, one logit"
+    unit = {"multiclass": "classes", "multilabel": "labels"}.get(task.kind, "targets")
+    return f"{task.kind}, {task.width} {unit}"
+
+
+def _portable_note(m: Manifest) -> str:
+    if m.portable is not None and not m.portable.available:
+        return f" (no ort-portable: {m.portable.reason})"
     return ""
 
 
-def _spec(spec: dict[str, Any]) -> str:
-    dims = ",".join("batch" if d is None else str(d) for d in spec["shape"])
-    return f"{spec['name']} {spec['dtype']}[{dims}]"
+def _spec(spec: TensorSpec) -> str:
+    dims = ",".join("batch" if d is None else str(d) for d in spec.shape)
+    return f"{spec.name} {spec.dtype}[{dims}]"
 
 
 def _numel(shape: tuple[int, ...]) -> int:

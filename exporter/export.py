@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,17 @@ from torch import nn
 
 from fedge.protocol import signing
 from fedge.protocol.bundle import ARCHIVE_SUFFIX, pack_bundle, write_manifest
-from fedge.protocol.manifest import FORMAT_VERSION
+from fedge.protocol.manifest import (
+    LossSpec,
+    Manifest,
+    ParameterSpec,
+    Patch,
+    PortableStep,
+    RunningStat,
+    TaskSpec,
+    TensorSpec,
+    Verification,
+)
 from fedge.protocol.tensors import encode_tensors
 
 from . import artifacts, batchnorm, onnx_graph, preflight
@@ -36,7 +47,6 @@ log = logging.getLogger(__name__)
 INPUT_NAME = "input"
 VERIFY_BATCH = 8
 VERIFY_SEED = 1234
-CLASSIFICATION_LOSSES = ("cross_entropy", "bce_with_logits")
 
 
 def export_bundle(
@@ -93,14 +103,14 @@ def export_bundle(
     bn_layers = batchnorm.find_layers(model, example)
     stat_names = batchnorm.running_stat_names(bn_layers)
     if custom_loss:
-        task = "classification" if num_classes else "regression"
         label_spec = _label_spec("custom", output, label_dtype, label_shape)
-        classes = num_classes
+        task = TaskSpec.derive("custom", output.shape[1:], num_classes=num_classes)
     else:
-        task = "classification" if loss in CLASSIFICATION_LOSSES else "regression"
         label_spec = _label_spec(loss, output, label_dtype, label_shape)
-        classes = _num_classes(loss, output, num_classes)
-    output_name = "logits" if task == "classification" else "prediction"
+        _check_num_classes(loss, output, num_classes)
+        task = TaskSpec.derive(loss, output.shape[1:])
+    classes = task.num_classes  # multiclass only: what the step check draws labels from
+    output_name = "logits" if task.is_classification else "prediction"
 
     work = Path(tempfile.mkdtemp(prefix="fedge-export-")) if archive else out
     created = not work.exists()
@@ -163,7 +173,9 @@ def export_bundle(
         onnx_graph.save_model(infer_proto, work / "inference.onnx")
         (work / "parameters.safetensors").write_bytes(encode_tensors(params))
         if custom_loss:
-            label_spec["name"] = artifacts.graph_io(work / "training_model.onnx")[0][1]
+            label_spec = replace(
+                label_spec, name=artifacts.graph_io(work / "training_model.onnx")[0][1]
+            )
         _check_label_input(work, label_spec)
 
         parity.check_checkpoint(work, params, train_names)
@@ -174,65 +186,63 @@ def export_bundle(
             loss,
             opt,
             train_names,
-            label_spec["shape"][1:],
+            label_spec.sample_shape,
             classes,
             verify,
             running_stats,
             torch_loss,
         )
         training_proto = onnx.load(str(work / "training_model.onnx"), load_external_data=False)
-        manifest: dict[str, Any] = {
-            "format_version": FORMAT_VERSION,
-            "model_name": model_name,
-            "inputs": [_tensor_spec(INPUT_NAME, input_dtype, [None, *input_shape])],
-            "outputs": [_tensor_spec(output_name, _dtype(output), [None, *output.shape[1:]])],
-            "label": label_spec,
-            "loss": (
-                {"type": "custom", "block": type(loss).__name__}
-                if custom_loss
-                else {"type": loss, "reduction": "mean"}
-            ),
-            "optimizer": opt.to_manifest(),
-            "task": task,
-            "parameters": [
-                {
-                    "name": n,
-                    "shape": list(a.shape),
-                    "dtype": a.dtype.name,
-                    "trainable": n in train_names,
-                }
-                for n, a in params.items()
-            ],
-            "opset": onnx_graph.opset_of(training_proto),
-            "ir_version": int(training_proto.ir_version),
-            "versions": _versions(),
-            "backends": ["ort-training"],
-            "verification": numbers,
-            "patches": patches,
-        }
-        if classes is not None:
-            manifest["num_classes"] = classes
-        if running_stats:
-            manifest["running_stats"] = running_stats
+        input_spec = TensorSpec(INPUT_NAME, input_dtype, (None, *map(int, input_shape)))
         if custom_loss:
-            manifest["portable"] = {
-                "available": False,
-                "reason": "a custom onnxblock loss has no portable equivalent",
-            }
+            portable_step: PortableStep | None = PortableStep(
+                False, reason="a custom onnxblock loss has no portable equivalent"
+            )
         elif portable:
-            add_portable_step(
-                manifest,
+            portable_step, numbers["portable"] = add_portable_step(
                 model=model,
                 bundle_dir=work,
                 loss=loss,
                 optimizer=opt,
                 trainable=train_names,
+                input_spec=input_spec,
+                label_spec=label_spec,
+                num_classes=classes,
                 verify=verify,
             )
+        else:
+            portable_step = None
+        manifest = Manifest(
+            model_name=model_name,
+            task=task,
+            inputs=(input_spec,),
+            outputs=(TensorSpec(output_name, _dtype(output), (None, *output.shape[1:])),),
+            label=label_spec,
+            loss=(
+                LossSpec("custom", reduction=None, block=type(loss).__name__)
+                if custom_loss
+                else LossSpec(loss, reduction="mean")
+            ),
+            optimizers=(opt.to_manifest(),),
+            parameters=tuple(
+                ParameterSpec(n, tuple(a.shape), a.dtype.name, n in train_names)
+                for n, a in params.items()
+            ),
+            opset=onnx_graph.opset_of(training_proto),
+            ir_version=int(training_proto.ir_version),
+            versions=_versions(),
+            backends=("ort-training", "ort-portable")
+            if portable_step is not None and portable_step.available
+            else ("ort-training",),
+            verification=Verification(numbers),
+            patches=tuple(Patch(p["what"], p["why"]) for p in patches),
+            running_stats=tuple(RunningStat(s["param"], s["output"]) for s in running_stats),
+            portable=portable_step,
+        )
         written = write_manifest(work, manifest)
         if sign_key is not None:
             signing.sign_bundle(work, signing.load_private_key(sign_key))
-        log.info("exported %s (%s) to %s", model_name, written["content_hash"][:12], out)
+        log.info("exported %s (%s) to %s", model_name, written.content_hash[:12], out)
         if archive:
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_bytes(pack_bundle(work))
@@ -255,19 +265,15 @@ def _dtype(tensor: torch.Tensor) -> str:
     return str(tensor.dtype).removeprefix("torch.")
 
 
-def _tensor_spec(name: str, dtype: str, shape: Sequence[int | None]) -> dict[str, Any]:
-    return {"name": name, "dtype": dtype, "shape": [None if d is None else int(d) for d in shape]}
-
-
 def _label_spec(
     loss: str, output: torch.Tensor, dtype: str | None, shape: Sequence[int] | None
-) -> dict[str, Any]:
+) -> TensorSpec:
     """What the training graph's label input must be, checked against the caller's wishes."""
     if loss == "cross_entropy":
         want_dtype, want_shape = "int64", list(output.shape[1:-1])
     elif loss == "custom":  # the caller knows what its loss block reads
         dtype_, shape_ = dtype or _dtype(output), list(shape or output.shape[1:])
-        return _tensor_spec("target", dtype_, [None, *shape_])
+        return TensorSpec("target", dtype_, (None, *map(int, shape_)))
     else:
         want_dtype, want_shape = _dtype(output), list(output.shape[1:])
     if dtype is not None and dtype != want_dtype:
@@ -282,29 +288,25 @@ def _label_spec(
             f"{tuple(want_shape)} per sample, not {tuple(shape)}"
         )
     name = artifacts.LOSSES[loss][1]
-    return _tensor_spec(name, want_dtype, [None, *want_shape])
+    return TensorSpec(name, want_dtype, (None, *map(int, want_shape)))
 
 
-def _num_classes(loss: str, output: torch.Tensor, given: int | None) -> int | None:
-    if loss == "cross_entropy":
-        found = int(output.shape[-1]) if output.dim() >= 2 else 0
-        if found < 2:
-            raise ExportError(
-                f"cross_entropy needs (batch, classes) logits; got {tuple(output.shape)}"
-            )
-        if given is not None and given != found:
-            raise ExportError(f"--num-classes {given} but the model outputs {found} logits")
-        return found
-    if loss == "bce_with_logits":
-        return given if given is not None else 2 if output.shape[-1] == 1 else int(output.shape[-1])
-    return given
+def _check_num_classes(loss: str, output: torch.Tensor, given: int | None) -> None:
+    """``num_classes`` is derived from the output; a caller's value must agree with it."""
+    if loss != "cross_entropy":
+        return
+    found = int(output.shape[-1]) if output.dim() >= 2 else 0
+    if found < 2:
+        raise ExportError(f"cross_entropy needs (batch, classes) logits; got {tuple(output.shape)}")
+    if given is not None and given != found:
+        raise ExportError(f"--num-classes {given} but the model outputs {found} logits")
 
 
-def _check_label_input(work: Path, label_spec: dict[str, Any]) -> None:
+def _check_label_input(work: Path, label_spec: TensorSpec) -> None:
     inputs = artifacts.graph_io(work / "training_model.onnx")[0][:2]
-    if inputs != [INPUT_NAME, label_spec["name"]]:
+    if inputs != [INPUT_NAME, label_spec.name]:
         raise ExportError(
-            f"training graph inputs are {inputs}, expected {[INPUT_NAME, label_spec['name']]}"
+            f"training graph inputs are {inputs}, expected {[INPUT_NAME, label_spec.name]}"
         )
 
 

@@ -1,28 +1,38 @@
-"""Central evaluation of a model version on a held-out SQLite table (plain onnxruntime)."""
+"""Central evaluation of a model version on a held-out SQLite table (plain onnxruntime).
+
+The metrics follow the bundle's task (``fedge.protocol.task_metrics``): accuracy and macro F1
+for multiclass; accuracy at sigmoid > 0.5 and ROC AUC for one-logit binary; mean per-label
+accuracy and F1 for multi-label; MAE and RMSE for regression. Each is reported as ``test_<name>``,
+with ``test_loss`` (the bundle's own loss, unless it is a custom ONNX block) and
+``test_samples``.
+"""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
 from fedge.protocol.bundle import Bundle
 from fedge.protocol.inference import InferenceRunner
 from fedge.protocol.sqlite_samples import DataSource, read_samples
+from fedge.protocol.task_metrics import mean_loss, task_metrics
 
 
 class CentralEvaluator:
-    """Loads the test rows once; ``evaluate(params)`` returns loss and (for classifiers) accuracy."""
+    """Loads the test rows once; ``evaluate(params)`` returns the task's metrics."""
 
     def __init__(self, bundle: Bundle, source: DataSource, *, batch_size: int = 512) -> None:
         self.bundle = bundle
-        spec = bundle.manifest["inputs"][0]
-        shape = [int(d) for d in spec["shape"][1:]]
-        samples = read_samples(source, expected_features=int(np.prod(shape)) if shape else None)
+        shape = list(bundle.manifest.input.sample_shape)
+        samples = read_samples(source, expected_features=math.prod(shape) if shape else None)
         self.x = samples.x.reshape([len(samples)] + shape)
         self.y = samples.y
         self.batch_size = batch_size
-        self.task = bundle.manifest.get("task", "classification")
+        self.task = bundle.manifest.task
 
     def evaluate(self, params: dict[str, np.ndarray]) -> dict[str, float]:
+        """``test_*`` metrics of ``params`` on the held-out rows."""
         runner = InferenceRunner(self.bundle, params)
         outputs = np.concatenate(
             [
@@ -30,17 +40,11 @@ class CentralEvaluator:
                 for i in range(0, len(self.y), self.batch_size)
             ]
         )
-        if self.task == "classification":
-            logits = outputs.astype(np.float64)
-            logits -= logits.max(axis=1, keepdims=True)
-            log_probs = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
-            labels = self.y.astype(np.int64)
-            loss = float(-log_probs[np.arange(len(labels)), labels].mean())
-            accuracy = float((outputs.argmax(axis=1) == labels).mean())
-            return {
-                "test_loss": loss,
-                "test_accuracy": accuracy,
-                "test_samples": float(len(labels)),
-            }
-        err = outputs.reshape(len(self.y), -1) - self.y.reshape(len(self.y), -1)
-        return {"test_mse": float(np.mean(err**2)), "test_samples": float(len(self.y))}
+        metrics = {f"test_{k}": v for k, v in task_metrics(self.task, outputs, self.y).items()}
+        loss = self.bundle.manifest.loss.type
+        if loss != "custom":
+            metrics["test_loss"] = mean_loss(loss, outputs, self.y)
+        if self.task.kind == "regression":  # kept for dashboards that plot it
+            metrics["test_mse"] = metrics["test_rmse"] ** 2
+        metrics["test_samples"] = float(len(self.y))
+        return metrics

@@ -211,7 +211,7 @@ class Orchestrator:
             log.info(
                 "new run %s for model %s with %s",
                 run_id,
-                self.bundle.manifest.get("model_name"),
+                self.bundle.model_name,
                 self.strategy.describe(),
             )
             if self.evaluator is not None:  # the baseline every later version is compared with

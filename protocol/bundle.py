@@ -18,7 +18,7 @@ import os
 import stat
 import tempfile
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,13 +32,16 @@ from .manifest import (
     MANIFEST_NAME,
     REQUIRED_FILES,
     SIGNATURE_NAME,
+    FileEntry,
+    Manifest,
+    ParameterSpec,
     check_format_version,
-    compute_content_hash,
-    manifest_bytes,
     parse_manifest,
-    validate_manifest,
 )
+from .manifest_json import compute_content_hash, decode_manifest_json, manifest_bytes
 from .tensors import decode_tensors
+
+__all__ = ["Bundle", "ParameterSpec", "load_bundle", "pack_bundle", "unpack_bundle"]
 
 log = logging.getLogger(__name__)
 
@@ -52,60 +55,45 @@ _ZIP_MODE = (stat.S_IFREG | 0o644) << 16
 _HASH_CHUNK = 1 << 20
 
 
-@dataclass(frozen=True)
-class ParameterSpec:
-    """One parameter of the model as the manifest describes it."""
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: str
-    trainable: bool
-
-
 @dataclass
 class Bundle:
     """A bundle on disk whose manifest, hashes and (optionally) signature have been checked."""
 
     root: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
     signature_status: str = "unsigned"  # unsigned | unverified | verified:<key fingerprint>
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def content_hash(self) -> str:
         """The model's identity: sha256 over the canonical manifest."""
-        return self.manifest["content_hash"]
+        return self.manifest.content_hash
 
     @property
     def model_name(self) -> str:
         """Human name the exporter gave the model."""
-        return self.manifest["model_name"]
+        return self.manifest.model_name
 
     def file(self, name: str) -> Path:
         """Path of a file the manifest lists (or the manifest itself); unknown names raise."""
-        if name != MANIFEST_NAME and name not in self.manifest["files"]:
-            raise BundleError(
-                f"bundle has no file '{name}'; it has: {sorted(self.manifest['files'])}"
-            )
+        if name != MANIFEST_NAME and name not in self.manifest.files:
+            raise BundleError(f"bundle has no file '{name}'; it has: {sorted(self.manifest.files)}")
         return self.root / name
 
     @property
     def parameter_specs(self) -> list[ParameterSpec]:
         """Every parameter in the checkpoint, trainable and frozen, in manifest order."""
-        return [
-            ParameterSpec(p["name"], tuple(p["shape"]), p["dtype"], p["trainable"])
-            for p in self.manifest["parameters"]
-        ]
+        return list(self.manifest.parameters)
 
     @property
     def trainable_names(self) -> list[str]:
         """Names of the parameters training updates (and deltas carry)."""
-        return [p.name for p in self.parameter_specs if p.trainable]
+        return self.manifest.trainable_names
 
     @property
     def frozen_names(self) -> list[str]:
         """Names of the parameters training leaves unchanged."""
-        return [p.name for p in self.parameter_specs if not p.trainable]
+        return self.manifest.frozen_names
 
     def initial_parameters(self) -> dict[str, np.ndarray]:
         """Initial value of every parameter, checked against the manifest's names/shapes/dtypes."""
@@ -133,11 +121,11 @@ class Bundle:
 
 
 def load_bundle(
-    path: str | os.PathLike,
+    path: str | os.PathLike[str],
     *,
     trusted_public_keys: Sequence[signing.PublicKeyLike] | None = None,
     require_signature: bool = False,
-    extract_to: str | os.PathLike | None = None,
+    extract_to: str | os.PathLike[str] | None = None,
 ) -> Bundle:
     """Open a bundle directory or ``.fedge`` archive and verify it; raise BundleError if not valid.
 
@@ -164,32 +152,43 @@ def load_bundle(
     raw = manifest_path.read_bytes()
     if len(raw) > MAX_MANIFEST_BYTES:
         raise BundleError(f"{MANIFEST_NAME} is {len(raw)} bytes; the limit is {MAX_MANIFEST_BYTES}")
-    manifest = parse_manifest(raw)
-    check_format_version(manifest)
+    decoded = decode_manifest_json(raw)
+    check_format_version(decoded)
     status = _check_signature(root, raw, trusted_public_keys, require_signature)
-    validate_manifest(manifest)
-    actual_hash = compute_content_hash(manifest)
-    if actual_hash != manifest["content_hash"]:
+    manifest = parse_manifest(decoded)
+    # The hash covers the bytes as written (a format-1 manifest keeps its old layout's hash).
+    actual_hash = compute_content_hash(decoded)
+    if actual_hash != manifest.content_hash:
         raise BundleError(
-            f"manifest content_hash is {manifest['content_hash']} but its contents hash to "
+            f"manifest content_hash is {manifest.content_hash} but its contents hash to "
             f"{actual_hash} (the manifest was edited)"
         )
-    for name, entry in sorted(manifest["files"].items()):
+    for name, entry in sorted(manifest.files.items()):
         _check_file(root / name, name, entry)
     _warn_extra_files(root, manifest)
-    log.debug("loaded bundle %s (%s, %s)", root, manifest["content_hash"][:12], status)
+    if manifest.source_format != manifest.format_version:
+        log.info(
+            "bundle %s is format %d, read as format %d",
+            root,
+            manifest.source_format,
+            manifest.format_version,
+        )
+    log.debug("loaded bundle %s (%s, %s)", root, manifest.content_hash[:12], status)
     return Bundle(root=root, manifest=manifest, signature_status=status)
 
 
-def write_manifest(bundle_dir: str | os.PathLike, manifest: dict[str, Any]) -> dict[str, Any]:
+def write_manifest(
+    bundle_dir: str | os.PathLike[str], manifest: Manifest | Mapping[str, Any]
+) -> Manifest:
     """Fill ``files`` (sha256 and size of every other file) and ``content_hash``, write
-    ``manifest.json`` deterministically, and return the complete manifest.
+    ``manifest.json`` deterministically (``Manifest.to_dict``), and return the complete manifest.
 
+    A mapping is parsed first (as a draft: files and hash may be missing; format 1 is upgraded).
     Any stale ``manifest.sig`` is removed: the old signature cannot match the new manifest.
     """
     root = Path(bundle_dir)
-    body = {k: v for k, v in manifest.items() if k not in ("files", "content_hash")}
-    files: dict[str, dict[str, Any]] = {}
+    draft = manifest if isinstance(manifest, Manifest) else Manifest.from_dict(manifest, draft=True)
+    files: dict[str, FileEntry] = {}
     for entry in sorted(root.iterdir()):
         if entry.name in (MANIFEST_NAME, SIGNATURE_NAME):
             continue
@@ -197,19 +196,19 @@ def write_manifest(bundle_dir: str | os.PathLike, manifest: dict[str, Any]) -> d
             raise BundleError(
                 f"bundle directory holds {entry.name!r}, which cannot be a bundle file"
             )
-        files[entry.name] = {"sha256": _file_sha256(entry), "size": entry.stat().st_size}
+        files[entry.name] = FileEntry(_file_sha256(entry), entry.stat().st_size)
     for name in REQUIRED_FILES:
         if name not in files:
             raise BundleError(f"cannot write manifest: {root / name} is missing")
-    body["files"] = files
+    body = draft.with_files(files, "").to_dict()
     body["content_hash"] = compute_content_hash(body)
-    validate_manifest(body)
+    final = Manifest.from_dict(body)  # the one parser checks what the one writer wrote
     (root / SIGNATURE_NAME).unlink(missing_ok=True)
     (root / MANIFEST_NAME).write_bytes(manifest_bytes(body))
-    return body
+    return final
 
 
-def pack_bundle(bundle_dir: str | os.PathLike) -> bytes:
+def pack_bundle(bundle_dir: str | os.PathLike[str]) -> bytes:
     """Zip a bundle directory deterministically: sorted names, 1980-01-01 timestamps, mode 0644.
 
     Only ``manifest.json``, ``manifest.sig`` and the files the manifest lists are packed, so the
@@ -220,7 +219,7 @@ def pack_bundle(bundle_dir: str | os.PathLike) -> bytes:
     if not manifest_path.is_file():
         raise BundleError(f"cannot pack {root}: no {MANIFEST_NAME}")
     manifest = parse_manifest(manifest_path.read_bytes())
-    names = [MANIFEST_NAME, *sorted(manifest.get("files", {}))]
+    names = [MANIFEST_NAME, *sorted(manifest.files)]
     if (root / SIGNATURE_NAME).is_file():
         names.insert(1, SIGNATURE_NAME)
     buffer = io.BytesIO()
@@ -239,7 +238,7 @@ def pack_bundle(bundle_dir: str | os.PathLike) -> bytes:
 
 def unpack_bundle(
     data: bytes,
-    dest_dir: str | os.PathLike,
+    dest_dir: str | os.PathLike[str],
     *,
     max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
 ) -> Path:
@@ -265,8 +264,7 @@ def unpack_bundle(
         if manifest_info.file_size > MAX_MANIFEST_BYTES:
             raise BundleError(f"{MANIFEST_NAME} is {manifest_info.file_size} bytes; too large")
         manifest = parse_manifest(archive.read(MANIFEST_NAME))
-        listed = manifest.get("files")
-        allowed = {MANIFEST_NAME, SIGNATURE_NAME} | set(listed if isinstance(listed, dict) else ())
+        allowed = {MANIFEST_NAME, SIGNATURE_NAME} | set(manifest.files)
         unexpected = sorted(seen - allowed)
         if unexpected:
             raise BundleError(
@@ -318,20 +316,20 @@ def _check_signature(
     return f"verified:{key_id}"
 
 
-def _check_file(path: Path, name: str, entry: dict[str, Any]) -> None:
+def _check_file(path: Path, name: str, entry: FileEntry) -> None:
     if not path.is_file():
         raise BundleError(f"bundle file '{name}' is missing")
     actual = _file_sha256(path)
-    if actual != entry["sha256"]:
+    if actual != entry.sha256:
         size = path.stat().st_size
         raise BundleError(
             f"bundle file '{name}' has sha256 {actual} ({size} bytes) but the manifest says "
-            f"{entry['sha256']} ({entry['size']} bytes)"
+            f"{entry.sha256} ({entry.size} bytes)"
         )
 
 
-def _warn_extra_files(root: Path, manifest: dict[str, Any]) -> None:
-    known = {MANIFEST_NAME, SIGNATURE_NAME} | set(manifest["files"])
+def _warn_extra_files(root: Path, manifest: Manifest) -> None:
+    known = {MANIFEST_NAME, SIGNATURE_NAME} | set(manifest.files)
     extra = sorted(p.name for p in root.iterdir() if p.name not in known)
     if extra:
         log.warning("bundle %s holds files its manifest does not list (ignored): %s", root, extra)

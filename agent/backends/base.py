@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from fedge.protocol.bundle import Bundle
+from fedge.protocol.errors import FedgeError
+from fedge.protocol.manifest import TensorSpec
 
 Params = dict[str, np.ndarray]
 
@@ -26,6 +28,8 @@ class EvalResult:
     loss: float
     accuracy: float | None
     samples: int
+    # the task's metrics (fedge.protocol.task_metrics): accuracy, macro_f1, roc_auc, mae, rmse
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 class TrainingBackend(ABC):
@@ -107,7 +111,7 @@ class TrainingBackend(ABC):
 
     @abstractmethod
     def evaluate(self, x: np.ndarray, y: np.ndarray, *, batch_size: int = 256) -> EvalResult:
-        """Loss (and accuracy for classifiers) without changing any parameter."""
+        """Loss and the task's metrics without changing any parameter."""
 
 
 def proximal_pull(value: np.ndarray, anchor: np.ndarray, lr: float, mu: float) -> np.ndarray:
@@ -117,6 +121,23 @@ def proximal_pull(value: np.ndarray, anchor: np.ndarray, lr: float, mu: float) -
     every backend and optimizer without changing the exported loss.
     """
     return (value - np.float32(lr * mu) * (value - anchor)).astype(value.dtype, copy=False)
+
+
+def shape_labels(y: np.ndarray, label: TensorSpec) -> np.ndarray:
+    """Labels as the bundle's label input takes them: its dtype, and (n, *per-sample shape).
+
+    A one-logit bundle's label is (n, 1); SQLite gives one label column, (n,): same values.
+    """
+    want = (len(y), *label.sample_shape)
+    out = np.asarray(y).astype(label.dtype, copy=False)
+    if out.shape == want:
+        return out
+    if out.size == int(np.prod(want)):
+        return out.reshape(want)
+    raise FedgeError(
+        f"labels have shape {list(out.shape)}; the bundle's label '{label.name}' needs "
+        f"{list(want)} ({list(label.sample_shape)} per sample)"
+    )
 
 
 def batches(n: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:

@@ -16,10 +16,12 @@ import numpy as np
 
 from fedge.protocol.bundle import Bundle
 from fedge.protocol.errors import FedgeError
+from fedge.protocol.manifest import PortableStep
 from fedge.protocol.ort_runtime import import_onnxruntime, single_thread_session_options
+from fedge.protocol.task_metrics import mean_loss, task_metrics
 from fedge.protocol.tensors import decode_tensors
 
-from .base import EvalResult, Params, TrainingBackend
+from .base import EvalResult, Params, TrainingBackend, shape_labels
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +40,7 @@ class OrtPortableBackend(TrainingBackend):
         self._threads = threads
         self._bundle: Bundle | None = None
         self._session: Any = None
-        self._section: dict[str, Any] = {}
+        self._section = PortableStep(False)
         self._state: dict[str, np.ndarray] = {}
         self._param_names: list[str] = []
         self._updates: list[tuple[str, str]] = []
@@ -46,37 +48,38 @@ class OrtPortableBackend(TrainingBackend):
         self._infer: Any = None
 
     def load(self, bundle: Bundle, *, learning_rate: float | None = None) -> None:
-        section = bundle.manifest.get("portable") or {}
-        if NAME not in bundle.manifest.get("backends", []) or not section.get("available"):
-            reason = section.get("reason", "it was exported before the portable step existed")
+        section = bundle.manifest.portable
+        if NAME not in bundle.manifest.backends or section is None or not section.available:
+            reason = section.reason if section is not None else None
             raise PortableStepMissing(
-                f"bundle '{bundle.model_name}' has no portable training step ({reason}); "
+                f"bundle '{bundle.model_name}' has no portable training step "
+                f"({reason or 'it was exported before the portable step existed'}); "
                 "use backend = 'ort-training' on a device with onnxruntime-training-cpu"
             )
         so = single_thread_session_options(self._ort, self._threads)
         self._session = self._ort.InferenceSession(
-            str(bundle.file(section["file"])), sess_options=so, providers=["CPUExecutionProvider"]
+            str(bundle.file(section.file)), sess_options=so, providers=["CPUExecutionProvider"]
         )
         self._section = section
         self._bundle = bundle
         self._param_names = [p.name for p in bundle.parameter_specs]
         self._state = self._initial_state(bundle, section)
         # (state slot, graph output with its new value) for every slot a step changes
-        self._updates = [(s["name"], s["output"]) for s in section["state"] if s["output"]]
-        lr = learning_rate if learning_rate is not None else section["optimizer"]["lr"]
+        self._updates = [(s.name, s.output) for s in section.state if s.output]
+        lr = learning_rate if learning_rate is not None else bundle.manifest.optimizer.lr
         self._lr = np.array(lr, dtype=np.float32)
         self._infer = None
 
-    def _initial_state(self, bundle: Bundle, section: dict[str, Any]) -> dict[str, np.ndarray]:
+    def _initial_state(self, bundle: Bundle, section: PortableStep) -> dict[str, np.ndarray]:
         """Fresh state: bundle parameters, exported buffers, zeroed optimizer slots."""
         values: dict[str, np.ndarray] = dict(bundle.initial_parameters())
-        if section.get("buffers_file"):
-            buffers = decode_tensors(bundle.file(section["buffers_file"]).read_bytes())
+        if section.buffers_file:
+            buffers = decode_tensors(bundle.file(section.buffers_file).read_bytes())
             values = {**buffers, **values}
         state = {}
-        for slot in section["state"]:
-            name, shape, dtype = slot["name"], tuple(slot["shape"]), np.dtype(slot["dtype"])
-            if slot["kind"] == "optimizer":
+        for slot in section.state:
+            name, shape, dtype = slot.name, tuple(slot.shape), np.dtype(slot.dtype)
+            if slot.kind == "optimizer":
                 state[name] = np.zeros(shape, dtype=dtype)
             elif name in values:
                 state[name] = np.asarray(values[name], dtype=dtype, order="C")
@@ -87,6 +90,11 @@ class OrtPortableBackend(TrainingBackend):
                     f"'{name}' is {list(state[name].shape)} in the bundle, step expects {list(shape)}"
                 )
         return state
+
+    def _loaded(self) -> Bundle:
+        if self._bundle is None:
+            raise FedgeError(f"{self.name}: load a bundle first (backend.load(bundle))")
+        return self._bundle
 
     def set_parameters(self, params: Params) -> None:
         unknown = sorted(set(params) - set(self._state))
@@ -108,20 +116,20 @@ class OrtPortableBackend(TrainingBackend):
         self._infer = None
 
     def _train_step(self, x: np.ndarray, y: np.ndarray) -> float:
-        names = self._section["inputs"]
-        manifest = self._bundle.manifest
-        outputs = self._section["outputs"]
+        section = self._section
+        manifest = self._loaded().manifest
+        outputs = list(section.outputs)
         feeds = dict(self._state)
-        feeds[names["input"]] = np.ascontiguousarray(x, dtype=manifest["inputs"][0]["dtype"])
-        feeds[names["label"]] = np.ascontiguousarray(y, dtype=manifest["label"]["dtype"])
-        feeds[names["lr"]] = self._lr
+        feeds[section.input_name] = np.ascontiguousarray(x, dtype=manifest.input.dtype)
+        feeds[section.label_name] = np.ascontiguousarray(shape_labels(y, manifest.label))
+        feeds[section.lr_name] = self._lr
         result = dict(zip(outputs, self._session.run(outputs, feeds), strict=True))
         for name, output in self._updates:
             self._state[name] = result[output]
         return float(result["loss"])
 
     def _trainable_names(self) -> list[str]:
-        return list(self._bundle.trainable_names)
+        return list(self._loaded().trainable_names)
 
     def _learning_rate(self) -> float:
         return float(self._lr)
@@ -135,28 +143,25 @@ class OrtPortableBackend(TrainingBackend):
     def evaluate(self, x: np.ndarray, y: np.ndarray, *, batch_size: int = 256) -> EvalResult:
         if len(y) == 0:
             return EvalResult(float("nan"), None, 0)
-        manifest = self._bundle.manifest
-        label_dtype = np.dtype(manifest["label"]["dtype"])
-        classify = manifest.get("task") == "classification"
-        loss_type = manifest["loss"]["type"]
-        total, correct = 0.0, 0
+        manifest = self._loaded().manifest
+        total, outputs = 0.0, []
         for i in range(0, len(y), batch_size):
-            xb, yb = x[i : i + batch_size], y[i : i + batch_size].astype(label_dtype, copy=False)
+            xb, yb = x[i : i + batch_size], shape_labels(y[i : i + batch_size], manifest.label)
             out = self._forward(xb)
-            total += mean_loss(loss_type, out, yb) * len(yb)
-            if classify:
-                correct += int((out.argmax(axis=1) == yb).sum())
-        return EvalResult(total / len(y), correct / len(y) if classify else None, len(y))
+            total += mean_loss(manifest.loss.type, out, yb) * len(yb)
+            outputs.append(out)
+        metrics = task_metrics(manifest.task, np.concatenate(outputs), y)
+        return EvalResult(total / len(y), metrics.get("accuracy"), len(y), metrics)
 
     def _forward(self, xb: np.ndarray) -> np.ndarray:
         if self._infer is None:
-            self._infer = _EvalSession(self._ort, self._bundle, self._eval_state(), self._threads)
+            self._infer = _EvalSession(self._ort, self._loaded(), self._eval_state(), self._threads)
         return self._infer.run(xb)
 
     def _eval_state(self) -> Params:
         """Parameters and buffers (e.g. BN running statistics) the inference graph reads."""
         kinds = ("parameter", "frozen", "buffer")
-        names = [s["name"] for s in self._section["state"] if s["kind"] in kinds]
+        names = [s.name for s in self._section.state if s.kind in kinds]
         return {n: self._state[n] for n in names}
 
 
@@ -180,25 +185,7 @@ class _EvalSession:
             str(bundle.file("inference.onnx")), sess_options=so, providers=["CPUExecutionProvider"]
         )
         self._input = self._session.get_inputs()[0].name
-        self._dtype = np.dtype(bundle.manifest["inputs"][0]["dtype"])
+        self._dtype = np.dtype(bundle.manifest.input.dtype)
 
     def run(self, x: np.ndarray) -> np.ndarray:
         return self._session.run(None, {self._input: np.ascontiguousarray(x, dtype=self._dtype)})[0]
-
-
-def mean_loss(loss_type: str, out: np.ndarray, y: np.ndarray) -> float:
-    """The bundle's loss (mean reduction) on model outputs, in float64 numpy."""
-    out = out.astype(np.float64)
-    if loss_type == "cross_entropy":
-        shifted = out - out.max(axis=1, keepdims=True)
-        log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-        picked = np.take_along_axis(log_probs, y.astype(np.int64)[:, None, ...], axis=1)
-        return float(-picked.mean())
-    target = y.astype(np.float64).reshape(out.shape)
-    if loss_type == "mse":
-        return float(((out - target) ** 2).mean())
-    if loss_type == "l1":
-        return float(np.abs(out - target).mean())
-    if loss_type == "bce_with_logits":
-        return float((np.maximum(out, 0) - out * target + np.log1p(np.exp(-np.abs(out)))).mean())
-    raise FedgeError(f"loss {loss_type!r} is not supported by the portable backend")

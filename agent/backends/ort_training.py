@@ -10,8 +10,9 @@ import numpy as np
 from fedge.protocol.bundle import Bundle
 from fedge.protocol.errors import FedgeError
 from fedge.protocol.ort_runtime import import_training_api, single_thread_session_options
+from fedge.protocol.task_metrics import task_metrics
 
-from .base import EvalResult, Params, TrainingBackend
+from .base import EvalResult, Params, TrainingBackend, shape_labels
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +54,16 @@ class OrtTrainingBackend(TrainingBackend):
             session_options=so,
         )
         self._optimizer = api.Optimizer(str(bundle.file("optimizer_model.onnx")), self._module)
-        lr = learning_rate if learning_rate is not None else bundle.manifest["optimizer"].get("lr")
-        if lr is not None:
-            self._optimizer.set_learning_rate(float(lr))
+        lr = learning_rate if learning_rate is not None else bundle.manifest.optimizer.lr
+        self._optimizer.set_learning_rate(float(lr))
         self._lr = float(self._optimizer.get_learning_rate())
         self._bundle = bundle
         self._infer = None
+
+    def _loaded(self) -> Bundle:
+        if self._bundle is None:
+            raise FedgeError(f"{self.name}: load a bundle first (backend.load(bundle))")
+        return self._bundle
 
     def set_parameters(self, params: Params) -> None:
         names = {n for n, _ in self._state.parameters}
@@ -81,14 +86,13 @@ class OrtTrainingBackend(TrainingBackend):
         self._infer = None
 
     def _train_step(self, x: np.ndarray, y: np.ndarray) -> float:
-        label_dtype = np.dtype(self._bundle.manifest["label"]["dtype"])
-        outputs = self._module(x, y.astype(label_dtype, copy=False))
+        outputs = self._module(x, shape_labels(y, self._loaded().manifest.label))
         self._optimizer.step()
         self._module.lazy_reset_grad()
         return self._loss_after_step(outputs)
 
     def _trainable_names(self) -> list[str]:
-        return list(self._bundle.trainable_names)
+        return list(self._loaded().trainable_names)
 
     def _learning_rate(self) -> float:
         return float(self._lr)
@@ -104,27 +108,25 @@ class OrtTrainingBackend(TrainingBackend):
             return EvalResult(float("nan"), None, 0)
         module = self._module
         module.eval()
-        label_dtype = np.dtype(self._bundle.manifest["label"]["dtype"])
-        losses, correct = [], 0
-        classify = self._bundle.manifest.get("task") == "classification"
+        manifest = self._loaded().manifest
+        losses, outputs = [], []
         for i in range(0, len(y), batch_size):
-            xb, yb = x[i : i + batch_size], y[i : i + batch_size].astype(label_dtype, copy=False)
+            xb, yb = x[i : i + batch_size], shape_labels(y[i : i + batch_size], manifest.label)
             losses.append(float(module(xb, yb)) * len(yb))
-            if classify:
-                logits = self._logits(xb)
-                correct += int((logits.argmax(axis=1) == yb).sum())
+            outputs.append(self._logits(xb))
         module.train()
-        return EvalResult(sum(losses) / len(y), correct / len(y) if classify else None, len(y))
+        metrics = task_metrics(manifest.task, np.concatenate(outputs), y)
+        return EvalResult(sum(losses) / len(y), metrics.get("accuracy"), len(y), metrics)
 
     def _loss_after_step(self, outputs: Any) -> float:
         """The step's loss; BatchNorm running statistics (manifest ``running_stats``: graph
         outputs after the loss, in order) are written back into the checkpoint state."""
-        stats = self._bundle.manifest.get("running_stats") if self._bundle else None
+        stats = self._bundle.manifest.running_stats if self._bundle else ()
         if not stats:
             return float(outputs)
         loss, *values = outputs
         for spec, value in zip(stats, values, strict=True):
-            self._state.parameters[spec["param"]] = np.ascontiguousarray(value)
+            self._state.parameters[spec.param] = np.ascontiguousarray(value)
         return float(loss)
 
     def _logits(self, xb: np.ndarray) -> np.ndarray:
@@ -132,6 +134,6 @@ class OrtTrainingBackend(TrainingBackend):
 
         if self._infer is None:
             self._infer = InferenceRunner(
-                self._bundle, self.get_parameters(), threads=self._threads
+                self._loaded(), self.get_parameters(), threads=self._threads
             )
         return self._infer.run(xb)

@@ -1,8 +1,8 @@
 """Build ``portable_step.onnx`` into a bundle directory and describe it in the manifest.
 
 ``add_portable_step`` is the exporter's one hook: it traces the training step, exports it,
-proves ONNX Runtime loads it, checks it against PyTorch, and fills the manifest's ``portable``
-section, ``backends`` and ``verification.portable``. A model the portable step cannot express
+proves ONNX Runtime loads it, checks it against PyTorch, and returns the manifest's ``portable``
+section and the numbers for ``verification.portable`` (the exporter adds the backend). A model the portable step cannot express
 still exports (for ``ort-training`` only); the manifest says why.
 """
 
@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedge.protocol.manifest import PortableStep, StateSlot, TensorSpec
 from fedge.protocol.tensors import encode_tensors
 
 from .. import onnx_graph, preflight
@@ -39,63 +40,62 @@ class PortableUnsupported(ExportError):
 
 
 def add_portable_step(
-    manifest: dict[str, Any],
     *,
     model: nn.Module,
     bundle_dir: Path,
     loss: str,
     optimizer: OptimizerSpec,
     trainable: list[str],
+    input_spec: TensorSpec,
+    label_spec: TensorSpec,
+    num_classes: int | None,
     verify: bool = True,
-) -> None:
-    """Write the portable step into ``bundle_dir`` and record it in ``manifest`` (in place).
+) -> tuple[PortableStep, dict[str, Any]]:
+    """Write the portable step into ``bundle_dir``; return the manifest's ``portable`` section
+    and the numbers for ``verification.portable``.
 
     Raises ExportError when the step exists but disagrees with PyTorch beyond tolerance
     (unless ``verify`` is False); a model the step cannot express is recorded, not raised.
     """
-    verification = manifest.setdefault("verification", {})
+    batches = _batches(input_spec, label_spec, loss, num_classes)
     try:
-        layout, initial = _write_step(manifest, model, bundle_dir, loss, optimizer, trainable)
+        layout, initial = _write_step(
+            model, bundle_dir, loss, optimizer, trainable, input_spec, label_spec, batches[0]
+        )
     except PortableUnsupported as exc:
         log.warning("no portable training step for this model: %s", exc)
         for name in (STEP_FILE, BUFFERS_FILE):
             (bundle_dir / name).unlink(missing_ok=True)
-        manifest["portable"] = {"available": False, "reason": str(exc)}
-        verification["portable"] = {"skipped": True, "reason": str(exc)}
-        return
-    section = {
-        "available": True,
-        "file": STEP_FILE,
-        "buffers_file": BUFFERS_FILE if layout.names("buffer") else None,
-        "state": [s.to_manifest() for s in layout.slots],
-        "inputs": {"input": layout.input_name, "label": layout.label_name, "lr": LR_NAME},
-        "outputs": layout.output_names,
-        "optimizer": optimizer.to_manifest(),
-        "dynamic_batch": True,
-        "opset": onnx_graph.opset_of(_load(bundle_dir / STEP_FILE)),
-        "ir_version": int(_load(bundle_dir / STEP_FILE).ir_version),
-    }
-    manifest["portable"] = section
-    backends = list(manifest.get("backends", []))
-    if BACKEND not in backends:
-        backends.append(BACKEND)
-    manifest["backends"] = backends
+        return PortableStep(False, reason=str(exc)), {"skipped": True, "reason": str(exc)}
+    proto = _load(bundle_dir / STEP_FILE)
+    section = PortableStep(
+        available=True,
+        file=STEP_FILE,
+        buffers_file=BUFFERS_FILE if layout.names("buffer") else None,
+        state=tuple(
+            StateSlot(s.name, s.kind, tuple(s.shape), s.dtype, s.output) for s in layout.slots
+        ),
+        input_name=layout.input_name,
+        label_name=layout.label_name,
+        lr_name=LR_NAME,
+        outputs=tuple(layout.output_names),
+        dynamic_batch=True,
+        opset=onnx_graph.opset_of(proto),
+        ir_version=int(proto.ir_version),
+    )
     if not verify:
-        verification["portable"] = {"skipped": True}
-        return
+        return section, {"skipped": True}
     if preflight.has_active_dropout(model):
-        verification["portable"] = {"skipped": True, "reason": "dropout makes a step random"}
-        return
+        return section, {"skipped": True, "reason": "dropout makes a step random"}
     numbers = step_parity(
         model,
         bundle_dir / STEP_FILE,
         layout,
         initial,
-        _batches(manifest, loss),
+        _batches(input_spec, label_spec, loss, num_classes),  # fresh tensors, same values
         loss=loss,
         optimizer=optimizer,
     )
-    verification["portable"] = numbers
     if (
         not numbers["step_max_abs_diff"] <= TOLERANCE
         or not numbers["loss_max_abs_diff"] <= TOLERANCE
@@ -104,15 +104,18 @@ def add_portable_step(
             f"the portable training step does not match PyTorch after {numbers['steps']} steps: "
             f"{numbers}; use --no-verify to export anyway"
         )
+    return section, numbers
 
 
 def _write_step(
-    manifest: dict[str, Any],
     model: nn.Module,
     bundle_dir: Path,
     loss: str,
     optimizer: OptimizerSpec,
     trainable: list[str],
+    input_spec: TensorSpec,
+    label_spec: TensorSpec,
+    example: tuple[torch.Tensor, torch.Tensor],
 ) -> tuple[StepLayout, dict[str, np.ndarray]]:
     if loss not in LOSS_FUNCTIONS:
         raise PortableUnsupported(f"loss {loss!r} has no portable implementation")
@@ -125,14 +128,14 @@ def _write_step(
         trainable=trainable,
         buffers={n: (tuple(a.shape), a.dtype.name) for n, a in buffers.items()},
         optimizer=optimizer.type,
-        input_name=manifest["inputs"][0]["name"],
-        label_name=manifest["label"]["name"],
+        input_name=input_spec.name,
+        label_name=label_spec.name,
     )
     initial: dict[str, np.ndarray] = {**params, **buffers}
     for slot in layout.slots:
         if slot.kind == "optimizer":
             initial[slot.name] = np.zeros(slot.shape, dtype=slot.dtype)
-    x, y = _batches(manifest, loss)[0]
+    x, y = example
     # Every slot gets its own tensor: aliased example tensors would become one graph input.
     args = [torch.from_numpy(initial[s.name].copy()) for s in layout.slots]
     args += [x, y, torch.tensor(optimizer.lr, dtype=torch.float32)]
@@ -162,19 +165,18 @@ def _write_step(
     return layout, initial
 
 
-def _batches(manifest: dict[str, Any], loss: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _batches(
+    input_spec: TensorSpec, label_spec: TensorSpec, loss: str, num_classes: int | None
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Reproducible parity batches (8, 8, 5) shaped like the bundle's input and labels."""
-    spec, label = manifest["inputs"][0], manifest["label"]
     gen = torch.Generator().manual_seed(SEED)
     out = []
     for size in BATCH_SIZES:
-        x = preflight.sample_inputs(spec["shape"][1:], spec["dtype"], batch=size, generator=gen)
+        x = preflight.sample_inputs(
+            input_spec.sample_shape, input_spec.dtype, batch=size, generator=gen
+        )
         y = parity.sample_labels(
-            loss,
-            label["shape"][1:],
-            batch=size,
-            num_classes=manifest.get("num_classes"),
-            generator=gen,
+            loss, label_spec.sample_shape, batch=size, num_classes=num_classes, generator=gen
         )
         out.append((x, y))
     return out

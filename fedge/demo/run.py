@@ -261,17 +261,17 @@ def _export_model(opts: DemoOptions, n_features: int, n_classes: int, out_dir: P
     from fedge.protocol.bundle import load_bundle
 
     bundle = load_bundle(path)
-    ver = bundle.manifest.get("verification", {})
+    ver = bundle.manifest.verification
     parts = []
-    if "forward_max_abs_diff" in ver:
-        parts.append(f"forward {ver['forward_max_abs_diff']:.1e}")
-    if "step_max_abs_diff" in ver:
-        parts.append(f"one training step {ver['step_max_abs_diff']:.1e}")
-    if isinstance(ver.get("portable"), dict) and "step_max_abs_diff" in ver["portable"]:
-        parts.append(f"portable step {ver['portable']['step_max_abs_diff']:.1e}")
+    if ver.forward_max_abs_diff is not None:
+        parts.append(f"forward {ver.forward_max_abs_diff:.1e}")
+    if ver.step_max_abs_diff is not None:
+        parts.append(f"one training step {ver.step_max_abs_diff:.1e}")
+    if ver.portable_step_max_abs_diff is not None:
+        parts.append(f"portable step {ver.portable_step_max_abs_diff:.1e}")
     echo(
         f"      bundle {bundle.content_hash[:12]} in {time.monotonic() - t0:.1f} s; "
-        f"backends {', '.join(bundle.manifest.get('backends', []))}; "
+        f"backends {', '.join(bundle.manifest.backends)}; "
         f"max |ORT - PyTorch|: {', '.join(parts) or 'not verified'}"
     )
     return path

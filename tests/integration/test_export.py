@@ -15,6 +15,7 @@ from fedge.exporter.errors import ExportError
 from fedge.exporter.export import export_bundle
 from fedge.protocol import signing
 from fedge.protocol.bundle import load_bundle
+from fedge.protocol.manifest import TaskSpec, TensorSpec
 from fedge.protocol.ort_runtime import import_training_api, single_thread_session_options
 
 pytestmark = pytest.mark.integration
@@ -40,21 +41,24 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def test_export_parity_recorded(exported: dict[str, Path], opt: str) -> None:
     bundle = load_bundle(exported[opt])
     m = bundle.manifest
-    ver = m["verification"]
-    assert ver["forward_max_abs_diff"] < 1e-5
-    assert ver["step_max_abs_diff"] < 1e-6
-    assert ver["frozen_max_change"] == 0.0
-    assert m["optimizer"]["type"] == opt and m["optimizer"]["lr"] == 0.01
-    assert m["task"] == "classification" and m["num_classes"] == 10
-    assert m["label"] == {"name": "labels", "dtype": "int64", "shape": [None]}
-    assert m["inputs"] == [{"name": "input", "dtype": "float32", "shape": [None, 64]}]
-    assert [p["name"] for p in m["parameters"]] == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    ver = m.verification
+    assert ver.forward_max_abs_diff < 1e-5
+    assert ver.step_max_abs_diff < 1e-6
+    assert ver.values["frozen_max_change"] == 0.0
+    assert [o.type for o in m.optimizers] == [opt] and m.optimizer.lr == 0.01
+    assert m.task == TaskSpec("multiclass", num_classes=10)
+    assert m.label == TensorSpec("labels", "int64", (None,))
+    assert m.inputs == (TensorSpec("input", "float32", (None, 64)),)
+    assert [p.name for p in m.parameters] == ["0.weight", "0.bias", "2.weight", "2.bias"]
     assert bundle.trainable_names == ["0.weight", "0.bias", "2.weight", "2.bias"]
-    assert m["ir_version"] <= 10
+    assert m.ir_version <= 10
     if opt == "adamw":
-        assert "adam_mode 1 -> 0" in m["patches"][0]["what"]
+        assert "adam_mode 1 -> 0" in m.patches[0].what
+        assert m.optimizer.hyperparameters["betas"] == (0.9, 0.999)
     else:
-        assert m["patches"] == []
+        assert m.patches == ()
+    raw = json.loads((exported[opt] / "manifest.json").read_text())
+    assert raw["format_version"] == 2 and raw == m.to_dict()  # the one writer wrote it
     params = bundle.initial_parameters()
     torch_params = dict(digits_mlp().named_parameters())
     for name, value in params.items():
@@ -89,7 +93,7 @@ def test_same_model_twice_same_content_hash(exported: dict[str, Path], tmp_path:
         model_name="digits",
     )
     first, second = load_bundle(exported["adamw"]), load_bundle(again)
-    assert first.manifest["files"] == second.manifest["files"]
+    assert first.manifest.files == second.manifest.files
     assert first.content_hash == second.content_hash
     other = export_bundle(
         digits_mlp(hidden=32),
@@ -120,7 +124,7 @@ def test_archive_and_signature(tmp_path: Path) -> None:
         extract_to=tmp_path / "x",
     )
     assert bundle.signature_status.startswith("verified:")
-    assert bundle.manifest["verification"]["skipped"] is True
+    assert bundle.manifest.verification.skipped is True
 
 
 def test_frozen_glob_stays_fixed_in_ort(tmp_path: Path) -> None:
@@ -135,7 +139,7 @@ def test_frozen_glob_stays_fixed_in_ort(tmp_path: Path) -> None:
     bundle = load_bundle(path)
     assert bundle.trainable_names == ["2.weight", "2.bias"]
     assert {p.name for p in bundle.parameter_specs if not p.trainable} == {"0.weight", "0.bias"}
-    assert bundle.manifest["verification"]["frozen_max_change"] == 0.0
+    assert bundle.manifest.verification.values["frozen_max_change"] == 0.0
     # one ORT training step by hand: frozen parameters unchanged, trainable ones moved
     ort = __import__("onnxruntime")
     api = import_training_api()
@@ -197,9 +201,9 @@ def test_bias_before_batchnorm_is_reported_not_compared_under_adamw(tmp_path: Pa
     bn = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
     ver = load_bundle(
         export_bundle(bn, input_shape=(4,), out_dir=tmp_path / "b", portable=False)
-    ).manifest["verification"]
-    assert ver["zero_gradient_parameters"] == ["0.bias"]
-    assert ver["step_max_abs_diff"] < 1e-4 and ver["running_stats_max_abs_diff"] < 1e-5
+    ).manifest.verification
+    assert ver.values["zero_gradient_parameters"] == ["0.bias"]
+    assert ver.step_max_abs_diff < 1e-4 and ver.values["running_stats_max_abs_diff"] < 1e-5
 
 
 def test_regression_mse(tmp_path: Path) -> None:
@@ -209,7 +213,7 @@ def test_regression_mse(tmp_path: Path) -> None:
         model, input_shape=(5,), loss="mse", optimizer="sgd", lr=0.05, out_dir=tmp_path / "reg"
     )
     m = json.loads((path / "manifest.json").read_text())
-    assert m["task"] == "regression" and "num_classes" not in m
+    assert m["task"] == {"kind": "regression", "num_targets": 1} and "num_classes" not in m
     assert m["label"] == {"name": "target", "dtype": "float32", "shape": [None, 1]}
     assert m["verification"]["step_max_abs_diff"] < 1e-6
 

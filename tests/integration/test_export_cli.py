@@ -150,8 +150,8 @@ def test_custom_onnxblock_loss_from_the_command_line(
     from fedge.protocol.bundle import load_bundle
 
     manifest = load_bundle(out).manifest
-    assert manifest["loss"]["type"] == "custom" and manifest["loss"]["block"] == "SmoothL1Loss"
-    assert manifest["verification"]["step_max_abs_diff"] < 1e-5  # checked against the twin
+    assert manifest.loss.type == "custom" and manifest.loss.block == "SmoothL1Loss"
+    assert manifest.verification.step_max_abs_diff < 1e-5  # checked against the twin
     with pytest.raises(FedgeError, match="has no attribute 'NoSuchLoss'"):
         run("export", f"{zoo / 'models.py'}:regressor", "--input-shape", "8",
             "--loss", f"{zoo / 'losses.py'}:NoSuchLoss", "--out", str(tmp_path / "x"))  # fmt: skip

@@ -37,11 +37,12 @@ def test_custom_onnxblock_loss_matches_torch(tmp_path: Path) -> None:
         out_dir=tmp_path / "huber",
     )
     m = load_bundle(path).manifest
-    assert m["loss"] == {"type": "custom", "block": "SmoothL1Loss"}
-    assert m["label"] == {"name": "target", "dtype": "float32", "shape": [None, 2]}
-    assert m["verification"]["step_max_abs_diff"] < 1e-6
-    assert m["verification"]["loss_abs_diff"] < 1e-6
-    assert m["backends"] == ["ort-training"] and m["portable"]["available"] is False
+    assert m.loss.to_dict() == {"type": "custom", "block": "SmoothL1Loss"}
+    assert m.label.to_dict() == {"name": "target", "dtype": "float32", "shape": [None, 2]}
+    assert m.task.kind == "regression"
+    assert m.verification.step_max_abs_diff < 1e-6
+    assert m.verification.values["loss_abs_diff"] < 1e-6
+    assert m.backends == ("ort-training",) and not m.portable_available
 
 
 def test_custom_loss_without_torch_twin_skips_the_step_check(tmp_path: Path) -> None:
@@ -51,8 +52,8 @@ def test_custom_loss_without_torch_twin_skips_the_step_check(tmp_path: Path) -> 
         loss=SmoothL1Loss(),
         out_dir=tmp_path / "huber",
     )
-    ver = load_bundle(path).manifest["verification"]
-    assert ver["step_max_abs_diff"] is None and "torch_loss" in ver["step_skipped"]
+    ver = load_bundle(path).manifest.verification
+    assert ver.step_max_abs_diff is None and "torch_loss" in ver.step_skipped
 
 
 @pytest.mark.parametrize(

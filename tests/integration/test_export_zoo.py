@@ -61,7 +61,7 @@ def _export(name: str, optimizer: str, out: Path) -> Path:
 def test_zoo_model_parity(name: str, optimizer: str, tmp_path: Path) -> None:
     bundle = load_bundle(_export(name, optimizer, tmp_path / name))
     m = bundle.manifest
-    ver = m["verification"]
+    ver = m.verification.values
     assert ver["forward_max_abs_diff"] < TOLERANCE
     assert ver["forward_tolerance"] == ver["step_tolerance"] == TOLERANCE
     if ZOO[name].note.startswith("p=0.3"):
@@ -70,16 +70,16 @@ def test_zoo_model_parity(name: str, optimizer: str, tmp_path: Path) -> None:
         assert ver["step_max_abs_diff"] < TOLERANCE
         assert ver["loss_abs_diff"] < 1e-5
         assert ver["frozen_max_change"] == 0.0
-    assert m["optimizer"]["type"] == optimizer and m["loss"]["type"] == ZOO[name].loss
-    bn_stats = [p["name"] for p in m["parameters"] if p["name"].endswith(("_mean", "_var"))]
+    assert m.optimizer.type == optimizer and m.loss.type == ZOO[name].loss
+    bn_stats = [p.name for p in m.parameters if p.name.endswith(("_mean", "_var"))]
     if bn_stats:
-        assert [s["param"] for s in m["running_stats"]] == bn_stats
-        assert all(not p["trainable"] for p in m["parameters"] if p["name"] in bn_stats)
+        assert [s.param for s in m.running_stats] == bn_stats
+        assert all(not p.trainable for p in m.parameters if p.name in bn_stats)
         assert ver["running_stats_max_abs_diff"] < 1e-5
         assert ver["running_stats_max_change"] > 1e-3  # the statistics really trained
-        assert any("BatchNorm" in p["what"] for p in m["patches"])
+        assert any("BatchNorm" in p.what for p in m.patches)
     else:
-        assert "running_stats" not in m
+        assert m.running_stats == ()
 
 
 def test_unsupported_layer_refused_before_any_file(tmp_path: Path) -> None:
@@ -125,7 +125,9 @@ def test_batchnorm_trains_like_torch_over_steps_and_evaluates_on_running_stats(
         outputs = module(x.numpy(), y.numpy())
         opt.step()
         module.lazy_reset_grad()
-        ort_loss = write_back_running_stats(state, outputs, bundle.manifest["running_stats"])
+        ort_loss = write_back_running_stats(
+            state, outputs, [s.to_dict() for s in bundle.manifest.running_stats]
+        )
         torch_opt.zero_grad()
         loss = nn.functional.cross_entropy(clone(x), y)
         loss.backward()

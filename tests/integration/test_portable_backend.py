@@ -90,16 +90,17 @@ def train_with(name, bundle, x, y, **kwargs):
 def torch_train(model, bundle, x, y, *, epochs, batch_size, seed):
     """What the backends do, in PyTorch: the same shuffled batches, the manifest's optimizer."""
     clone = copy.deepcopy(model).train()
-    spec = bundle.manifest["optimizer"]
-    if spec["type"] == "sgd":
-        opt = torch.optim.SGD(clone.parameters(), lr=spec["lr"])
+    spec = bundle.manifest.optimizer
+    hyper = spec.hyperparameters
+    if spec.type == "sgd":
+        opt = torch.optim.SGD(clone.parameters(), lr=spec.lr)
     else:
         opt = torch.optim.AdamW(
             clone.parameters(),
-            lr=spec["lr"],
-            betas=tuple(spec["betas"]),
-            eps=spec["eps"],
-            weight_decay=spec["weight_decay"],
+            lr=spec.lr,
+            betas=tuple(hyper["betas"]),
+            eps=hyper["eps"],
+            weight_decay=hyper["weight_decay"],
         )
     rng = np.random.default_rng(seed)
     for _ in range(epochs):
@@ -121,15 +122,15 @@ def max_diff(a: dict, b: dict) -> float:
 def test_manifest_describes_the_portable_step(mlp_bundle, bn_bundle):
     for bundle, _, _ in (mlp_bundle, bn_bundle):
         m = bundle.manifest
-        assert m["backends"] == ["ort-training", "ort-portable"]
-        section = m["portable"]
-        assert section["available"] and section["dynamic_batch"]
-        assert section["opset"] <= 21 and section["ir_version"] <= 10
-        assert m["verification"]["portable"]["step_max_abs_diff"] < 1e-5
-        assert m["verification"]["portable"]["batch_sizes"][-1] < 8  # a short last batch
-        names = {s["name"] for s in section["state"]}
-        assert {p["name"] for p in m["parameters"]} <= names
-    kinds = {s["name"]: s["kind"] for s in bn_bundle[0].manifest["portable"]["state"]}
+        assert m.backends == ("ort-training", "ort-portable")
+        section = m.portable
+        assert section.available and section.dynamic_batch
+        assert section.opset <= 21 and section.ir_version <= 10
+        assert m.verification.portable_step_max_abs_diff < 1e-5
+        assert m.verification.values["portable"]["batch_sizes"][-1] < 8  # a short last batch
+        names = {s.name for s in section.state}
+        assert {p.name for p in m.parameters} <= names
+    kinds = {s.name: s.kind for s in bn_bundle[0].manifest.portable.state}
     assert kinds["1.running_mean"] == kinds["1.running_var"] == "buffer"
 
 
@@ -142,7 +143,7 @@ def test_portable_matches_pytorch_after_many_steps(which, request, digits):
     assert result.steps == 20 and result.samples == 600
     expected = torch_train(model, bundle, x, y, epochs=2, batch_size=32, seed=7)
     got = backend.get_parameters()
-    assert set(got) == {p["name"] for p in bundle.manifest["parameters"]}
+    assert set(got) == {p.name for p in bundle.manifest.parameters}
     assert max_diff(got, expected) < 1e-4
     start = bundle.initial_parameters()
     assert max_diff(got, start) > 1e-3  # it did train

@@ -17,17 +17,17 @@ PARAMS = {
 
 
 def toy_manifest() -> dict:
-    """A manifest (without files and hash) for PARAMS: fc.weight trains, fc.bias is frozen."""
+    """A format-2 manifest (without files and hash) for PARAMS: fc.weight trains, fc.bias is
+    frozen."""
     return {
-        "format_version": 1,
+        "format_version": 2,
         "model_name": "toy",
         "inputs": [{"name": "input", "dtype": "float32", "shape": [None, 3]}],
         "outputs": [{"name": "logits", "dtype": "float32", "shape": [None, 2]}],
         "label": {"name": "labels", "dtype": "int64", "shape": [None]},
-        "loss": {"type": "cross_entropy"},
-        "optimizer": {"type": "sgd", "lr": 0.1},
-        "task": "classification",
-        "num_classes": 2,
+        "loss": {"type": "cross_entropy", "reduction": "mean"},
+        "optimizers": [{"type": "sgd", "lr": 0.1, "hyperparameters": {}}],
+        "task": {"kind": "multiclass", "num_classes": 2},
         "parameters": [
             {"name": "fc.weight", "shape": [2, 3], "dtype": "float32", "trainable": True},
             {"name": "fc.bias", "shape": [2], "dtype": "float32", "trainable": False},
@@ -38,6 +38,7 @@ def toy_manifest() -> dict:
         "backends": ["ort-training"],
         "verification": {"forward_max_abs_diff": 0.0},
         "patches": [],
+        "running_stats": [],
     }
 
 

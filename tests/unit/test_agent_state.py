@@ -143,7 +143,7 @@ def _toy_archive(tmp_path, name: str) -> tuple[bytes, str]:
         (root / file).write_bytes(f"fake {file} of {name}".encode())
     (root / "parameters.safetensors").write_bytes(encode_tensors(PARAMS))
     manifest = write_manifest(root, {**toy_manifest(), "model_name": name})
-    return pack_bundle(root), manifest["content_hash"]
+    return pack_bundle(root), manifest.content_hash
 
 
 def test_the_bundle_cache_keeps_the_most_recently_used_bundles(tmp_path):

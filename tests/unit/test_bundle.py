@@ -28,8 +28,8 @@ def bundle_dir(tmp_path: Path) -> Path:
 def test_manifest_round_trip(bundle_dir: Path) -> None:
     bundle = load_bundle(bundle_dir)
     m = bundle.manifest
-    assert set(m["files"]) == set(REQUIRED_FILES)
-    assert m["content_hash"] == compute_content_hash(m)
+    assert set(m.files) == set(REQUIRED_FILES)
+    assert m.content_hash == compute_content_hash(m.to_dict())
     assert bundle.trainable_names == ["fc.weight"]
     assert bundle.frozen_names == ["fc.bias"]
     assert bundle.parameter_specs[0].shape == (2, 3)
@@ -38,14 +38,14 @@ def test_manifest_round_trip(bundle_dir: Path) -> None:
     params = bundle.initial_parameters()
     np.testing.assert_array_equal(params["fc.weight"], PARAMS["fc.weight"])
     raw = (bundle_dir / "manifest.json").read_text()
-    assert raw == json.dumps(m, sort_keys=True, indent=2) + "\n"
+    assert raw == json.dumps(m.to_dict(), sort_keys=True, indent=2) + "\n"
 
 
 def test_content_hash_is_stable_and_covers_files(bundle_dir: Path, tmp_path: Path) -> None:
     first = load_bundle(bundle_dir).content_hash
-    assert write_manifest(bundle_dir, _manifest())["content_hash"] == first
+    assert write_manifest(bundle_dir, _manifest()).content_hash == first
     (bundle_dir / "checkpoint").write_bytes(b"other weights")
-    assert write_manifest(bundle_dir, _manifest())["content_hash"] != first
+    assert write_manifest(bundle_dir, _manifest()).content_hash != first
 
 
 def test_pack_is_deterministic_and_unpacks(bundle_dir: Path, tmp_path: Path) -> None:
@@ -95,7 +95,7 @@ def test_unknown_format_version(bundle_dir: Path) -> None:
 
 def test_edited_manifest_fails_content_hash(bundle_dir: Path) -> None:
     m = json.loads((bundle_dir / "manifest.json").read_text())
-    m["optimizer"]["lr"] = 10.0
+    m["optimizers"][0]["lr"] = 10.0
     (bundle_dir / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(BundleError, match="content_hash"):
         load_bundle(bundle_dir)

@@ -1,0 +1,201 @@
+"""The manifest's parts as frozen dataclasses, each with ``to_dict`` (its format-2 JSON form).
+
+``protocol/manifest.py`` holds ``Manifest`` (which is made of these) and the one parser.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .manifest_fields import is_number
+
+Hyperparameter = float | bool | tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A graph input, output or the label: the first dimension is the dynamic batch (None)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int | None, ...]
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """The shape of one sample (without the batch dimension)."""
+        return tuple(int(d) for d in self.shape[1:] if d is not None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+
+@dataclass(frozen=True)
+class ParameterSpec:
+    """One parameter of the model (trainable or frozen) as the checkpoint holds it."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    trainable: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+            "trainable": self.trainable,
+        }
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """The training loss: a built-in (mean reduction) or a custom onnxblock ``block``."""
+
+    type: str
+    reduction: str | None = "mean"
+    block: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.type == "custom":
+            return {"type": "custom", "block": self.block}
+        return {"type": self.type, "reduction": self.reduction}
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """An optimizer the bundle carries: type, learning rate and PyTorch-named hyperparameters."""
+
+    type: str
+    lr: float
+    hyperparameters: Mapping[str, Hyperparameter] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        hyper = {k: list(v) if isinstance(v, tuple) else v for k, v in self.hyperparameters.items()}
+        return {"type": self.type, "lr": self.lr, "hyperparameters": hyper}
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """sha256 and size of one bundle file."""
+
+    sha256: str
+    size: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sha256": self.sha256, "size": self.size}
+
+
+@dataclass(frozen=True)
+class RunningStat:
+    """A BatchNorm running statistic: frozen parameter ``param`` updated from graph ``output``."""
+
+    param: str
+    output: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"param": self.param, "output": self.output}
+
+
+@dataclass(frozen=True)
+class Patch:
+    """A change the exporter made to ONNX Runtime's output, and why."""
+
+    what: str
+    why: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"what": self.what, "why": self.why}
+
+
+@dataclass(frozen=True)
+class Verification:
+    """The exporter's parity numbers (a report: its keys vary with the model)."""
+
+    values: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def skipped(self) -> bool:
+        return bool(self.values.get("skipped", False))
+
+    @property
+    def forward_max_abs_diff(self) -> float | None:
+        return self._number("forward_max_abs_diff")
+
+    @property
+    def step_max_abs_diff(self) -> float | None:
+        return self._number("step_max_abs_diff")
+
+    @property
+    def step_skipped(self) -> str | None:
+        reason = self.values.get("step_skipped")
+        return str(reason) if reason is not None else None
+
+    @property
+    def portable_step_max_abs_diff(self) -> float | None:
+        portable = self.values.get("portable")
+        return _number(portable.get("step_max_abs_diff")) if isinstance(portable, dict) else None
+
+    def _number(self, key: str) -> float | None:
+        return _number(self.values.get(key))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.values)
+
+
+@dataclass(frozen=True)
+class StateSlot:
+    """One state tensor of the portable step; ``output`` carries its new value (None: frozen)."""
+
+    name: str
+    kind: str  # parameter | frozen | buffer | optimizer
+    shape: tuple[int, ...]
+    dtype: str
+    output: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+            "output": self.output,
+        }
+
+
+@dataclass(frozen=True)
+class PortableStep:
+    """The ``ort-portable`` training step (``available`` False: why the bundle has none)."""
+
+    available: bool
+    reason: str | None = None
+    file: str = ""
+    buffers_file: str | None = None
+    state: tuple[StateSlot, ...] = ()
+    input_name: str = ""
+    label_name: str = ""
+    lr_name: str = ""
+    outputs: tuple[str, ...] = ()
+    dynamic_batch: bool = True
+    opset: int = 0
+    ir_version: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        if not self.available:
+            return {"available": False, "reason": self.reason}
+        return {
+            "available": True,
+            "file": self.file,
+            "buffers_file": self.buffers_file,
+            "state": [s.to_dict() for s in self.state],
+            "inputs": {"input": self.input_name, "label": self.label_name, "lr": self.lr_name},
+            "outputs": list(self.outputs),
+            "dynamic_batch": self.dynamic_batch,
+            "opset": self.opset,
+            "ir_version": self.ir_version,
+        }
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if is_number(value) else None
