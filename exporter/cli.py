@@ -192,7 +192,10 @@ def _export(args: argparse.Namespace) -> int:
         verify=not args.no_verify,
     )
     elapsed = time.perf_counter() - started
-    with _opened(path, []) as bundle:
+    # Verify with the key just used, so the summary says "verified:<fingerprint>" for a signed
+    # bundle instead of "unverified" (which read as if signing had failed).
+    own_key = [signing.public_key_of(args.sign_key)] if args.sign_key else []
+    with _opened(path, own_key) as bundle:
         _print_summary(bundle, path)
     print(f"exported in {elapsed:.1f} s")
     return 0

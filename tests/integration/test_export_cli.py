@@ -51,7 +51,7 @@ def test_keys_export_inspect(tmp_path: Path, capsys: pytest.CaptureFixture[str])
         == 0
     )
     text = capsys.readouterr().out
-    assert "content hash:" in text and "signature:     unverified" in text
+    assert "content hash:" in text and "signature:     verified:" in text  # was "unverified"
     assert (
         run("inspect", str(out) + ".fedge", "--public-key", str(tmp_path / "keys/signing.pub")) == 0
     )
