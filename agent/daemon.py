@@ -468,7 +468,10 @@ class Agent:
             state=state,
             backend=self.backend.name,
             eligible=eligible,
-            reason=(problem or self.decision.reason)[:500],
+            # a TLS, login or shared-credentials problem of the link outranks the rest
+            reason=(problem or getattr(self.transport, "problem", "") or self.decision.reason)[
+                :500
+            ],
             num_samples=self.runner.num_samples,
             version=_version(),
             ts=self.clock.time(),
