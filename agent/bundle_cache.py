@@ -75,6 +75,16 @@ class BundleCache:
             self._state.remember_bundle(content_hash, _size(path))
         return bundle
 
+    def reverify(self, content_hash: str) -> bool:
+        """Check the cached copy against its manifest again (after a training failure: the
+        files may have been damaged since they were loaded). A corrupt copy is deleted so the
+        next round fetches it again; True if the copy is still intact (or absent)."""
+        self._loaded.pop(content_hash, None)
+        path = self.root / content_hash
+        if not path.is_dir():
+            return True
+        return self.get(content_hash) is not None
+
     def add(self, archive: bytes, content_hash: str) -> Bundle:
         """Unpack, verify (hashes, signature, expected identity), then move into the cache."""
         tmp = Path(tempfile.mkdtemp(prefix=".incoming-", dir=self.root))

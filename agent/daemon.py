@@ -11,6 +11,7 @@ itself is in agent/round_runner.py. Every step is driven by state that survives 
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -119,6 +120,7 @@ class Agent:
         self._last_offer: dict[str, float] = {}  # outbox sha256 -> last send (monotonic)
         self._last_report: dict[tuple[str, int], float] = {}  # evaluation report -> last send
         self._eval_acked: set[tuple[str, int]] = set()
+        self._aborted: set[tuple[str, int]] = set()  # rounds aborted by this process
         self._last_check = float("-inf")
         self._status = "online"
         self._was_connected = False
@@ -339,6 +341,8 @@ class Agent:
         """Decide and carry out one step; True if it made progress worth deciding again on."""
         task = self.task
         journal = self.state.journal_status(task.run_id, task.round) if task else ""
+        if task is not None and (task.run_id, task.round) in self._aborted:
+            journal = "aborted"  # even if the journal write failed (a full disk)
         self.fetches.keep_only(objects_to_keep(task, self.cfg.id, journal))
         facts = RoundFacts(
             task,
@@ -399,11 +403,23 @@ class Agent:
             self._abort(task, f"local data problem: {exc}")
         except FedgeError as exc:
             self._abort(task, str(exc))
+            self._recheck_bundle(task)
         except Exception as exc:  # noqa: BLE001 - a backend bug must not kill the daemon
             log.exception("round %d: training failed", task.round)
             self._abort(task, f"training failed: {type(exc).__name__}: {exc}")
+            self._recheck_bundle(task)
         finally:
             self.fetches.drop_completed()
+
+    def _recheck_bundle(self, task: RoundTask) -> None:
+        """A failed round may come from a cached bundle damaged on disk since it was loaded:
+        verify it again; a corrupt copy is dropped and fetched again for the next round."""
+        if not self.bundles.reverify(task.bundle_hash):
+            log.warning(
+                "round %d: the cached bundle %s was damaged; it will be fetched again",
+                task.round,
+                task.bundle_hash[:12],
+            )
 
     def _train(self, task: RoundTask, bundle: Bundle, params: bytes) -> None:
         started = self.clock.monotonic()
@@ -439,7 +455,12 @@ class Agent:
     # ---- outgoing ----
     def _abort(self, task: RoundTask, reason: str) -> None:
         log.warning("round %d aborted: %s", task.round, reason)
-        self.state.set_journal(task.run_id, task.round, "aborted", reason)
+        self._aborted.add((task.run_id, task.round))
+        try:
+            self.state.set_journal(task.run_id, task.round, "aborted", reason)
+        except (FedgeError, sqlite3.Error, OSError) as exc:  # e.g. a full disk
+            # the orchestrator must hear of the abort all the same; this process remembers it
+            log.error("round %d: could not journal the abort: %s", task.round, exc)
         msg = RoundAbort(
             msg_id=new_msg_id(),
             agent=self.cfg.id,
