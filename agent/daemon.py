@@ -39,6 +39,7 @@ from .clock import Clock, SystemClock
 from .config import AgentConfig
 from .eligibility import Decision, EligibilityPolicy
 from .fetches import Fetches
+from .instance_lock import InstanceLock, write_link_problem
 from .pacing import poll_seconds
 from .round_machine import (
     INTERRUPTED,
@@ -92,6 +93,7 @@ class Agent:
         self.transport = transport
         self.clock = clock or SystemClock()
         self.topics = Topics(config.federation)
+        self._lock = InstanceLock(config.state_path)  # one agent per state directory
         self.state = AgentState(config.state_path / "agent.db")
         keys = [Path(p).read_bytes() for p in config.trusted_keys]
         self.bundles = BundleCache(config.state_path / "bundles", keys, state=self.state)
@@ -125,6 +127,7 @@ class Agent:
         self._status = "online"
         self._was_connected = False
         self._seen_task: RoundTask | None = None  # the last task received (for the log)
+        self._link_problem = ""
 
     # ---- lifecycle ----
     def stop(self) -> None:
@@ -166,6 +169,7 @@ class Agent:
             self.transport.stop(final=offline_status(self.cfg, self.backend.name))
         finally:
             self.state.close()
+            self._lock.release()
 
     def poll_seconds(self) -> float:
         busy = self.fetches.busy or bool(self._last_offer) or bool(self._last_report)
@@ -249,6 +253,10 @@ class Agent:
         """Re-request stalled downloads, (re-)offer or expire the outbox, take the round's
         next step (which may train: it returns when training ends or is stopped)."""
         connected = self.transport.connected
+        problem = getattr(self.transport, "problem", "")
+        if problem != self._link_problem:  # for `fedge doctor` on this machine
+            self._link_problem = problem
+            write_link_problem(self.cfg.state_path, problem)
         if connected and not self._was_connected:
             # After a reconnect the broker may hold our Last Will ("offline", retained, e.g.
             # sent when the broker itself restarted): say again where we are, offer again.

@@ -34,7 +34,9 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--login",
         action="store_true",
-        help="also log in to the broker (takes over the session of a running agent: stop it first)",
+        help="also log in to the broker with the config's credentials (keeps the device's "
+        "session; skipped while the agent runs on this machine, whose own connection "
+        "problems are shown instead)",
     )
     p.set_defaults(func=_doctor)
 
