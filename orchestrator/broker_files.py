@@ -69,6 +69,7 @@ class TlsSettings:
     port: int = 8883
     bind_address: str | None = None
     require_certificate: bool = False
+    crlfile: str | Path | None = None  # revoked client certificates (mutual TLS listener)
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,7 @@ def render_config(
     log_path: Path | None = None,
     run_as_user: str | None = None,
     pid_file: Path | None = None,
+    mtls: TlsSettings | None = None,
 ) -> str:
     """Return the text of ``mosquitto.conf`` (absolute paths, so it runs from any directory).
 
@@ -200,8 +202,35 @@ def render_config(
             f"require_certificate {'true' if tls.require_certificate else 'false'}",
             "tls_version tlsv1.2",
         ]
+    if mtls is not None:
+        lines += _mtls_listener(mtls, bind_address, {port, tls.port if tls else None})
     lines.append("")
     return "\n".join(lines)
+
+
+def _mtls_listener(mtls: TlsSettings, bind_address: str, taken: set[int | None]) -> list[str]:
+    """A listener for devices with client certificates: no password, the certificate's
+    common name is the MQTT user name (so the ACL's ``%u`` patterns apply), revoked
+    certificates are refused through the CRL."""
+    _check_port("mtls.port", mtls.port)
+    if mtls.port in taken:
+        raise ConfigError(f"the mutual-TLS port {mtls.port} is already used by another listener")
+    if not mtls.crlfile:
+        raise ConfigError("the mutual-TLS listener needs a CRL file (crlfile)")
+    return [
+        "",
+        "# Mutual TLS: devices with a client certificate (fedge device add NAME --cert).",
+        f"listener {mtls.port} {mtls.bind_address or bind_address}",
+        "protocol mqtt",
+        f"cafile {Path(mtls.cafile).resolve()}",
+        f"certfile {Path(mtls.certfile).resolve()}",
+        f"keyfile {Path(mtls.keyfile).resolve()}",
+        "require_certificate true",
+        "use_identity_as_username true",
+        "use_username_as_clientid true",
+        f"crlfile {Path(mtls.crlfile).resolve()}",
+        "tls_version tlsv1.2",
+    ]
 
 
 def find_mosquitto_passwd() -> str:
@@ -301,6 +330,7 @@ def write_broker_files(
     log_to_file: bool = False,
     run_as_user: str | None = None,
     pid_file: str | Path | None = None,
+    mtls: TlsSettings | None = None,
 ) -> BrokerFiles:
     """Write ``mosquitto.conf``, ``passwd`` and ``acl`` for one federation into ``out_dir``.
 
@@ -332,6 +362,7 @@ def write_broker_files(
         log_path=files.log_path,
         run_as_user=run_as_user,
         pid_file=Path(pid_file).resolve() if pid_file else None,
+        mtls=mtls,
     )
     write_password_file(files.passwd_path, dict(users or {}))
     if persistence:

@@ -57,6 +57,21 @@ def describe_connect_error(exc: BaseException | None, where: str) -> tuple[bool,
     return False, f"connection to {where} failed: {type(exc).__name__}: {exc}"
 
 
+def describe_tls_alert(paho_error: str, where: str) -> tuple[bool, str]:
+    """(is_security_failure, message) for an error paho logged while reading from a TLS
+    connection that never got its CONNACK (the broker ended the handshake with an alert)."""
+    low = paho_error.lower()
+    if "ssl" not in low and "alert" not in low:
+        return False, f"connection to {where} lost before the CONNACK: {paho_error}"
+    if "revoked" in low:
+        hint = "this device's client certificate was revoked (fedge device revoke)"
+    elif "certificate" in low:
+        hint = "the broker wants a valid client certificate (mqtt.cert_file / mqtt.key_file)"
+    else:
+        hint = "check the TLS settings (mqtt.ca_file, mqtt.cert_file, mqtt.key_file)"
+    return True, f"TLS: broker {where} refused the connection: {paho_error}; {hint}"
+
+
 def describe_refusal(reason_value: int, reason: object, username: str) -> tuple[bool, str]:
     """(is_auth_failure, message) for a CONNACK that refused us."""
     who = username or "anonymous"

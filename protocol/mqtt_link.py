@@ -26,6 +26,7 @@ from .mqtt_failures import (
     TakeoverWatch,
     describe_connect_error,
     describe_refusal,
+    describe_tls_alert,
     takeover_message,
 )
 
@@ -116,6 +117,8 @@ class MqttLink:
         self._last_fail = ""
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
+        client.on_log = self._on_log
+        self._paho_error = ""
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         self._client = client
@@ -147,7 +150,15 @@ class MqttLink:
             log.info("disconnected from broker (stopping)")
             return
         if not was_connected:
-            return  # a refused CONNACK: already reported by _on_connect
+            # a refused CONNACK is reported by _on_connect; a TLS alert after the handshake
+            # (a client certificate the broker wants, or has revoked) only by paho's log
+            error, self._paho_error = self._paho_error, ""
+            if error:
+                security, message = describe_tls_alert(error, f"{self.host}:{self.port}")
+                if security:
+                    self._problem = message
+                    log.error("%s", message)
+            return
         connected_for = time.monotonic() - self._connected_at
         code = int(getattr(reason, "value", 0) or 0)
         if self._takeovers.on_disconnect(code, connected_for, self._stopping):
@@ -171,6 +182,10 @@ class MqttLink:
             log.info("disconnected from %s:%d (%s); will reconnect", self.host, self.port, reason)
         # paho resets its delay to min_delay after each successful CONNACK: set it every time
         client.reconnect_delay_set(min_delay=max(self._min_delay, delay), max_delay=max(30, delay))
+
+    def _on_log(self, client: Any, userdata: Any, level: int, buf: str) -> None:
+        if level == self._mqtt.MQTT_LOG_ERR:
+            self._paho_error = buf
 
     def _on_connect_fail(self, client: Any, userdata: Any) -> None:
         # paho calls this inside its ``except OSError`` block: the exception is still current
