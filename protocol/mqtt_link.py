@@ -35,6 +35,12 @@ log = logging.getLogger(__name__)
 MAX_PAYLOAD_BYTES = 1024 * 1024  # our own limit; paho does not enforce the broker's
 
 
+class Received(tuple[str, bytes]):  # noqa: SLOT001 - carries one extra attribute
+    """A received (topic, payload) that also says whether the broker delivered it retained."""
+
+    retain: bool = False
+
+
 @dataclass
 class MqttSettings:
     """Where and how to connect. ``url`` is mqtt://host:port or mqtts://host:port."""
@@ -119,6 +125,7 @@ class MqttLink:
         client.on_connect_fail = self._on_connect_fail
         client.on_log = self._on_log
         self._paho_error = ""
+        self.last_retained = False  # whether the message get() last returned was retained
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         self._client = client
@@ -198,7 +205,9 @@ class MqttLink:
         self._last_fail = message
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
-        self.messages.put((msg.topic, msg.payload))
+        item = Received((msg.topic, msg.payload))
+        item.retain = bool(msg.retain)
+        self.messages.put(item)
 
     # --- owner API ---
     def start(self) -> None:
@@ -251,11 +260,16 @@ class MqttLink:
                 self._unacked.popleft()
 
     def get(self, timeout: float) -> tuple[str, bytes] | None:
-        """Next received message, or None after ``timeout`` seconds."""
+        """Next received message, or None after ``timeout`` seconds. ``last_retained`` then
+        says whether the broker delivered it as a retained message (a device may retain
+        messages on its own up topics: the orchestrator clears and ignores those)."""
         try:
-            return self.messages.get(timeout=timeout)
+            item = self.messages.get(timeout=timeout)
         except queue.Empty:
+            self.last_retained = False
             return None
+        self.last_retained = bool(getattr(item, "retain", False))
+        return item
 
     def pending(self) -> int:
         """How many received messages wait in the queue."""

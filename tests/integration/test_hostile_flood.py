@@ -77,3 +77,33 @@ def test_a_flood_from_one_device_does_not_drop_anothers_messages(mosquitto) -> N
         for client in (hostile, honest, orch):
             client.disconnect()
             client.loop_stop()
+
+
+def test_the_link_says_which_messages_were_retained(mosquitto) -> None:
+    """A device may retain messages on its own up topics (Mosquitto's ACL cannot refuse the
+    retain flag per topic): the orchestrator's link must be able to tell them apart."""
+    from fedge.protocol.mqtt_link import MqttLink, MqttSettings
+
+    p = mosquitto.prefix
+    device = _client(mosquitto, "dev-0")
+    device.publish(
+        f"{p}/agent/dev-0/up/msg", b"retained-junk", qos=1, retain=True
+    ).wait_for_publish(5)
+    user = "fedge-orchestrator"
+    link = MqttLink(
+        MqttSettings(url=mosquitto.url, username=user, password=mosquitto.users[user]), user
+    )
+    link.subscribe(f"{p}/agent/+/up/#")
+    link.start()
+    try:
+        assert link.wait_connected(5)
+        assert link.get(5) == (f"{p}/agent/dev-0/up/msg", b"retained-junk")
+        assert link.last_retained
+        device.publish(f"{p}/agent/dev-0/up/msg", b"live", qos=1).wait_for_publish(5)
+        assert link.get(5) == (f"{p}/agent/dev-0/up/msg", b"live")
+        assert not link.last_retained
+    finally:
+        device.publish(f"{p}/agent/dev-0/up/msg", b"", qos=1, retain=True).wait_for_publish(5)
+        device.disconnect()
+        device.loop_stop()
+        link.stop(timeout=0.5)
