@@ -411,23 +411,13 @@ class Agent:
             self._abort(task, f"local data problem: {exc}")
         except FedgeError as exc:
             self._abort(task, str(exc))
-            self._recheck_bundle(task)
+            self.bundles.reverify(task.bundle_hash)  # damaged on disk? then fetched again
         except Exception as exc:  # noqa: BLE001 - a backend bug must not kill the daemon
             log.exception("round %d: training failed", task.round)
             self._abort(task, f"training failed: {type(exc).__name__}: {exc}")
-            self._recheck_bundle(task)
+            self.bundles.reverify(task.bundle_hash)
         finally:
             self.fetches.drop_completed()
-
-    def _recheck_bundle(self, task: RoundTask) -> None:
-        """A failed round may come from a cached bundle damaged on disk since it was loaded:
-        verify it again; a corrupt copy is dropped and fetched again for the next round."""
-        if not self.bundles.reverify(task.bundle_hash):
-            log.warning(
-                "round %d: the cached bundle %s was damaged; it will be fetched again",
-                task.round,
-                task.bundle_hash[:12],
-            )
 
     def _train(self, task: RoundTask, bundle: Bundle, params: bytes) -> None:
         started = self.clock.monotonic()

@@ -87,7 +87,7 @@ def test_a_bundle_damaged_while_running_is_fetched_again(
     later = [r for r, status, _ in updates if status == "accepted" and r > failed[0]]
     # Before: every round after the damage failed the same way, until a restart.
     assert later, f"dev-0 never trained again after the damage: {updates}"
-    assert "was damaged; it will be fetched again" in fleet.logs("dev-0")
+    assert "failed verification" in fleet.logs("dev-0")  # the re-check found the damage
 
 
 def test_a_full_disk_still_sends_the_abort(
