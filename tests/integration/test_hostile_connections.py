@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support.tls_broker import ProvisionedBroker
@@ -120,3 +121,97 @@ def test_two_links_with_one_devices_credentials_back_off(
     assert takeovers, "the takeover was never reported at ERROR"
     assert len(connects) <= 7, f"{len(connects)} connects in {window:.0f} s: a tight loop"
     assert any("another process" in link.problem for link in links)
+
+
+def _tls_broker(tmp_path: Path, *, hosts: list[str], expired: bool) -> tuple[Any, int, Path]:
+    """Mosquitto on the generated files with a TLS listener whose certificate is ours."""
+    import datetime as dt
+    import os
+    import pwd
+    import subprocess
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from support.mosquitto import find_mosquitto, free_port
+
+    from fedge.orchestrator.broker_files import TlsSettings, write_broker_files
+    from fedge.provision.certs import KeyAndCert, make_ca, make_server_cert, write_pem
+
+    ca = make_ca("test CA")
+    server = make_server_cert(ca, hosts)
+    if expired:  # the same certificate, valid only until yesterday
+        now = dt.datetime.now(dt.timezone.utc)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(server.cert.subject)
+            .issuer_name(ca.cert.subject)
+            .public_key(server.key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=30))
+            .not_valid_after(now - dt.timedelta(days=1))
+            .add_extension(
+                server.cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value,
+                critical=False,
+            )  # fmt: skip
+            .sign(ca.key, hashes.SHA256())
+        )
+        server = KeyAndCert(server.key, cert)
+    write_pem(ca, tmp_path / "ca.crt", tmp_path / "ca.key")
+    write_pem(server, tmp_path / "server.crt", tmp_path / "server.key")
+    tls_port = free_port()
+    files = write_broker_files(
+        tmp_path / "broker",
+        port=free_port(),
+        users={"fedge-orchestrator": "pw-orch", "dev-0": "pw-0"},
+        tls=TlsSettings(
+            tmp_path / "ca.crt", tmp_path / "server.crt", tmp_path / "server.key", port=tls_port
+        ),  # fmt: skip
+        persistence=False,
+        run_as_user=pwd.getpwuid(os.geteuid()).pw_name,
+    )
+    proc = subprocess.Popen(
+        [find_mosquitto(), "-c", str(files.conf_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    import socket
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", tls_port), timeout=0.5).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    return proc, tls_port, tmp_path / "ca.crt"
+
+
+@pytest.mark.parametrize(
+    ("hosts", "url_host", "expired", "wanted"),
+    [
+        (["broker.example"], "127.0.0.1", False, "mismatch"),
+        (["localhost", "127.0.0.1"], "127.0.0.1", True, "expired"),
+    ],
+)
+def test_wrong_host_name_and_expired_certificate_are_logged_at_error(
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    hosts: list[str],
+    url_host: str,
+    expired: bool,
+    wanted: str,
+) -> None:
+    proc, port, ca_file = _tls_broker(tmp_path, hosts=hosts, expired=expired)
+    try:
+        settings = MqttSettings(
+            url=f"mqtts://{url_host}:{port}", username="dev-0", password="pw-0",
+            ca_file=str(ca_file),
+        )  # fmt: skip
+        link = MqttLink(settings, "dev-0")
+        with caplog.at_level(logging.INFO):
+            _run(link, 1.5)
+    finally:
+        proc.terminate()
+        proc.wait(5)
+    errors = _errors(caplog)
+    assert any(wanted in e.lower() and "tls" in e.lower() for e in errors), errors
