@@ -158,6 +158,21 @@ def check_broker(
         )
     else:
         context = ssl.create_default_context(cafile=mqtt.ca_file or None)
+        if mqtt.cert_file:  # a mutual-TLS listener wants the device's certificate
+            try:
+                context.load_cert_chain(mqtt.cert_file, mqtt.key_file or None)
+            except (OSError, ssl.SSLError) as exc:
+                sock.close()
+                checks.append(
+                    Check(
+                        "tls",
+                        FAIL,
+                        f"cannot load the client certificate {mqtt.cert_file}: {exc}",
+                        "set mqtt.cert_file / mqtt.key_file to the files from "
+                        "`fedge device add --cert`",
+                    )
+                )
+                return checks
         try:
             with context.wrap_socket(sock, server_hostname=host) as tls_sock:
                 version = tls_sock.version()

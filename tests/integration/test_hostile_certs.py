@@ -119,6 +119,19 @@ def test_a_device_with_its_certificate_writes_only_its_own_topics(
         orch.close()
 
 
+def test_doctor_checks_tls_and_login_with_the_certificate(broker: MutualTlsBroker) -> None:
+    import subprocess
+    import sys
+
+    toml = broker.dir.device_dir("dev-c") / "agent.toml"
+    out = subprocess.run(
+        [sys.executable, "-m", "fedge", "doctor", "--config", str(toml), "--login"],
+        capture_output=True, text=True, timeout=60, check=False,
+    ).stdout  # fmt: skip
+    assert "certificate valid for localhost" in out, out
+    assert "logged in as dev-c" in out, out
+
+
 def test_without_a_certificate_the_listener_refuses(
     broker: MutualTlsBroker, caplog: pytest.LogCaptureFixture
 ) -> None:
