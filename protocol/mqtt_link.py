@@ -121,11 +121,11 @@ class MqttLink:
         self._connected_at = 0.0
         self._problem = ""  # the last connection problem, for the status and `fedge doctor`
         self._last_fail = ""
+        self._paho_error = ""  # paho's last MQTT_LOG_ERR line (a TLS alert before the CONNACK)
+        self.last_retained = False  # whether the message get() last returned was retained
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_log = self._on_log
-        self._paho_error = ""
-        self.last_retained = False  # whether the message get() last returned was retained
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         self._client = client
@@ -138,7 +138,7 @@ class MqttLink:
             log.log(logging.ERROR if auth else logging.WARNING, "%s", message)
             return
         self._connected_at = time.monotonic()
-        self._last_fail = ""
+        self._last_fail = self._paho_error = ""
         if self._takeovers.drops == 0:
             self._problem = ""
         log.info("connected to %s:%d as %s", self.host, self.port, self.client_id)
