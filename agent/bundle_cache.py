@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from fedge.protocol.bundle import Bundle, load_bundle, unpack_bundle
-from fedge.protocol.errors import BundleError
+from fedge.protocol.errors import BundleError, FedgeError
 
 from .state import AgentState
 
@@ -53,8 +53,7 @@ class BundleCache:
         """The cached bundle, re-verified; None if absent (a corrupt copy is deleted)."""
         path = self.root / content_hash
         if content_hash in self._loaded:
-            if self._state is not None:  # the last use orders the pruning
-                self._state.remember_bundle(content_hash, _size(path))
+            self._remember(content_hash, path)  # the last use orders the pruning
             return self._loaded[content_hash]
         if not path.is_dir():
             return None
@@ -71,9 +70,28 @@ class BundleCache:
                 self._state.forget_bundle(content_hash)
             return None
         self._loaded[content_hash] = bundle
-        if self._state is not None:
-            self._state.remember_bundle(content_hash, _size(path))
+        self._remember(content_hash, path)
         return bundle
+
+    def _remember(self, content_hash: str, path: Path) -> None:
+        """Record the bundle's use for pruning; bookkeeping only, so a failed write (a full
+        disk) must not fail the round: it is logged and the bundle is used all the same."""
+        if self._state is None:
+            return
+        try:
+            self._state.remember_bundle(content_hash, _size(path))
+        except (FedgeError, OSError) as exc:
+            log.warning("bundle cache: cannot record the use of %s: %s", content_hash[:12], exc)
+
+    def reverify(self, content_hash: str) -> bool:
+        """Check the cached copy against its manifest again (after a training failure: the
+        files may have been damaged since they were loaded). A corrupt copy is deleted so the
+        next round fetches it again; True if the copy is still intact (or absent)."""
+        self._loaded.pop(content_hash, None)
+        path = self.root / content_hash
+        if not path.is_dir():
+            return True
+        return self.get(content_hash) is not None
 
     def add(self, archive: bytes, content_hash: str) -> Bundle:
         """Unpack, verify (hashes, signature, expected identity), then move into the cache."""

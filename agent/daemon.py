@@ -11,6 +11,7 @@ itself is in agent/round_runner.py. Every step is driven by state that survives 
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -38,6 +39,7 @@ from .clock import Clock, SystemClock
 from .config import AgentConfig
 from .eligibility import Decision, EligibilityPolicy
 from .fetches import Fetches
+from .instance_lock import InstanceLock, write_link_problem
 from .pacing import poll_seconds
 from .round_machine import (
     INTERRUPTED,
@@ -91,6 +93,7 @@ class Agent:
         self.transport = transport
         self.clock = clock or SystemClock()
         self.topics = Topics(config.federation)
+        self._lock = InstanceLock(config.state_path)  # one agent per state directory
         self.state = AgentState(config.state_path / "agent.db")
         keys = [Path(p).read_bytes() for p in config.trusted_keys]
         self.bundles = BundleCache(config.state_path / "bundles", keys, state=self.state)
@@ -119,10 +122,12 @@ class Agent:
         self._last_offer: dict[str, float] = {}  # outbox sha256 -> last send (monotonic)
         self._last_report: dict[tuple[str, int], float] = {}  # evaluation report -> last send
         self._eval_acked: set[tuple[str, int]] = set()
+        self._aborted: set[tuple[str, int]] = set()  # rounds aborted by this process
         self._last_check = float("-inf")
         self._status = "online"
         self._was_connected = False
         self._seen_task: RoundTask | None = None  # the last task received (for the log)
+        self._link_problem = ""
 
     # ---- lifecycle ----
     def stop(self) -> None:
@@ -164,6 +169,7 @@ class Agent:
             self.transport.stop(final=offline_status(self.cfg, self.backend.name))
         finally:
             self.state.close()
+            self._lock.release()
 
     def poll_seconds(self) -> float:
         busy = self.fetches.busy or bool(self._last_offer) or bool(self._last_report)
@@ -247,6 +253,10 @@ class Agent:
         """Re-request stalled downloads, (re-)offer or expire the outbox, take the round's
         next step (which may train: it returns when training ends or is stopped)."""
         connected = self.transport.connected
+        problem = getattr(self.transport, "problem", "")
+        if problem != self._link_problem:  # for `fedge doctor` on this machine
+            self._link_problem = problem
+            write_link_problem(self.cfg.state_path, problem)
         if connected and not self._was_connected:
             # After a reconnect the broker may hold our Last Will ("offline", retained, e.g.
             # sent when the broker itself restarted): say again where we are, offer again.
@@ -339,6 +349,8 @@ class Agent:
         """Decide and carry out one step; True if it made progress worth deciding again on."""
         task = self.task
         journal = self.state.journal_status(task.run_id, task.round) if task else ""
+        if task is not None and (task.run_id, task.round) in self._aborted:
+            journal = "aborted"  # even if the journal write failed (a full disk)
         self.fetches.keep_only(objects_to_keep(task, self.cfg.id, journal))
         facts = RoundFacts(
             task,
@@ -399,9 +411,11 @@ class Agent:
             self._abort(task, f"local data problem: {exc}")
         except FedgeError as exc:
             self._abort(task, str(exc))
+            self.bundles.reverify(task.bundle_hash)  # damaged on disk? then fetched again
         except Exception as exc:  # noqa: BLE001 - a backend bug must not kill the daemon
             log.exception("round %d: training failed", task.round)
             self._abort(task, f"training failed: {type(exc).__name__}: {exc}")
+            self.bundles.reverify(task.bundle_hash)
         finally:
             self.fetches.drop_completed()
 
@@ -439,7 +453,12 @@ class Agent:
     # ---- outgoing ----
     def _abort(self, task: RoundTask, reason: str) -> None:
         log.warning("round %d aborted: %s", task.round, reason)
-        self.state.set_journal(task.run_id, task.round, "aborted", reason)
+        self._aborted.add((task.run_id, task.round))
+        try:
+            self.state.set_journal(task.run_id, task.round, "aborted", reason)
+        except (FedgeError, sqlite3.Error, OSError) as exc:  # e.g. a full disk
+            # the orchestrator must hear of the abort all the same; this process remembers it
+            log.error("round %d: could not journal the abort: %s", task.round, exc)
         msg = RoundAbort(
             msg_id=new_msg_id(),
             agent=self.cfg.id,
@@ -468,7 +487,10 @@ class Agent:
             state=state,
             backend=self.backend.name,
             eligible=eligible,
-            reason=(problem or self.decision.reason)[:500],
+            # a TLS, login or shared-credentials problem of the link outranks the rest
+            reason=(problem or getattr(self.transport, "problem", "") or self.decision.reason)[
+                :500
+            ],
             num_samples=self.runner.num_samples,
             version=_version(),
             ts=self.clock.time(),

@@ -12,6 +12,7 @@ import logging
 import queue
 import random
 import ssl
+import sys
 import threading
 import time
 from collections import deque
@@ -20,10 +21,24 @@ from typing import Any
 from urllib.parse import urlparse
 
 from .errors import ConfigError, MessageError
+from .mqtt_failures import (
+    SHORT_CONNECTION_S,
+    TakeoverWatch,
+    describe_connect_error,
+    describe_refusal,
+    describe_tls_alert,
+    takeover_message,
+)
 
 log = logging.getLogger(__name__)
 
 MAX_PAYLOAD_BYTES = 1024 * 1024  # our own limit; paho does not enforce the broker's
+
+
+class Received(tuple[str, bytes]):  # noqa: SLOT001 - carries one extra attribute
+    """A received (topic, payload) that also says whether the broker delivered it retained."""
+
+    retain: bool = False
 
 
 @dataclass
@@ -35,6 +50,8 @@ class MqttSettings:
     password: str = ""
     protocol: str = "5"  # "5" or "3.1.1" (the embedded demo broker speaks only 3.1.1)
     ca_file: str = ""
+    cert_file: str = ""  # client certificate (PEM) for brokers that require one (mutual TLS)
+    key_file: str = ""  # its private key (PEM)
     keepalive: int = 30
     session_expiry: int = 3600  # seconds the broker keeps our subscriptions and queued QoS 1
     max_payload: int = MAX_PAYLOAD_BYTES
@@ -89,15 +106,26 @@ class MqttLink:
         if tls:
             client.tls_set(
                 ca_certs=settings.ca_file or None,
+                certfile=settings.cert_file or None,
+                keyfile=settings.key_file or None,
                 cert_reqs=ssl.CERT_REQUIRED,
                 tls_version=ssl.PROTOCOL_TLS_CLIENT,
             )
         if will:
             client.will_set(will[0], will[1], qos=1, retain=True)
         # Exponential backoff; the random floor spreads a fleet's reconnects (jitter).
-        client.reconnect_delay_set(min_delay=1 + int(random.random() * 2), max_delay=30)
+        self._min_delay = 1 + int(random.random() * 2)
+        client.reconnect_delay_set(min_delay=self._min_delay, max_delay=30)
         client.max_inflight_messages_set(20)
+        self._takeovers = TakeoverWatch()
+        self._connected_at = 0.0
+        self._problem = ""  # the last connection problem, for the status and `fedge doctor`
+        self._last_fail = ""
+        self._paho_error = ""  # paho's last MQTT_LOG_ERR line (a TLS alert before the CONNACK)
+        self.last_retained = False  # whether the message get() last returned was retained
         client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_log = self._on_log
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         self._client = client
@@ -105,8 +133,14 @@ class MqttLink:
     # --- paho callbacks (network thread: never block) ---
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:
-            log.warning("broker %s:%d refused the connection: %s", self.host, self.port, reason)
+            auth, message = describe_refusal(reason.value, reason, self.settings.username)
+            self._problem = message
+            log.log(logging.ERROR if auth else logging.WARNING, "%s", message)
             return
+        self._connected_at = time.monotonic()
+        self._last_fail = self._paho_error = ""
+        if self._takeovers.drops == 0:
+            self._problem = ""
         log.info("connected to %s:%d as %s", self.host, self.port, self.client_id)
         with self._lock:  # the owner may subscribe concurrently from its own thread
             subscriptions = list(self._subscriptions.items())
@@ -117,14 +151,63 @@ class MqttLink:
     def _on_disconnect(
         self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any
     ) -> None:
+        was_connected = self._connected.is_set()
         self._connected.clear()
         if self._stopping:
             log.info("disconnected from broker (stopping)")
             return
-        log.info("disconnected from %s:%d (%s); will reconnect", self.host, self.port, reason)
+        if not was_connected:
+            # a refused CONNACK is reported by _on_connect; a TLS alert after the handshake
+            # (a client certificate the broker wants, or has revoked) only by paho's log
+            error, self._paho_error = self._paho_error, ""
+            if error:
+                security, message = describe_tls_alert(error, f"{self.host}:{self.port}")
+                if security:
+                    self._problem = message
+                    log.error("%s", message)
+            return
+        connected_for = time.monotonic() - self._connected_at
+        code = int(getattr(reason, "value", 0) or 0)
+        if self._takeovers.on_disconnect(code, connected_for, self._stopping):
+            self._problem = takeover_message(self.client_id)
+            delay = self._takeovers.reconnect_delay()
+            log.error(
+                "%s (disconnected by %s:%d after %.1f s: %s; takeover %d in a row); "
+                "reconnecting in %d s",
+                self._problem,
+                self.host,
+                self.port,
+                connected_for,
+                reason,
+                self._takeovers.drops,
+                delay,
+            )
+        else:
+            delay = self._takeovers.reconnect_delay()
+            if self._takeovers.drops == 0:
+                self._problem = ""
+            log.info("disconnected from %s:%d (%s); will reconnect", self.host, self.port, reason)
+        # paho resets its delay to min_delay after each successful CONNACK: set it every time
+        client.reconnect_delay_set(min_delay=max(self._min_delay, delay), max_delay=max(30, delay))
+
+    def _on_log(self, client: Any, userdata: Any, level: int, buf: str) -> None:
+        if level == self._mqtt.MQTT_LOG_ERR:
+            self._paho_error = buf
+
+    def _on_connect_fail(self, client: Any, userdata: Any) -> None:
+        # paho calls this inside its ``except OSError`` block: the exception is still current
+        security, message = describe_connect_error(sys.exc_info()[1], f"{self.host}:{self.port}")
+        if security:
+            self._problem = message
+            log.error("%s", message)
+        elif message != self._last_fail:  # a broker that is down: say so once per outage
+            log.warning("%s; retrying", message)
+        self._last_fail = message
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
-        self.messages.put((msg.topic, msg.payload))
+        item = Received((msg.topic, msg.payload))
+        item.retain = bool(msg.retain)
+        self.messages.put(item)
 
     # --- owner API ---
     def start(self) -> None:
@@ -148,6 +231,14 @@ class MqttLink:
     def connected(self) -> bool:
         return self._connected.is_set()
 
+    @property
+    def problem(self) -> str:
+        """The last TLS, login or session-takeover problem ("" once a connection holds)."""
+        held = time.monotonic() - self._connected_at >= SHORT_CONNECTION_S
+        if self._problem and self._connected.is_set() and held:
+            self._problem = ""
+        return self._problem
+
     def subscribe(self, topic: str, qos: int = 1) -> None:
         with self._lock:
             self._subscriptions[topic] = qos
@@ -169,11 +260,16 @@ class MqttLink:
                 self._unacked.popleft()
 
     def get(self, timeout: float) -> tuple[str, bytes] | None:
-        """Next received message, or None after ``timeout`` seconds."""
+        """Next received message, or None after ``timeout`` seconds. ``last_retained`` then
+        says whether the broker delivered it as a retained message (a device may retain
+        messages on its own up topics: the orchestrator clears and ignores those)."""
         try:
-            return self.messages.get(timeout=timeout)
+            item = self.messages.get(timeout=timeout)
         except queue.Empty:
+            self.last_retained = False
             return None
+        self.last_retained = bool(getattr(item, "retain", False))
+        return item
 
     def pending(self) -> int:
         """How many received messages wait in the queue."""

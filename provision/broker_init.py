@@ -27,7 +27,7 @@ from fedge.protocol import signing
 from fedge.protocol.errors import ConfigError, MessageError
 from fedge.protocol.topics import validate_name
 
-from .certs import make_ca, make_server_cert, write_pem
+from .certs import make_ca, make_crl, make_server_cert, write_pem
 from .layout import BrokerDir, BrokerRecord, Commented, render_toml, write_secret
 
 log = logging.getLogger(__name__)
@@ -50,11 +50,14 @@ def init_broker(
     bind_address: str = "0.0.0.0",
     run_as_user: str | None = None,
     orchestrator_user: str = DEFAULT_ORCHESTRATOR_USER,
+    mtls_port: int | None = None,
 ) -> BrokerDir:
     """Create a broker directory at ``root`` (see ``fedge.provision.layout``) and return it.
 
     ``hosts`` are the names devices use to reach the broker; the first one goes into the
     device configs' ``mqtts://`` URL. The plain listener (``plain_port``) stays on 127.0.0.1.
+    ``mtls_port`` adds a mutual-TLS listener for devices with client certificates (``fedge
+    device add NAME --cert``), with an (empty) CRL that ``fedge device revoke`` extends.
     """
     try:
         validate_name(federation, "federation")
@@ -71,6 +74,17 @@ def init_broker(
     write_pem(ca, d.ca_cert, d.ca_key)
     write_pem(make_server_cert(ca, all_hosts), d.broker_cert, d.broker_key)
     signing.write_keypair(d.keys_dir, "signing")
+    mtls = None
+    if mtls_port:
+        d.crl.write_bytes(make_crl(ca, []))
+        mtls = TlsSettings(
+            cafile=d.ca_cert,
+            certfile=d.broker_cert,
+            keyfile=d.broker_key,
+            port=mtls_port,
+            bind_address=bind_address,
+            crlfile=d.crl,
+        )
 
     orch_password = secrets.token_urlsafe(24)
     write_broker_files(
@@ -89,6 +103,7 @@ def init_broker(
         ),
         run_as_user=run_as_user or default_run_as(),
         pid_file=d.pid_file,
+        mtls=mtls,
     )
     _give_to_broker_user(d, run_as_user or default_run_as())
     record = BrokerRecord(
@@ -97,6 +112,7 @@ def init_broker(
         tls_port=tls_port,
         plain_port=plain_port,
         orchestrator_user=orchestrator_user,
+        mtls_port=mtls_port or 0,
     )
     d.save_record(record)
     write_secret(d.orchestrator_toml, _orchestrator_toml(d, record, orch_password))
@@ -121,6 +137,7 @@ def _give_to_broker_user(d: BrokerDir, user: str) -> None:
         d.broker_dir,
         d.broker_cert,
         d.broker_key,
+        *([d.crl] if d.crl.exists() else []),
     ]
     for path in paths:
         os.chown(path, entry.pw_uid, entry.pw_gid)

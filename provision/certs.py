@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 CA_DAYS = 3650
 SERVER_DAYS = 825  # the longest validity Apple platforms accept for a TLS server certificate
+CLIENT_DAYS = 825
+CRL_DAYS = 3650  # Mosquitto refuses every client once its CRL's next update has passed
 # Certificates start a little in the past so a device whose clock lags slightly still accepts them.
 _BACKDATE = dt.timedelta(hours=1)
 
@@ -133,6 +135,59 @@ def make_server_cert(
     return KeyAndCert(key, cert)
 
 
+def make_client_cert(ca: KeyAndCert, device: str, *, days: int = CLIENT_DAYS) -> KeyAndCert:
+    """Return a TLS client certificate for ``device`` (its common name = the device id, which
+    Mosquitto's ``use_identity_as_username`` makes the MQTT user name), signed by ``ca``."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device)]))
+        .issuer_name(ca.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _BACKDATE)
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()),
+            critical=False,
+        )
+        .sign(ca.key, hashes.SHA256())
+    )
+    return KeyAndCert(key, cert)
+
+
+def make_crl(ca: KeyAndCert, revoked_serials: Sequence[int], *, days: int = CRL_DAYS) -> bytes:
+    """A CRL (PEM) signed by ``ca`` listing ``revoked_serials`` (may be empty: Mosquitto's
+    ``crlfile`` needs a CRL from the start)."""
+    now = dt.datetime.now(dt.timezone.utc)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.cert.subject)
+        .last_update(now - _BACKDATE)
+        .next_update(now + dt.timedelta(days=days))
+    )
+    for serial in dict.fromkeys(revoked_serials):
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder()
+            .serial_number(serial)
+            .revocation_date(now - dt.timedelta(minutes=1))
+            .build()
+        )
+    return builder.sign(ca.key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+
+def crl_serials(crl_pem: bytes) -> list[int]:
+    """The serial numbers a PEM CRL revokes."""
+    try:
+        crl = x509.load_pem_x509_crl(crl_pem)
+    except ValueError as exc:
+        raise ConfigError(f"cannot read the CRL: {exc}") from exc
+    return [entry.serial_number for entry in crl]
+
+
 def write_pem(pair: KeyAndCert, cert_path: str | Path, key_path: str | Path) -> None:
     """Write the certificate (0644) and the private key (0600, never overwritten)."""
     key_path = Path(key_path)
@@ -142,6 +197,13 @@ def write_pem(pair: KeyAndCert, cert_path: str | Path, key_path: str | Path) -> 
     with os.fdopen(fd, "wb") as fh:
         fh.write(pair.key_pem)
     Path(cert_path).write_bytes(pair.cert_pem)
+
+
+def load_cert(cert_path: str | Path) -> x509.Certificate:
+    try:
+        return x509.load_pem_x509_certificate(Path(cert_path).read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read certificate {cert_path}: {exc}") from exc
 
 
 def load_pair(cert_path: str | Path, key_path: str | Path) -> KeyAndCert:

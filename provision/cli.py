@@ -34,7 +34,9 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--login",
         action="store_true",
-        help="also log in to the broker (takes over the session of a running agent: stop it first)",
+        help="also log in to the broker with the config's credentials (keeps the device's "
+        "session; skipped while the agent runs on this machine, whose own connection "
+        "problems are shown instead)",
     )
     p.set_defaults(func=_doctor)
 
@@ -71,6 +73,13 @@ def _register_broker(sub: Any) -> None:
     init.add_argument("--plain-port", type=int, default=1883, help="loopback-only plain listener")
     init.add_argument("--bind", default="0.0.0.0", help="address of the TLS listener")
     init.add_argument(
+        "--mtls-port",
+        type=int,
+        default=None,
+        help="also open a mutual-TLS listener on this port for devices with client "
+        "certificates (fedge device add NAME --cert)",
+    )
+    init.add_argument(
         "--run-as", default=None, help="Mosquitto's `user` (default: you, or mosquitto as root)"
     )
     init.set_defaults(func=_broker_init)
@@ -106,6 +115,12 @@ def _register_device(sub: Any) -> None:
     add.add_argument("--table", default="samples", help="table in the SQLite file")
     add.add_argument(
         "--state-dir", default=None, help="agent state dir (default: INSTALL_DIR/state)"
+    )
+    add.add_argument(
+        "--cert",
+        action="store_true",
+        help="issue a client certificate from the broker's CA instead of a password "
+        "(mutual TLS; needs `fedge broker init --mtls-port`)",
     )
     add.set_defaults(func=_device_add)
     rev = actions.add_parser(
@@ -146,6 +161,7 @@ def _broker_init(args: argparse.Namespace) -> int:
         plain_port=args.plain_port,
         bind_address=args.bind,
         run_as_user=args.run_as,
+        mtls_port=args.mtls_port,
     )
     record = d.load_record()
     print(f"broker directory: {d.root}")
@@ -169,9 +185,13 @@ def _device_add(args: argparse.Namespace) -> int:
         data_path=args.data,
         data_table=args.table,
         state_dir=args.state_dir,
+        cert=args.cert,
     )
     print(f"device {args.name}: copy {files.folder}/ to the device")
-    print(f"  agent config:  {files.agent_toml} (holds its password; mode 0600)")
+    if args.cert:
+        print(f"  agent config:  {files.agent_toml} (client.crt + client.key: mutual TLS)")
+    else:
+        print(f"  agent config:  {files.agent_toml} (holds its password; mode 0600)")
     _print_reload(reload_broker(_dir(args)), "accepts")
     return 0
 
@@ -181,7 +201,7 @@ def _device_revoke(args: argparse.Namespace) -> int:
 
     if not revoke_device(_dir(args), args.name):
         raise ConfigError(f"device '{args.name}' has no password entry (already revoked?)")
-    print(f"device {args.name}: password entry removed")
+    print(f"device {args.name}: credentials revoked (password entry, or certificate in the CRL)")
     _print_reload(reload_broker(_dir(args)), "refuses")
     return 0
 

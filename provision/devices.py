@@ -23,11 +23,14 @@ from fedge.protocol.errors import ConfigError, MessageError
 from fedge.protocol.sqlite_samples import DataSource
 from fedge.protocol.topics import validate_name
 
+from .certs import crl_serials, load_cert, load_pair, make_client_cert, make_crl, write_pem
 from .layout import BrokerDir, Commented, render_toml, write_secret
 
 log = logging.getLogger(__name__)
 
 DEFAULT_DATA_PATH = "/var/lib/fedge/data.db"
+CLIENT_CERT_NAME = "client.crt"
+CLIENT_KEY_NAME = "client.key"
 
 AGENT_COMMENTS = {
     "state_dir": "the agent's own SQLite state: outbox, round journal, cached bundles",
@@ -76,20 +79,28 @@ def add_device(
     data_path: str = DEFAULT_DATA_PATH,
     data_table: str = "samples",
     state_dir: str | None = None,
+    cert: bool = False,
 ) -> DeviceFiles:
     """Create credentials for device ``name`` and write ``devices/NAME/`` for it.
 
     ``install_dir`` is where the folder will live on the device (paths in agent.toml point
     there); by default the folder itself, which is right when the agent runs on this machine.
+    ``cert``: a client certificate from the broker's CA instead of a password; the device
+    connects to the mutual-TLS listener (``fedge broker init --mtls-port``).
     """
     _check_name(name)
     d = BrokerDir(root)
     record = d.load_record()
     if name == record.orchestrator_user:
         raise ConfigError(f"'{name}' is the orchestrator's user name; choose another device name")
-    if name in password_file_users(d.passwd):
+    if name in password_file_users(d.passwd) or name in record.cert_devices:
         raise ConfigError(
             f"device '{name}' already exists; revoke it first (fedge device revoke {name})"
+        )
+    if cert and not record.mtls_port:
+        raise ConfigError(
+            f"{d.root} has no mutual-TLS listener for client certificates; "
+            "create the broker directory with `fedge broker init ... --mtls-port 8884`"
         )
     folder = d.device_dir(name)
     folder.mkdir(parents=True, exist_ok=True)
@@ -97,8 +108,16 @@ def add_device(
     shutil.copyfile(d.ca_cert, files.ca_cert)
     shutil.copyfile(d.signing_pub, files.signing_pub)
     there = Path(install_dir) if install_dir else folder
-    password = secrets.token_urlsafe(24)
-    set_password(d.passwd, name, password)
+    if cert:
+        _issue_client_cert(d, name, folder)
+        url, password = record.mtls_url, ""
+        tls_files = {
+            "cert_file": str(there / CLIENT_CERT_NAME),
+            "key_file": str(there / CLIENT_KEY_NAME),
+        }
+    else:
+        url, password, tls_files = record.url, secrets.token_urlsafe(24), {}
+        set_password(d.passwd, name, password)
     header = (
         f"fedge agent '{name}' of federation '{record.federation}' (written by fedge device add).\n"
         f"Copy {folder.name}/ to {there} on the device; it holds the device's broker password.\n"
@@ -115,10 +134,11 @@ def add_device(
         },
         {
             "mqtt": {
-                "url": record.url,
+                "url": url,
                 "username": name,
                 "password": password,
                 "ca_file": str(there / "ca.crt"),
+                **tls_files,
             },
             "data": {
                 "path": data_path,
@@ -137,6 +157,8 @@ def add_device(
     write_secret(files.agent_toml, text)
     if name not in record.devices:
         record.devices.append(name)
+    if cert:
+        record.cert_devices.append(name)
     if name in record.revoked:
         record.revoked.remove(name)
     d.save_record(record)
@@ -147,7 +169,8 @@ def add_device(
 def revoke_device(root: str | Path, name: str) -> bool:
     """Delete ``name``'s password entry and its folder's secret; False if it was not present.
 
-    The broker refuses the device after it reloads the password file: see ``reload_broker``.
+    A device with a client certificate has its certificate added to the CRL. The broker
+    refuses the device after it reloads (password file, ACL, CRL): see ``reload_broker``.
     """
     _check_name(name)
     d = BrokerDir(root)
@@ -155,6 +178,10 @@ def revoke_device(root: str | Path, name: str) -> bool:
     if name == record.orchestrator_user:
         raise ConfigError("refusing to revoke the orchestrator's user")
     removed = delete_password(d.passwd, name)
+    if name in record.cert_devices:
+        _revoke_client_cert(d, name)
+        record.cert_devices.remove(name)
+        removed = True
     toml = d.device_dir(name) / "agent.toml"
     if toml.exists():
         toml.unlink()  # it holds the password that no longer works
@@ -172,6 +199,7 @@ def list_devices(root: str | Path) -> dict[str, str]:
     d = BrokerDir(root)
     record = d.load_record()
     users = set(password_file_users(d.passwd))
+    users |= set(record.cert_devices)
     out = {n: "active" if n in users else "missing from passwd" for n in record.devices}
     out.update({n: "revoked" for n in record.revoked})
     return out
@@ -197,6 +225,30 @@ def reload_broker(root: str | Path) -> int | None:
         log.info("no broker with PID %d (stale %s)", pid, pid_file)
         return None
     return pid
+
+
+def _issue_client_cert(d: BrokerDir, name: str, folder: Path) -> None:
+    """Write ``client.crt`` / ``client.key`` (0600) for ``name`` into its folder."""
+    ca = load_pair(d.ca_cert, d.ca_key)
+    for old in (folder / CLIENT_CERT_NAME, folder / CLIENT_KEY_NAME):
+        old.unlink(missing_ok=True)  # a device added again after a revoke
+    write_pem(make_client_cert(ca, name), folder / CLIENT_CERT_NAME, folder / CLIENT_KEY_NAME)
+
+
+def _revoke_client_cert(d: BrokerDir, name: str) -> None:
+    """Add the device's certificate to the broker's CRL and delete its private key."""
+    cert_path = d.device_dir(name) / CLIENT_CERT_NAME
+    ca = load_pair(d.ca_cert, d.ca_key)
+    serials = crl_serials(d.crl.read_bytes()) if d.crl.exists() else []
+    serials.append(load_cert(cert_path).serial_number)
+    tmp = d.crl.with_suffix(".tmp")
+    tmp.write_bytes(make_crl(ca, serials))
+    if d.crl.exists() and os.geteuid() == 0:  # keep it readable by the broker's user
+        st = d.crl.stat()
+        os.chown(tmp, st.st_uid, st.st_gid)
+    tmp.replace(d.crl)
+    (d.device_dir(name) / CLIENT_KEY_NAME).unlink(missing_ok=True)
+    log.info("certificate %x of %s added to %s", serials[-1], name, d.crl)
 
 
 def _check_name(name: str) -> None:

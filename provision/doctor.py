@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from fedge.protocol.errors import ConfigError
+from fedge.protocol.mqtt_failures import describe_connect_error, describe_refusal
 from fedge.protocol.mqtt_link import MqttSettings
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
@@ -123,7 +124,10 @@ def check_broker(
     """TCP reachability, the TLS handshake (CA + host name), then (``login``) an MQTT login.
 
     The login uses the config's user name, which the broker also uses as the client id: it
-    would take over a running agent's session, so it is opt-in (stop the agent first).
+    takes over the connection of a process using the same credentials, so it is opt-in, and
+    `diagnose` skips it while the agent runs on this machine. It resumes the session (no
+    clean start, the config's session expiry) rather than wiping the device's subscriptions
+    and queued messages.
     """
     try:
         host, port, tls = mqtt.host_port()
@@ -154,6 +158,21 @@ def check_broker(
         )
     else:
         context = ssl.create_default_context(cafile=mqtt.ca_file or None)
+        if mqtt.cert_file:  # a mutual-TLS listener wants the device's certificate
+            try:
+                context.load_cert_chain(mqtt.cert_file, mqtt.key_file or None)
+            except (OSError, ssl.SSLError) as exc:
+                sock.close()
+                checks.append(
+                    Check(
+                        "tls",
+                        FAIL,
+                        f"cannot load the client certificate {mqtt.cert_file}: {exc}",
+                        "set mqtt.cert_file / mqtt.key_file to the files from "
+                        "`fedge device add --cert`",
+                    )
+                )
+                return checks
         try:
             with context.wrap_socket(sock, server_hostname=host) as tls_sock:
                 version = tls_sock.version()
@@ -201,20 +220,42 @@ def _check_login(mqtt: MqttSettings, client_id: str, timeout: float) -> Check:
         result["reason"] = reason
         done.set()
 
-    client = paho.Client(
-        paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv311
-    )
+    v5 = mqtt.protocol == "5"
+    if v5:
+        client = paho.Client(
+            paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5
+        )
+    else:  # keep the device's persistent session (paho's default would wipe it)
+        client = paho.Client(
+            paho.CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=paho.MQTTv311,
+            clean_session=False,
+        )
     if mqtt.username:
         client.username_pw_set(mqtt.username, mqtt.password or None)
     if tls:
-        client.tls_set(ca_certs=mqtt.ca_file or None)
+        client.tls_set(
+            ca_certs=mqtt.ca_file or None,
+            certfile=mqtt.cert_file or None,
+            keyfile=mqtt.key_file or None,
+        )
     client.on_connect = on_connect
+    kwargs: dict[str, Any] = {}
+    if v5:
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = mqtt.session_expiry  # as the agent: the session stays
+        kwargs = {"clean_start": False, "properties": props}
     try:
-        client.connect(host, port, keepalive=10)
+        client.connect(host, port, keepalive=10, **kwargs)
         client.loop_start()
         done.wait(timeout)
     except OSError as exc:
-        return Check("login", FAIL, f"MQTT connect failed: {exc}", "see the broker/tls checks")
+        _, message = describe_connect_error(exc, f"{host}:{port}")
+        return Check("login", FAIL, message, "see the broker/tls checks")
     finally:
         client.disconnect()
         client.loop_stop()
@@ -222,13 +263,47 @@ def _check_login(mqtt: MqttSettings, client_id: str, timeout: float) -> Check:
     if reason is None:
         return Check("login", FAIL, "no CONNACK from the broker", "is this an MQTT port?")
     if reason.is_failure:
+        _, message = describe_refusal(reason.value, reason, mqtt.username)
         return Check(
             "login",
             FAIL,
-            f"broker refused {mqtt.username or 'anonymous'}: {reason}",
+            message,
             "check mqtt.username/password; a revoked device needs `fedge device add` again",
         )
-    return Check("login", OK, f"logged in as {mqtt.username}")
+    return Check("login", OK, f"logged in as {mqtt.username} (session kept)")
+
+
+def check_running_agent(state_dir: str, device: str) -> tuple[int | None, list[Check]]:
+    """Whether this machine runs the agent (its state-dir lock), and its link's last problem
+    (TLS, login refused, another process using the device's credentials)."""
+    from fedge.agent.instance_lock import read_link_problem, running_pid
+
+    pid = running_pid(state_dir)
+    checks: list[Check] = []
+    if pid is not None:
+        checks.append(Check("agent", OK, f"running here (PID {pid})"))
+    problem = read_link_problem(state_dir)
+    if problem:
+        checks.append(
+            Check(
+                "agent link",
+                FAIL if pid is not None else WARN,
+                problem if pid is not None else f"when it last ran: {problem}",
+                "see the agent's log (journalctl -u fedge-agent) for every attempt",
+            )
+        )
+    return pid, checks
+
+
+def skipped_login(device: str, pid: int) -> Check:
+    return Check(
+        "login",
+        WARN,
+        f"not logging in: the agent of device {device} runs on this machine (PID {pid}) and "
+        "the broker keeps one connection per device: a login with its credentials would "
+        "disconnect it",
+        "its own connection is checked above ('agent link'); stop the agent to test the login",
+    )
 
 
 def diagnose(
@@ -245,6 +320,7 @@ def diagnose(
 
     checks = [check_python()]
     cfg: Any = None
+    skipped: Check | None = None
     if role in ("auto", "agent"):
         from fedge.agent.config import AgentConfig
 
@@ -274,6 +350,11 @@ def diagnose(
         ]
         checks.append(check_disk(cfg.state_dir))
         client_id = cfg.id
+        pid, agent_checks = check_running_agent(cfg.state_dir, cfg.id)
+        checks += agent_checks
+        if login and pid is not None:
+            login = False
+            skipped = skipped_login(cfg.id, pid)
     else:
         checks.append(
             check_file("bundle", cfg.bundle, "export a signed bundle to this path")
@@ -286,6 +367,8 @@ def diagnose(
         checks.append(check_file("ca file", cfg.mqtt.ca_file, "copy the fleet's ca.crt here"))
     checks.append(check_clock())
     checks += check_broker(cfg.mqtt, client_id, login=login)
+    if skipped is not None:
+        checks.append(skipped)
     return role, checks
 
 

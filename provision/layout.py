@@ -5,6 +5,7 @@
     DIR/fedge-broker.json        federation, host names, ports, broker URL (no secrets)
     DIR/ca/ca.crt, ca.key        the fleet's certificate authority (keep ca.key offline later)
     DIR/broker/broker.crt, .key  the broker's TLS certificate (SANs = the host names)
+    DIR/broker/crl.pem           revoked client certificates (with --mtls-port)
     DIR/mosquitto/               mosquitto.conf, passwd, acl, data/, mosquitto.pid
     DIR/keys/signing.key, .pub   the bundle signing key pair (sign with `fedge export --sign-key`)
     DIR/orchestrator/            orchestrator.toml (credentials, CA, trusted key)
@@ -33,6 +34,13 @@ class BrokerRecord:
     orchestrator_user: str
     devices: list[str] = field(default_factory=list)
     revoked: list[str] = field(default_factory=list)
+    mtls_port: int = 0  # the mutual-TLS listener (0: none; fedge broker init --mtls-port)
+    cert_devices: list[str] = field(default_factory=list)  # devices with a client certificate
+
+    @property
+    def mtls_url(self) -> str:
+        """The URL of devices with a client certificate: the mutual-TLS listener."""
+        return self.url.rsplit(":", 1)[0] + f":{self.mtls_port}"
 
     @property
     def url(self) -> str:
@@ -56,6 +64,7 @@ class BrokerDir:
     broker_dir = property(lambda self: self.root / "broker")
     broker_cert = property(lambda self: self.broker_dir / "broker.crt")
     broker_key = property(lambda self: self.broker_dir / "broker.key")
+    crl = property(lambda self: self.broker_dir / "crl.pem")  # revoked client certificates
     mosquitto_dir = property(lambda self: self.root / "mosquitto")
     mosquitto_conf = property(lambda self: self.mosquitto_dir / "mosquitto.conf")
     passwd = property(lambda self: self.mosquitto_dir / "passwd")
