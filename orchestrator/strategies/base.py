@@ -61,7 +61,6 @@ class Strategy(ABC):
     """How rounds are configured and aggregated (keyword-only options in subclasses)."""
 
     name: str = ""
-    streaming: bool = True  # False: the aggregator keeps every update in memory
 
     def configure_round(
         self,
