@@ -7,7 +7,6 @@ comes from the orchestrator's MQTT events, the final numbers and plot from its d
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -19,6 +18,7 @@ from pathlib import Path
 
 from fedge.protocol.errors import FedgeError
 from fedge.protocol.messages import RoundEvent, parse_message
+from fedge.protocol.toml_writer import write_toml
 
 log = logging.getLogger(__name__)
 
@@ -50,34 +50,6 @@ class DemoResult:
     agent_peak_rss_mb: float = 0.0
     plot_path: str = ""
     database: str = ""
-
-
-def _toml_value(v: object) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, list):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    return json.dumps(str(v))
-
-
-def write_toml(path: Path, data: dict) -> Path:
-    """Write a two-level dict as TOML (top-level keys, then [sections] and [a.b] tables)."""
-    lines: list[str] = []
-
-    def emit(table: dict, prefix: str) -> None:
-        scalars = {k: v for k, v in table.items() if not isinstance(v, dict)}
-        if prefix:
-            lines.append(f"\n[{prefix}]")
-        lines.extend(f"{k} = {_toml_value(v)}" for k, v in scalars.items())
-        for k, v in table.items():
-            if isinstance(v, dict):
-                emit(v, f"{prefix}.{k}" if prefix else k)
-
-    emit(data, "")
-    path.write_text("\n".join(lines).lstrip() + "\n")
-    return path
 
 
 class _Processes:
