@@ -52,6 +52,44 @@ class DemoResult:
     database: str = ""
 
 
+FEDERATION = "demo"
+
+
+def orchestrator_settings(
+    opts: DemoOptions, *, url: str, out: Path, bundle: Path, test: Path
+) -> dict[str, object]:
+    """The orchestrator's config for the demo: every round option comes from ``opts``."""
+    return {
+        "federation": FEDERATION,
+        "bundle": str(bundle),
+        "database": str(out / "orchestrator.db"),
+        "mqtt": {"url": url, "protocol": opts.protocol, "username": "fedge-orchestrator"},
+        "rounds": {
+            "rounds": opts.rounds,
+            "min_devices": opts.devices,
+            "min_reports": max(1, opts.devices // 2),
+            "deadline_seconds": opts.deadline_seconds,
+            "local_epochs": opts.local_epochs,
+            "batch_size": opts.batch_size,
+            "seed": opts.seed,
+        },
+        "evaluation": {"enabled": True, "data": {"path": str(test), "table": "samples"}},
+    }
+
+
+def agent_settings(
+    opts: DemoOptions, *, agent_id: str, url: str, out: Path, data: Path
+) -> dict[str, object]:
+    """One demo agent's config."""
+    return {
+        "id": agent_id,
+        "federation": FEDERATION,
+        "state_dir": str(out / "state" / agent_id),
+        "mqtt": {"url": url, "protocol": opts.protocol, "username": agent_id},
+        "data": {"path": str(data), "table": "samples"},
+    }
+
+
 class _Processes:
     """Child processes with their log files; stopped by PID at the end."""
 
@@ -124,7 +162,6 @@ def run_demo(opts: DemoOptions, *, echo=print) -> DemoResult:
         url = broker.url
     echo(f"[1/4] broker: {url} ({'embedded amqtt, demo only' if broker else 'external'})")
 
-    federation = "demo"
     procs = _Processes()
     result = DemoResult(database=str(out / "orchestrator.db"))
     watcher = MqttLink(
@@ -132,7 +169,7 @@ def run_demo(opts: DemoOptions, *, echo=print) -> DemoResult:
         client_id=f"fedge-demo-{os.getpid()}",
         persistent=False,
     )
-    topics = Topics(federation)
+    topics = Topics(FEDERATION)
     watcher.subscribe(topics.orchestrator_events)
     try:
         watcher.start()
@@ -156,25 +193,7 @@ def run_demo(opts: DemoOptions, *, echo=print) -> DemoResult:
 
         orch_cfg = write_toml(
             out / "orchestrator.toml",
-            {
-                "federation": federation,
-                "bundle": str(bundle_dir),
-                "database": str(out / "orchestrator.db"),
-                "mqtt": {"url": url, "protocol": opts.protocol, "username": "fedge-orchestrator"},
-                "rounds": {
-                    "rounds": opts.rounds,
-                    "min_devices": opts.devices,
-                    "min_reports": max(1, opts.devices // 2),
-                    "deadline_seconds": opts.deadline_seconds,
-                    "local_epochs": opts.local_epochs,
-                    "batch_size": opts.batch_size,
-                    "seed": opts.seed,
-                },
-                "evaluation": {
-                    "enabled": True,
-                    "data": {"path": str(fed.test_path), "table": "samples"},
-                },
-            },
+            orchestrator_settings(opts, url=url, out=out, bundle=bundle_dir, test=fed.test_path),
         )
         procs.start(
             "orchestrator",
@@ -185,13 +204,7 @@ def run_demo(opts: DemoOptions, *, echo=print) -> DemoResult:
             agent_id = f"dev-{i}"
             cfg = write_toml(
                 out / f"agent-{agent_id}.toml",
-                {
-                    "id": agent_id,
-                    "federation": federation,
-                    "state_dir": str(out / "state" / agent_id),
-                    "mqtt": {"url": url, "protocol": opts.protocol, "username": agent_id},
-                    "data": {"path": str(path), "table": "samples"},
-                },
+                agent_settings(opts, agent_id=agent_id, url=url, out=out, data=path),
             )
             procs.start(agent_id, ["agent", "--config", str(cfg)], out / "logs" / f"{agent_id}.log")
         echo(
@@ -216,10 +229,8 @@ def _export_model(opts: DemoOptions, n_features: int, n_classes: int, out_dir: P
     t0 = time.monotonic()
     if out_dir.exists():
         shutil.rmtree(out_dir)
-    if opts.dataset == "digits":  # the same factory as `fedge export fedge.demo.models:digits_mlp`
-        model = models.digits_mlp(hidden=opts.hidden)
-    else:
-        model = models.tabular_mlp(n_features, n_classes, hidden=opts.hidden)
+    # for digits the same weights as `fedge export fedge.demo.models:digits_mlp`
+    model = models.tabular_mlp(n_features, n_classes, hidden=opts.hidden)
     path = export_bundle(
         model,
         input_shape=(n_features,),
