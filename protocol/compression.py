@@ -70,7 +70,7 @@ def encode_delta(
     if method == "":
         return encode_tensors(delta), {}
     tensors: Tensors = {}
-    entries: dict[str, dict] = {}
+    entries: dict[str, dict[str, Any]] = {}
     new_residual: Tensors = {}
     for i, (name, value) in enumerate(sorted(delta.items())):
         arr = np.asarray(value)

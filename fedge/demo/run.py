@@ -15,10 +15,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fedge.protocol.errors import FedgeError
 from fedge.protocol.messages import RoundEvent, parse_message
 from fedge.protocol.toml_writer import write_toml
+
+if TYPE_CHECKING:
+    from fedge.demo.data import DatasetName
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +31,7 @@ log = logging.getLogger(__name__)
 class DemoOptions:
     devices: int = 5
     rounds: int = 10
-    dataset: str = "digits"
+    dataset: DatasetName = "digits"
     alpha: float = 0.5
     seed: int = 0
     local_epochs: int = 5

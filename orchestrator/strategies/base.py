@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -100,5 +101,5 @@ class Strategy(ABC):
         return f"{self.name}({opts})"
 
 
-def replace_config(config: TrainConfig, **changes: object) -> TrainConfig:
+def replace_config(config: TrainConfig, **changes: Any) -> TrainConfig:
     return dataclasses.replace(config, **changes)
