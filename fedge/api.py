@@ -174,9 +174,17 @@ def run_agent(
 
 
 def _build_agent(cfg: AgentConfig) -> Agent:
-    from fedge.agent.daemon import Agent
+    """The agent ``fedge agent`` runs: the configured backend, over MQTT with its Last Will.
 
-    return Agent(cfg)
+    The same three steps as ``fedge.agent.cli.run_agent`` (without renicing the process).
+    """
+    from fedge.agent.backends import create_backend
+    from fedge.agent.daemon import Agent, offline_status
+    from fedge.protocol.mqtt_link import MqttLink
+
+    backend = create_backend(cfg.backend, threads=cfg.threads)
+    link = MqttLink(cfg.mqtt, client_id=cfg.id, will=offline_status(cfg, backend.name))
+    return Agent(cfg, transport=link, backend=backend)
 
 
 class RunningAgent:
