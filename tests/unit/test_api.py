@@ -51,3 +51,12 @@ def test_overrides_with_a_config_object_are_refused():
 def test_run_history_of_a_missing_database_is_a_clear_error(tmp_path):
     with pytest.raises(fedge.FedgeError, match="orchestrator database .* not found"):
         fedge.run_history(tmp_path / "none.db")
+
+
+def test_start_agent_raises_config_errors_in_the_callers_thread(tmp_path):
+    missing = tmp_path / "author.pub"
+    config = fedge.load_agent_config(
+        overrides=[f"state_dir={tmp_path / 'state'}", f"trusted_keys={missing}"]
+    )
+    with pytest.raises(fedge.ConfigError, match=f"trusted key file {missing} does not exist"):
+        fedge.start_agent(config)
