@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from fedge.agent.config import AgentConfig
     from fedge.agent.daemon import Agent
     from fedge.orchestrator.config import OrchestratorConfig
+    from fedge.orchestrator.server import Orchestrator
 
 log = logging.getLogger(__name__)
 
@@ -119,15 +120,31 @@ def run_orchestrator(
     Blocks (Ctrl-C stops it cleanly). With ``exit_when_done = false`` it only returns when
     interrupted. ``config`` is a config object or a TOML file path (then ``overrides`` apply).
     """
-    from fedge.orchestrator.server import Orchestrator
-
     cfg = _orchestrator_config(config, overrides)
-    orch = Orchestrator(cfg)
+    orch = _build_orchestrator(cfg)
     try:
         orch.run()
     except KeyboardInterrupt:
         orch.stop()
     return run_history(cfg.database, orch.run_id or None)
+
+
+def _build_orchestrator(cfg: OrchestratorConfig) -> Orchestrator:
+    """The orchestrator ``fedge orchestrator`` runs, over MQTT.
+
+    The orchestrator is moving to a transport passed in (``Orchestrator(config,
+    transport=link)``, as the agent already does); until that lands it builds its own link.
+    Once it has, the signature check below can go.
+    """
+    import inspect
+
+    from fedge.orchestrator.server import Orchestrator
+    from fedge.protocol.mqtt_link import MqttLink
+
+    if "transport" in inspect.signature(Orchestrator).parameters:
+        link = MqttLink(cfg.mqtt, client_id=cfg.client_id)
+        return Orchestrator(cfg, transport=link)  # type: ignore[call-arg, unused-ignore]
+    return Orchestrator(cfg)
 
 
 def run_history(database: ConfigPath, run_id: str | None = None) -> RunResult:
