@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fedge.protocol.errors import FedgeError
+from fedge.protocol.errors import ConfigError, FedgeError
 from fedge.protocol.messages import RoundEvent, parse_message
 from fedge.protocol.toml_writer import write_toml
 
@@ -147,6 +147,11 @@ def run_demo(opts: DemoOptions, *, echo=print) -> DemoResult:
     from fedge.protocol.mqtt_link import MqttLink, MqttSettings
     from fedge.protocol.topics import Topics
 
+    if opts.protocol != "3.1.1" and not opts.broker:
+        raise ConfigError(
+            f"--protocol {opts.protocol} needs --broker mqtt://host:port: the embedded demo "
+            "broker speaks only MQTT 3.1.1"
+        )
     started = time.monotonic()
     out = Path(opts.out).resolve()
     for sub in ("state", "orchestrator.db", "orchestrator.db-wal", "orchestrator.db-shm", "logs"):

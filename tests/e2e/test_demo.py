@@ -154,3 +154,13 @@ def test_demo_breast_cancer_learns_and_min_accuracy_fails_the_run(tmp_path):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
     assert errors == [f"Error: final test accuracy {final:.4f} is below --min-accuracy 1.01"]
     assert "Traceback" not in proc.stderr
+
+
+def test_demo_refuses_mqtt5_with_the_embedded_broker(tmp_path):
+    """The embedded amqtt broker speaks only 3.1.1: --protocol 5 without --broker used to hang."""
+    proc = _demo(tmp_path / "d", "--protocol", "5", timeout=60)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.stderr.strip() == (
+        "Error: --protocol 5 needs --broker mqtt://host:port: the embedded demo broker speaks "
+        "only MQTT 3.1.1"
+    )
