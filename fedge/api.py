@@ -130,21 +130,11 @@ def run_orchestrator(
 
 
 def _build_orchestrator(cfg: OrchestratorConfig) -> Orchestrator:
-    """The orchestrator ``fedge orchestrator`` runs, over MQTT.
-
-    The orchestrator is moving to a transport passed in (``Orchestrator(config,
-    transport=link)``, as the agent already does); until that lands it builds its own link.
-    Once it has, the signature check below can go.
-    """
-    import inspect
-
+    """The orchestrator ``fedge orchestrator`` runs: over MQTT (the same steps as its CLI)."""
     from fedge.orchestrator.server import Orchestrator
     from fedge.protocol.mqtt_link import MqttLink
 
-    if "transport" in inspect.signature(Orchestrator).parameters:
-        link = MqttLink(cfg.mqtt, client_id=cfg.client_id)
-        return Orchestrator(cfg, transport=link)  # type: ignore[call-arg, unused-ignore]
-    return Orchestrator(cfg)
+    return Orchestrator(cfg, transport=MqttLink(cfg.mqtt, client_id=cfg.client_id))
 
 
 def run_history(database: ConfigPath, run_id: str | None = None) -> RunResult:
