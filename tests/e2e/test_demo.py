@@ -152,7 +152,9 @@ def test_demo_breast_cancer_learns_and_min_accuracy_fails_the_run(tmp_path):
     final = _final_accuracy(proc.stdout)
     assert final > _majority_baseline(out / "data" / "test.db") + 0.1, proc.stdout
     errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
-    assert errors == [f"Error: final test accuracy {final:.4f} is below --min-accuracy 1.01"]
+    assert errors == [f"Error: final test accuracy {final:.4f} is below --min-accuracy 1.01"], (
+        proc.stderr
+    )
     assert "Traceback" not in proc.stderr
 
 
