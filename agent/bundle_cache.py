@@ -110,9 +110,9 @@ class BundleCache:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         self._loaded.pop(content_hash, None)
-        bundle = self.get(content_hash)
+        stored = self.get(content_hash)
         self._prune(keep=content_hash)
-        return bundle  # type: ignore[return-value]
+        return stored  # type: ignore[return-value]
 
     def _prune(self, keep: str) -> None:
         """Delete the least recently used bundles beyond ``self._keep`` (never ``keep``)."""

@@ -14,7 +14,6 @@ import logging
 import sqlite3
 import threading
 import time
-from pathlib import Path
 
 from fedge.protocol.blob_server import BlobServer
 from fedge.protocol.bundle import Bundle
@@ -29,6 +28,7 @@ from fedge.protocol.messages import (
     new_msg_id,
     parse_message,
 )
+from fedge.protocol.signing import load_trusted_keys
 from fedge.protocol.sqlite_samples import DataError
 from fedge.protocol.topics import Topics, validate_name
 from fedge.protocol.transport import Transport
@@ -95,7 +95,7 @@ class Agent:
         self.topics = Topics(config.federation)
         self._lock = InstanceLock(config.state_path)  # one agent per state directory
         self.state = AgentState(config.state_path / "agent.db")
-        keys = [Path(p).read_bytes() for p in config.trusted_keys]
+        keys = load_trusted_keys(config.trusted_keys)
         self.bundles = BundleCache(config.state_path / "bundles", keys, state=self.state)
         self.backend = backend or create_backend(config.backend, threads=config.threads)
         self.policy = EligibilityPolicy(

@@ -43,9 +43,9 @@ from fedge.orchestrator.robust_weighting import (  # noqa: E402
     scale_delta,
 )
 from fedge.orchestrator.strategies import create_strategy  # noqa: E402
-from fedge.orchestrator.strategies.aggregate import l2_norm  # noqa: E402
 from fedge.protocol.bundle import load_bundle  # noqa: E402
 from fedge.protocol.inference import InferenceRunner  # noqa: E402
+from fedge.protocol.tensors import l2_norm  # noqa: E402
 
 Params = dict[str, np.ndarray]
 LIAR_SAMPLES = 10**15

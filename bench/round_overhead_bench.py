@@ -38,8 +38,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 from support.fake_agent import FakeAgent  # noqa: E402
 from support.mosquitto import MosquittoBroker, find_mosquitto, make_users  # noqa: E402
 
-from fedge.demo.run import write_toml  # noqa: E402
 from fedge.protocol.bundle import load_bundle  # noqa: E402
+from fedge.protocol.toml_writer import write_toml  # noqa: E402
 
 
 def raise_open_files(want: int = 65536) -> int:

@@ -45,12 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    try:
-        from importlib.metadata import version
+    import fedge
 
-        return f"fedge {version('fedge')}"
-    except Exception:  # not installed (running from a checkout)
-        return "fedge (unknown version)"
+    return f"fedge {fedge.__version__}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,7 +7,6 @@ initializers needs the ``onnx`` package (``pip install onnx==1.17.0``; it is par
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -68,7 +67,3 @@ def export_version(
     out.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(out))
     return out
-
-
-def file_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

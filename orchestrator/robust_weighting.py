@@ -56,7 +56,7 @@ class RoundUpdate:
     agent_id: str
     claimed_samples: int  # the update's own num_samples
     registered_samples: int | None  # from the device's status; None or 0 = not known
-    norm: float  # L2 norm of the whole delta (``strategies.aggregate.l2_norm``)
+    norm: float  # L2 norm of the whole delta (``fedge.protocol.tensors.l2_norm``)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, replace
-from pathlib import Path
 
 from fedge.protocol.blob_server import BlobServer
 from fedge.protocol.bundle import Bundle, load_bundle, pack_bundle
@@ -38,6 +37,7 @@ from fedge.protocol.messages import (
     parse_message,
 )
 from fedge.protocol.privacy import DEFAULT_TARGET_DELTA, dp_epsilon
+from fedge.protocol.signing import load_trusted_keys
 from fedge.protocol.tensors import decode_tensors, encode_tensors
 from fedge.protocol.topics import Topics
 from fedge.protocol.transport import Transport
@@ -70,7 +70,7 @@ class Orchestrator:
         self.topics = Topics(config.federation)
         self.transport = transport
         self.clock = clock
-        keys = [Path(p).read_bytes() for p in config.trusted_keys]
+        keys = load_trusted_keys(config.trusted_keys)
         self.bundle = bundle or load_bundle(
             config.bundle, trusted_public_keys=keys or None, require_signature=bool(keys)
         )

@@ -6,9 +6,7 @@ import numpy as np
 
 from fedge.protocol.compression import decode_delta
 from fedge.protocol.errors import CodecError, FedgeError
-from fedge.protocol.tensors import check_finite
-
-from .strategies.aggregate import l2_norm
+from fedge.protocol.tensors import check_finite, l2_norm
 
 
 class UpdateRejected(FedgeError):

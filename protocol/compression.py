@@ -17,31 +17,20 @@ from __future__ import annotations
 
 import json
 import math
+from typing import Any
 
 import numpy as np
 
 from .errors import CodecError
-from .tensors import Tensors, decode_tensors, encode_tensors
+from .tensors import Tensors, decode_tensors, encode_tensors, header_metadata
 
 META_KEY = "fedge.compression"
 METHODS = ("", "int8", "topk")
 _FLOATS = ("float16", "float32", "float64")
 
 
-def _header(data: bytes) -> dict:
-    try:
-        (n,) = np.frombuffer(data[:8], dtype="<u8")
-        if n > len(data) - 8:
-            raise ValueError("header length past the end")
-        header = json.loads(data[8 : 8 + int(n)])
-        return header if isinstance(header, dict) else {}
-    except (ValueError, TypeError):
-        return {}
-
-
-def _meta(data: bytes) -> dict:
-    raw = _header(data).get("__metadata__", {}) or {}
-    text = raw.get(META_KEY) if isinstance(raw, dict) else None
+def _meta(data: bytes) -> dict[str, Any]:
+    text = header_metadata(data).get(META_KEY)
     if not text:
         return {}
     try:
@@ -81,7 +70,7 @@ def encode_delta(
     if method == "":
         return encode_tensors(delta), {}
     tensors: Tensors = {}
-    entries: dict[str, dict] = {}
+    entries: dict[str, dict[str, Any]] = {}
     new_residual: Tensors = {}
     for i, (name, value) in enumerate(sorted(delta.items())):
         arr = np.asarray(value)

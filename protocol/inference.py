@@ -34,7 +34,10 @@ class InferenceRunner:
         self._dtype = _ORT_TYPES.get(first.type, np.float32)  # Embedding models take int64
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        return self._session.run(None, {self._input: np.ascontiguousarray(x, dtype=self._dtype)})[0]
+        out: np.ndarray = self._session.run(
+            None, {self._input: np.ascontiguousarray(x, dtype=self._dtype)}
+        )[0]
+        return out
 
 
 _ORT_TYPES = {

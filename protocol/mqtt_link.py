@@ -78,6 +78,7 @@ class MqttLink:
         persistent: bool = True,
     ) -> None:
         import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
 
         self._mqtt = mqtt
         self.settings = settings
@@ -94,7 +95,7 @@ class MqttLink:
             raise ConfigError(f"mqtt protocol must be '5' or '3.1.1', not {settings.protocol!r}")
         self._v5 = settings.protocol == "5"
         kwargs: dict[str, Any] = {
-            "callback_api_version": mqtt.CallbackAPIVersion.VERSION2,
+            "callback_api_version": CallbackAPIVersion.VERSION2,
             "client_id": client_id,
             "protocol": mqtt.MQTTv5 if self._v5 else mqtt.MQTTv311,
         }
@@ -217,7 +218,7 @@ class MqttLink:
             from paho.mqtt.packettypes import PacketTypes
             from paho.mqtt.properties import Properties
 
-            props = Properties(PacketTypes.CONNECT)
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = self.settings.session_expiry if self._persistent else 0
             kwargs["clean_start"] = not self._persistent
             kwargs["properties"] = props

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import ConfigError
+from .tensors import l2_norm
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +40,6 @@ class PrivatizedDelta:
     delta: dict[str, np.ndarray]
     norm_before: float
     clipped: bool
-
-
-def l2_norm(delta: Mapping[str, np.ndarray]) -> float:
-    """The L2 norm of all tensors together (computed in float64)."""
-    return math.sqrt(sum(float(np.sum(np.square(v, dtype=np.float64))) for v in delta.values()))
 
 
 def clip_delta(

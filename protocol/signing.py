@@ -13,14 +13,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from .errors import SignatureError
+from .errors import ConfigError, SignatureError
 from .manifest import MANIFEST_NAME, SIGNATURE_NAME
 
 log = logging.getLogger(__name__)
@@ -28,8 +28,9 @@ log = logging.getLogger(__name__)
 PRIVATE_SUFFIX = ".key"
 PUBLIC_SUFFIX = ".pub"
 
-PublicKeyLike = Ed25519PublicKey | bytes | str | os.PathLike
-PrivateKeyLike = Ed25519PrivateKey | bytes | str | os.PathLike
+PathLike = str | os.PathLike[str]
+PublicKeyLike = Ed25519PublicKey | bytes | PathLike
+PrivateKeyLike = Ed25519PrivateKey | bytes | PathLike
 
 
 def generate_keypair() -> tuple[bytes, bytes]:
@@ -43,7 +44,7 @@ def generate_keypair() -> tuple[bytes, bytes]:
     return private_pem, _public_pem(key.public_key())
 
 
-def write_keypair(directory: str | os.PathLike, name: str = "signing") -> tuple[Path, Path]:
+def write_keypair(directory: PathLike, name: str = "signing") -> tuple[Path, Path]:
     """Write ``<name>.key`` (mode 0600) and ``<name>.pub`` into ``directory``; never overwrite."""
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
@@ -94,6 +95,37 @@ def load_public_key(source: PublicKeyLike) -> Ed25519PublicKey:
     return key
 
 
+def load_trusted_keys(paths: Sequence[PathLike]) -> list[bytes]:
+    """Read the configured ``trusted_keys`` files: one Ed25519 public key (PEM or raw) each.
+
+    Raises ConfigError naming the file and the fix when one is missing, unreadable or not an
+    Ed25519 public key, so a device or orchestrator refuses to start with a half-set trust list.
+    """
+    keys: list[bytes] = []
+    for entry in paths:
+        path = Path(entry)
+        if not path.is_file():
+            raise ConfigError(
+                f"trusted key file {path} does not exist: copy the model author's public key "
+                "there or remove it from trusted_keys"
+            )
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(
+                f"trusted key file {path} cannot be read: {exc.strerror or exc}"
+            ) from None
+        try:
+            load_public_key(data)
+        except SignatureError as exc:
+            raise ConfigError(
+                f"trusted key file {path} is not an Ed25519 public key ({exc}): copy the model "
+                "author's .pub file there"
+            ) from None
+        keys.append(data)
+    return keys
+
+
 def public_key_of(private_key: PrivateKeyLike) -> bytes:
     """PEM bytes of the public half of ``private_key``."""
     return _public_pem(load_private_key(private_key).public_key())
@@ -132,7 +164,7 @@ def verify(public_keys: Iterable[PublicKeyLike], data: bytes, signature: bytes) 
     raise SignatureError(f"signature does not verify against any trusted key ({shown})")
 
 
-def sign_bundle(bundle_dir: str | os.PathLike, private_key: PrivateKeyLike) -> Path:
+def sign_bundle(bundle_dir: PathLike, private_key: PrivateKeyLike) -> Path:
     """Sign ``bundle_dir/manifest.json`` and write the raw signature to ``manifest.sig``."""
     folder = Path(bundle_dir)
     manifest_bytes = _read(folder / MANIFEST_NAME, "manifest")

@@ -12,6 +12,7 @@ import fnmatch
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -158,7 +159,7 @@ def read_samples(src: DataSource, *, expected_features: int | None = None) -> Sa
     return Samples(x * np.float32(src.feature_scale) if src.feature_scale != 1.0 else x, y)
 
 
-def _decode_blobs(rows: list[tuple], src: DataSource) -> np.ndarray:
+def _decode_blobs(rows: list[tuple[Any, ...]], src: DataSource) -> np.ndarray:
     dtype = np.dtype(src.blob_dtype).newbyteorder("<")
     if dtype.name not in ("float32", "uint8", "float64", "int8"):
         raise DataError(f"blob_dtype {src.blob_dtype!r} unsupported; use float32 or uint8")

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 from safetensors import SafetensorError
@@ -71,15 +74,44 @@ def decode_tensors(data: bytes) -> Tensors:
     return out
 
 
+def safetensors_header(data: bytes) -> dict[str, Any]:
+    """The JSON header of a safetensors payload, or ``{}`` when it is missing or malformed.
+
+    Only the header is read (8-byte little-endian length, then JSON), never the tensors; a
+    length past the end of ``data`` counts as malformed.
+    """
+    if len(data) < 8:
+        return {}
+    (n,) = np.frombuffer(data[:8], dtype="<u8")
+    if int(n) > len(data) - 8:
+        return {}
+    try:
+        header = json.loads(data[8 : 8 + int(n)])
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return header if isinstance(header, dict) else {}
+
+
+def header_metadata(data: bytes) -> dict[str, str]:
+    """The ``__metadata__`` string map of a safetensors payload (``{}`` when absent)."""
+    meta = safetensors_header(data).get("__metadata__")
+    if not isinstance(meta, dict):
+        return {}
+    return {k: v for k, v in meta.items() if isinstance(k, str) and isinstance(v, str)}
+
+
 def _scalar_names(data: bytes) -> set[str]:
     """Names recorded as 0-d in the header metadata (read without parsing tensors again)."""
     try:
-        (n,) = np.frombuffer(data[:8], dtype="<u8")
-        header = json.loads(data[8 : 8 + int(n)])
-        names = json.loads(header.get("__metadata__", {}).get(SCALARS_KEY, "[]"))
-    except (ValueError, TypeError, AttributeError):
+        names = json.loads(header_metadata(data).get(SCALARS_KEY, "[]"))
+    except ValueError:
         return set()
     return {x for x in names if isinstance(x, str)} if isinstance(names, list) else set()
+
+
+def l2_norm(tensors: Mapping[str, np.ndarray]) -> float:
+    """The L2 norm of all tensors together, as one flat vector (computed in float64)."""
+    return math.sqrt(sum(float(np.sum(np.square(v, dtype=np.float64))) for v in tensors.values()))
 
 
 def check_finite(tensors: Tensors) -> None:

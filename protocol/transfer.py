@@ -72,7 +72,7 @@ class PullTransfer:
         self._fill_window()
 
     def _fill_window(self) -> None:
-        wanted = []
+        wanted: list[int] = []
         for i in range(self.ref.chunks):
             if len(self._in_flight) + len(wanted) >= self._window:
                 break

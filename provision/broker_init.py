@@ -25,10 +25,11 @@ from fedge.orchestrator.broker_files import (
 from fedge.orchestrator.config import MetricsSettings, OrchestratorConfig, RoundSettings
 from fedge.protocol import signing
 from fedge.protocol.errors import ConfigError, MessageError
+from fedge.protocol.toml_writer import Commented, render_toml
 from fedge.protocol.topics import validate_name
 
 from .certs import make_ca, make_crl, make_server_cert, write_pem
-from .layout import BrokerDir, BrokerRecord, Commented, render_toml, write_secret
+from .layout import BrokerDir, BrokerRecord, write_secret
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +187,6 @@ def _orchestrator_toml(d: BrokerDir, record: BrokerRecord, password: str) -> str
     )
     rs, metrics = RoundSettings(), MetricsSettings()
     return render_toml(
-        header,
         {
             "federation": record.federation,
             "client_id": record.orchestrator_user,
@@ -195,8 +195,6 @@ def _orchestrator_toml(d: BrokerDir, record: BrokerRecord, password: str) -> str
             "trusted_keys": [str(d.signing_pub)],
             "strategy": OrchestratorConfig().strategy,
             "exit_when_done": OrchestratorConfig().exit_when_done,
-        },
-        {
             "mqtt": {
                 "url": f"mqtts://{host}:{record.tls_port}",
                 "username": record.orchestrator_user,
@@ -219,13 +217,16 @@ def _orchestrator_toml(d: BrokerDir, record: BrokerRecord, password: str) -> str
                     "evaluate_every",
                 )
             },
-            "evaluation": {"enabled": False},
-            "evaluation.data": {
-                "path": Commented("/var/lib/fedge/test.db"),
-                "table": Commented("samples"),
-                "label": Commented("label"),
+            "evaluation": {
+                "enabled": False,
+                "data": {
+                    "path": Commented("/var/lib/fedge/test.db"),
+                    "table": Commented("samples"),
+                    "label": Commented("label"),
+                },
             },
             "metrics": {"port": metrics.port},
         },
+        header=header,
         comments=ORCHESTRATOR_COMMENTS,
     )

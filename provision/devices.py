@@ -21,10 +21,11 @@ from fedge.agent.eligibility import EligibilitySettings
 from fedge.orchestrator.broker_files import delete_password, password_file_users, set_password
 from fedge.protocol.errors import ConfigError, MessageError
 from fedge.protocol.sqlite_samples import DataSource
+from fedge.protocol.toml_writer import Commented, render_toml
 from fedge.protocol.topics import validate_name
 
 from .certs import crl_serials, load_cert, load_pair, make_client_cert, make_crl, write_pem
-from .layout import BrokerDir, Commented, render_toml, write_secret
+from .layout import BrokerDir, write_secret
 
 log = logging.getLogger(__name__)
 
@@ -124,15 +125,12 @@ def add_device(
         "Point data.path at the device's SQLite file, then: fedge doctor --config agent.toml"
     )
     text = render_toml(
-        header,
         {
             "id": name,
             "federation": record.federation,
             "state_dir": state_dir or str(there / "state"),
             "trusted_keys": [str(there / "signing.pub")],
             "validation_fraction": AgentConfig().validation_fraction,
-        },
-        {
             "mqtt": {
                 "url": url,
                 "username": name,
@@ -152,6 +150,7 @@ def add_device(
             },
             "eligibility": asdict(EligibilitySettings()),
         },
+        header=header,
         comments=AGENT_COMMENTS,
     )
     write_secret(files.agent_toml, text)

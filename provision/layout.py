@@ -98,60 +98,6 @@ class BrokerDir:
         tmp.replace(self.record)
 
 
-def toml_value(value: object) -> str:
-    """A TOML literal for str, bool, int, float or a list of those."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # JSON string escapes are valid TOML basic-string escapes
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    raise ConfigError(f"cannot write {value!r} to TOML")  # pragma: no cover
-
-
-@dataclass(frozen=True)
-class Commented:
-    """A key written commented out (``# key = value``): an example, not a setting."""
-
-    value: object
-
-
-def _comment_lines(text: str) -> list[str]:
-    return [f"# {line}" if line else "#" for line in text.splitlines()]
-
-
-def _key_lines(key: str, value: object, comment: str) -> list[str]:
-    lines = _comment_lines(comment)
-    if isinstance(value, Commented):
-        return [*lines, f"# {key} = {toml_value(value.value)}"]
-    return [*lines, f"{key} = {toml_value(value)}"]
-
-
-def render_toml(
-    header: str,
-    top: dict[str, object],
-    sections: dict[str, dict[str, object]],
-    *,
-    comments: dict[str, str] | None = None,
-) -> str:
-    """TOML text: a comment header, top-level keys, then one ``[section]`` per entry.
-
-    ``comments`` maps a dotted key (``rounds.min_devices``, or a section name such as
-    ``rounds``) to the comment written above it; a ``Commented`` value is written commented out.
-    """
-    notes = comments or {}
-    lines = [*_comment_lines(header), ""]
-    for k, v in top.items():
-        lines += _key_lines(k, v, notes.get(k, ""))
-    for name, table in sections.items():
-        lines += ["", *_comment_lines(notes.get(name, "")), f"[{name}]"]
-        for k, v in table.items():
-            lines += _key_lines(k, v, notes.get(f"{name}.{k}", ""))
-    return "\n".join(lines) + "\n"
-
-
 def write_secret(path: Path, text: str) -> None:
     """Write a file that holds a secret with mode 0600 (replacing an older one)."""
     import os

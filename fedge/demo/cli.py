@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import fields
+from typing import TYPE_CHECKING
 
 from fedge.protocol.errors import FedgeError
+
+if TYPE_CHECKING:
+    from .run import DemoOptions
 
 EXAMPLE = """Example:
   fedge demo                         # 5 devices, 10 rounds, embedded broker
@@ -33,19 +38,48 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--rounds", type=int, default=d.rounds, help="federated rounds (default %(default)s)"
     )
-    p.add_argument("--dataset", default=d.dataset, choices=["digits", "wine", "breast_cancer"])
+    p.add_argument(
+        "--dataset",
+        default=d.dataset,
+        choices=["digits", "wine", "breast_cancer"],
+        help="scikit-learn data set; wine and breast_cancer are standardized (default %(default)s)",
+    )
     p.add_argument(
         "--alpha",
         type=float,
         default=d.alpha,
         help="Dirichlet non-IID concentration (default %(default)s)",
     )
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--local-epochs", type=int, default=d.local_epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--optimizer", default=d.optimizer, choices=["adamw", "sgd"])
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--hidden", type=int, default=d.hidden, help="hidden units of the MLP")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=d.seed,
+        help="seed of the data split and device selection (default %(default)s)",
+    )
+    p.add_argument(
+        "--local-epochs",
+        type=int,
+        default=d.local_epochs,
+        help="epochs each device trains per round (default %(default)s)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=d.batch_size,
+        help="local batch size (default %(default)s)",
+    )
+    p.add_argument(
+        "--optimizer",
+        default=d.optimizer,
+        choices=["adamw", "sgd"],
+        help="the bundle's local optimizer (default %(default)s)",
+    )
+    p.add_argument(
+        "--lr", type=float, default=d.lr, help="local learning rate (default %(default)s)"
+    )
+    p.add_argument(
+        "--hidden", type=int, default=d.hidden, help="hidden units of the MLP (default %(default)s)"
+    )
     p.add_argument("--out", default=d.out, help="working folder (default %(default)s)")
     p.add_argument(
         "--broker",
@@ -64,28 +98,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def options_from_args(args: argparse.Namespace) -> DemoOptions:
+    """Every DemoOptions field that has a flag takes the flag's value (none is dropped)."""
+    from .run import DemoOptions
+
+    given = {f.name: getattr(args, f.name) for f in fields(DemoOptions) if hasattr(args, f.name)}
+    return DemoOptions(**given)
+
+
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from .run import DemoOptions, run_demo
+    from .run import run_demo
 
     if not args.verbose:  # the demo prints its own progress; the processes' logs go to files
         logging.getLogger().setLevel(logging.WARNING)
 
-    opts = DemoOptions(
-        devices=args.devices,
-        rounds=args.rounds,
-        dataset=args.dataset,
-        alpha=args.alpha,
-        seed=args.seed,
-        local_epochs=args.local_epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        out=args.out,
-        broker=args.broker,
-        protocol=args.protocol,
-    )
-    result = run_demo(opts, echo=lambda s: print(s, flush=True))
+    result = run_demo(options_from_args(args), echo=lambda s: print(s, flush=True))
     if not result.final_accuracy >= args.min_accuracy:
         raise FedgeError(
             f"final test accuracy {result.final_accuracy:.4f} is below --min-accuracy {args.min_accuracy}"

@@ -8,6 +8,7 @@ Example::
 
     fed = make_federation("demo-out/data", dataset="digits", n_devices=5, alpha=0.5)
     fed.device_paths[0]   # demo-out/data/dev-0.db, table "samples", columns f0..f63, label
+    read_samples(data_source(fed.device_paths[0]))   # Samples(x float32 [n, 64], y int64 [n])
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Literal
 import numpy as np
 
 from fedge.protocol.errors import ConfigError
+from fedge.protocol.sqlite_samples import DataSource
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +56,11 @@ class FederationData:
 
 
 def load_sklearn_dataset(name: DatasetName) -> tuple[np.ndarray, np.ndarray]:
-    """Load a bundled scikit-learn data set: X float32 min-max scaled to [0, 1], y int64.
+    """Load a bundled scikit-learn data set: X float32, y int64.
 
-    Each feature is scaled over the whole data set; a constant feature becomes 0.
+    digits' pixels (0..16) are divided by 16, so they lie in [0, 1]; wine and breast_cancer
+    come raw (breast_cancer's features span 0.001..4000): :func:`make_federation` standardizes
+    them with :func:`standardize`.
     """
     if name not in DATASETS:
         raise ConfigError(f"unknown data set {name!r}; choose one of: {', '.join(DATASETS)}")
@@ -75,11 +79,27 @@ def load_sklearn_dataset(name: DatasetName) -> tuple[np.ndarray, np.ndarray]:
     X = np.asarray(bunch.data, dtype=np.float64)
     y = np.asarray(bunch.target, dtype=np.int64)
     if name == "digits":  # pixels 0..16: one scale for all, so empty border pixels stay small
-        return (X / 16.0).astype(np.float32), y
-    lo = X.min(axis=0)
-    span = X.max(axis=0) - lo
-    scaled = np.divide(X - lo, span, out=np.zeros_like(X), where=span > 0)
-    return scaled.astype(np.float32), y
+        X = X / 16.0
+    return X.astype(np.float32), y
+
+
+def standardize(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
+    """Scale every feature to mean 0, std 1 with ``train``'s statistics; apply them to ``others``.
+
+    A constant feature becomes 0. Returns ``[train, *others]`` standardized, float32.
+
+    The demo computes these statistics over the pooled training rows of all devices, which a
+    real federation cannot do (no device sees the others' rows). It is a shortcut of the demo's
+    data preparation; standardizing without pooling the data is a separate feature.
+    """
+    ref = np.asarray(train, dtype=np.float64)
+    mean = ref.mean(axis=0)
+    std = ref.std(axis=0)
+    safe = np.where(std > 0, std, 1.0)
+    return [
+        np.where(std > 0, (np.asarray(x, dtype=np.float64) - mean) / safe, 0.0).astype(np.float32)
+        for x in (train, *others)
+    ]
 
 
 def dirichlet_split(
@@ -205,27 +225,19 @@ def write_samples_sqlite(
     return path
 
 
-def read_samples_sqlite(
+def data_source(
     path: str | Path, *, table: str = "samples", layout: Layout = "columns"
-) -> tuple[np.ndarray, np.ndarray]:
-    """Read back a file written by :func:`write_samples_sqlite`: (X float32, y int64), by id."""
-    if not _IDENTIFIER.match(table):
-        raise ConfigError(f"invalid table name {table!r}: use letters, digits and underscores")
-    conn = sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True)
-    try:
-        if layout == "columns":
-            names = [row[1] for row in conn.execute(f"PRAGMA table_info({table})")]
-            cols = sorted((c for c in names if re.fullmatch(r"f\d+", c)), key=lambda c: int(c[1:]))
-            rows = conn.execute(
-                f"SELECT {', '.join(cols)}, label FROM {table} ORDER BY id"
-            ).fetchall()
-            data = np.array(rows, dtype=np.float64).reshape(len(rows), len(cols) + 1)
-            return data[:, :-1].astype(np.float32), data[:, -1].astype(np.int64)
-        rows = conn.execute(f"SELECT features, label FROM {table} ORDER BY id").fetchall()
-    finally:
-        conn.close()
-    X = np.stack([np.frombuffer(blob, dtype="<f4") for blob, _ in rows]).astype(np.float32)
-    return X, np.array([label for _, label in rows], dtype=np.int64)
+) -> DataSource:
+    """How to read a file written by :func:`write_samples_sqlite` with the one sample reader.
+
+    ``read_samples(data_source(path))`` returns the rows (X float32, y int64) in id order; the
+    fields are also what an agent's ``[data]`` section needs.
+    """
+    if layout not in LAYOUTS:
+        raise ConfigError(f"unknown layout {layout!r}; choose one of: {', '.join(LAYOUTS)}")
+    if layout == "blob":
+        return DataSource(path=str(path), table=table, blob_column="features")
+    return DataSource(path=str(path), table=table)
 
 
 def make_federation(
@@ -243,7 +255,8 @@ def make_federation(
     """Write one SQLite file per device (``dev-<i>.db``) plus a held-out ``test.db``.
 
     The test split is stratified and seeded; the rest is split across devices with
-    :func:`dirichlet_split`.
+    :func:`dirichlet_split`. wine and breast_cancer are standardized with the training rows'
+    statistics (:func:`standardize`); digits keeps its [0, 1] pixels.
     """
     if not 0 < test_fraction < 1:
         raise ConfigError(f"test_fraction must be between 0 and 1, got {test_fraction}")
@@ -254,6 +267,8 @@ def make_federation(
     X_train, X_test, y_train, y_test = train_test_split(
         X, y, test_size=test_fraction, stratify=y, random_state=seed
     )
+    if dataset != "digits":  # raw features of very different ranges: see standardize()
+        X_train, X_test = standardize(X_train, X_test)
     parts = dirichlet_split(y_train, n_devices, alpha, seed, min_size=min_size)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -59,8 +59,9 @@ class EmbeddedBroker:
         }
 
         async def boot() -> None:
-            self._broker = Broker(config, loop=loop)
-            await self._broker.start()
+            broker = Broker(config, loop=loop)
+            self._broker = broker
+            await broker.start()
 
         try:
             loop.run_until_complete(boot())

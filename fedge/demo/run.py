@@ -7,7 +7,6 @@ comes from the orchestrator's MQTT events, the final numbers and plot from its d
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -16,9 +15,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from fedge.protocol.errors import FedgeError
+from fedge.protocol.errors import ConfigError, FedgeError
 from fedge.protocol.messages import RoundEvent, parse_message
+from fedge.protocol.toml_writer import write_toml
+
+if TYPE_CHECKING:
+    from fedge.demo.data import DatasetName
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +31,7 @@ log = logging.getLogger(__name__)
 class DemoOptions:
     devices: int = 5
     rounds: int = 10
-    dataset: str = "digits"
+    dataset: DatasetName = "digits"
     alpha: float = 0.5
     seed: int = 0
     local_epochs: int = 5
@@ -52,32 +56,42 @@ class DemoResult:
     database: str = ""
 
 
-def _toml_value(v: object) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, list):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    return json.dumps(str(v))
+FEDERATION = "demo"
 
 
-def write_toml(path: Path, data: dict) -> Path:
-    """Write a two-level dict as TOML (top-level keys, then [sections] and [a.b] tables)."""
-    lines: list[str] = []
+def orchestrator_settings(
+    opts: DemoOptions, *, url: str, out: Path, bundle: Path, test: Path
+) -> dict[str, object]:
+    """The orchestrator's config for the demo: every round option comes from ``opts``."""
+    return {
+        "federation": FEDERATION,
+        "bundle": str(bundle),
+        "database": str(out / "orchestrator.db"),
+        "mqtt": {"url": url, "protocol": opts.protocol, "username": "fedge-orchestrator"},
+        "rounds": {
+            "rounds": opts.rounds,
+            "min_devices": opts.devices,
+            "min_reports": max(1, opts.devices // 2),
+            "deadline_seconds": opts.deadline_seconds,
+            "local_epochs": opts.local_epochs,
+            "batch_size": opts.batch_size,
+            "seed": opts.seed,
+        },
+        "evaluation": {"enabled": True, "data": {"path": str(test), "table": "samples"}},
+    }
 
-    def emit(table: dict, prefix: str) -> None:
-        scalars = {k: v for k, v in table.items() if not isinstance(v, dict)}
-        if prefix:
-            lines.append(f"\n[{prefix}]")
-        lines.extend(f"{k} = {_toml_value(v)}" for k, v in scalars.items())
-        for k, v in table.items():
-            if isinstance(v, dict):
-                emit(v, f"{prefix}.{k}" if prefix else k)
 
-    emit(data, "")
-    path.write_text("\n".join(lines).lstrip() + "\n")
-    return path
+def agent_settings(
+    opts: DemoOptions, *, agent_id: str, url: str, out: Path, data: Path
+) -> dict[str, object]:
+    """One demo agent's config."""
+    return {
+        "id": agent_id,
+        "federation": FEDERATION,
+        "state_dir": str(out / "state" / agent_id),
+        "mqtt": {"url": url, "protocol": opts.protocol, "username": agent_id},
+        "data": {"path": str(data), "table": "samples"},
+    }
 
 
 class _Processes:
@@ -133,6 +147,11 @@ def run_demo(opts: DemoOptions, *, echo=print) -> DemoResult:
     from fedge.protocol.mqtt_link import MqttLink, MqttSettings
     from fedge.protocol.topics import Topics
 
+    if opts.protocol != "3.1.1" and not opts.broker:
+        raise ConfigError(
+            f"--protocol {opts.protocol} needs --broker mqtt://host:port: the embedded demo "
+            "broker speaks only MQTT 3.1.1"
+        )
     started = time.monotonic()
     out = Path(opts.out).resolve()
     for sub in ("state", "orchestrator.db", "orchestrator.db-wal", "orchestrator.db-shm", "logs"):
@@ -152,7 +171,6 @@ def run_demo(opts: DemoOptions, *, echo=print) -> DemoResult:
         url = broker.url
     echo(f"[1/4] broker: {url} ({'embedded amqtt, demo only' if broker else 'external'})")
 
-    federation = "demo"
     procs = _Processes()
     result = DemoResult(database=str(out / "orchestrator.db"))
     watcher = MqttLink(
@@ -160,7 +178,7 @@ def run_demo(opts: DemoOptions, *, echo=print) -> DemoResult:
         client_id=f"fedge-demo-{os.getpid()}",
         persistent=False,
     )
-    topics = Topics(federation)
+    topics = Topics(FEDERATION)
     watcher.subscribe(topics.orchestrator_events)
     try:
         watcher.start()
@@ -184,25 +202,7 @@ def run_demo(opts: DemoOptions, *, echo=print) -> DemoResult:
 
         orch_cfg = write_toml(
             out / "orchestrator.toml",
-            {
-                "federation": federation,
-                "bundle": str(bundle_dir),
-                "database": str(out / "orchestrator.db"),
-                "mqtt": {"url": url, "protocol": opts.protocol, "username": "fedge-orchestrator"},
-                "rounds": {
-                    "rounds": opts.rounds,
-                    "min_devices": opts.devices,
-                    "min_reports": max(1, opts.devices // 2),
-                    "deadline_seconds": opts.deadline_seconds,
-                    "local_epochs": opts.local_epochs,
-                    "batch_size": opts.batch_size,
-                    "seed": opts.seed,
-                },
-                "evaluation": {
-                    "enabled": True,
-                    "data": {"path": str(fed.test_path), "table": "samples"},
-                },
-            },
+            orchestrator_settings(opts, url=url, out=out, bundle=bundle_dir, test=fed.test_path),
         )
         procs.start(
             "orchestrator",
@@ -213,13 +213,7 @@ def run_demo(opts: DemoOptions, *, echo=print) -> DemoResult:
             agent_id = f"dev-{i}"
             cfg = write_toml(
                 out / f"agent-{agent_id}.toml",
-                {
-                    "id": agent_id,
-                    "federation": federation,
-                    "state_dir": str(out / "state" / agent_id),
-                    "mqtt": {"url": url, "protocol": opts.protocol, "username": agent_id},
-                    "data": {"path": str(path), "table": "samples"},
-                },
+                agent_settings(opts, agent_id=agent_id, url=url, out=out, data=path),
             )
             procs.start(agent_id, ["agent", "--config", str(cfg)], out / "logs" / f"{agent_id}.log")
         echo(
@@ -244,10 +238,8 @@ def _export_model(opts: DemoOptions, n_features: int, n_classes: int, out_dir: P
     t0 = time.monotonic()
     if out_dir.exists():
         shutil.rmtree(out_dir)
-    if opts.dataset == "digits":  # the same factory as `fedge export fedge.demo.models:digits_mlp`
-        model = models.digits_mlp(hidden=opts.hidden)
-    else:
-        model = models.tabular_mlp(n_features, n_classes, hidden=opts.hidden)
+    # for digits the same weights as `fedge export fedge.demo.models:digits_mlp`
+    model = models.tabular_mlp(n_features, n_classes, hidden=opts.hidden)
     path = export_bundle(
         model,
         input_shape=(n_features,),

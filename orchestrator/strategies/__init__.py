@@ -50,7 +50,7 @@ def create_strategy(name: str, options: Any = None) -> Strategy:
         raise ConfigError(f"unknown strategy {name!r}; choose one of {sorted(STRATEGIES)}")
     if options is None:
         values: dict[str, Any] = {}
-    elif dataclasses.is_dataclass(options):
+    elif dataclasses.is_dataclass(options) and not isinstance(options, type):
         values = dataclasses.asdict(options)
     else:
         values = dict(options)

@@ -57,10 +57,6 @@ def apply_delta(global_params: Params, delta: Params, scale: float = 1.0) -> Par
     }
 
 
-def l2_norm(delta: Params) -> float:
-    return float(np.sqrt(sum(float(np.square(v, dtype=np.float64).sum()) for v in delta.values())))
-
-
 # ---- robust statistics (need every update at once: O(devices x model) memory) ----
 def coordinate_median(deltas: list[Params]) -> Params:
     """Coordinate-wise median (Yin et al. 2018); unweighted, so one device is one vote."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -61,7 +62,6 @@ class Strategy(ABC):
     """How rounds are configured and aggregated (keyword-only options in subclasses)."""
 
     name: str = ""
-    streaming: bool = True  # False: the aggregator keeps every update in memory
 
     def configure_round(
         self,
@@ -101,5 +101,5 @@ class Strategy(ABC):
         return f"{self.name}({opts})"
 
 
-def replace_config(config: TrainConfig, **changes: object) -> TrainConfig:
+def replace_config(config: TrainConfig, **changes: Any) -> TrainConfig:
     return dataclasses.replace(config, **changes)

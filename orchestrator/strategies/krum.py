@@ -38,7 +38,6 @@ class KrumAggregator(CollectingAggregator):
 
 class Krum(Strategy):
     name = "krum"
-    streaming = False
 
     def __init__(self, *, byzantine: int = 1, keep: int = 0, server_lr: float = 1.0) -> None:
         if byzantine < 0 or keep < 0:

@@ -22,7 +22,6 @@ class MedianAggregator(CollectingAggregator):
 
 class Median(Strategy):
     name = "median"
-    streaming = False
 
     def __init__(self, *, server_lr: float = 1.0) -> None:
         self.server_lr = server_lr

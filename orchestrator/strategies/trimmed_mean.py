@@ -24,7 +24,6 @@ class TrimmedMeanAggregator(CollectingAggregator):
 
 class TrimmedMean(Strategy):
     name = "trimmed_mean"
-    streaming = False
 
     def __init__(self, *, trim_fraction: float = 0.2, server_lr: float = 1.0) -> None:
         if not 0 <= trim_fraction < 0.5:

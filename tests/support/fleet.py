@@ -7,7 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fedge.demo.run import stop_processes, write_toml
+from fedge.demo.run import stop_processes
+from fedge.protocol.toml_writer import write_toml
 
 
 class Fleet:

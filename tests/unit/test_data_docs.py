@@ -13,7 +13,7 @@ from fedge.agent.config import AgentConfig
 from fedge.cli import build_parser
 from fedge.protocol.settings import load_settings
 from fedge.protocol.sqlite_samples import DataSource
-from fedge.provision.layout import toml_value
+from fedge.protocol.toml_writer import toml_value
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "data.md"
 DATA_KEYS = [f.name for f in dataclasses.fields(DataSource)]

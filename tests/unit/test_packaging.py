@@ -34,3 +34,24 @@ def test_agent_extra_pulls_no_torch():
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     for extra in ("agent", "orchestrator"):
         assert not any(d.split(";")[0].strip().startswith("torch") for d in deps[extra]), extra
+
+
+def test_ci_lints_and_type_checks_before_the_tests_with_strict_protocol():
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert any(d.startswith("mypy") for d in config["project"]["optional-dependencies"]["dev"])
+    strict = [o for o in config["tool"]["mypy"]["overrides"] if "fedge.protocol.*" in o["module"]]
+    assert strict and strict[0]["disallow_untyped_defs"] and strict[0]["disallow_any_generics"]
+    steps = [
+        line.strip()
+        for line in (ROOT / ".ci" / "run").read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith(("#", "echo", "set ", "cd "))
+    ]
+    order = [
+        "bash scripts/setup-venv.sh dev",
+        ".venv/bin/ruff check .",
+        ".venv/bin/ruff format --check .",
+        "bash scripts/typecheck.sh",
+        "bash scripts/test.sh",
+    ]
+    positions = [next(i for i, s in enumerate(steps) if s.startswith(o)) for o in order]
+    assert positions == sorted(positions), steps

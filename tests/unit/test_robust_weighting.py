@@ -16,8 +16,8 @@ from fedge.orchestrator.robust_weighting import (
     scale_delta,
 )
 from fedge.orchestrator.strategies import create_strategy
-from fedge.orchestrator.strategies.aggregate import l2_norm
 from fedge.protocol.errors import ConfigError
+from fedge.protocol.tensors import l2_norm
 
 
 def ups(*rows: tuple) -> list[RoundUpdate]:

@@ -70,3 +70,24 @@ def test_sign_bundle_writes_signature_over_manifest(tmp_path) -> None:
     (tmp_path / "manifest.json").write_bytes(b'{"a": 1}\n')
     sig_path = signing.sign_bundle(tmp_path, priv)
     assert signing.verify([pub], b'{"a": 1}\n', sig_path.read_bytes())
+
+
+def test_load_trusted_keys_reads_pem_and_raw_keys_and_names_the_broken_file(tmp_path) -> None:
+    from fedge.protocol.errors import ConfigError
+
+    _, public_pem = signing.generate_keypair()
+    pem = tmp_path / "a.pub"
+    pem.write_bytes(public_pem)
+    raw = tmp_path / "b.pub"
+    raw.write_bytes(bytes(32))
+    assert signing.load_trusted_keys([pem, str(raw)]) == [public_pem, bytes(32)]
+    assert signing.load_trusted_keys([]) == []
+    missing = tmp_path / "nope.pub"
+    with pytest.raises(ConfigError, match=f"trusted key file {missing} does not exist: copy"):
+        signing.load_trusted_keys([pem, missing])
+    junk = tmp_path / "junk.pub"
+    junk.write_text("not a key")
+    with pytest.raises(ConfigError, match=f"trusted key file {junk} is not an Ed25519 public key"):
+        signing.load_trusted_keys([junk])
+    with pytest.raises(ConfigError, match="does not exist"):
+        signing.load_trusted_keys([tmp_path])  # a directory is not a key file

@@ -43,3 +43,22 @@ def test_check_finite_names_the_tensor():
     with pytest.raises(CodecError, match="'w'.*1 non-finite"):
         check_finite({"ok": np.ones(2, np.float32), "w": np.array([1.0, np.nan], np.float32)})
     check_finite({"ids": np.array([1, 2], np.int64)})
+
+
+def test_safetensors_header_reads_metadata_and_refuses_lengths_past_the_end():
+    from fedge.protocol.tensors import header_metadata, safetensors_header
+
+    data = encode_tensors({"w": np.zeros((2, 3), np.float32)}, {"k": "v"})
+    assert safetensors_header(data)["w"]["shape"] == [2, 3]
+    assert header_metadata(data) == {"k": "v"}
+    cut = data[:20]  # the declared header length runs past the end
+    assert safetensors_header(cut) == {} and header_metadata(cut) == {}
+    assert safetensors_header(b"\x01") == {}
+
+
+def test_l2_norm_is_the_norm_of_all_tensors_as_one_vector():
+    from fedge.protocol.tensors import l2_norm
+
+    tensors = {"a": np.array([3.0], np.float32), "b": np.array([[4.0]], np.float16)}
+    assert l2_norm(tensors) == 5.0
+    assert l2_norm({}) == 0.0
