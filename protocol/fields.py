@@ -48,6 +48,8 @@ class Range:
 
     lo: float | None = None
     hi: float | None = None
+    lo_open: bool = False  # True: the value must be > lo, not >= lo
+    hi_open: bool = False
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,8 @@ Timestamp = Annotated[float, Range(0, MAX_TIMESTAMP)]
 Seconds = Annotated[float, Range(0, MAX_SECONDS)]
 Fraction = Annotated[float, Range(0, 1)]
 NonNegative = Annotated[float, Range(0, None)]
+Positive = Annotated[float, Range(0, None, lo_open=True)]
+Port = Annotated[int, Range(0, 65535)]
 Name = Annotated[str, Len(0, MAX_NAME)]
 Reason = Annotated[str, Len(0, MAX_REASON)]
 Sha256 = Annotated[str, HEX64]
@@ -103,10 +107,12 @@ def _number(value: Any) -> str:
 def _check_constraints(value: Any, constraints: tuple[Any, ...], where: str, error: type) -> None:
     for c in constraints:
         if isinstance(c, Range):
-            if c.lo is not None and value < c.lo:
-                raise error(f"{where} must be >= {c.lo}, got {_number(value)}")
-            if c.hi is not None and value > c.hi:
-                raise error(f"{where} must be <= {c.hi}, got {_number(value)}")
+            if c.lo is not None and (value <= c.lo if c.lo_open else value < c.lo):
+                sign = ">" if c.lo_open else ">="
+                raise error(f"{where} must be {sign} {c.lo}, got {_number(value)}")
+            if c.hi is not None and (value >= c.hi if c.hi_open else value > c.hi):
+                sign = "<" if c.hi_open else "<="
+                raise error(f"{where} must be {sign} {c.hi}, got {_number(value)}")
         elif isinstance(c, Len):
             n = len(value)
             if n < c.lo:
@@ -255,7 +261,7 @@ def build(
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise error(f"{where}: missing field '{f.name}'")
     obj = cls(**kwargs)
-    _validate(obj, where, error)
+    _validate(obj)
     return obj
 
 
@@ -288,10 +294,10 @@ def check_instance(
                 setattr(obj, f.name, out)
             except dataclasses.FrozenInstanceError:
                 pass
-    _validate(obj, where, error)
+    _validate(obj)
 
 
-def _validate(obj: Any, where: str, error: type[FedgeError]) -> None:
+def _validate(obj: Any) -> None:
     """Run the dataclass's own cross-field rules (``validate()``, raising ``error`` itself)."""
     validate = getattr(obj, "validate", None)
     if validate is not None:

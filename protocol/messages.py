@@ -56,6 +56,9 @@ EVENT_KINDS = (
 LocalEpochs = Annotated[int, Range(1, 1000)]
 BatchSize = Annotated[int, Range(1, 65536)]
 Compression = Annotated[str, OneOf(*COMPRESSIONS)]
+LearningRate = Annotated[float, Range(0, 1e3)]  # 0 = the bundle's own
+ProximalMu = Annotated[float, Range(0, 1e6)]
+Seed = Annotated[int, Range(0, 2**32 - 1)]  # numpy's seed range
 MsgId = Annotated[str, Len(1, 64)]
 RunId = Annotated[str, Len(0, 128)]
 ReportSamples = Annotated[int, Range(1, MAX_SAMPLES)]  # a report weighs at least one row
@@ -132,9 +135,9 @@ class TrainConfig:
     local_epochs: LocalEpochs = 1
     batch_size: BatchSize = 32
     max_samples: Samples = 0  # 0 = all local rows
-    seed: Annotated[int, Range(0, 2**32 - 1)] = 0  # numpy's seed range
-    learning_rate: Annotated[float, Range(0, 1e3)] = 0.0  # 0 = the bundle's own
-    proximal_mu: Annotated[float, Range(0, 1e6)] = 0.0  # FedProx: pull towards the global model
+    seed: Seed = 0
+    learning_rate: LearningRate = 0.0  # 0 = the bundle's own
+    proximal_mu: ProximalMu = 0.0  # FedProx: pull local weights towards the global model
     compression: Compression = ""  # "" (none) | "int8" | "topk": how the agent encodes its delta
     topk_fraction: Fraction = 0.0  # for "topk": the share of entries kept (with error feedback)
     clip_norm: NonNegative = 0.0  # client-level DP: clip the delta to this L2 norm (0 = off)
