@@ -34,7 +34,7 @@ MAX_OBJECT_BYTES = 512 * 1024 * 1024  # one chunked object (bundle, parameters, 
 MAX_CHUNKS = MAX_OBJECT_BYTES  # a chunk holds at least one byte; BlobRef also checks <= size
 MAX_TIMESTAMP = 1e10  # seconds since 1970 (year 2286): wall-clock stamps and deadlines
 MAX_SECONDS = 30 * 24 * 3600.0  # one duration (deadline, retry hint, grace): 30 days
-MAX_PARTICIPANTS = 1000  # invited devices named in one RoundTask (fits a 64 KiB message)
+MAX_PARTICIPANTS = 10_000  # invited devices named in one RoundTask (the 64 KiB limit binds first)
 MAX_METRICS = 64  # entries in one metrics object
 MAX_NAME = 64  # ids, names, metric keys
 MAX_REASON = 1000  # free-text reasons

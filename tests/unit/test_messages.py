@@ -180,7 +180,7 @@ OUT_OF_BOUNDS = [
     ("round", "bundle.chunks", 2**40, "round.bundle.chunks must be <= "),
     ("round", "bundle.sha256", "a" * 63, "round.bundle.sha256 must be 64 lowercase hex"),
     ("round", "params.size", -1, "round.params.size must be >= 0"),
-    ("round", "participants", ["dev-0"] * 1001, "round.participants must have at most 1000"),
+    ("round", "participants", ["d"] * 10_001, "round.participants must have at most 10000"),
     ("round", "participants", ["a/b"], r"round.participants\[0\] must be 1-64"),
     ("round", "config.local_epochs", 0, "round.config.local_epochs must be >= 1"),
     ("round", "config.local_epochs", HUGE, "round.config.local_epochs must be <= 1000"),

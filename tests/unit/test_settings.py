@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import pytest
 
 from fedge.agent.config import AgentConfig
@@ -158,3 +161,37 @@ def test_check_settings_for_objects_built_in_code():
     check_settings(OrchestratorConfig())
     with pytest.raises(ConfigError, match="rounds.batch_size must be >= 1, got 0"):
         check_settings(OrchestratorConfig(rounds=RoundSettings(batch_size=0)))
+
+
+@pytest.mark.parametrize(
+    "command, toml, line",
+    [
+        (
+            "orchestrator",
+            "[rounds]\nbatch_size = 0\n",
+            "Error: rounds.batch_size must be >= 1, got 0",
+        ),
+        (
+            "orchestrator",
+            '[rounds]\ncompression = "zstd"\n',
+            "Error: rounds.compression must be one of '', 'int8', 'topk'; got 'zstd'",
+        ),
+        (
+            "agent",
+            'backend = "cuda"\n',
+            "Error: backend must be one of 'auto', 'ort-training', 'ort-portable'; got 'cuda'",
+        ),
+    ],
+)
+def test_cli_refuses_a_bad_config_in_one_line(tmp_path, command, toml, line):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(toml)
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedge", command, "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 1
+    assert (proc.stdout + proc.stderr).strip() == line
