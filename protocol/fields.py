@@ -37,7 +37,7 @@ MAX_SECONDS = 30 * 24 * 3600.0  # one duration (deadline, retry hint, grace): 30
 MAX_PARTICIPANTS = 10_000  # invited devices named in one RoundTask (the 64 KiB limit binds first)
 MAX_METRICS = 64  # entries in one metrics object
 MAX_NAME = 64  # ids, names, metric keys
-MAX_REASON = 1000  # free-text reasons
+MAX_REASON = 4096  # free-text reasons (agents cut theirs to 500-1000; acks carry ours)
 DEFAULT_MAX_STR = 4096
 DEFAULT_MAX_ITEMS = 100_000
 
@@ -114,11 +114,11 @@ def _check_constraints(value: Any, constraints: tuple[Any, ...], where: str, err
                 sign = "<" if c.hi_open else "<="
                 raise error(f"{where} must be {sign} {c.hi}, got {_number(value)}")
         elif isinstance(c, Len):
-            n = len(value)
+            n, unit = len(value), "chars" if isinstance(value, str) else "entries"
             if n < c.lo:
-                raise error(f"{where} must have at least {c.lo} entries/chars, got {n}")
+                raise error(f"{where} must have at least {c.lo} {unit}, got {n}")
             if c.hi is not None and n > c.hi:
-                raise error(f"{where} must have at most {c.hi} entries/chars, got {n}")
+                raise error(f"{where} must have at most {c.hi} {unit}, got {n}")
         elif isinstance(c, OneOf):
             if value not in c.values:
                 raise error(
@@ -140,25 +140,27 @@ def coerce(
     error: type[FedgeError],
     *,
     max_str: int | None = DEFAULT_MAX_STR,
-    unknown: str = "ignore",
 ) -> Any:
     """Check ``value`` against ``hint`` (and its bounds); return it, ints widened for floats.
 
-    ``unknown`` is what to do with object keys a nested dataclass does not declare: "ignore"
-    (the wire: newer senders may add fields) or "forbid" (configuration: a typo is an error).
+    Nested dataclasses are built from objects with ``build`` (keys they do not declare are
+    ignored: newer senders may add fields).
     """
     constraints: tuple[Any, ...] = ()
     if typing.get_origin(hint) is Annotated:
         hint, *extra = typing.get_args(hint)
         constraints = tuple(extra)
     origin = typing.get_origin(hint)
-    opts = {"max_str": max_str, "unknown": unknown}
+
+    def inner(v: Any, h: Any, w: str) -> Any:
+        return coerce(v, h, w, error, max_str=max_str)
+
     if hint is Any:
         out = value
     elif origin in (typing.Union, types.UnionType):
         for option in typing.get_args(hint):
             try:
-                out = coerce(value, option, where, error, **opts)  # type: ignore[arg-type]
+                out = inner(value, option, where)
                 break
             except error:
                 continue
@@ -196,7 +198,7 @@ def coerce(
         if not isinstance(value, list):
             raise error(f"{where} must be a list, got {_kind(value)}")
         _check_constraints(value, (*constraints, Len(0, DEFAULT_MAX_ITEMS)), where, error)
-        out = [coerce(v, item, f"{where}[{i}]", error, **opts) for i, v in enumerate(value)]  # type: ignore[arg-type]
+        out = [inner(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
     elif origin is dict:
         key_t, val_t = typing.get_args(hint) or (str, Any)
         if not isinstance(value, dict):
@@ -204,13 +206,13 @@ def coerce(
         _check_constraints(value, (*constraints, Len(0, DEFAULT_MAX_ITEMS)), where, error)
         out = {}
         for k, v in value.items():
-            key = coerce(k, key_t, f"{where} key {_number(k)}", error, **opts)  # type: ignore[arg-type]
-            out[key] = coerce(v, val_t, f"{where}.{k}", error, **opts)  # type: ignore[arg-type]
+            key = inner(k, key_t, f"{where} key {_number(k)}")
+            out[key] = inner(v, val_t, f"{where}.{k}")
     elif isinstance(hint, type) and dataclasses.is_dataclass(hint):
         if isinstance(value, hint):
             check_instance(value, where, error, max_str=max_str)
             return value
-        return build(hint, value, where, error, max_str=max_str, unknown=unknown)
+        return build(hint, value, where, error, max_str=max_str)
     else:  # pragma: no cover - a field type this module does not know is a programming error
         raise TypeError(f"{where}: unsupported field type {hint!r}")
     _check_constraints(out, constraints, where, error)
@@ -240,24 +242,21 @@ def build(
     error: type[FedgeError],
     *,
     max_str: int | None = DEFAULT_MAX_STR,
-    unknown: str = "ignore",
 ) -> Any:
-    """Construct dataclass ``cls`` from a mapping, checking every field; then ``validate()``."""
+    """Construct dataclass ``cls`` from a mapping, checking every field; then ``validate()``.
+
+    Keys ``cls`` does not declare are ignored; a missing field without a default is an error.
+    """
     if not isinstance(data, dict):
         raise error(f"{where} must be an object, got {_kind(data)}")
     hints = _hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.init]
-    if unknown == "forbid":
-        extra = sorted(set(data) - set(names))
-        if extra:
-            raise error(f"unknown setting '{where}.{extra[0]}'; known here: {', '.join(names)}")
     kwargs: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         if f.name in data:
+            value = data[f.name]
             kwargs[f.name] = coerce(
-                data[f.name], hints[f.name], f"{where}.{f.name}", error,
-                max_str=max_str, unknown=unknown,
-            )  # fmt: skip
+                value, hints[f.name], f"{where}.{f.name}", error, max_str=max_str
+            )
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise error(f"{where}: missing field '{f.name}'")
     obj = cls(**kwargs)
