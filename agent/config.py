@@ -18,7 +18,7 @@ from .eligibility import EligibilitySettings
 
 BACKENDS = ("auto", "ort-training", "ort-portable")  # = agent.backends.create_backend's names
 
-_CLOCK = r"([01]?[0-9]|2[0-3]):[0-5][0-9]"
+_CLOCK = r"\s*([01]?[0-9]|2[0-4]):[0-5][0-9]\s*"  # as eligibility.parse_clock reads it
 ELIGIBILITY_BOUNDS: dict[str, Any] = {
     "max_load_per_cpu": Annotated[float, Range(0, 1000)],
     "idle_minutes": Annotated[float, Range(0, 7 * 24 * 60)],

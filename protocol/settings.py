@@ -54,7 +54,7 @@ MQTT_BOUNDS: dict[str, Any] = {
 }
 DATA_BOUNDS: dict[str, Any] = {
     "path": OptionalPath,
-    "table": Annotated[str, Len(1, 256)],
+    "table": Annotated[str, Len(0, 256)],  # "" with a query
     "features": Annotated[list[Annotated[str, Len(1, 256)]], Len(0, 100_000)],
     "blob_dtype": Annotated[str, OneOf("float32", "uint8")],
     "blob_shape": Annotated[list[Annotated[int, Range(1, 2**31 - 1)]], Len(0, 8)],

@@ -102,7 +102,7 @@ def test_orchestrator_config_out_of_range_is_refused(tmp_path, toml, fragment):
         ('id = "dev 1"', "id must be 1-64 letters"),
         ("nice = 40", "nice must be <= 19"),
         ("[eligibility]\nmin_battery_percent = 150", "eligibility.min_battery_percent must be <="),
-        ('[eligibility]\nwindows = ["22:00-26:00"]', r"eligibility.windows\[0\] must be HH:MM"),
+        ('[eligibility]\nwindows = ["22:00-25:00"]', r"eligibility.windows\[0\] must be HH:MM"),
         ("[eligibility]\ncheck_seconds = 0", "eligibility.check_seconds must be > 0"),
         ("[data]\nblob_shape = [28, 0]", r"data.blob_shape\[1\] must be >= 1"),
         ("[data]\nfeature_scale = nan", "data.feature_scale must be a finite number"),
@@ -136,6 +136,9 @@ def test_defaults_and_limits_are_accepted(tmp_path):
         '[mqtt]\nurl = "mqtts://[::1]:8883"\nprotocol = "3.1.1"\n'
         '[evaluation]\nenabled = true\n[evaluation.data]\npath = "test.db"\n'
     )
+    agent = tmp_path / "a.toml"
+    agent.write_text('[eligibility]\nwindows = ["22:00-06:00", "12:00-24:00", "6:30-7:00"]\n')
+    load_settings(AgentConfig, agent, env={})
     s = load_settings(OrchestratorConfig, cfg, env={})
     assert s.rounds.deadline_seconds == 5.0 and isinstance(s.rounds.deadline_seconds, float)
     assert isinstance(s.rounds.topk_fraction, float) and s.strategy == "krum"
