@@ -41,7 +41,7 @@ from fedge.protocol.messages import (
 from fedge.protocol.tensors import decode_tensors, encode_tensors
 
 FUZZ = settings(
-    max_examples=500,
+    max_examples=400,
     deadline=None,
     database=None,
     derandomize=True,  # the same inputs in every CI run; a failure names its example
@@ -306,7 +306,7 @@ orchestrator_topics = st.sampled_from(
 )
 
 
-@settings(FUZZ, max_examples=250)
+@settings(FUZZ, max_examples=200)
 @given(topic=orchestrator_topics, payload=wire_bytes)
 def test_orchestrator_dispatch_survives_garbage(orchestrator, topic: str, payload: bytes) -> None:
     db = Path(orchestrator.cfg.database)
@@ -354,7 +354,7 @@ agent_topics = st.sampled_from(
 )
 
 
-@settings(FUZZ, max_examples=250)
+@settings(FUZZ, max_examples=200)
 @given(topic=agent_topics, payload=wire_bytes)
 def test_agent_dispatch_survives_garbage(agent, topic: str, payload: bytes) -> None:
     db = agent.cfg.state_path / "agent.db"

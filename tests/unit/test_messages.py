@@ -1,4 +1,5 @@
 import dataclasses
+import typing
 import json
 
 import pytest
@@ -325,3 +326,20 @@ def test_compression_names_match_the_codec():
     from fedge.protocol.messages import COMPRESSIONS
 
     assert tuple(COMPRESSIONS) == tuple(METHODS)
+
+
+def test_field_checker_literal_optional_and_error_class():
+    from typing import Literal, Optional
+
+    from fedge.protocol.errors import ConfigError
+    from fedge.protocol.fields import Range, coerce
+
+    assert coerce("open", Literal["open", "closed"], "s", MessageError) == "open"
+    with pytest.raises(MessageError, match="s must be one of 'open', 'closed'; got 'x'"):
+        coerce("x", Literal["open", "closed"], "s", MessageError)
+    assert coerce(None, Optional[int], "n", MessageError) is None  # noqa: UP007
+    with pytest.raises(MessageError, match="n: unexpected value"):
+        coerce("1", Optional[int], "n", MessageError)  # noqa: UP007
+    with pytest.raises(ConfigError, match="k must be > 0, got 0"):
+        coerce(0, typing.Annotated[float, Range(0, None, lo_open=True)], "k", ConfigError)
+    assert coerce(3, float, "f", MessageError) == 3.0
