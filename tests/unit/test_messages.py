@@ -1,6 +1,6 @@
 import dataclasses
-import typing
 import json
+import typing
 
 import pytest
 
@@ -329,7 +329,7 @@ def test_compression_names_match_the_codec():
 
 
 def test_field_checker_literal_optional_and_error_class():
-    from typing import Literal, Optional
+    from typing import Literal
 
     from fedge.protocol.errors import ConfigError
     from fedge.protocol.fields import Range, coerce
@@ -339,7 +339,7 @@ def test_field_checker_literal_optional_and_error_class():
         coerce("x", Literal["open", "closed"], "s", MessageError)
     assert coerce(None, Optional[int], "n", MessageError) is None  # noqa: UP007
     with pytest.raises(MessageError, match="n: unexpected value"):
-        coerce("1", Optional[int], "n", MessageError)  # noqa: UP007
+        coerce("1", int | None, "n", MessageError)
     with pytest.raises(ConfigError, match="k must be > 0, got 0"):
         coerce(0, typing.Annotated[float, Range(0, None, lo_open=True)], "k", ConfigError)
     assert coerce(3, float, "f", MessageError) == 3.0
