@@ -343,3 +343,18 @@ def test_field_checker_literal_optional_and_error_class():
     with pytest.raises(ConfigError, match="k must be > 0, got 0"):
         coerce(0, typing.Annotated[float, Range(0, None, lo_open=True)], "k", ConfigError)
     assert coerce(3, float, "f", MessageError) == 3.0
+
+
+def test_shared_limits_agree_with_their_users():
+    import re
+    from pathlib import Path
+
+    from fedge.orchestrator import server
+    from fedge.protocol import chunks, fields
+    from fedge.protocol.messages import EVENT_KINDS
+
+    assert fields.MAX_OBJECT_BYTES == chunks.MAX_OBJECT_BYTES
+    # every event kind the orchestrator emits is one its watchers (the demo) accept
+    sources = Path(server.__file__).parent.glob("*.py")
+    emitted = {k for p in sources for k in re.findall(r'_event\(\s*"(\w+)"', p.read_text())}
+    assert emitted and emitted <= set(EVENT_KINDS), emitted - set(EVENT_KINDS)
