@@ -122,7 +122,7 @@ def _check_constraints(value: Any, constraints: tuple[Any, ...], where: str, err
         elif isinstance(c, OneOf):
             if value not in c.values:
                 raise error(
-                    f"{where} must be one of {', '.join(map(repr, c.values))}; got {value!r}"
+                    f"{where} must be one of {', '.join(map(repr, c.values))}; got {_number(value)}"
                 )
         elif isinstance(c, Match):
             if not isinstance(value, str) or not re.fullmatch(c.pattern, value):
@@ -173,7 +173,8 @@ def coerce(
     elif origin is typing.Literal:
         allowed = typing.get_args(hint)
         if isinstance(value, bool) or value not in allowed:
-            raise error(f"{where} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
+            choices = ", ".join(map(repr, allowed))
+            raise error(f"{where} must be one of {choices}; got {_number(value)}")
         out = value
     elif hint is bool:
         if not isinstance(value, bool):
