@@ -1,7 +1,11 @@
+import dataclasses
+import json
 import subprocess
 import sys
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from fedge.agent.config import AgentConfig
 from fedge.orchestrator.config import OrchestratorConfig
@@ -198,3 +202,73 @@ def test_cli_refuses_a_bad_config_in_one_line(tmp_path, command, toml, line):
     )
     assert proc.returncode == 1
     assert (proc.stdout + proc.stderr).strip() == line
+
+
+# ---- fuzz: any value for any key loads, or is one ConfigError line ----
+
+
+def _leaf_keys(obj, prefix=""):
+    out = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            out.extend(_leaf_keys(value, f"{prefix}{f.name}."))
+        else:
+            out.append(f"{prefix}{f.name}")
+    return out
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)  # nan, inf, -inf are TOML floats too
+    if isinstance(value, str):
+        return json.dumps(value)  # a TOML basic string for what json escapes
+    return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+
+
+def _toml(dotted: str, value) -> str:
+    *tables, key = dotted.split(".")
+    head = f"[{'.'.join(tables)}]\n" if tables else ""
+    return f"{head}{key} = {_toml_value(value)}\n"
+
+
+CONFIGS = [OrchestratorConfig, AgentConfig]
+KEYS = [(cls, key) for cls in CONFIGS for key in _leaf_keys(cls())]
+toml_values = st.one_of(
+    st.integers(),
+    st.floats(),
+    st.booleans(),
+    st.text(max_size=30),
+    st.lists(st.integers() | st.text(max_size=5), max_size=4),
+)
+
+
+@settings(
+    max_examples=300,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(target=st.sampled_from(KEYS), value=toml_values)
+def test_any_value_for_any_key_loads_or_is_one_config_error(tmp_path_factory, target, value):
+    cls, key = target
+    path = tmp_path_factory.mktemp("fuzz") / "c.toml"
+    path.write_text(_toml(key, value))
+    try:
+        load_settings(cls, path, env={})
+    except ConfigError as exc:
+        assert "\n" not in str(exc).strip(), str(exc)
+
+
+@settings(max_examples=200, deadline=None, database=None, derandomize=True)
+@given(target=st.sampled_from(KEYS), text=st.text(max_size=40))
+def test_any_environment_text_loads_or_is_a_config_error(target, text):
+    cls, key = target
+    env = {"FEDGE_" + key.replace(".", "_").upper(): text}
+    try:
+        load_settings(cls, None, env=env)
+    except ConfigError:
+        pass
