@@ -193,7 +193,8 @@ def _only_fedge_errors(fn: Any, payload: bytes) -> Any:
 @given(payload=wire_bytes)
 def test_parse_message_never_crashes(payload: bytes) -> None:
     msg = _only_fedge_errors(parse_message, payload)
-    if msg is not None:  # what parses re-encodes and parses to the same message
+    if msg is not None:  # what parses is in bounds, re-encodes and parses to the same message
+        _within_wire_bounds(msg)
         assert parse_message(msg.encode()) == msg
 
 
