@@ -48,6 +48,8 @@ MQTT_BOUNDS: dict[str, Any] = {
     "password": Annotated[str, Len(0, 4096)],
     "protocol": Annotated[str, OneOf("5", "3.1.1")],
     "ca_file": OptionalPath,
+    "cert_file": OptionalPath,
+    "key_file": OptionalPath,
     "keepalive": Annotated[int, Range(1, 65535)],  # an MQTT u16; 0 (off) hides dead links
     "session_expiry": Annotated[int, Range(0, 2**32 - 1)],  # an MQTT 5 u32
     "max_payload": Annotated[int, Range(1024, 268_435_455)],  # MQTT's largest packet
