@@ -1,58 +1,120 @@
-"""The orchestrator's settings (one TOML file; FEDGE_* and --set override any key)."""
+"""The orchestrator's settings (one TOML file; FEDGE_* and --set override any key).
+
+Every key declares its range or allowed values, and the keys a round task carries use the
+wire's own field types (protocol.messages), so a config the orchestrator loads never makes
+a task its agents refuse. ``load_settings`` refuses anything else at start, in one line.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Annotated
 
+from fedge.protocol.errors import ConfigError
+from fedge.protocol.fields import (
+    MAX_PARTICIPANTS,
+    MAX_ROUND,
+    MAX_SECONDS,
+    NAME,
+    Fraction,
+    Len,
+    NonNegative,
+    OneOf,
+    Port,
+    Range,
+    Samples,
+    Seconds,
+)
+from fedge.protocol.messages import (
+    BatchSize,
+    Compression,
+    LearningRate,
+    LocalEpochs,
+    ProximalMu,
+    Seed,
+)
 from fedge.protocol.mqtt_link import MqttSettings
 from fedge.protocol.sqlite_samples import DataSource
+
+from .strategies import STRATEGIES
+
+Count = Annotated[int, Range(1, 10**6)]
+Patterns = Annotated[list[Annotated[str, Len(1, 256)]], Len(0, 1000)]
+Rate = Annotated[float, Range(0, 1e3, lo_open=True)]
+Beta = Annotated[float, Range(0, 1, hi_open=True)]
 
 
 @dataclass
 class RoundSettings:
-    rounds: int = 10  # committed rounds (model versions) to produce
-    min_devices: int = 2  # wait for this many eligible devices before opening a round
-    devices_per_round: int = 0  # the goal: reports to accept per round (0 = every device)
-    over_selection: float = 1.0  # invite goal x this (1.3 = 30% spares against dropouts)
+    rounds: Annotated[int, Range(1, MAX_ROUND)] = 10  # committed rounds (model versions)
+    min_devices: Count = 2  # wait for this many eligible devices before opening a round
+    # the goal: reports to accept per round (0 = every device)
+    devices_per_round: Annotated[int, Range(0, MAX_PARTICIPANTS)] = 0
+    over_selection: Annotated[float, Range(1, 10)] = 1.0  # invite goal x this (1.3 = 30% spares)
     weighted_selection: bool = False  # draw devices proportionally to their sample counts
-    target_agents: list[str] = field(default_factory=list)  # glob patterns (groups); [] = all
-    target_backends: list[str] = field(default_factory=list)  # e.g. ["ort-training"]; [] = all
-    min_reports: int = 1  # commit a round with at least this many accepted updates
-    deadline_seconds: float = 120.0
-    retry_seconds: float = 5.0  # after an abandoned round, wait this long before the next
-    check_back_seconds: float = 30.0  # pace steering hint for devices not in the round
-    local_epochs: int = 1
-    batch_size: int = 32
-    max_samples: int = 0  # 0 = all local rows
-    learning_rate: float = 0.0  # 0 = the bundle's own
-    compression: str = ""  # "" | "int8" | "topk": how agents encode deltas
-    topk_fraction: float = 0.0
-    clip_norm: float = 0.0  # client-level DP clipping on the device (0 = off)
-    noise_multiplier: float = 0.0
-    seed: int = 0
-    max_update_norm: float = 0.0  # 0 = no bound; else reject deltas with a larger L2 norm
+    target_agents: Patterns = field(default_factory=list)  # glob patterns (groups); [] = all
+    target_backends: Patterns = field(default_factory=list)  # e.g. ["ort-training"]; [] = all
+    min_reports: Count = 1  # commit a round with at least this many accepted updates
+    deadline_seconds: Annotated[float, Range(0, MAX_SECONDS, lo_open=True)] = 120.0
+    retry_seconds: Seconds = 5.0  # after an abandoned round, wait this long before the next
+    check_back_seconds: Seconds = 30.0  # pace steering hint for devices not in the round
+    local_epochs: LocalEpochs = 1
+    batch_size: BatchSize = 32
+    max_samples: Samples = 0  # 0 = all local rows
+    learning_rate: LearningRate = 0.0  # 0 = the bundle's own
+    compression: Compression = ""  # "" | "int8" | "topk": how agents encode deltas
+    topk_fraction: Fraction = 0.0
+    clip_norm: NonNegative = 0.0  # client-level DP clipping on the device (0 = off)
+    noise_multiplier: NonNegative = 0.0
+    seed: Seed = 0
+    max_update_norm: NonNegative = 0.0  # 0 = no bound; else reject deltas with a larger L2 norm
     # a participant offline this long counts as dropped (the round may close without it)
-    offline_grace_seconds: float = 10.0
+    offline_grace_seconds: Seconds = 10.0
     keep_deltas: bool = False  # keep each accepted delta after its round commits (audits, tests)
     # federated evaluation: after every N committed rounds, one round in which the devices
     # evaluate that model version on their validation rows (0 = never)
-    evaluate_every: int = 0
+    evaluate_every: Annotated[int, Range(0, MAX_ROUND)] = 0
+
+    def validate(self) -> None:
+        """Combinations that would stall a run or mislead (each key alone is in range)."""
+        if self.compression == "topk" and self.topk_fraction <= 0:
+            raise ConfigError(
+                "rounds.topk_fraction must be in (0, 1] with compression 'topk', "
+                f"got {self.topk_fraction}"
+            )
+        if self.devices_per_round and self.min_reports > self.devices_per_round:
+            raise ConfigError(
+                f"rounds.min_reports ({self.min_reports}) must be <= rounds.devices_per_round "
+                f"({self.devices_per_round}): no round could ever commit"
+            )
+        invited = self.devices_per_round * self.over_selection
+        if invited > MAX_PARTICIPANTS:
+            raise ConfigError(
+                f"rounds.devices_per_round x rounds.over_selection must be <= "
+                f"{MAX_PARTICIPANTS} (the invitations one round task carries), got {invited:g}"
+            )
+        if self.noise_multiplier > 0 and self.clip_norm <= 0:
+            raise ConfigError(
+                "rounds.noise_multiplier needs rounds.clip_norm > 0 (the noise is scaled by "
+                f"the clipping norm), got clip_norm {self.clip_norm}"
+            )
 
 
 @dataclass
 class StrategyOptions:
     """Options of every strategy; each strategy takes the ones its constructor names."""
 
-    server_lr: float = 1.0  # fedavg, fedavgm, fedprox, median, trimmed_mean, krum
-    momentum: float = 0.9  # fedavgm
-    proximal_mu: float = 0.01  # fedprox
-    eta: float = 0.03  # fedadam, fedyogi, fedadagrad: server learning rate
-    beta1: float = 0.9
-    beta2: float = 0.99
-    tau: float = 1e-3  # adaptivity (epsilon)
-    trim_fraction: float = 0.2  # trimmed_mean: share cut from each end
-    byzantine: int = 1  # krum: assumed number of bad updates
-    keep: int = 0  # krum: updates kept (1 = Krum, 0 = n - byzantine)
+    server_lr: Rate = 1.0  # fedavg, fedavgm, fedprox, median, trimmed_mean, krum
+    momentum: Beta = 0.9  # fedavgm
+    proximal_mu: ProximalMu = 0.01  # fedprox
+    eta: Rate = 0.03  # fedadam, fedyogi, fedadagrad: server learning rate
+    beta1: Beta = 0.9
+    beta2: Beta = 0.99
+    tau: Annotated[float, Range(0, 1, lo_open=True)] = 1e-3  # adaptivity (epsilon)
+    # trimmed_mean: share cut from each end (0.5 would cut everything)
+    trim_fraction: Annotated[float, Range(0, 0.5, hi_open=True)] = 0.2
+    byzantine: Annotated[int, Range(0, 10**6)] = 1  # krum: assumed number of bad updates
+    keep: Annotated[int, Range(0, 10**6)] = 0  # krum: updates kept (1 = Krum, 0 = n - byzantine)
 
 
 @dataclass
@@ -60,22 +122,28 @@ class EvaluationSettings:
     enabled: bool = False
     data: DataSource = field(default_factory=lambda: DataSource(path=""))
 
+    def validate(self) -> None:
+        if self.enabled and not self.data.path:
+            raise ConfigError("evaluation.data.path must name a SQLite file when enabled")
+
 
 @dataclass
 class MetricsSettings:
-    port: int = 0  # Prometheus text exposition on http://host:port/metrics; 0 = off
-    host: str = "127.0.0.1"
+    port: Port = 0  # Prometheus text exposition on http://host:port/metrics; 0 = off
+    host: Annotated[str, Len(1, 255)] = "127.0.0.1"
 
 
 @dataclass
 class OrchestratorConfig:
-    federation: str = "demo"
-    client_id: str = "fedge-orchestrator"
-    bundle: str = "bundle"  # directory or .fedge archive
-    database: str = "orchestrator.db"
-    strategy: str = "fedavg"  # see fedge.orchestrator.strategies.STRATEGIES
+    federation: Annotated[str, NAME] = "demo"
+    client_id: Annotated[str, Len(1, 256)] = "fedge-orchestrator"
+    bundle: Annotated[str, Len(1, 4096)] = "bundle"  # directory or .fedge archive
+    database: Annotated[str, Len(1, 4096)] = "orchestrator.db"
+    strategy: Annotated[str, OneOf(*STRATEGIES)] = "fedavg"
     strategy_options: StrategyOptions = field(default_factory=StrategyOptions)
-    trusted_keys: list[str] = field(default_factory=list)
+    trusted_keys: Annotated[list[Annotated[str, Len(1, 4096)]], Len(0, 100)] = field(
+        default_factory=list
+    )
     exit_when_done: bool = True
     mqtt: MqttSettings = field(default_factory=lambda: MqttSettings(username="fedge-orchestrator"))
     rounds: RoundSettings = field(default_factory=RoundSettings)

@@ -10,18 +10,63 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import types
-import typing
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 from .errors import MessageError
-from .topics import validate_name
+from .fields import (
+    MAX_CHUNKS,
+    MAX_OBJECT_BYTES,
+    MAX_PARTICIPANTS,
+    MAX_SAMPLES,
+    AgentId,
+    Fraction,
+    Len,
+    Match,
+    Metrics,
+    Name,
+    NonNegative,
+    OneOf,
+    Range,
+    Reason,
+    Round,
+    Samples,
+    Seconds,
+    Sha256,
+    Timestamp,
+    Version,
+    build,
+    coerce,
+)
 
 MAX_CONTROL_BYTES = 64 * 1024  # control messages are small; blobs travel as chunks
-_SHA = frozenset("0123456789abcdef")
+MAX_FETCH_INDICES = 256
+COMPRESSIONS = ("", "int8", "topk")  # = protocol.compression.METHODS (a test keeps them equal)
+STATUS_STATES = ("online", "idle", "training", "uploading", "ineligible", "offline")
+ROUND_STATES = ("open", "closed", "finished")
+EVENT_KINDS = (
+    "round_started",
+    "round_committed",
+    "round_evaluated",
+    "round_abandoned",
+    "run_finished",
+)
+
+LocalEpochs = Annotated[int, Range(1, 1000)]
+BatchSize = Annotated[int, Range(1, 65536)]
+Compression = Annotated[str, OneOf(*COMPRESSIONS)]
+LearningRate = Annotated[float, Range(0, 1e3)]  # 0 = the bundle's own
+ProximalMu = Annotated[float, Range(0, 1e6)]
+Seed = Annotated[int, Range(0, 2**32 - 1)]  # numpy's seed range
+MsgId = Annotated[str, Len(1, 64)]
+RunId = Annotated[str, Len(0, 128)]
+ReportSamples = Annotated[int, Range(1, MAX_SAMPLES)]  # a report weighs at least one row
+ObjectSize = Annotated[int, Range(0, MAX_OBJECT_BYTES)]
+ChunkCount = Annotated[int, Range(0, MAX_CHUNKS)]
+ChunkIndex = Annotated[int, Range(0, MAX_CHUNKS - 1)]
+ContentHash = Annotated[str, Match(r"[0-9a-f]{0,64}", "up to 64 lowercase hex digits")]
+Count = Annotated[int, Range(0, MAX_SAMPLES)]
 
 
 def new_msg_id() -> str:
@@ -32,14 +77,16 @@ def new_msg_id() -> str:
 class BlobRef:
     """Identity of a chunked object: its sha256, size in bytes and number of chunks."""
 
-    sha256: str
-    size: int
-    chunks: int
+    sha256: Sha256
+    size: ObjectSize
+    chunks: ChunkCount
 
     def validate(self) -> None:
-        if len(self.sha256) != 64 or not set(self.sha256) <= _SHA:
-            raise MessageError(f"blob sha256 {self.sha256!r} is not 64 lowercase hex digits")
-        if self.size < 0 or self.chunks < 0 or (self.size > 0) != (self.chunks > 0):
+        """Bounds (also for refs built from chunk headers) and consistency of size and chunks."""
+        coerce(self.sha256, Sha256, "blob.sha256", MessageError)
+        coerce(self.size, ObjectSize, "blob.size", MessageError)
+        coerce(self.chunks, ChunkCount, "blob.chunks", MessageError)
+        if (self.size > 0) != (self.chunks > 0) or self.chunks > self.size:
             raise MessageError(f"blob size {self.size} / chunks {self.chunks} are inconsistent")
 
 
@@ -61,7 +108,7 @@ class Message:
         return data
 
     def validate(self) -> None:  # overridden where fields have extra rules
-        """Check rules beyond field types."""
+        """Check rules beyond each field's own type and bounds."""
 
 
 @dataclass(frozen=True)
@@ -69,59 +116,39 @@ class Status(Message):
     """Agent -> everyone (retained). ``state`` is online, training, idle, ineligible or offline."""
 
     TYPE: ClassVar[str] = "status"
-    agent: str
-    state: str
-    backend: str = ""
-    num_samples: int = 0
+    agent: AgentId
+    state: Annotated[str, OneOf(*STATUS_STATES)]
+    backend: Name = ""
+    num_samples: Samples = 0
     eligible: bool = True
-    reason: str = ""
-    version: str = ""
-    ts: float = 0.0
+    reason: Reason = ""
+    version: Name = ""
+    ts: Timestamp = 0.0
 
-    STATES: ClassVar[frozenset[str]] = frozenset(
-        {"online", "idle", "training", "uploading", "ineligible", "offline"}
-    )
-
-    def validate(self) -> None:
-        validate_name(self.agent)
-        if self.state not in self.STATES:
-            raise MessageError(f"status state {self.state!r} unknown; one of {sorted(self.STATES)}")
+    STATES: ClassVar[frozenset[str]] = frozenset(STATUS_STATES)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """What an agent does in a round (sent by the orchestrator)."""
 
-    local_epochs: int = 1
-    batch_size: int = 32
-    max_samples: int = 0  # 0 = all local rows
-    seed: int = 0
-    learning_rate: float = 0.0  # 0 = the bundle's own
-    proximal_mu: float = 0.0  # FedProx: pull local weights towards the round's global model
-    compression: str = ""  # "" (none) | "int8" | "topk": how the agent encodes its delta
-    topk_fraction: float = 0.0  # for "topk": the share of entries kept (with error feedback)
-    clip_norm: float = 0.0  # client-level DP: clip the delta to this L2 norm (0 = off)
-    noise_multiplier: float = 0.0  # client-level DP: Gaussian noise std = multiplier * clip_norm
+    local_epochs: LocalEpochs = 1
+    batch_size: BatchSize = 32
+    max_samples: Samples = 0  # 0 = all local rows
+    seed: Seed = 0
+    learning_rate: LearningRate = 0.0  # 0 = the bundle's own
+    proximal_mu: ProximalMu = 0.0  # FedProx: pull local weights towards the global model
+    compression: Compression = ""  # "" (none) | "int8" | "topk": how the agent encodes its delta
+    topk_fraction: Fraction = 0.0  # for "topk": the share of entries kept (with error feedback)
+    clip_norm: NonNegative = 0.0  # client-level DP: clip the delta to this L2 norm (0 = off)
+    noise_multiplier: NonNegative = 0.0  # client-level DP: noise std = multiplier * clip_norm
     evaluate_only: bool = False  # federated evaluation: evaluate the global model, no training
 
-    COMPRESSIONS: ClassVar[frozenset[str]] = frozenset({"", "int8", "topk"})
+    COMPRESSIONS: ClassVar[frozenset[str]] = frozenset(COMPRESSIONS)
 
     def validate(self) -> None:
-        if not 1 <= self.local_epochs <= 1000 or not 1 <= self.batch_size <= 65536:
-            raise MessageError("train config local_epochs/batch_size out of range")
-        if self.compression not in self.COMPRESSIONS:
-            raise MessageError(f"unknown compression {self.compression!r}")
-        for name in (
-            "learning_rate",
-            "proximal_mu",
-            "topk_fraction",
-            "clip_norm",
-            "noise_multiplier",
-        ):
-            if getattr(self, name) < 0:
-                raise MessageError(f"train config {name} must be >= 0")
-        if self.topk_fraction > 1:
-            raise MessageError("train config topk_fraction must be <= 1")
+        if self.compression == "topk" and self.topk_fraction <= 0:
+            raise MessageError("train config compression 'topk' needs topk_fraction in (0, 1]")
 
 
 @dataclass(frozen=True)
@@ -129,29 +156,18 @@ class RoundTask(Message):
     """Orchestrator -> everyone (retained on round/current): the open round, or none."""
 
     TYPE: ClassVar[str] = "round"
-    run_id: str
-    round: int
-    model_version: int
-    state: str  # open | closed | finished
-    bundle_hash: str
+    run_id: RunId
+    round: Round
+    model_version: Version
+    state: Annotated[str, OneOf(*ROUND_STATES)]
+    bundle_hash: ContentHash
     bundle: BlobRef
     params: BlobRef
-    participants: list[str] = field(default_factory=list)
+    participants: Annotated[list[AgentId], Len(0, MAX_PARTICIPANTS)] = field(default_factory=list)
     config: TrainConfig = field(default_factory=TrainConfig)
-    deadline: float = 0.0
+    deadline: Timestamp = 0.0
     # pace steering: devices not in this round (or done with it) check back after this many s
-    retry_after: float = 0.0
-
-    def validate(self) -> None:
-        if self.state not in ("open", "closed", "finished"):
-            raise MessageError(f"round state {self.state!r} unknown")
-        if self.round < 0 or self.model_version < 0:
-            raise MessageError("round and model_version must be >= 0")
-        self.bundle.validate()
-        self.params.validate()
-        self.config.validate()
-        for p in self.participants:
-            validate_name(p)
+    retry_after: Seconds = 0.0
 
 
 @dataclass(frozen=True)
@@ -159,16 +175,10 @@ class FetchRequest(Message):
     """Either side asks the other for chunks of an object it announced."""
 
     TYPE: ClassVar[str] = "fetch"
-    msg_id: str
-    agent: str
-    sha256: str
-    indices: list[int]
-
-    def validate(self) -> None:
-        validate_name(self.agent)
-        BlobRef(self.sha256, 1, 1).validate()
-        if not self.indices or len(self.indices) > 256 or min(self.indices) < 0:
-            raise MessageError("fetch indices must be 1-256 non-negative chunk numbers")
+    msg_id: MsgId
+    agent: AgentId
+    sha256: Sha256
+    indices: Annotated[list[ChunkIndex], Len(1, MAX_FETCH_INDICES)]
 
 
 @dataclass(frozen=True)
@@ -176,23 +186,14 @@ class UpdateOffer(Message):
     """Agent -> orchestrator: a finished round's delta is ready to be fetched."""
 
     TYPE: ClassVar[str] = "update"
-    msg_id: str
-    agent: str
-    run_id: str
-    round: int
-    model_version: int
+    msg_id: MsgId
+    agent: AgentId
+    run_id: RunId
+    round: Round
+    model_version: Version
     blob: BlobRef
-    num_samples: int
-    metrics: dict[str, float] = field(default_factory=dict)
-
-    def validate(self) -> None:
-        validate_name(self.agent)
-        self.blob.validate()
-        if self.num_samples <= 0:
-            raise MessageError(f"update num_samples must be > 0, got {self.num_samples}")
-        for k, v in self.metrics.items():
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
-                raise MessageError(f"metric {k!r} must be a finite number, got {v!r}")
+    num_samples: ReportSamples
+    metrics: Metrics = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -200,13 +201,13 @@ class Ack(Message):
     """Orchestrator -> agent: an update was accepted (or rejected, with the reason)."""
 
     TYPE: ClassVar[str] = "ack"
-    msg_id: str
-    agent: str
-    run_id: str
-    round: int
-    sha256: str
+    msg_id: MsgId
+    agent: AgentId
+    run_id: RunId
+    round: Round
+    sha256: Annotated[str, Match(r"([0-9a-f]{64})?", "64 lowercase hex digits or empty")]
     accepted: bool
-    reason: str = ""
+    reason: Reason = ""
 
 
 @dataclass(frozen=True)
@@ -214,11 +215,11 @@ class RoundAbort(Message):
     """Agent -> orchestrator: it will not report this round (ineligible, error), and why."""
 
     TYPE: ClassVar[str] = "abort"
-    msg_id: str
-    agent: str
-    run_id: str
-    round: int
-    reason: str
+    msg_id: MsgId
+    agent: AgentId
+    run_id: RunId
+    round: Round
+    reason: Reason
 
 
 @dataclass(frozen=True)
@@ -227,20 +228,13 @@ class EvalReport(Message):
     rows (federated evaluation round). ``num_samples`` weighs them in the federation's mean."""
 
     TYPE: ClassVar[str] = "eval"
-    msg_id: str
-    agent: str
-    run_id: str
-    round: int
-    model_version: int
-    num_samples: int
-    metrics: dict[str, float] = field(default_factory=dict)
-
-    def validate(self) -> None:
-        validate_name(self.agent)
-        if self.num_samples <= 0:
-            raise MessageError(f"eval num_samples must be > 0, got {self.num_samples}")
-        if self.round < 0 or self.model_version < 0:
-            raise MessageError("round and model_version must be >= 0")
+    msg_id: MsgId
+    agent: AgentId
+    run_id: RunId
+    round: Round
+    model_version: Version
+    num_samples: ReportSamples
+    metrics: Metrics = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -248,14 +242,14 @@ class RoundEvent(Message):
     """Orchestrator -> watchers (orchestrator/events): progress a person can follow."""
 
     TYPE: ClassVar[str] = "event"
-    run_id: str
-    kind: str  # round_started | round_committed | round_evaluated | round_abandoned | run_finished
-    round: int
-    model_version: int
-    reports: int = 0
-    participants: int = 0
-    metrics: dict[str, float] = field(default_factory=dict)
-    ts: float = 0.0
+    run_id: RunId
+    kind: Annotated[str, OneOf(*EVENT_KINDS)]
+    round: Round
+    model_version: Version
+    reports: Count = 0
+    participants: Count = 0
+    metrics: Metrics = field(default_factory=dict)
+    ts: Timestamp = 0.0
 
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
@@ -273,79 +267,19 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
 }
 
 
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    origin = typing.get_origin(hint)
-    if hint is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        for option in typing.get_args(hint):
-            try:
-                return _coerce(value, option, where)
-            except MessageError:
-                continue
-        raise MessageError(f"{where}: unexpected value {value!r}")
-    if hint is type(None):
-        if value is None:
-            return None
-        raise MessageError(f"{where}: expected null")
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise MessageError(f"{where}: expected true/false, got {type(value).__name__}")
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise MessageError(f"{where}: expected an integer, got {type(value).__name__}")
-    if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            return float(value)
-        raise MessageError(f"{where}: expected a finite number, got {value!r}")
-    if hint is str:
-        if isinstance(value, str) and len(value) <= 4096:
-            return value
-        raise MessageError(
-            f"{where}: expected a string (<= 4096 chars), got {type(value).__name__}"
-        )
-    if origin is list:
-        (item,) = typing.get_args(hint)
-        if not isinstance(value, list) or len(value) > 100_000:
-            raise MessageError(f"{where}: expected a list")
-        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        key_t, val_t = typing.get_args(hint)
-        if not isinstance(value, dict) or len(value) > 1000:
-            raise MessageError(f"{where}: expected an object")
-        return {
-            _coerce(k, key_t, where): _coerce(v, val_t, f"{where}.{k}") for k, v in value.items()
-        }
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, where)
-    raise MessageError(f"{where}: unsupported field type {hint!r}")  # pragma: no cover
-
-
-def _build(cls: Any, data: Any, where: str) -> Any:
-    if not isinstance(data, dict):
-        raise MessageError(f"{where}: expected a JSON object, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    kwargs: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-        if f.name in data:
-            kwargs[f.name] = _coerce(data[f.name], hints[f.name], f"{where}.{f.name}")
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise MessageError(f"{where}: missing field '{f.name}'")
-    obj = cls(**kwargs)
-    if hasattr(obj, "validate"):
-        obj.validate()
-    return obj
-
-
 def parse_message(payload: bytes, expected: type[Message] | None = None) -> Message:
-    """Decode and validate one control message; raise MessageError saying what is wrong."""
+    """Decode and validate one control message; raise MessageError saying what is wrong.
+
+    Every field is checked against its declared type and bounds (protocol.fields) here, before
+    any state or storage sees the value.
+    """
     if len(payload) > MAX_CONTROL_BYTES:
         raise MessageError(f"control message is {len(payload)} bytes; limit {MAX_CONTROL_BYTES}")
     try:
         data = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:  # deep nesting
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        # ValueError also covers integers over Python's 4300-digit limit; RecursionError,
+        # deep nesting
         raise MessageError(f"not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise MessageError(f"expected a JSON object, got {type(data).__name__}")
@@ -355,4 +289,5 @@ def parse_message(payload: bytes, expected: type[Message] | None = None) -> Mess
         raise MessageError(f"unknown message type {kind!r}; known: {sorted(MESSAGE_TYPES)}")
     if expected is not None and cls is not expected:
         raise MessageError(f"expected a {expected.TYPE!r} message here, got {kind!r}")
-    return _build(cls, data, kind)
+    message: Message = build(cls, data, kind, MessageError)
+    return message

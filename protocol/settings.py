@@ -2,6 +2,11 @@
 
 Precedence: dataclass defaults < TOML file < environment (``FEDGE_MQTT_URL`` for ``mqtt.url``)
 < ``--set mqtt.url=...`` on the command line. Unknown keys are errors, not silently ignored.
+
+Every key declares its range or allowed values (``Annotated[int, Range(1, 65536)]``, see
+protocol.fields; for dataclasses owned elsewhere, the settings class's ``SETTING_BOUNDS``).
+After the last override the whole object is checked, so a config that would stall a run is
+refused at load with one line: ``rounds.batch_size must be >= 1, got 0``.
 """
 
 from __future__ import annotations
@@ -13,9 +18,12 @@ import sys
 import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from .errors import ConfigError
+from .fields import Len, Match, OneOf, Range, check_instance
+from .mqtt_link import MqttSettings
+from .sqlite_samples import DataSource
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -23,10 +31,51 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 T = TypeVar("T")
+Bounds = Mapping[type, Mapping[str, Any]]
+
+OptionalPath = Annotated[str, Len(0, 4096)]
+
+# Bounds for the shared option dataclasses (their modules declare plain types).
+MQTT_BOUNDS: dict[str, Any] = {
+    "url": Annotated[
+        str,
+        Match(
+            r"mqtts?://(\[[0-9A-Fa-f:.]+\]|[^/\s:\[\]]+)(:[0-9]{1,5})?/?",
+            "mqtt://host:port or mqtts://host:port",
+        ),
+    ],
+    "username": Annotated[str, Len(0, 256)],
+    "password": Annotated[str, Len(0, 4096)],
+    "protocol": Annotated[str, OneOf("5", "3.1.1")],
+    "ca_file": OptionalPath,
+    "cert_file": OptionalPath,
+    "key_file": OptionalPath,
+    "keepalive": Annotated[int, Range(1, 65535)],  # an MQTT u16; 0 (off) hides dead links
+    "session_expiry": Annotated[int, Range(0, 2**32 - 1)],  # an MQTT 5 u32
+    "max_payload": Annotated[int, Range(1024, 268_435_455)],  # MQTT's largest packet
+}
+DATA_BOUNDS: dict[str, Any] = {
+    "path": OptionalPath,
+    "table": Annotated[str, Len(0, 256)],  # "" with a query
+    "features": Annotated[list[Annotated[str, Len(1, 256)]], Len(0, 100_000)],
+    "blob_dtype": Annotated[str, OneOf("float32", "uint8")],
+    "blob_shape": Annotated[list[Annotated[int, Range(1, 2**31 - 1)]], Len(0, 8)],
+    "label": Annotated[str, Len(1, 256)],
+    "feature_scale": Annotated[float, Range(-1e30, 1e30)],
+}
+SHARED_BOUNDS: dict[type, Mapping[str, Any]] = {MqttSettings: MQTT_BOUNDS, DataSource: DATA_BOUNDS}
+
+
+def _plain(hint: Any) -> Any:
+    """The type under ``Annotated[...]``."""
+    if typing.get_origin(hint) is Annotated:
+        return typing.get_args(hint)[0]
+    return hint
 
 
 def _convert(text: str, hint: Any, key: str) -> Any:
-    """Turn an override string into the field's type."""
+    """Turn an override string into the field's type (bounds are checked afterwards)."""
+    hint = _plain(hint)
     origin = typing.get_origin(hint)
     try:
         if hint is bool:
@@ -45,34 +94,22 @@ def _convert(text: str, hint: Any, key: str) -> Any:
                 if text.strip().startswith("[")
                 else [s for s in text.split(",") if s]
             )
+            if not isinstance(value, list):
+                raise ValueError(text)
             (item,) = typing.get_args(hint) or (str,)
-            return [_convert(str(v), item, key) if not isinstance(v, item) else v for v in value]
-    except ValueError:
+            item_t = _plain(item)
+            return [
+                v if isinstance(v, item_t) else _convert(str(v), item_t, key)
+                for v in value
+            ]  # fmt: skip
+    except (ValueError, RecursionError):
         raise ConfigError(
-            f"setting '{key}': cannot read {text!r} as {getattr(hint, '__name__', hint)}"
+            f"setting '{key}': cannot read {text[:80]!r} as {getattr(hint, '__name__', hint)}"
         ) from None
     return text
 
 
-def _check_value(value: Any, hint: Any, key: str) -> Any:
-    origin = typing.get_origin(hint)
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"setting '{key}' must be a list, got {value!r}")
-        return value
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"setting '{key}' must be a table, got {value!r}")
-        return value
-    if isinstance(hint, type) and not isinstance(value, hint):
-        raise ConfigError(f"setting '{key}' must be {hint.__name__}, got {value!r}")
-    return value
-
-
 def _apply(obj: Any, data: Mapping[str, Any], where: str) -> None:
-    hints = typing.get_type_hints(type(obj))
     names = {f.name for f in dataclasses.fields(obj)}
     for key, value in data.items():
         full = f"{where}{key}"
@@ -84,7 +121,17 @@ def _apply(obj: Any, data: Mapping[str, Any], where: str) -> None:
                 raise ConfigError(f"setting '{full}' must be a table")
             _apply(current, value, f"{full}.")
         else:
-            setattr(obj, key, _check_value(value, hints[key], full))
+            setattr(obj, key, value)  # type and bounds: check_settings, after every source
+
+
+def check_settings(settings: Any) -> None:
+    """Check every key of a settings object against its type and bounds; raise ConfigError.
+
+    ``load_settings`` calls it; call it yourself for a settings object built in code.
+    """
+    bounds: dict[type, Mapping[str, Any]] = dict(SHARED_BOUNDS)
+    bounds.update(getattr(type(settings), "SETTING_BOUNDS", {}))
+    check_instance(settings, "", ConfigError, max_str=None, bounds=bounds)
 
 
 def _set_path(obj: Any, dotted: str, text: str) -> None:
@@ -140,4 +187,5 @@ def load_settings(
         if not sep:
             raise ConfigError(f"--set takes key=value, got {item!r}")
         _set_path(settings, key.strip(), value)
+    check_settings(settings)
     return settings

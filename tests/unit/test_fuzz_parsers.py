@@ -7,8 +7,11 @@ swallow-and-log bad input and change no state when the input is invalid.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import logging
+import math
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -25,8 +28,10 @@ from fedge.protocol.errors import FedgeError
 from fedge.protocol.messages import (
     Ack,
     BlobRef,
+    EvalReport,
     FetchRequest,
     RoundAbort,
+    RoundEvent,
     RoundTask,
     Status,
     TrainConfig,
@@ -36,7 +41,7 @@ from fedge.protocol.messages import (
 from fedge.protocol.tensors import decode_tensors, encode_tensors
 
 FUZZ = settings(
-    max_examples=1000,
+    max_examples=400,
     deadline=None,
     database=None,
     derandomize=True,  # the same inputs in every CI run; a failure names its example
@@ -72,11 +77,34 @@ SEED_MESSAGES = [
     ),  # fmt: skip
     Ack(msg_id="m3", agent="dev-0", run_id="r1", round=1, sha256=SHA, accepted=True),
     RoundAbort(msg_id="m4", agent="dev-0", run_id="r1", round=1, reason="busy"),
+    EvalReport(
+        msg_id="m5",
+        agent="dev-0",
+        run_id="r1",
+        round=1,
+        model_version=0,
+        num_samples=4,
+        metrics={"val_loss": 0.25},
+    ),  # fmt: skip
+    RoundEvent(run_id="r1", kind="round_committed", round=1, model_version=1, ts=1.7e9),
 ]
 SEED_PAYLOADS = [m.encode() for m in SEED_MESSAGES]
 TENSORS = encode_tensors({"w": np.arange(6, dtype=np.float32).reshape(2, 3)})
 FRAME = encode_frame(blob_ref(TENSORS), 0, chunk_bytes(TENSORS, 0))
 NESTED = [b"[" * 60000, b'{"type":"status","agent":' + b"[" * 30000, b'{"a":' * 12000]
+
+# Full range: unbounded integers, non-finite floats, huge strings and lists, deep nesting.
+huge_values = st.one_of(
+    st.integers(),
+    st.integers(min_value=2**62, max_value=2**80),
+    st.integers(max_value=-(2**62)),
+    st.sampled_from([2**63, 2**63 - 1, -(2**63) - 1, 10**20, 2**70, 10**400]),
+    st.floats(),
+    st.integers(0, 70_000).map(lambda n: "x" * n),
+    st.integers(0, 20_000).map(lambda n: [1] * n),
+    st.integers(0, 5_000).map(lambda n: {f"k{i}": 1.0 for i in range(n)}),
+    st.integers(1, 3_000).map(lambda n: functools.reduce(lambda acc, _: [acc], range(n), 0)),
+)
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
@@ -120,7 +148,32 @@ def json_mutated(draw: st.DrawFn) -> bytes:
     return json.dumps(obj).encode()
 
 
+def _paths(obj: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    out = []
+    for key, value in obj.items():
+        out.append((*prefix, key))
+        if isinstance(value, dict):
+            out.extend(_paths(value, (*prefix, key)))
+    return out
+
+
+@st.composite
+def field_mutated(draw: st.DrawFn) -> bytes:
+    """A valid control message with one field, nested ones too, set to a full-range value."""
+    obj: dict[str, Any] = json.loads(draw(st.sampled_from(SEED_PAYLOADS)))
+    *parents, key = draw(st.sampled_from([p for p in _paths(obj) if p != ("type",)]))
+    target = obj
+    for part in parents:
+        target = target[part]
+    target[key] = draw(huge_values)
+    try:
+        return json.dumps(obj).encode()
+    except RecursionError:  # json.dumps of a very deep value: send the innermost 1000 levels
+        return json.dumps({**obj, key: 0}).encode()
+
+
 wire_bytes = st.one_of(
+    field_mutated(),
     st.binary(max_size=300),
     mutated(SEED_PAYLOADS),
     json_mutated(),
@@ -140,7 +193,37 @@ def _only_fedge_errors(fn: Any, payload: bytes) -> Any:
 @given(payload=wire_bytes)
 def test_parse_message_never_crashes(payload: bytes) -> None:
     msg = _only_fedge_errors(parse_message, payload)
-    if msg is not None:  # what parses re-encodes and parses to the same message
+    if msg is not None:  # what parses is in bounds, re-encodes and parses to the same message
+        _within_wire_bounds(msg)
+        assert parse_message(msg.encode()) == msg
+
+
+def _within_wire_bounds(value: Any) -> None:
+    """Every number a parsed message holds fits SQLite and numpy: int64, finite floats."""
+    if dataclasses.is_dataclass(value):
+        for f in dataclasses.fields(value):
+            _within_wire_bounds(getattr(value, f.name))
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _within_wire_bounds(k)
+            _within_wire_bounds(v)
+    elif isinstance(value, list):
+        for v in value:
+            _within_wire_bounds(v)
+    elif isinstance(value, float):
+        assert math.isfinite(value)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        assert -(2**63) <= value < 2**63
+    elif isinstance(value, str):
+        assert len(value) <= 4096
+
+
+@settings(FUZZ, max_examples=400)
+@given(payload=field_mutated())
+def test_parse_message_bounds_every_field(payload: bytes) -> None:
+    msg = _only_fedge_errors(parse_message, payload)
+    if msg is not None:
+        _within_wire_bounds(msg)
         assert parse_message(msg.encode()) == msg
 
 
@@ -224,7 +307,7 @@ orchestrator_topics = st.sampled_from(
 )
 
 
-@settings(FUZZ, max_examples=400)
+@settings(FUZZ, max_examples=200)
 @given(topic=orchestrator_topics, payload=wire_bytes)
 def test_orchestrator_dispatch_survives_garbage(orchestrator, topic: str, payload: bytes) -> None:
     db = Path(orchestrator.cfg.database)
@@ -272,7 +355,7 @@ agent_topics = st.sampled_from(
 )
 
 
-@settings(FUZZ, max_examples=400)
+@settings(FUZZ, max_examples=200)
 @given(topic=agent_topics, payload=wire_bytes)
 def test_agent_dispatch_survives_garbage(agent, topic: str, payload: bytes) -> None:
     db = agent.cfg.state_path / "agent.db"
