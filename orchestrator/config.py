@@ -118,6 +118,28 @@ class StrategyOptions:
 
 
 @dataclass
+class RobustSettings:
+    """Robust weighting (orchestrator/robust_weighting.py), on by default; 0 turns a defence off.
+
+    A device's weight is capped by its registered sample count, ``max_claimed_samples`` and
+    ``sample_cap_multiple`` x the round's median claim; every update is scaled down to at most
+    ``norm_multiple`` x the median norm of the last ``norm_window`` rounds."""
+
+    sample_cap_multiple: Annotated[float, Range(0, 1e6)] = 2.0
+    max_claimed_samples: Samples = 10_000_000
+    norm_multiple: Annotated[float, Range(0, 1e6)] = 1.5
+    norm_floor: Annotated[float, Range(0, 1e12, lo_open=True)] = 1e-6
+    norm_window: Annotated[int, Range(1, 1000)] = 5
+
+    def validate(self) -> None:
+        if 0 < self.sample_cap_multiple < 1:
+            raise ConfigError(
+                "robust.sample_cap_multiple must be 0 (off) or >= 1, "
+                f"got {self.sample_cap_multiple}"
+            )
+
+
+@dataclass
 class EvaluationSettings:
     enabled: bool = False
     data: DataSource = field(default_factory=lambda: DataSource(path=""))
@@ -147,5 +169,6 @@ class OrchestratorConfig:
     exit_when_done: bool = True
     mqtt: MqttSettings = field(default_factory=lambda: MqttSettings(username="fedge-orchestrator"))
     rounds: RoundSettings = field(default_factory=RoundSettings)
+    robust: RobustSettings = field(default_factory=RobustSettings)
     evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)

@@ -57,6 +57,12 @@ class DeviceRegistry:
             status.version,
         )
 
+    def registered_samples(self, agent_id: str) -> int | None:
+        """The sample count the device announced in its status (None if unknown): a ceiling for
+        the count it may claim in an update (robust weighting)."""
+        s = self.devices.get(agent_id)
+        return s.num_samples if s is not None and s.num_samples > 0 else None
+
     def is_offline(self, agent_id: str, grace: float = 0.0) -> bool:
         """Offline (Last Will or a goodbye) for at least ``grace`` seconds.
 

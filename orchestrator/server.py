@@ -38,7 +38,7 @@ from fedge.protocol.messages import (
 )
 from fedge.protocol.privacy import DEFAULT_TARGET_DELTA, dp_epsilon
 from fedge.protocol.signing import load_trusted_keys
-from fedge.protocol.tensors import decode_tensors, encode_tensors
+from fedge.protocol.tensors import decode_tensors, encode_tensors, l2_norm
 from fedge.protocol.topics import Topics
 from fedge.protocol.transport import Transport
 
@@ -47,6 +47,7 @@ from .evaluation import CentralEvaluator
 from .intake import UpdateIntake
 from .metrics_exporter import Metrics, MetricsServer
 from .registry import DeviceRegistry
+from .robust_weighting import RobustWeighting, RoundUpdate, RoundWeights, scale_delta
 from .round_machine import CloseRound, Finish, LiveRound, OpenRound, RoundMachine, Wait
 from .round_metrics import federated_metrics, training_metrics
 from .store import RoundRecord, Store
@@ -77,6 +78,7 @@ class Orchestrator:
         self.archive = pack_bundle(self.bundle.root)
         self.store = Store(config.database)
         self.strategy = create_strategy(config.strategy, config.strategy_options)
+        self.robust = self._new_robust_weighting()
         self.evaluator = (
             CentralEvaluator(self.bundle, config.evaluation.data)
             if config.evaluation.enabled
@@ -208,6 +210,7 @@ class Orchestrator:
                 run_id, self.bundle.content_hash, config, params, hashlib.sha256(params).hexdigest()
             )
             self.strategy = create_strategy(self.cfg.strategy, self.cfg.strategy_options)
+            self.robust = self._new_robust_weighting()
             log.info(
                 "new run %s for model %s with %s",
                 run_id,
@@ -330,18 +333,50 @@ class Orchestrator:
         else:
             self._commit(live)
 
+    def _new_robust_weighting(self) -> RobustWeighting:
+        # rounds.max_update_norm already rejects at intake (orchestrator/validation.py)
+        r = self.cfg.robust
+        return RobustWeighting(
+            sample_cap_multiple=r.sample_cap_multiple,
+            max_samples=r.max_claimed_samples,
+            norm_multiple=r.norm_multiple,
+            norm_floor=r.norm_floor,
+            norm_window=r.norm_window,
+        )
+
+    def _robust_plan(self, round_no: int) -> RoundWeights:
+        """First pass over the round's stored deltas: each one's norm and claimed count, weighed
+        by the robust defaults (capped claims, adaptive clipping). O(model) memory."""
+        updates = [
+            RoundUpdate(
+                agent,
+                claimed,
+                self.registry.registered_samples(agent),
+                l2_norm(decode_delta(delta)),
+            )
+            for agent, claimed, delta in self.store.accepted_deltas(self.run_id, round_no)
+        ]
+        plan = self.robust.weigh(updates)
+        if any(w.capped or w.clipped or not w.accepted for w in plan.updates):
+            log.info("round %d robust weighting: %s", round_no, plan.summary())
+        return plan
+
     def _commit(self, live: LiveRound) -> None:
         t_aggregate = time.monotonic()
+        plan = self._robust_plan(live.round)
         aggregator = self.strategy.start_aggregation(self.global_params)
-        for _agent, num_samples, delta in self.store.accepted_deltas(self.run_id, live.round):
-            aggregator.add(decode_delta(delta), num_samples)
-        new_params = aggregator.result()
+        for agent, _claimed, delta in self.store.accepted_deltas(self.run_id, live.round):
+            weight = plan.get(agent)
+            if weight.accepted:
+                aggregator.add(scale_delta(decode_delta(delta), weight.scale), weight.weight)
+        new_params = aggregator.result() if plan.accepted() else None
         self.metrics.observe_aggregation(time.monotonic() - t_aggregate)
         if new_params is None:
             self._abandon(live.round, "strategy kept the model")
             return
         t_commit = time.monotonic()
         metrics = self._round_metrics(live.round)
+        metrics.update(plan.metrics())
         # chunk bytes since the round opened (or the restart)
         metrics.update({"bytes_down": self.blobs.bytes_sent, "bytes_up": self.bytes_up})
         rs = self.cfg.rounds

@@ -10,23 +10,33 @@ import pytest
 from support.memory_device import FakeClock, MemoryDevice, settle
 from support.toy_bundle import write_toy_bundle
 
-from fedge.orchestrator.config import OrchestratorConfig, RoundSettings
+from fedge.orchestrator.config import OrchestratorConfig, RobustSettings, RoundSettings
 from fedge.orchestrator.server import Orchestrator
 from fedge.protocol.bundle import load_bundle
 from fedge.protocol.messages import EvalReport, FetchRequest, new_msg_id
 from fedge.protocol.tensors import decode_tensors
 from fedge.protocol.transport import InMemoryBroker
 
+# The round mechanics below check exact FedAvg arithmetic, so robust weighting is off there;
+# test_robust_defaults_* check the defaults.
+ROBUST_OFF = RobustSettings(sample_cap_multiple=0, max_claimed_samples=0, norm_multiple=0)
+
 
 class Federation:
-    def __init__(self, tmp_path: Path, devices: int, **rounds: object) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        devices: int,
+        robust: RobustSettings = ROBUST_OFF,
+        **rounds: object,
+    ) -> None:
         self.tmp_path = tmp_path
         self.broker = InMemoryBroker()
         self.clock = FakeClock()
         self.bundle = load_bundle(write_toy_bundle(tmp_path / "bundle"))
         settings = {"rounds": 1, "min_devices": devices, "deadline_seconds": 60.0} | rounds
         self.cfg = OrchestratorConfig(
-            database=str(tmp_path / "o.db"), rounds=RoundSettings(**settings)
+            database=str(tmp_path / "o.db"), rounds=RoundSettings(**settings), robust=robust
         )
         self.devices = {f"dev-{i}": MemoryDevice(self.broker, f"dev-{i}") for i in range(devices)}
         self.orch = self.new_orchestrator()
@@ -294,3 +304,26 @@ def test_a_flood_of_messages_does_not_starve_the_deadline(tmp_path):
     fed.orch.poll(0)  # one message handled, 49 still queued: the deadline is decided anyway
     assert fed.orch.transport.pending() == 49
     assert fed.round().state == "committed"
+
+
+@pytest.mark.parametrize("robust", [ROBUST_OFF, RobustSettings()], ids=["off", "defaults"])
+def test_robust_defaults_keep_a_lying_device_from_steering_the_model(tmp_path, robust):
+    """One of three invited devices claims 10^9 samples (its status said far fewer) and sends a
+    delta 1000x the honest ones: with the defaults the model moves by the honest step."""
+    fed = Federation(tmp_path, 3, robust=robust)
+    honest_a, honest_b, liar = fed.invited()
+    fed.train(honest_a, 0.1)
+    fed.train(honest_b, 0.1)
+    liar.samples = 10**9
+    fed.train(liar, 100.0)
+    assert fed.round().state == "committed"
+    v0, v1 = fed.version(0), fed.version(1)
+    moved = max(float(np.max(np.abs(v1[n] - v0[n]))) for n in v0)
+    if robust is ROBUST_OFF:
+        # only the registered-count cap (always on) is left: the liar's delta still dominates
+        assert moved > 30
+    else:
+        # claim capped at its registered count, delta clipped to 1.5x the median norm
+        assert moved <= 0.1 * (2 + 1.5) / 3 + 1e-6
+        metrics = fed.round().metrics
+        assert metrics["robust_capped"] == 1 and metrics["robust_clipped"] == 1
