@@ -54,7 +54,7 @@ from .round_machine import (
     round_news,
 )
 from .round_runner import RoundRunner
-from .state import AgentState
+from .state import AgentState, StateError
 
 log = logging.getLogger(__name__)
 
@@ -188,16 +188,31 @@ class Agent:
         self.start()
         try:
             while not self._stop.is_set():
-                item = self.transport.get(timeout=self.poll_seconds())
-                if item is not None:
-                    self.handle(*item)
-                    if self.transport.pending():
-                        continue  # drain the queue before doing slow work
-                self.tick()
+                try:
+                    item = self.transport.get(timeout=self.poll_seconds())
+                    if item is not None:
+                        self.handle(*item)
+                        if self.transport.pending():
+                            continue  # drain the queue before doing slow work
+                    self.tick()
+                except StateError as exc:
+                    self._on_state_error(exc)
                 if self.done(max_rounds):
                     break
         finally:
             self.close()
+
+    def _on_state_error(self, exc: StateError) -> None:
+        """A read or write of the state database failed outside a round's own handling: a
+        damaged file is rebuilt in place (what is readable salvaged, the outbox first); any
+        other failure (disk full, permissions) is logged and the loop goes on, retrying."""
+        if self.state.recover_if_damaged(exc):
+            return
+        log.error("state database problem: %s", exc)
+        for _ in range(10):  # no tight loop while the disk stays full; sliced, not Event.wait:
+            if self._stop.is_set():  # stop() runs in a signal handler on this thread
+                break
+            time.sleep(0.1)
 
     # ---- incoming ----
     def handle(self, topic: str, payload: bytes) -> None:

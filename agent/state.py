@@ -7,11 +7,16 @@ outbox is offered again and the orchestrator drops what it already counted.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedge.protocol.sqlite_db import DatabaseError, Migration, add_column, open_writer
+from fedge.protocol.sqlite_db import Database, DatabaseError, Migration, add_column, open_writer
+
+from .state_recovery import describe, is_damage, move_aside, salvage_rows
+
+log = logging.getLogger(__name__)
 
 # The first release's tables. A database written before migrations were numbered has them but no
 # `migrations` table: every step is idempotent on it, so it is adopted without losing a row.
@@ -64,7 +69,54 @@ class AgentState:
     """Journal of rounds (training, offered, acked, aborted) and the outbox of unacked deltas."""
 
     def __init__(self, path: Path) -> None:
-        self._db = open_writer(path, MIGRATIONS, StateError)
+        self.path = path
+        try:
+            self._db = open_writer(path, MIGRATIONS, StateError)
+        except StateError as exc:
+            if not is_damage(exc):
+                raise
+            self._db = self._rebuild(str(exc))
+            return
+        problem = self._integrity_problem()
+        if problem:
+            self._db.close()
+            self._db = self._rebuild(problem)
+
+    def recover_if_damaged(self, exc: BaseException) -> bool:
+        """After a failed read or write: if the file is damaged, rebuild it in place (every
+        holder of this object keeps working) and return True; else False."""
+        if not is_damage(exc):
+            return False
+        self._db.close()
+        self._db = self._rebuild(str(exc))
+        return True
+
+    def _integrity_problem(self) -> str:
+        try:
+            rows = [str(r[0]) for r in self._db.rows("PRAGMA quick_check")]
+        except StateError as exc:
+            return str(exc)
+        return "" if rows == ["ok"] else "; ".join(rows[:3])
+
+    def _rebuild(self, reason: str) -> Database:
+        """Move the damaged file aside, start a fresh one, salvage what is readable
+        (agent/state_recovery.py)."""
+        aside = move_aside(self.path, reason, StateError)
+        fresh = open_writer(self.path, MIGRATIONS, StateError)
+
+        def insert(sql: str, row: tuple[object, ...]) -> None:
+            with fresh.transaction("salvaging rows into") as conn:
+                conn.execute(sql, row)
+
+        counts = salvage_rows(aside, insert)
+        log.error(
+            "state database %s was damaged (%s): moved it to %s and started a new one; salvaged %s",
+            self.path,
+            reason,
+            aside,
+            describe(counts),
+        )
+        return fresh
 
     def _write(self, sql: str, args: tuple, action: str = "writing") -> None:
         with self._db.transaction(action) as conn:

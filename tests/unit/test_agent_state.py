@@ -115,11 +115,70 @@ def test_a_database_written_by_the_old_code_is_adopted_and_numbered(tmp_path):
     assert applied == [(1, "initial schema"), (2, "outbox.deadline"), (3, "cached bundles")]
 
 
-def test_a_damaged_state_file_is_a_state_error_naming_the_fix(tmp_path):
+def test_a_state_file_that_is_not_sqlite_is_moved_aside_and_rebuilt(tmp_path, caplog):
     path = tmp_path / "agent.db"
     path.write_bytes(b"not sqlite at all" * 200)
-    with pytest.raises(StateError, match=r"agent.db is damaged \(.*\): move it aside and restart"):
-        AgentState(path)
+    with caplog.at_level("ERROR"):
+        state = AgentState(path)  # used to raise: the agent could not start at all
+    assert state.outbox() == [] and state.journal_status("run", 1) == ""
+    aside = list(tmp_path.glob("agent.db.damaged-*"))
+    assert len(aside) == 1 and aside[0].read_bytes().startswith(b"not sqlite")
+    assert "was damaged" in caplog.text and "moved it to" in caplog.text
+
+
+def _fill(path, outbox: int, journal: int) -> None:
+    state = AgentState(path)
+    for i in range(outbox):
+        state.add_outbox(_item("abcdef"[i], i + 1, 0.0))
+    for i in range(journal):
+        state.set_journal("old-run", 1000 + i, "acked", "x" * 200)
+    state.close()
+
+
+def _corrupt_tail(path, pages: int = 3, page_size: int = 4096) -> None:
+    """Overwrite pages near the end of the file (the journal's, written last) with garbage."""
+    data = bytearray(path.read_bytes())
+    start = len(data) - (pages + 1) * page_size
+    data[start : start + pages * page_size] = b"\xde\xad\xbe\xef" * (pages * page_size // 4)
+    path.write_bytes(bytes(data))
+
+
+def _sqlite_reports_damage(path) -> bool:
+    raw = sqlite3.connect(path)
+    try:
+        return raw.execute("PRAGMA quick_check").fetchone()[0] != "ok"
+    except sqlite3.DatabaseError:
+        return True
+    finally:
+        raw.close()
+
+
+def test_a_corrupted_page_is_found_at_open_and_the_outbox_is_salvaged(tmp_path, caplog):
+    path = tmp_path / "agent.db"
+    _fill(path, outbox=3, journal=400)
+    _corrupt_tail(path)
+    assert _sqlite_reports_damage(path)  # the damage is real: SQLite itself says so
+    with caplog.at_level("ERROR"):
+        state = AgentState(path)
+    # the unacknowledged deltas survive, blobs intact (the orchestrator may still count them)
+    assert [i.round for i in state.outbox()] == [1, 2, 3]
+    assert state.outbox_blob("a" * 64) == b"deltaa"
+    assert "salvaged 3 outbox rows" in caplog.text
+    assert list(tmp_path.glob("agent.db.damaged-*"))
+    state.set_journal("run", 9, "training")  # the new file works
+    assert state.journal_status("run", 9) == "training"
+
+
+def test_damage_found_while_running_rebuilds_in_place(tmp_path):
+    path = tmp_path / "agent.db"
+    _fill(path, outbox=2, journal=400)
+    state = AgentState(path)
+    holder = state.outbox_blob  # another object's reference (e.g. the blob server's lookup)
+    _corrupt_tail(path)
+    assert not state.recover_if_damaged(StateError("disk full writing x: free space"))
+    assert state.recover_if_damaged(StateError("database x is damaged (malformed): ..."))
+    assert holder("b" * 64) == b"deltab"  # same object, new file
+    assert len(state.outbox()) == 2
 
 
 def test_disk_full_saving_an_update_is_a_state_error_and_keeps_the_old_rows(tmp_path):
