@@ -43,6 +43,7 @@ from fedge.protocol.topics import Topics
 from fedge.protocol.transport import Transport
 
 from .config import OrchestratorConfig
+from .device_budget import DeviceBudgets
 from .evaluation import CentralEvaluator
 from .intake import UpdateIntake
 from .metrics_exporter import Metrics, MetricsServer
@@ -56,6 +57,7 @@ from .strategies import DeviceInfo, create_strategy
 log = logging.getLogger(__name__)
 
 TICK_SECONDS = 0.2  # decide at least this often, even while messages keep arriving
+BAD_TOPIC = "(bad topic)"  # the budget entry of messages whose topic names no valid device
 
 
 class Orchestrator:
@@ -87,6 +89,12 @@ class Orchestrator:
         self.metrics = Metrics(config.database, config.rounds)  # store-derived + events
         self.metrics_server: MetricsServer | None = None
         self.registry = DeviceRegistry(self.store, clock=clock)
+        self.budgets = DeviceBudgets(
+            config.limits,
+            known=lambda agent_id: agent_id in self.registry.devices,
+            metrics=self.metrics,
+            clock=clock,
+        )
         self.rounds = RoundMachine(config.rounds, self._select)
         self.blobs = BlobServer(lambda topic, frame: self.transport.publish(topic, frame))
         self.bundle_ref = self.blobs.offer(self.archive)
@@ -98,6 +106,7 @@ class Orchestrator:
             metrics=self.metrics,
             max_update_norm=config.rounds.max_update_norm,
             clock=clock,
+            budgets=self.budgets,
         )
         self.bytes_up = 0  # chunk frame bytes received this round (bytes down: self.blobs)
         self._stop = threading.Event()
@@ -137,7 +146,8 @@ class Orchestrator:
         """Handle one received message (waiting up to ``timeout``); decide once idle."""
         item = self.transport.get(timeout=timeout)
         if item is not None:
-            self.handle(*item)
+            was_retained = getattr(self.transport, "last_was_retained", None)
+            self.handle(*item, retained=bool(was_retained and was_retained()))
             if self.transport.pending() and self.clock() - self._last_tick < TICK_SECONDS:
                 return  # drain a burst first, but a flood must not starve the deadline
         self.tick()
@@ -161,6 +171,7 @@ class Orchestrator:
         """Time-based work: stalled uploads, then the round machine's decisions."""
         self._last_tick = self.clock()
         self.intake.tick()
+        self.budgets.tick()
         for _ in range(3):  # a closed round may be followed at once by the next one
             decision = self.rounds.tick(self.clock(), eligible=self._eligible, offline=self._gone)
             if decision is None:
@@ -477,10 +488,19 @@ class Orchestrator:
         self.transport.publish(self.topics.orchestrator_status, data, retain=True)
 
     # ---- incoming ----
-    def handle(self, topic: str, payload: bytes) -> None:
-        """One received message; bad input is logged and ignored, never raised."""
+    def handle(self, topic: str, payload: bytes, *, retained: bool = False) -> None:
+        """One received message; bad input is ignored (logged within the device's budget),
+        never raised. ``retained``: the broker delivered it from its retained store."""
         try:
             agent_id, kind = self.topics.parse_agent_topic(topic)
+        except MessageError as exc:
+            self.budgets.drop(BAD_TOPIC, "bad_topic")
+            if self.budgets.should_log(BAD_TOPIC, "bad_topic"):
+                log.warning("ignored a message on %s: %s", topic[:200], exc)
+            return
+        if not self._admit(topic, agent_id, kind, payload, retained):
+            return
+        try:
             if kind == "status":
                 if payload:
                     status = parse_message(payload, Status)
@@ -503,7 +523,32 @@ class Orchestrator:
             else:
                 raise MessageError(f"unexpected topic kind {kind!r}")
         except (MessageError, TransferError, CodecError) as exc:
-            log.warning("ignored a bad message on %s: %s", topic, exc)
+            if self.budgets.should_log(agent_id, "bad_message"):
+                log.warning("ignored a bad message on %s: %s", topic, exc)
+
+    def _admit(self, topic: str, agent_id: str, kind: str, payload: bytes, retained: bool) -> bool:
+        """The checks before parsing: what a message may cost is decided here, unread.
+
+        Retained messages on a device's up topics are cleared (an empty retained payload) and
+        ignored: the broker would replay them on every connect. Status messages are retained
+        by design; an empty one is a cleared status. Chunks count only while the device has
+        an upload in flight; everything else spends a token of the device's budget.
+        """
+        if kind == "status":
+            return bool(payload) and self.budgets.admit(agent_id)
+        if not payload:  # e.g. our own clear of a retained message, echoed back
+            self.budgets.drop(agent_id, "empty")
+            return False
+        if retained:
+            self.budgets.drop(agent_id, "retained")
+            self.transport.publish(topic, b"", retain=True)
+            return False
+        if kind == "up/chunk":
+            if agent_id not in self.intake.uploads:
+                self.budgets.drop(agent_id, "unsolicited_chunk")
+                return False
+            return self.budgets.admit(agent_id, chunk=True)
+        return self.budgets.admit(agent_id)
 
     _dispatch = handle  # the name the fuzz tests use
 
@@ -513,7 +558,7 @@ class Orchestrator:
                 sent_before = self.blobs.bytes_sent
                 self.blobs.serve(msg, self.topics.agent_down(agent_id))
                 self.metrics.count_bytes("down", self.blobs.bytes_sent - sent_before)
-            else:
+            elif self.budgets.should_log(agent_id, "fetch"):
                 log.info("%s asked for unknown object %s", agent_id, msg.sha256[:12])
         elif isinstance(msg, UpdateOffer):
             self.intake.on_offer(agent_id, msg)

@@ -146,7 +146,7 @@ class MqttLink:
         with self._lock:  # the owner may subscribe concurrently from its own thread
             subscriptions = list(self._subscriptions.items())
         for topic, qos in subscriptions:
-            client.subscribe(topic, qos)
+            self._subscribe(topic, qos)
         self._connected.set()
 
     def _on_disconnect(
@@ -210,6 +210,15 @@ class MqttLink:
         item.retain = bool(msg.retain)
         self.messages.put(item)
 
+    def _subscribe(self, topic: str, qos: int) -> None:
+        if self._v5:  # retain-as-published: a live retained message keeps its flag too
+            from paho.mqtt.subscribeoptions import SubscribeOptions
+
+            options = SubscribeOptions(qos=qos, retainAsPublished=True)
+            self._client.subscribe(topic, options=options)
+        else:
+            self._client.subscribe(topic, qos)
+
     # --- owner API ---
     def start(self) -> None:
         """Begin connecting in the background (retries until stop())."""
@@ -244,7 +253,7 @@ class MqttLink:
         with self._lock:
             self._subscriptions[topic] = qos
         if self._connected.is_set():
-            self._client.subscribe(topic, qos)
+            self._subscribe(topic, qos)
 
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
         """Queue a message (sent now, or after the reconnect); refuse oversize payloads."""
@@ -271,6 +280,10 @@ class MqttLink:
             return None
         self.last_retained = bool(getattr(item, "retain", False))
         return item
+
+    def last_was_retained(self) -> bool:
+        """Whether the message ``get()`` returned last had the retain flag set."""
+        return self.last_retained
 
     def pending(self) -> int:
         """How many received messages wait in the queue."""

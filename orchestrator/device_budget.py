@@ -1,0 +1,278 @@
+"""Per-device budgets: what one device's messages may cost the orchestrator, in one place.
+
+A device (honest but broken, or hostile) must not be able to buy database rows, fsyncs, log
+lines or memory with messages. Every limit lives here:
+
+- **messages**: a token bucket per device for control messages (status and ``up/msg``) and one
+  for chunk frames (``up/chunk``). The excess is dropped *before parsing* and counted by
+  reason (``fedge_device_messages_dropped_total``), never written, never logged per message.
+- **records**: refused, late and duplicate offers or reports from a device cost at most
+  ``records_per_round`` database writes per device and round (the first ones, with their
+  reasons: what an operator needs to debug a broken device); the rest are counted in memory
+  (``fedge_refusals_unrecorded_total``). Nothing is ever written for a run other than the
+  current one.
+- **log lines**: at most ``log_lines`` per device and kind in each ``summary_seconds`` window;
+  then one summary line per device and window, e.g.
+  ``dev-3: 9,812 messages dropped in the last 10 s (rate limit)``.
+
+Memory: one ``DeviceBudget`` (a few hundred bytes) per device the registry knows, plus an LRU
+of at most ``unknown_devices`` other ids. Ids exist only where the broker ACL lets someone
+publish under them; on a broker without ACL ids are free, so every id the registry does not
+know also spends a token of one shared bucket (``unknown_devices_per_second``) and shares one
+log allowance: invented ids cannot buy fresh budgets.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING
+
+from fedge.protocol.errors import ConfigError
+
+if TYPE_CHECKING:
+    from .metrics_exporter import Metrics
+
+log = logging.getLogger(__name__)
+
+# Why a message was dropped before parsing (the label values of the dropped counter).
+DROP_REASONS = ("rate_limit", "retained", "empty", "unsolicited_chunk", "bad_topic")
+_REASON_TEXT = {
+    "rate_limit": "rate limit",
+    "retained": "retained on an up topic, cleared",
+    "empty": "empty payload",
+    "unsolicited_chunk": "chunk without an upload in flight",
+    "bad_topic": "bad topic",
+}
+
+
+@dataclass
+class DeviceLimits:
+    """The ``[limits]`` section of the orchestrator's config: per-device budgets.
+
+    Defaults are sized against honest agents: one round costs an honest agent about a dozen
+    control messages, a few at a time (status changes, parameter fetches, one offer, its
+    re-sends), and chunk frames only as fast as the orchestrator asks for them.
+    """
+
+    messages_per_second: float = 10.0  # control messages (status, up/msg) per device, sustained
+    message_burst: int = 100  # ... and at once (the bucket's size)
+    chunks_per_second: float = 50.0  # delta chunk frames per device, sustained (25 MiB/s)
+    chunk_burst: int = 200  # ... and at once
+    records_per_round: int = 3  # database writes for refused/late/duplicate answers
+    log_lines: int = 5  # per device and kind in each summary window; then a summary
+    summary_seconds: float = 10.0  # the window of the log limit and of the summary lines
+    unknown_devices: int = 1024  # budgets kept for ids the registry does not know (LRU)
+    # all those ids together: messages per second (a new device's first status is one)
+    unknown_devices_per_second: float = 100.0
+
+    RANGES = {
+        "messages_per_second": (0.1, 1e5),
+        "message_burst": (1, 10**6),
+        "chunks_per_second": (0.1, 1e5),
+        "chunk_burst": (1, 10**6),
+        "records_per_round": (0, 1000),
+        "log_lines": (0, 10**4),
+        "summary_seconds": (1.0, 3600.0),
+        "unknown_devices": (1, 10**6),
+        "unknown_devices_per_second": (0.1, 1e6),
+    }
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first key outside its range."""
+        for f in fields(self):
+            lo, hi = self.RANGES[f.name]
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"limits.{f.name} must be a number, got {value!r}")
+            if isinstance(lo, int) and not isinstance(value, int):
+                raise ConfigError(f"limits.{f.name} must be an integer, got {value!r}")
+            if not lo <= value <= hi:
+                raise ConfigError(f"limits.{f.name} must be in [{lo}, {hi}], got {value!r}")
+
+
+class TokenBucket:
+    """``rate`` tokens per second up to ``burst``; ``take()`` spends one if there is one."""
+
+    __slots__ = ("rate", "burst", "tokens", "stamp")
+
+    def __init__(self, rate: float, burst: int, now: float) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self.tokens = float(burst)
+        self.stamp = now
+
+    def take(self, now: float) -> bool:
+        elapsed = max(0.0, now - self.stamp)
+        self.stamp = now
+        self.tokens = min(self.burst, self.tokens + elapsed * self.rate)
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+@dataclass
+class DeviceBudget:
+    """One device's buckets, its record budget for the round, and its window's counts."""
+
+    messages: TokenBucket
+    chunks: TokenBucket
+    record_key: tuple[str, int] = ("", -1)  # (run id, round) the record count is for
+    records: int = 0
+    dropped: Counter[str] = field(default_factory=Counter)  # reason -> count, this window
+    lines: Counter[str] = field(default_factory=Counter)  # kind -> lines logged, this window
+    suppressed: Counter[str] = field(default_factory=Counter)  # kind -> lines not logged
+    unrecorded: int = 0  # refusals not written, this window
+
+
+class DeviceBudgets:
+    """The budget table. ``known(agent_id)``: whether the registry knows the device."""
+
+    def __init__(
+        self,
+        limits: DeviceLimits | None = None,
+        *,
+        known: Callable[[str], bool] = lambda _id: False,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.limits = limits or DeviceLimits()
+        self.limits.validate()
+        self._known = known
+        self._metrics = metrics
+        self._clock = clock
+        self._devices: dict[str, DeviceBudget] = {}  # known to the registry
+        self._unknown: OrderedDict[str, DeviceBudget] = OrderedDict()  # LRU of the others
+        rate = self.limits.unknown_devices_per_second
+        self._strangers = self._new()  # shared by every id the registry does not know
+        self._strangers.messages = TokenBucket(rate, max(1, int(rate * 10)), clock())
+        self._window_start = clock()
+        self.dropped: Counter[str] = Counter()  # reason -> count since the process started
+
+    def __len__(self) -> int:
+        return len(self._devices) + len(self._unknown)
+
+    def _entry(self, agent_id: str) -> DeviceBudget:
+        entry = self._devices.get(agent_id)
+        if entry is not None:
+            return entry
+        entry = self._unknown.get(agent_id)
+        if self._known(agent_id):
+            if entry is not None:
+                del self._unknown[agent_id]
+            else:
+                entry = self._new()
+            self._devices[agent_id] = entry
+            return entry
+        if entry is not None:
+            self._unknown.move_to_end(agent_id)
+            return entry
+        entry = self._new()
+        self._unknown[agent_id] = entry
+        while len(self._unknown) > self.limits.unknown_devices:
+            self._unknown.popitem(last=False)
+        return entry
+
+    def _new(self) -> DeviceBudget:
+        lim, now = self.limits, self._clock()
+        return DeviceBudget(
+            messages=TokenBucket(lim.messages_per_second, lim.message_burst, now),
+            chunks=TokenBucket(lim.chunks_per_second, lim.chunk_burst, now),
+        )
+
+    # ---- messages ----
+    def admit(self, agent_id: str, *, chunk: bool = False) -> bool:
+        """Spend one token of the device's message (or chunk) bucket; False: drop it unread."""
+        entry, now = self._entry(agent_id), self._clock()
+        bucket = entry.chunks if chunk else entry.messages
+        if bucket.take(now) and (
+            agent_id in self._devices or self._strangers.messages.take(now)
+        ):
+            return True
+        self._count_drop(entry, "rate_limit")
+        return False
+
+    def drop(self, agent_id: str, reason: str) -> None:
+        """Count a message dropped before parsing for ``reason`` (one of DROP_REASONS)."""
+        self._count_drop(self._entry(agent_id), reason)
+
+    def _count_drop(self, entry: DeviceBudget, reason: str) -> None:
+        if reason not in DROP_REASONS:
+            raise ValueError(f"drop reason {reason!r} unknown; one of {DROP_REASONS}")
+        entry.dropped[reason] += 1
+        self.dropped[reason] += 1
+        if self._metrics is not None:
+            self._metrics.count_dropped(reason)
+
+    # ---- database records ----
+    def may_record(self, agent_id: str, run_id: str, current_run: str, round_no: int) -> bool:
+        """Whether a refusal (rejected, late, duplicate, aborted) may cost a database write.
+
+        Never for another run than the current one; at most ``records_per_round`` per device
+        and (run, round). A refusal that may not be written is counted in memory instead.
+        """
+        entry = self._entry(agent_id)
+        if run_id == current_run and run_id:
+            if entry.record_key != (run_id, round_no):
+                entry.record_key, entry.records = (run_id, round_no), 0
+            if entry.records < self.limits.records_per_round:
+                entry.records += 1
+                return True
+        entry.unrecorded += 1
+        if self._metrics is not None:
+            self._metrics.count_unrecorded()
+        return False
+
+    # ---- log lines ----
+    def should_log(self, agent_id: str, kind: str) -> bool:
+        """Whether a per-message log line about ``agent_id`` may be written now."""
+        entry = self._entry(agent_id)
+        if agent_id not in self._devices:
+            entry = self._strangers
+        if entry.lines[kind] < self.limits.log_lines:
+            entry.lines[kind] += 1
+            return True
+        entry.suppressed[kind] += 1
+        if self._metrics is not None:
+            self._metrics.count_suppressed_log_line()
+        return False
+
+    def tick(self) -> None:
+        """Once per window: one summary line per device that lost messages, rows or lines."""
+        now = self._clock()
+        window = now - self._window_start
+        if window < self.limits.summary_seconds:
+            return
+        self._window_start = now
+        for agent_id, entry in self._entries():
+            if entry.dropped or entry.suppressed or entry.unrecorded:
+                log.warning("%s", summary_line(agent_id, entry, window))
+            entry.dropped.clear()
+            entry.lines.clear()
+            entry.suppressed.clear()
+            entry.unrecorded = 0
+
+    def _entries(self) -> Iterator[tuple[str, DeviceBudget]]:
+        yield from self._devices.items()
+        yield from self._unknown.items()
+        yield "devices the registry does not know", self._strangers
+
+
+def summary_line(agent_id: str, entry: DeviceBudget, window: float) -> str:
+    """E.g. ``dev-3: 9,812 messages dropped in the last 10 s (rate limit)``."""
+    parts = [
+        f"{n:,} message{'s' if n != 1 else ''} dropped in the last {window:.0f} s "
+        f"({_REASON_TEXT[reason]})"
+        for reason, n in entry.dropped.most_common()
+    ]
+    if entry.unrecorded:
+        parts.append(f"{entry.unrecorded:,} refusals counted but not stored")
+    if entry.suppressed:
+        lines = sum(entry.suppressed.values())
+        kinds = ", ".join(sorted(entry.suppressed))
+        parts.append(f"{lines:,} log lines suppressed ({kinds})")
+    return f"{agent_id}: " + "; ".join(parts)
