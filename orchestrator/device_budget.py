@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 DROP_REASONS = ("rate_limit", "retained", "empty", "unsolicited_chunk", "bad_topic")
 _REASON_TEXT = {
     "rate_limit": "rate limit",
-    "retained": "retained on an up topic, cleared",
+    "retained": "retained on an up topic: cleared",
     "empty": "empty payload",
     "unsolicited_chunk": "chunk without an upload in flight",
     "bad_topic": "bad topic",
@@ -189,9 +189,7 @@ class DeviceBudgets:
         """Spend one token of the device's message (or chunk) bucket; False: drop it unread."""
         entry, now = self._entry(agent_id), self._clock()
         bucket = entry.chunks if chunk else entry.messages
-        if bucket.take(now) and (
-            agent_id in self._devices or self._strangers.messages.take(now)
-        ):
+        if bucket.take(now) and (agent_id in self._devices or self._strangers.messages.take(now)):
             return True
         self._count_drop(entry, "rate_limit")
         return False
@@ -241,11 +239,12 @@ class DeviceBudgets:
             self._metrics.count_suppressed_log_line()
         return False
 
-    def tick(self) -> None:
-        """Once per window: one summary line per device that lost messages, rows or lines."""
+    def tick(self, *, now_or_never: bool = False) -> None:
+        """Once per window (or now, e.g. as a round closes): one summary line per device that
+        lost messages, rows or log lines in the window."""
         now = self._clock()
         window = now - self._window_start
-        if window < self.limits.summary_seconds:
+        if window < self.limits.summary_seconds and not now_or_never:
             return
         self._window_start = now
         for agent_id, entry in self._entries():
@@ -264,11 +263,17 @@ class DeviceBudgets:
 
 def summary_line(agent_id: str, entry: DeviceBudget, window: float) -> str:
     """E.g. ``dev-3: 9,812 messages dropped in the last 10 s (rate limit)``."""
-    parts = [
-        f"{n:,} message{'s' if n != 1 else ''} dropped in the last {window:.0f} s "
-        f"({_REASON_TEXT[reason]})"
-        for reason, n in entry.dropped.most_common()
-    ]
+    parts = []
+    total = sum(entry.dropped.values())
+    if total:
+        reasons = entry.dropped.most_common()
+        why = (
+            _REASON_TEXT[reasons[0][0]]
+            if len(reasons) == 1
+            else ", ".join(f"{n:,} {_REASON_TEXT[r]}" for r, n in reasons)
+        )
+        plural = "s" if total != 1 else ""
+        parts.append(f"{total:,} message{plural} dropped in the last {window:.0f} s ({why})")
     if entry.unrecorded:
         parts.append(f"{entry.unrecorded:,} refusals counted but not stored")
     if entry.suppressed:

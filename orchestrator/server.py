@@ -328,6 +328,7 @@ class Orchestrator:
         if close.dropped:
             self.store.count(self.run_id, live.round, "dropped", close.dropped)
         self.intake.round_closed()
+        self.budgets.tick(now_or_never=True)  # what the round's devices were refused
         self.metrics.set("fedge_current_round", 0)
         self.metrics.set("fedge_round_duration_seconds", self.clock() - live.opened)
         if live.ignored:
