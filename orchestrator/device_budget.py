@@ -39,13 +39,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Why a message was dropped before parsing (the label values of the dropped counter).
-DROP_REASONS = ("rate_limit", "retained", "empty", "unsolicited_chunk", "bad_topic")
+DROP_REASONS = ("rate_limit", "retained", "empty", "unsolicited_chunk", "bad_topic", "queue_full")
 _REASON_TEXT = {
     "rate_limit": "rate limit",
     "retained": "retained on an up topic: cleared",
     "empty": "empty payload",
     "unsolicited_chunk": "chunk without an upload in flight",
     "bad_topic": "bad topic",
+    "queue_full": "the receive queue was full",
 }
 
 
@@ -68,6 +69,8 @@ class DeviceLimits:
     unknown_devices: int = 1024  # budgets kept for ids the registry does not know (LRU)
     # all those ids together: messages per second (a new device's first status is one)
     unknown_devices_per_second: float = 100.0
+    # the transport's receive queue (before any budget): beyond it, messages are dropped
+    receive_queue_mib: int = 256
 
     RANGES = {
         "messages_per_second": (0.1, 1e5),
@@ -79,6 +82,7 @@ class DeviceLimits:
         "summary_seconds": (1.0, 3600.0),
         "unknown_devices": (1, 10**6),
         "unknown_devices_per_second": (0.1, 1e6),
+        "receive_queue_mib": (1, 65536),
     }
 
     def validate(self) -> None:
@@ -151,6 +155,7 @@ class DeviceBudgets:
         self._strangers = self._new()  # shared by every id the registry does not know
         self._strangers.messages = TokenBucket(rate, max(1, int(rate * 10)), clock())
         self._window_start = clock()
+        self._queue_full = DeviceBudget(self._strangers.messages, self._strangers.chunks)
         self.dropped: Counter[str] = Counter()  # reason -> count since the process started
 
     def __len__(self) -> int:
@@ -193,6 +198,39 @@ class DeviceBudgets:
             return True
         self._count_drop(entry, "rate_limit")
         return False
+
+    def screen(
+        self, agent_id: str, kind: str, payload: bytes, *, retained: bool, uploading: bool
+    ) -> str:
+        """The checks before parsing: ``"admit"``, ``"drop"``, or ``"clear"`` (drop it and
+        publish an empty retained payload on its topic). Every drop is counted by reason.
+
+        Retained messages on a device's up topics are cleared and ignored: the broker would
+        replay them on every connect. Status messages are retained by design (an empty one is
+        a cleared status). Chunks count only while the device has an upload in flight
+        (``uploading``); everything else spends a token of the device's budget.
+        """
+        if kind == "status":
+            return "admit" if payload and self.admit(agent_id) else "drop"
+        if not payload:  # e.g. our own clear of a retained message, echoed back
+            self.drop(agent_id, "empty")
+            return "drop"
+        if retained:
+            self.drop(agent_id, "retained")
+            return "clear"
+        if kind == "up/chunk" and not uploading:
+            self.drop(agent_id, "unsolicited_chunk")
+            return "drop"
+        return "admit" if self.admit(agent_id, chunk=kind == "up/chunk") else "drop"
+
+    def queue_full(self, n: int) -> None:
+        """``n`` messages the transport dropped because its receive queue was full (whose
+        they were is unknown: they were never read)."""
+        if n > 0:
+            self._queue_full.dropped["queue_full"] += n
+            self.dropped["queue_full"] += n
+            if self._metrics is not None:
+                self._metrics.count_dropped("queue_full", n)
 
     def drop(self, agent_id: str, reason: str) -> None:
         """Count a message dropped before parsing for ``reason`` (one of DROP_REASONS)."""
@@ -259,6 +297,7 @@ class DeviceBudgets:
         yield from self._devices.items()
         yield from self._unknown.items()
         yield "devices the registry does not know", self._strangers
+        yield "all devices", self._queue_full
 
 
 def summary_line(agent_id: str, entry: DeviceBudget, window: float) -> str:

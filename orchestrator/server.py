@@ -114,6 +114,7 @@ class Orchestrator:
         self.global_bytes = b""
         self._last_wait_log = float("-inf")
         self._last_tick = float("-inf")
+        self._queue_drops = 0
 
     @property
     def run_id(self) -> str:
@@ -171,6 +172,9 @@ class Orchestrator:
         """Time-based work: stalled uploads, then the round machine's decisions."""
         self._last_tick = self.clock()
         self.intake.tick()
+        queue_drops = int(getattr(self.transport, "dropped", 0))  # MqttLink's full queue
+        self.budgets.queue_full(queue_drops - self._queue_drops)
+        self._queue_drops = queue_drops
         self.budgets.tick()
         for _ in range(3):  # a closed round may be followed at once by the next one
             decision = self.rounds.tick(self.clock(), eligible=self._eligible, offline=self._gone)
@@ -499,7 +503,12 @@ class Orchestrator:
             if self.budgets.should_log(BAD_TOPIC, "bad_topic"):
                 log.warning("ignored a message on %s: %s", topic[:200], exc)
             return
-        if not self._admit(topic, agent_id, kind, payload, retained):
+        verdict = self.budgets.screen(
+            agent_id, kind, payload, retained=retained, uploading=agent_id in self.intake.uploads
+        )
+        if verdict == "clear":  # retained on an up topic: the broker would replay it forever
+            self.transport.publish(topic, b"", retain=True)
+        if verdict != "admit":
             return
         try:
             if kind == "status":
@@ -526,30 +535,6 @@ class Orchestrator:
         except (MessageError, TransferError, CodecError) as exc:
             if self.budgets.should_log(agent_id, "bad_message"):
                 log.warning("ignored a bad message on %s: %s", topic, exc)
-
-    def _admit(self, topic: str, agent_id: str, kind: str, payload: bytes, retained: bool) -> bool:
-        """The checks before parsing: what a message may cost is decided here, unread.
-
-        Retained messages on a device's up topics are cleared (an empty retained payload) and
-        ignored: the broker would replay them on every connect. Status messages are retained
-        by design; an empty one is a cleared status. Chunks count only while the device has
-        an upload in flight; everything else spends a token of the device's budget.
-        """
-        if kind == "status":
-            return bool(payload) and self.budgets.admit(agent_id)
-        if not payload:  # e.g. our own clear of a retained message, echoed back
-            self.budgets.drop(agent_id, "empty")
-            return False
-        if retained:
-            self.budgets.drop(agent_id, "retained")
-            self.transport.publish(topic, b"", retain=True)
-            return False
-        if kind == "up/chunk":
-            if agent_id not in self.intake.uploads:
-                self.budgets.drop(agent_id, "unsolicited_chunk")
-                return False
-            return self.budgets.admit(agent_id, chunk=True)
-        return self.budgets.admit(agent_id)
 
     _dispatch = handle  # the name the fuzz tests use
 

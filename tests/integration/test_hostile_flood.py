@@ -373,3 +373,71 @@ def test_a_hostile_device_cannot_crash_stall_or_flood_the_orchestrator(
     limits = DeviceLimits()
     for device, (total, most) in measured.items():
         assert 0 < most < limits.message_burst / 4, (device, total, most)
+
+
+# ---- the transport's part: the retain flag, and a bounded receive queue ----
+def _link(broker: Any, **kwargs: Any) -> Any:
+    from fedge.protocol.mqtt_link import MqttLink, MqttSettings
+
+    user = "fedge-orchestrator"
+    settings = MqttSettings(url=broker.url, username=user, password=broker.users[user])
+    link = MqttLink(settings, client_id=user, persistent=False, **kwargs)
+    link.subscribe(f"{broker.prefix}/agent/+/up/#")
+    link.start()
+    assert link.wait_connected(5)
+    return link
+
+
+def _device(broker: Any, user: str) -> mqtt.Client:
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=user, protocol=mqtt.MQTTv5)
+    c.username_pw_set(user, broker.users[user])
+    c.connect(broker.host, broker.port)
+    c.loop_start()
+    return c
+
+
+def _get(link: Any, timeout: float = 5.0) -> tuple[str, bytes, bool]:
+    item = link.get(timeout)
+    assert item is not None, "nothing received"
+    return item[0], item[1], link.last_was_retained()
+
+
+def test_mqtt_link_tells_retained_messages_apart(mosquitto):
+    dev = _device(mosquitto, "dev-1")
+    up = f"{mosquitto.prefix}/agent/dev-1/up/msg"
+    dev.publish(up, b"left behind", qos=1, retain=True).wait_for_publish(5)
+    link = _link(mosquitto)
+    try:
+        assert _get(link) == (up, b"left behind", True)  # replayed on subscribe
+        dev.publish(up, b"live", qos=1).wait_for_publish(5)
+        assert _get(link) == (up, b"live", False)
+        dev.publish(up, b"live, retained", qos=1, retain=True).wait_for_publish(5)
+        assert _get(link) == (up, b"live, retained", True)  # MQTT 5 retain-as-published
+    finally:
+        link.stop()
+        dev.disconnect()
+        dev.loop_stop()
+
+
+def test_mqtt_link_receive_queue_is_bounded(mosquitto):
+    cap = 64 * 1024
+    link = _link(mosquitto, max_queued_bytes=cap)
+    dev = _device(mosquitto, "dev-1")
+    up = f"{mosquitto.prefix}/agent/dev-1/up/msg"
+    try:
+        for i in range(500):  # 500 KiB at an owner that does not read
+            dev.publish(up, bytes([i % 256]) * 1024, qos=1)
+        end = time.monotonic() + 10
+        while link.pending() + link.dropped < 500 and time.monotonic() < end:
+            time.sleep(0.05)
+        queued = link.pending()
+        assert link.dropped > 0 and queued + link.dropped == 500
+        assert queued * (1024 + len(up)) <= cap
+        while link.get(0.1) is not None:  # drained: room again
+            pass
+        dev.publish(up, b"after", qos=1).wait_for_publish(5)
+        assert _get(link)[1] == b"after"
+    finally:
+        link.stop()
+        dev.disconnect()
+        dev.loop_stop()

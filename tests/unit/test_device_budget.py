@@ -255,3 +255,17 @@ def test_memory_stays_bounded_under_a_flood_of_invented_ids(tmp_path):
     assert len(orch.budgets) <= 2 + orch.cfg.limits.unknown_devices
     assert len(orch.intake.uploads) == 0
     assert "ghost" not in orch.metrics.render().decode()
+
+
+def test_messages_the_transport_dropped_at_its_full_queue_are_counted(tmp_path, caplog):
+    fleet = Fleet(tmp_path, 2)
+    orch = fleet.orch
+    orch.transport.dropped = 7  # what MqttLink counts when its receive queue is full
+    caplog.set_level(logging.WARNING, "fedge.orchestrator.device_budget")
+    orch.tick()
+    orch.tick()  # counted once, not every tick
+    assert orch.budgets.dropped["queue_full"] == 7
+    assert 'reason="queue_full"} 7.0' in orch.metrics.render().decode()
+    fleet.clock.advance(orch.cfg.limits.summary_seconds)
+    orch.tick()
+    assert any(r.getMessage().startswith("all devices: 7 messages dropped") for r in caplog.records)
