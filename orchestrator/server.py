@@ -88,13 +88,13 @@ class Orchestrator:
         )
         self.metrics = Metrics(config.database, config.rounds)  # store-derived + events
         self.metrics_server: MetricsServer | None = None
-        self.registry = DeviceRegistry(self.store, clock=clock)
         self.budgets = DeviceBudgets(
             config.limits,
             known=lambda agent_id: agent_id in self.registry.devices,
             metrics=self.metrics,
             clock=clock,
         )
+        self.registry = DeviceRegistry(self.store, clock=clock, may_log=self.budgets.should_log)
         self.rounds = RoundMachine(config.rounds, self._select)
         self.blobs = BlobServer(lambda topic, frame: self.transport.publish(topic, frame))
         self.bundle_ref = self.blobs.offer(self.archive)

@@ -4,6 +4,7 @@ the orchestrator on an in-memory broker under a flood from one device (no sleeps
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -269,3 +270,25 @@ def test_messages_the_transport_dropped_at_its_full_queue_are_counted(tmp_path, 
     fleet.clock.advance(orch.cfg.limits.summary_seconds)
     orch.tick()
     assert any(r.getMessage().startswith("all devices: 7 messages dropped") for r in caplog.records)
+
+
+def test_a_status_flood_costs_bounded_writes_and_log_lines(tmp_path, caplog):
+    from fedge.protocol.messages import Status
+
+    fleet = Fleet(tmp_path, 2)
+    orch, dev = fleet.orch, fleet.devices[0]
+    topic = dev.topics.agent_status(dev.id)
+    writes = orch.store.db.total_changes
+    caplog.set_level(logging.INFO, "fedge.orchestrator.registry")
+    caplog.clear()
+    same = Status(agent=dev.id, state="idle", backend="fake", num_samples=dev.samples)
+    for i in range(50):  # the same status again and again (within the budget)
+        fleet.clock.advance(0.2)
+        orch.handle(topic, replace(same, ts=float(i)).encode())
+    assert orch.store.db.total_changes == writes  # nothing new to store
+    for i in range(5_000):  # a state that flips with every message
+        state = "training" if i % 2 else "idle"
+        orch.handle(topic, replace(same, state=state).encode())
+    assert orch.store.db.total_changes - writes <= orch.cfg.limits.message_burst
+    lines = [r for r in caplog.records if dev.id in r.getMessage()]
+    assert len(lines) <= orch.cfg.limits.log_lines
