@@ -6,6 +6,10 @@ lines or memory with messages. Every limit lives here:
 - **messages**: a token bucket per device for control messages (status and ``up/msg``) and one
   for chunk frames (``up/chunk``). The excess is dropped *before parsing* and counted by
   reason (``fedge_device_messages_dropped_total``), never written, never logged per message.
+- **frames served**: a bucket of chunk frames the orchestrator sends a device (its fetches of
+  the bundle and parameters): a fetch asks for up to 256 chunks, so without it one small
+  message could buy 128 MiB of publishes. Frames over budget are not sent; the device's pull
+  asks again when it stalls.
 - **records**: refused, late and duplicate offers or reports from a device cost at most
   ``records_per_round`` database writes per device and round (the first ones, with their
   reasons: what an operator needs to debug a broken device); the rest are counted in memory
@@ -62,7 +66,7 @@ class DeviceLimits:
     messages_per_second: float = 10.0  # control messages (status, up/msg) per device, sustained
     message_burst: int = 100  # ... and at once (the bucket's size)
     chunks_per_second: float = 50.0  # delta chunk frames per device, sustained (25 MiB/s)
-    chunk_burst: int = 200  # ... and at once
+    chunk_burst: int = 200  # ... and at once (both also bound the frames served to a device)
     records_per_round: int = 3  # database writes for refused/late/duplicate answers
     log_lines: int = 5  # per device and kind in each summary window; then a summary
     summary_seconds: float = 10.0  # the window of the log limit and of the summary lines
@@ -125,12 +129,14 @@ class DeviceBudget:
 
     messages: TokenBucket
     chunks: TokenBucket
+    served: TokenBucket
     record_key: tuple[str, int] = ("", -1)  # (run id, round) the record count is for
     records: int = 0
     dropped: Counter[str] = field(default_factory=Counter)  # reason -> count, this window
     lines: Counter[str] = field(default_factory=Counter)  # kind -> lines logged, this window
     suppressed: Counter[str] = field(default_factory=Counter)  # kind -> lines not logged
     unrecorded: int = 0  # refusals not written, this window
+    withheld: int = 0  # chunk frames asked for over the budget, this window
 
 
 class DeviceBudgets:
@@ -155,8 +161,9 @@ class DeviceBudgets:
         self._strangers = self._new()  # shared by every id the registry does not know
         self._strangers.messages = TokenBucket(rate, max(1, int(rate * 10)), clock())
         self._window_start = clock()
-        self._queue_full = DeviceBudget(self._strangers.messages, self._strangers.chunks)
+        self._queue_full = self._new()
         self.dropped: Counter[str] = Counter()  # reason -> count since the process started
+        self.frames_withheld = 0  # chunk frames a device asked for over its budget
 
     def __len__(self) -> int:
         return len(self._devices) + len(self._unknown)
@@ -187,6 +194,7 @@ class DeviceBudgets:
         return DeviceBudget(
             messages=TokenBucket(lim.messages_per_second, lim.message_burst, now),
             chunks=TokenBucket(lim.chunks_per_second, lim.chunk_burst, now),
+            served=TokenBucket(lim.chunks_per_second, lim.chunk_burst, now),
         )
 
     # ---- messages ----
@@ -222,6 +230,19 @@ class DeviceBudgets:
             self.drop(agent_id, "unsolicited_chunk")
             return "drop"
         return "admit" if self.admit(agent_id, chunk=kind == "up/chunk") else "drop"
+
+    def frames_to_serve(self, agent_id: str, wanted: int) -> int:
+        """How many of ``wanted`` chunk frames may be sent to the device now (spent)."""
+        entry, now = self._entry(agent_id), self._clock()
+        allowed = 0
+        while allowed < wanted and entry.served.take(now):
+            allowed += 1
+        if allowed < wanted:
+            entry.withheld += wanted - allowed
+            self.frames_withheld += wanted - allowed
+            if self._metrics is not None:
+                self._metrics.count_withheld_frames(wanted - allowed)
+        return allowed
 
     def queue_full(self, n: int) -> None:
         """``n`` messages the transport dropped because its receive queue was full (whose
@@ -286,12 +307,13 @@ class DeviceBudgets:
             return
         self._window_start = now
         for agent_id, entry in self._entries():
-            if entry.dropped or entry.suppressed or entry.unrecorded:
+            if entry.dropped or entry.suppressed or entry.unrecorded or entry.withheld:
                 log.warning("%s", summary_line(agent_id, entry, window))
             entry.dropped.clear()
             entry.lines.clear()
             entry.suppressed.clear()
             entry.unrecorded = 0
+            entry.withheld = 0
 
     def _entries(self) -> Iterator[tuple[str, DeviceBudget]]:
         yield from self._devices.items()
@@ -313,6 +335,8 @@ def summary_line(agent_id: str, entry: DeviceBudget, window: float) -> str:
         )
         plural = "s" if total != 1 else ""
         parts.append(f"{total:,} message{plural} dropped in the last {window:.0f} s ({why})")
+    if entry.withheld:
+        parts.append(f"{entry.withheld:,} chunk frames asked for but not sent")
     if entry.unrecorded:
         parts.append(f"{entry.unrecorded:,} refusals counted but not stored")
     if entry.suppressed:

@@ -6,7 +6,8 @@ Two sources, one ``prometheus_client`` registry:
 - events only the running process sees, recorded through this small API: chunk bytes on the
   wire (``count_bytes``), aggregation and commit time (``observe_aggregation``,
   ``observe_commit``), what the per-device budgets cost nothing for (``count_dropped``,
-  ``count_unrecorded``, ``count_suppressed_log_line``, ``count_ignored``: labels are reasons
+  ``count_unrecorded``, ``count_withheld_frames``, ``count_suppressed_log_line``,
+  ``count_ignored``: labels are reasons
   and kinds from our code, never a device id); plus the process's own CPU and memory.
 
 The metric table is in docs/orchestrator.md.
@@ -98,6 +99,11 @@ class Metrics:
             "Per-message log lines over a device's log budget (summarised per window).",
             registry=self.registry,
         )
+        self._withheld = Counter(
+            "fedge_chunk_frames_withheld",
+            "Chunk frames devices asked for over their budget (not sent; a pull asks again).",
+            registry=self.registry,
+        )
         self._ignored = Counter(
             "fedge_ignored_messages",
             "Messages about a round from devices that were not invited to it.",
@@ -127,6 +133,9 @@ class Metrics:
     def count_unrecorded(self) -> None:
         """One refusal counted in memory instead of written to the database."""
         self._unrecorded.inc()
+
+    def count_withheld_frames(self, n: int) -> None:
+        self._withheld.inc(max(0, n))
 
     def count_suppressed_log_line(self) -> None:
         self._suppressed.inc()

@@ -292,3 +292,25 @@ def test_a_status_flood_costs_bounded_writes_and_log_lines(tmp_path, caplog):
     assert orch.store.db.total_changes - writes <= orch.cfg.limits.message_burst
     lines = [r for r in caplog.records if dev.id in r.getMessage()]
     assert len(lines) <= orch.cfg.limits.log_lines
+
+
+def test_fetches_cannot_buy_more_frames_than_the_devices_budget(tmp_path):
+    """A fetch names up to 256 chunks: without a budget, a few small messages bought a frame
+    per chunk each (the bundle again and again)."""
+    fleet = Fleet(tmp_path, 2)
+    fleet.orch.transport.stop()
+    fleet.orch.store.close()
+    fleet.cfg.limits.chunk_burst = 10
+    orch = fleet.start_orchestrator()
+    dev = fleet.devices[0]
+    dev.frames_received = 0
+    bundle = orch.bundle_ref
+    for _ in range(50):
+        dev.send(FetchRequest(new_msg_id(), dev.id, bundle.sha256, list(range(bundle.chunks))))
+    fleet.settle()
+    assert dev.frames_received == 10
+    assert orch.budgets.frames_withheld == 50 * bundle.chunks - 10
+    fleet.clock.advance(1.0)  # the bucket refills at chunks_per_second: a pull that asks again
+    dev.send(FetchRequest(new_msg_id(), dev.id, bundle.sha256, [0]))
+    fleet.settle()
+    assert dev.frames_received == 11
