@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 # Why a message was dropped before parsing (the label values of the dropped counter).
 DROP_REASONS = ("rate_limit", "retained", "empty", "unsolicited_chunk", "bad_topic", "queue_full")
+MAX_PENDING_CLEARS = 4096  # topics whose cleared retained message may still echo back
 _REASON_TEXT = {
     "rate_limit": "rate limit",
     "retained": "retained on an up topic: cleared",
@@ -164,6 +165,7 @@ class DeviceBudgets:
         self._queue_full = self._new()
         self.dropped: Counter[str] = Counter()  # reason -> count since the process started
         self.frames_withheld = 0  # chunk frames a device asked for over its budget
+        self._clears: OrderedDict[str, int] = OrderedDict()  # topic -> our clears not echoed
 
     def __len__(self) -> int:
         return len(self._devices) + len(self._unknown)
@@ -208,7 +210,14 @@ class DeviceBudgets:
         return False
 
     def screen(
-        self, agent_id: str, kind: str, payload: bytes, *, retained: bool, uploading: bool
+        self,
+        topic: str,
+        agent_id: str,
+        kind: str,
+        payload: bytes,
+        *,
+        retained: bool,
+        uploading: bool,
     ) -> str:
         """The checks before parsing: ``"admit"``, ``"drop"``, or ``"clear"`` (drop it and
         publish an empty retained payload on its topic). Every drop is counted by reason.
@@ -220,11 +229,20 @@ class DeviceBudgets:
         """
         if kind == "status":
             return "admit" if payload and self.admit(agent_id) else "drop"
-        if not payload:  # e.g. our own clear of a retained message, echoed back
-            self.drop(agent_id, "empty")
+        if not payload:
+            if self._clears.get(topic):  # our own clear, echoed back: not the device's doing
+                self._clears[topic] -= 1
+                if not self._clears[topic]:
+                    del self._clears[topic]
+            else:
+                self.drop(agent_id, "empty")
             return "drop"
         if retained:
             self.drop(agent_id, "retained")
+            self._clears[topic] = self._clears.get(topic, 0) + 1
+            self._clears.move_to_end(topic)
+            while len(self._clears) > MAX_PENDING_CLEARS:
+                self._clears.popitem(last=False)
             return "clear"
         if kind == "up/chunk" and not uploading:
             self.drop(agent_id, "unsolicited_chunk")

@@ -504,7 +504,12 @@ class Orchestrator:
                 log.warning("ignored a message on %s: %s", topic[:200], exc)
             return
         verdict = self.budgets.screen(
-            agent_id, kind, payload, retained=retained, uploading=agent_id in self.intake.uploads
+            topic,
+            agent_id,
+            kind,
+            payload,
+            retained=retained,
+            uploading=agent_id in self.intake.uploads,
         )
         if verdict == "clear":  # retained on an up topic: the broker would replay it forever
             self.transport.publish(topic, b"", retain=True)

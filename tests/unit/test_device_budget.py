@@ -223,6 +223,7 @@ def test_a_flood_of_every_kind_costs_no_rows_and_the_round_still_commits(tmp_pat
     dropped = orch.budgets.dropped
     assert dropped["rate_limit"] > 9_000 and dropped["unsolicited_chunk"] == 10
     assert not [t for t in broker.retained if "/up/" in t]  # every retained up message cleared
+    assert dropped["empty"] == 0  # our own clears echoed back are not blamed on the device
     hostile_lines = [r for r in caplog.records if hostile.id in r.getMessage()]
     assert len(hostile_lines) <= 20, [r.getMessage() for r in hostile_lines]
 
