@@ -19,6 +19,7 @@ per-message log lines are limited per device and kind, with a periodic summary.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections import Counter, OrderedDict
@@ -50,16 +51,20 @@ Send = Callable[[str, bytes], None]  # (agent id, payload) -> published on that 
 
 
 class RecentIds:
-    """The last ``size`` message ids seen (QoS 1 delivers duplicates after reconnects)."""
+    """The last ``size`` message ids seen (QoS 1 delivers duplicates after reconnects).
+
+    Kept as 16-byte digests: the memory is ``size`` x about 150 bytes whatever a device
+    puts in its ids (a 60 KB id costs what a 32-character one does)."""
 
     def __init__(self, size: int = 10000) -> None:
         self._size = size
-        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._seen: OrderedDict[bytes, None] = OrderedDict()
 
     def first_time(self, msg_id: str) -> bool:
-        if msg_id in self._seen:
+        key = hashlib.blake2b(msg_id.encode("utf-8", "replace"), digest_size=16).digest()
+        if key in self._seen:
             return False
-        self._seen[msg_id] = None
+        self._seen[key] = None
         if len(self._seen) > self._size:
             self._seen.popitem(last=False)
         return True

@@ -315,3 +315,35 @@ def test_fetches_cannot_buy_more_frames_than_the_devices_budget(tmp_path):
     dev.send(FetchRequest(new_msg_id(), dev.id, bundle.sha256, [0]))
     fleet.settle()
     assert dev.frames_received == 11
+
+
+def test_the_message_id_cache_is_bounded_whatever_the_ids_are():
+    import tracemalloc
+
+    from fedge.orchestrator.intake import RecentIds
+
+    recent = RecentIds(size=1000)
+    tracemalloc.start()
+    try:
+        for i in range(3000):
+            assert recent.first_time(f"{i:08d}" + "x" * 60_000)  # huge ids, all new
+        held, _peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held < 1000 * 400, held  # digests, not 60 MB of ids
+    assert not recent.first_time(f"{2999:08d}" + "x" * 60_000)  # still deduplicates
+    assert recent.first_time(f"{0:08d}" + "x" * 60_000)  # the oldest fell out
+
+
+def test_in_memory_transport_models_the_retain_flag():
+    broker = InMemoryBroker()
+    sender, receiver = broker.client("a"), broker.client("b")
+    sender.start()
+    sender.publish("t/x", b"kept", retain=True)
+    receiver.subscribe("t/#")
+    receiver.start()
+    assert receiver.get(0) == ("t/x", b"kept") and receiver.last_was_retained()
+    sender.publish("t/x", b"live")
+    assert receiver.get(0) == ("t/x", b"live") and not receiver.last_was_retained()
+    sender.publish("t/x", b"live, retained", retain=True)  # retain-as-published
+    assert receiver.get(0) == ("t/x", b"live, retained") and receiver.last_was_retained()
