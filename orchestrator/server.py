@@ -548,12 +548,11 @@ class Orchestrator:
             if self.blobs.holds(msg.sha256):
                 wanted = list(dict.fromkeys(msg.indices))  # served once each anyway
                 allowed = self.budgets.frames_to_serve(agent_id, len(wanted))
-                if allowed < len(wanted):  # the rest: when the device's pull asks again
-                    msg = replace(msg, indices=wanted[:allowed])
-                sent_before = self.blobs.bytes_sent
-                if allowed:
-                    self.blobs.serve(msg, self.topics.agent_down(agent_id))
-                self.metrics.count_bytes("down", self.blobs.bytes_sent - sent_before)
+                if allowed:  # the rest: when the device's pull asks again
+                    sent_before = self.blobs.bytes_sent
+                    request = replace(msg, indices=wanted[:allowed])
+                    self.blobs.serve(request, self.topics.agent_down(agent_id))
+                    self.metrics.count_bytes("down", self.blobs.bytes_sent - sent_before)
             elif self.budgets.should_log(agent_id, "fetch"):
                 log.info("%s asked for unknown object %s", agent_id, msg.sha256[:12])
         elif isinstance(msg, UpdateOffer):
