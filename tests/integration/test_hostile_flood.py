@@ -283,6 +283,7 @@ def _honest_publishes(broker_log: str, devices: list[str]) -> dict[str, tuple[in
     return {d: (sum(c.values()), max(c.values(), default=0)) for d, c in per_second.items()}
 
 
+@pytest.mark.timeout(300)  # the session's bundle export may be this test's setup
 def test_a_hostile_device_cannot_crash_stall_or_flood_the_orchestrator(
     mosquitto, digits_federation, digits_bundle, tmp_path
 ):
