@@ -32,10 +32,11 @@ import logging
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Annotated
 
 from fedge.protocol.errors import ConfigError
+from fedge.protocol.fields import Range, check_instance
 
 if TYPE_CHECKING:
     from .metrics_exporter import Metrics
@@ -55,6 +56,10 @@ _REASON_TEXT = {
 }
 
 
+PerSecond = Annotated[float, Range(0.1, 1e5)]
+Burst = Annotated[int, Range(1, 10**6)]
+
+
 @dataclass
 class DeviceLimits:
     """The ``[limits]`` section of the orchestrator's config: per-device budgets.
@@ -64,43 +69,20 @@ class DeviceLimits:
     re-sends), and chunk frames only as fast as the orchestrator asks for them.
     """
 
-    messages_per_second: float = 10.0  # control messages (status, up/msg) per device, sustained
-    message_burst: int = 100  # ... and at once (the bucket's size)
-    chunks_per_second: float = 50.0  # delta chunk frames per device, sustained (25 MiB/s)
-    chunk_burst: int = 200  # ... and at once (both also bound the frames served to a device)
-    records_per_round: int = 3  # database writes for refused/late/duplicate answers
-    log_lines: int = 5  # per device and kind in each summary window; then a summary
-    summary_seconds: float = 10.0  # the window of the log limit and of the summary lines
-    unknown_devices: int = 1024  # budgets kept for ids the registry does not know (LRU)
-    # all those ids together: messages per second (a new device's first status is one)
-    unknown_devices_per_second: float = 100.0
+    messages_per_second: PerSecond = 10.0  # control messages (status, up/msg) per device
+    message_burst: Burst = 100  # ... and at once (the bucket's size)
+    chunks_per_second: PerSecond = 50.0  # delta chunk frames per device, sustained (25 MiB/s)
+    chunk_burst: Burst = 200  # ... and at once (both also bound the frames served to a device)
+    # database writes for late/duplicate answers per device and round
+    records_per_round: Annotated[int, Range(0, 1000)] = 3
+    log_lines: Annotated[int, Range(0, 10**4)] = 5  # per device and kind in each window
+    summary_seconds: Annotated[float, Range(1, 3600)] = 10.0  # the log limit's window
+    # budgets kept for ids the registry does not know (LRU), and all those ids together:
+    # messages per second (a new device's first status is one)
+    unknown_devices: Annotated[int, Range(1, 10**6)] = 1024
+    unknown_devices_per_second: Annotated[float, Range(0.1, 1e6)] = 100.0
     # the transport's receive queue (before any budget): beyond it, messages are dropped
-    receive_queue_mib: int = 256
-
-    RANGES = {
-        "messages_per_second": (0.1, 1e5),
-        "message_burst": (1, 10**6),
-        "chunks_per_second": (0.1, 1e5),
-        "chunk_burst": (1, 10**6),
-        "records_per_round": (0, 1000),
-        "log_lines": (0, 10**4),
-        "summary_seconds": (1.0, 3600.0),
-        "unknown_devices": (1, 10**6),
-        "unknown_devices_per_second": (0.1, 1e6),
-        "receive_queue_mib": (1, 65536),
-    }
-
-    def validate(self) -> None:
-        """Raise ConfigError naming the first key outside its range."""
-        for f in fields(self):
-            lo, hi = self.RANGES[f.name]
-            value = getattr(self, f.name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ConfigError(f"limits.{f.name} must be a number, got {value!r}")
-            if isinstance(lo, int) and not isinstance(value, int):
-                raise ConfigError(f"limits.{f.name} must be an integer, got {value!r}")
-            if not lo <= value <= hi:
-                raise ConfigError(f"limits.{f.name} must be in [{lo}, {hi}], got {value!r}")
+    receive_queue_mib: Annotated[int, Range(1, 65536)] = 256
 
 
 class TokenBucket:
@@ -152,7 +134,7 @@ class DeviceBudgets:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.limits = limits or DeviceLimits()
-        self.limits.validate()
+        check_instance(self.limits, "limits", ConfigError, max_str=None)  # built in code too
         self._known = known
         self._metrics = metrics
         self._clock = clock
