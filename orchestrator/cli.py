@@ -103,7 +103,8 @@ def run_orchestrator(args: argparse.Namespace) -> int:
     from .server import Orchestrator
 
     config = load_settings(OrchestratorConfig, args.config, overrides=args.set)
-    link = MqttLink(config.mqtt, client_id=config.client_id)
+    queue_bytes = config.limits.receive_queue_mib << 20  # bounded: see docs/security.md
+    link = MqttLink(config.mqtt, client_id=config.client_id, max_queued_bytes=queue_bytes)
     orch = Orchestrator(config, transport=link)
     signal.signal(signal.SIGTERM, lambda *_: orch.stop())
     log.info(

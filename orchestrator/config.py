@@ -36,6 +36,7 @@ from fedge.protocol.messages import (
 from fedge.protocol.mqtt_link import MqttSettings
 from fedge.protocol.sqlite_samples import DataSource
 
+from .device_budget import DeviceLimits
 from .strategies import STRATEGIES
 
 Count = Annotated[int, Range(1, 10**6)]
@@ -172,3 +173,4 @@ class OrchestratorConfig:
     robust: RobustSettings = field(default_factory=RobustSettings)
     evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    limits: DeviceLimits = field(default_factory=DeviceLimits)  # per-device budgets

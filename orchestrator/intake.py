@@ -9,10 +9,17 @@ Messages from devices that were not invited to the round are counted in ``ignore
 and cannot affect the round. Each device has at most one upload in flight.
 Evaluation reports (federated evaluation rounds) count once per device and round; they are
 acked with an empty sha256 so the device stops re-sending.
+
+What a device's answers may cost is decided by ``device_budget.DeviceBudgets``: a decisive
+refusal (rejected, aborted) of a participant is written once per device and round (the round
+machine's ``answered`` set makes it once); repeatable ones (late, duplicate) are written at
+most ``limits.records_per_round`` times per device and round, and never for another run;
+per-message log lines are limited per device and kind, with a periodic summary.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections import Counter, OrderedDict
@@ -32,6 +39,7 @@ from fedge.protocol.messages import (
 )
 from fedge.protocol.transfer import PullTransfer
 
+from .device_budget import DeviceBudgets
 from .metrics_exporter import Metrics
 from .round_machine import LiveRound, RoundMachine
 from .store import Store
@@ -43,16 +51,20 @@ Send = Callable[[str, bytes], None]  # (agent id, payload) -> published on that 
 
 
 class RecentIds:
-    """The last ``size`` message ids seen (QoS 1 delivers duplicates after reconnects)."""
+    """The last ``size`` message ids seen (QoS 1 delivers duplicates after reconnects).
+
+    Kept as 16-byte digests: the memory is ``size`` x about 150 bytes whatever a device
+    puts in its ids (a 60 KB id costs what a 32-character one does)."""
 
     def __init__(self, size: int = 10000) -> None:
         self._size = size
-        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._seen: OrderedDict[bytes, None] = OrderedDict()
 
     def first_time(self, msg_id: str) -> bool:
-        if msg_id in self._seen:
+        key = hashlib.blake2b(msg_id.encode("utf-8", "replace"), digest_size=16).digest()
+        if key in self._seen:
             return False
-        self._seen[msg_id] = None
+        self._seen[key] = None
         if len(self._seen) > self._size:
             self._seen.popitem(last=False)
         return True
@@ -69,6 +81,7 @@ class UpdateIntake:
         metrics: Metrics,
         max_update_norm: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
+        budgets: DeviceBudgets | None = None,
     ) -> None:
         self.store = store
         self.rounds = rounds
@@ -78,6 +91,7 @@ class UpdateIntake:
         self._max_norm = max_update_norm
         self._clock = clock
         self._recent = RecentIds()
+        self.budgets = budgets or DeviceBudgets(metrics=metrics, clock=clock)
         # one upload in flight per device: agent id -> (transfer, the offer it serves)
         self.uploads: dict[str, tuple[PullTransfer, UpdateOffer]] = {}
         self.ignored: Counter[str] = Counter()  # message kind -> count, devices not invited
@@ -87,7 +101,8 @@ class UpdateIntake:
         for agent_id, (transfer, _offer) in list(self.uploads.items()):
             transfer.tick()
             if transfer.failed:
-                log.warning("upload from %s failed: %s", agent_id, transfer.failed)
+                if self.budgets.should_log(agent_id, "upload"):
+                    log.warning("upload from %s failed: %s", agent_id, transfer.failed)
                 del self.uploads[agent_id]
 
     def round_closed(self) -> None:
@@ -115,17 +130,28 @@ class UpdateIntake:
     def _ack_eval(self, msg: EvalReport, accepted: bool, reason: str = "") -> None:
         self._reply(msg.agent, msg.run_id, msg.round, "", accepted, reason)
 
+    def _may_record(self, agent_id: str, run_id: str) -> bool:
+        """A repeatable refusal (late, duplicate) may cost a database write: the budget says."""
+        return self.budgets.may_record(agent_id, run_id, self.rounds.run_id, self.rounds.last_round)
+
     def reject(self, offer: UpdateOffer, reason: str, counter: str = "rejected") -> None:
-        log.warning("round %d: update from %s %s: %s", offer.round, offer.agent, counter, reason)
-        self.store.reject_update(
-            offer.run_id,
-            offer.round,
-            offer.agent,
-            offer.blob.sha256,
-            reason,
-            offer.blob.size,
-            counter=counter,
-        )
+        """Refuse an offer; ``late`` ones are budgeted, a ``rejected`` one is written once
+        (the device has answered the round then)."""
+        if self.budgets.should_log(offer.agent, counter):
+            log.warning(
+                "round %d: update from %s %s: %s", offer.round, offer.agent, counter, reason
+            )
+        current = offer.run_id == self.rounds.run_id
+        if current and (counter == "rejected" or self._may_record(offer.agent, offer.run_id)):
+            self.store.reject_update(
+                offer.run_id,
+                offer.round,
+                offer.agent,
+                offer.blob.sha256,
+                reason,
+                offer.blob.size,
+                counter=counter,
+            )
         self.metrics.inc("fedge_updates_total", status=counter)
         if counter == "rejected":
             self.rounds.on_refused(offer.agent)
@@ -137,7 +163,7 @@ class UpdateIntake:
         r = self.rounds.current
         if r is not None and r.round == round_no:
             self.rounds.on_ignored()
-        self.metrics.inc("fedge_ignored_messages_total", kind=kind)
+        self.metrics.count_ignored(kind)
         log.debug("round %d: %s from %s ignored: device was not invited", round_no, kind, agent_id)
 
     def _open_round_for(self, run_id: str, round_no: int) -> LiveRound | None:
@@ -167,11 +193,14 @@ class UpdateIntake:
         """Count a device's evaluation report once per (run, round, device)."""
         r = self._open_round_for(msg.run_id, msg.round)
         if r is None:
-            if self._was_invited(msg.run_id, msg.round, agent_id) and self._recent.first_time(
-                f"late/{msg.msg_id}"
+            if (
+                self._was_invited(msg.run_id, msg.round, agent_id)
+                and self._recent.first_time(f"late/{msg.msg_id}")
+                and self._may_record(agent_id, msg.run_id)
             ):
                 self.store.count(msg.run_id, msg.round, "late")
-                log.info("round %d: evaluation report from %s is late", msg.round, agent_id)
+                if self.budgets.should_log(agent_id, "late"):
+                    log.info("round %d: evaluation report from %s is late", msg.round, agent_id)
             self._ack_eval(msg, False, f"round {msg.round} is closed")
             return
         if not r.invited(agent_id):
@@ -180,7 +209,10 @@ class UpdateIntake:
             return
         if r.kind != "evaluate":
             why = "not an evaluation round"
-            log.warning("round %d: evaluation report from %s ignored: %s", r.round, agent_id, why)
+            if self.budgets.should_log(agent_id, "eval_report"):
+                log.warning(
+                    "round %d: evaluation report from %s ignored: %s", r.round, agent_id, why
+                )
             self._ack_eval(msg, False, why)
             return
         if msg.model_version != r.model_version:
@@ -218,7 +250,9 @@ class UpdateIntake:
         accepted_sha = self.store.accepted_update(offer.run_id, offer.round, agent_id)
         if accepted_sha is not None:  # counted already: a re-offer after a lost ack, or a duplicate
             if accepted_sha == offer.blob.sha256:
-                if self._recent.first_time(f"dup/{offer.msg_id}"):
+                if self._recent.first_time(f"dup/{offer.msg_id}") and self._may_record(
+                    agent_id, offer.run_id
+                ):
                     self.store.count(offer.run_id, offer.round, "duplicates")
                     self.metrics.inc("fedge_updates_total", status="duplicate")
                 self.ack(offer, True, "already counted")

@@ -5,7 +5,10 @@ Two sources, one ``prometheus_client`` registry:
   evaluation and privacy metrics, read from SQLite at scrape time;
 - events only the running process sees, recorded through this small API: chunk bytes on the
   wire (``count_bytes``), aggregation and commit time (``observe_aggregation``,
-  ``observe_commit``); plus the process's own CPU and memory (``process_*``).
+  ``observe_commit``), what the per-device budgets cost nothing for (``count_dropped``,
+  ``count_unrecorded``, ``count_withheld_frames``, ``count_suppressed_log_line``,
+  ``count_ignored``: labels are reasons
+  and kinds from our code, never a device id); plus the process's own CPU and memory.
 
 The metric table is in docs/orchestrator.md.
 """
@@ -27,6 +30,7 @@ from prometheus_client import (
     generate_latest,
 )
 
+from .device_budget import DROP_REASONS
 from .metrics_collector import SelectionView, StoreCollector
 
 if TYPE_CHECKING:
@@ -39,6 +43,7 @@ log = logging.getLogger(__name__)
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 DIRECTIONS = ("down", "up")
+IGNORED_KINDS = ("offer", "late_offer", "abort", "eval_report", "other")
 
 
 class Metrics:
@@ -74,6 +79,39 @@ class Metrics:
             buckets=STEP_BUCKETS,
             registry=self.registry,
         )
+        self._dropped = Counter(
+            "fedge_device_messages_dropped",
+            "Device messages dropped before parsing (per-device rate limit, retained on an up "
+            "topic, empty, unsolicited chunk, bad topic).",
+            ["reason"],
+            registry=self.registry,
+        )
+        for reason in DROP_REASONS:
+            self._dropped.labels(reason=reason)
+        self._unrecorded = Counter(
+            "fedge_refusals_unrecorded",
+            "Refused, late or duplicate answers over a device's database budget for the round "
+            "(or for another run): counted here instead of stored.",
+            registry=self.registry,
+        )
+        self._suppressed = Counter(
+            "fedge_log_lines_suppressed",
+            "Per-message log lines over a device's log budget (summarised per window).",
+            registry=self.registry,
+        )
+        self._withheld = Counter(
+            "fedge_chunk_frames_withheld",
+            "Chunk frames devices asked for over their budget (not sent; a pull asks again).",
+            registry=self.registry,
+        )
+        self._ignored = Counter(
+            "fedge_ignored_messages",
+            "Messages about a round from devices that were not invited to it.",
+            ["kind"],
+            registry=self.registry,
+        )
+        for kind in IGNORED_KINDS:
+            self._ignored.labels(kind=kind)
         ProcessCollector(registry=self.registry)
         if database is not None:
             self.registry.register(StoreCollector(database, selection_view(rounds)))
@@ -85,6 +123,26 @@ class Metrics:
         if direction not in DIRECTIONS:
             raise ValueError(f"direction {direction!r} unknown; one of {DIRECTIONS}")
         self._wire.labels(direction=direction).inc(max(0, n))
+
+    def count_dropped(self, reason: str, n: int = 1) -> None:
+        """``n`` device messages dropped unread for ``reason`` (one of ``DROP_REASONS``)."""
+        if reason not in DROP_REASONS:
+            raise ValueError(f"drop reason {reason!r} unknown; one of {DROP_REASONS}")
+        self._dropped.labels(reason=reason).inc(max(0, n))
+
+    def count_unrecorded(self) -> None:
+        """One refusal counted in memory instead of written to the database."""
+        self._unrecorded.inc()
+
+    def count_withheld_frames(self, n: int) -> None:
+        self._withheld.inc(max(0, n))
+
+    def count_suppressed_log_line(self) -> None:
+        self._suppressed.inc()
+
+    def count_ignored(self, kind: str) -> None:
+        """A message from a device that was not invited (``kind`` in ``IGNORED_KINDS``)."""
+        self._ignored.labels(kind=kind if kind in IGNORED_KINDS else "other").inc()
 
     def observe_aggregation(self, seconds: float) -> None:
         self._aggregation.observe(max(0.0, seconds))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from fedge.protocol.errors import MessageError
 from fedge.protocol.messages import Status
@@ -20,10 +21,24 @@ from .strategies import DeviceInfo
 log = logging.getLogger(__name__)
 
 
+REWRITE_SECONDS = 60.0  # an unchanged status is written again at most this often (last_seen)
+
+
 class DeviceRegistry:
-    def __init__(self, store: Store, *, clock: Callable[[], float] = time.monotonic) -> None:
+    """``may_log(agent_id, kind)``: whether a per-message log line may be written now (the
+    per-device log budget, ``device_budget.DeviceBudgets.should_log``)."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        may_log: Callable[[str, str], bool] = lambda _agent, _kind: True,
+    ) -> None:
         self.store = store
         self._clock = clock
+        self._may_log = may_log
+        self._written: dict[str, float] = {}  # agent id -> when its status was last stored
         self.devices: dict[str, Status] = {}
         self.last_seen: dict[str, float] = {}
         self.offline_since: dict[str, float] = {}
@@ -38,7 +53,9 @@ class DeviceRegistry:
             self.offline_since.setdefault(agent_id, self._clock())
         else:
             self.offline_since.pop(agent_id, None)
-        if previous is None or previous.state != status.state:
+        if (previous is None or previous.state != status.state) and self._may_log(
+            agent_id, "status"
+        ):
             log.info(
                 "device %s is %s (backend %s, %d samples%s)",
                 agent_id,
@@ -47,6 +64,13 @@ class DeviceRegistry:
                 status.num_samples,
                 f", ineligible: {status.reason}" if not status.eligible else "",
             )
+        if (
+            previous is not None
+            and replace(previous, ts=status.ts) == status
+            and self._clock() - self._written.get(agent_id, float("-inf")) < REWRITE_SECONDS
+        ):
+            return  # the same status again (a re-send, or a flood): no write
+        self._written[agent_id] = self._clock()
         self.store.upsert_device(
             agent_id,
             status.state,

@@ -43,6 +43,7 @@ from fedge.protocol.topics import Topics
 from fedge.protocol.transport import Transport
 
 from .config import OrchestratorConfig
+from .device_budget import DeviceBudgets
 from .evaluation import CentralEvaluator
 from .intake import UpdateIntake
 from .metrics_exporter import Metrics, MetricsServer
@@ -56,6 +57,7 @@ from .strategies import DeviceInfo, create_strategy
 log = logging.getLogger(__name__)
 
 TICK_SECONDS = 0.2  # decide at least this often, even while messages keep arriving
+BAD_TOPIC = "(bad topic)"  # the budget entry of messages whose topic names no valid device
 
 
 class Orchestrator:
@@ -86,7 +88,13 @@ class Orchestrator:
         )
         self.metrics = Metrics(config.database, config.rounds)  # store-derived + events
         self.metrics_server: MetricsServer | None = None
-        self.registry = DeviceRegistry(self.store, clock=clock)
+        self.budgets = DeviceBudgets(
+            config.limits,
+            known=lambda agent_id: agent_id in self.registry.devices,
+            metrics=self.metrics,
+            clock=clock,
+        )
+        self.registry = DeviceRegistry(self.store, clock=clock, may_log=self.budgets.should_log)
         self.rounds = RoundMachine(config.rounds, self._select)
         self.blobs = BlobServer(lambda topic, frame: self.transport.publish(topic, frame))
         self.bundle_ref = self.blobs.offer(self.archive)
@@ -98,6 +106,7 @@ class Orchestrator:
             metrics=self.metrics,
             max_update_norm=config.rounds.max_update_norm,
             clock=clock,
+            budgets=self.budgets,
         )
         self.bytes_up = 0  # chunk frame bytes received this round (bytes down: self.blobs)
         self._stop = threading.Event()
@@ -105,6 +114,7 @@ class Orchestrator:
         self.global_bytes = b""
         self._last_wait_log = float("-inf")
         self._last_tick = float("-inf")
+        self._queue_drops = 0
 
     @property
     def run_id(self) -> str:
@@ -137,7 +147,8 @@ class Orchestrator:
         """Handle one received message (waiting up to ``timeout``); decide once idle."""
         item = self.transport.get(timeout=timeout)
         if item is not None:
-            self.handle(*item)
+            was_retained = getattr(self.transport, "last_was_retained", None)
+            self.handle(*item, retained=bool(was_retained and was_retained()))
             if self.transport.pending() and self.clock() - self._last_tick < TICK_SECONDS:
                 return  # drain a burst first, but a flood must not starve the deadline
         self.tick()
@@ -161,6 +172,10 @@ class Orchestrator:
         """Time-based work: stalled uploads, then the round machine's decisions."""
         self._last_tick = self.clock()
         self.intake.tick()
+        queue_drops = int(getattr(self.transport, "dropped", 0))  # MqttLink's full queue
+        self.budgets.queue_full(queue_drops - self._queue_drops)
+        self._queue_drops = queue_drops
+        self.budgets.tick()
         for _ in range(3):  # a closed round may be followed at once by the next one
             decision = self.rounds.tick(self.clock(), eligible=self._eligible, offline=self._gone)
             if decision is None:
@@ -317,6 +332,7 @@ class Orchestrator:
         if close.dropped:
             self.store.count(self.run_id, live.round, "dropped", close.dropped)
         self.intake.round_closed()
+        self.budgets.tick(now_or_never=True)  # what the round's devices were refused
         self.metrics.set("fedge_current_round", 0)
         self.metrics.set("fedge_round_duration_seconds", self.clock() - live.opened)
         if live.ignored:
@@ -477,10 +493,29 @@ class Orchestrator:
         self.transport.publish(self.topics.orchestrator_status, data, retain=True)
 
     # ---- incoming ----
-    def handle(self, topic: str, payload: bytes) -> None:
-        """One received message; bad input is logged and ignored, never raised."""
+    def handle(self, topic: str, payload: bytes, *, retained: bool = False) -> None:
+        """One received message; bad input is ignored (logged within the device's budget),
+        never raised. ``retained``: the broker delivered it from its retained store."""
         try:
             agent_id, kind = self.topics.parse_agent_topic(topic)
+        except MessageError as exc:
+            self.budgets.drop(BAD_TOPIC, "bad_topic")
+            if self.budgets.should_log(BAD_TOPIC, "bad_topic"):
+                log.warning("ignored a message on %s: %s", topic[:200], exc)
+            return
+        verdict = self.budgets.screen(
+            topic,
+            agent_id,
+            kind,
+            payload,
+            retained=retained,
+            uploading=agent_id in self.intake.uploads,
+        )
+        if verdict == "clear":  # retained on an up topic: the broker would replay it forever
+            self.transport.publish(topic, b"", retain=True)
+        if verdict != "admit":
+            return
+        try:
             if kind == "status":
                 if payload:
                     status = parse_message(payload, Status)
@@ -503,17 +538,22 @@ class Orchestrator:
             else:
                 raise MessageError(f"unexpected topic kind {kind!r}")
         except (MessageError, TransferError, CodecError) as exc:
-            log.warning("ignored a bad message on %s: %s", topic, exc)
+            if self.budgets.should_log(agent_id, "bad_message"):
+                log.warning("ignored a bad message on %s: %s", topic, exc)
 
     _dispatch = handle  # the name the fuzz tests use
 
     def _on_agent_message(self, agent_id: str, msg: Message) -> None:
         if isinstance(msg, FetchRequest):
             if self.blobs.holds(msg.sha256):
-                sent_before = self.blobs.bytes_sent
-                self.blobs.serve(msg, self.topics.agent_down(agent_id))
-                self.metrics.count_bytes("down", self.blobs.bytes_sent - sent_before)
-            else:
+                wanted = list(dict.fromkeys(msg.indices))  # served once each anyway
+                allowed = self.budgets.frames_to_serve(agent_id, len(wanted))
+                if allowed:  # the rest: when the device's pull asks again
+                    sent_before = self.blobs.bytes_sent
+                    request = replace(msg, indices=wanted[:allowed])
+                    self.blobs.serve(request, self.topics.agent_down(agent_id))
+                    self.metrics.count_bytes("down", self.blobs.bytes_sent - sent_before)
+            elif self.budgets.should_log(agent_id, "fetch"):
                 log.info("%s asked for unknown object %s", agent_id, msg.sha256[:12])
         elif isinstance(msg, UpdateOffer):
             self.intake.on_offer(agent_id, msg)

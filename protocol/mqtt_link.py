@@ -33,6 +33,11 @@ from .mqtt_failures import (
 log = logging.getLogger(__name__)
 
 MAX_PAYLOAD_BYTES = 1024 * 1024  # our own limit; paho does not enforce the broker's
+QUEUED_OVERHEAD_BYTES = 256  # a queued message's tuple and object headers, roughly
+
+
+def _queued_size(topic: str, payload: bytes) -> int:
+    return len(payload) + len(topic) + QUEUED_OVERHEAD_BYTES
 
 
 class Received(tuple[str, bytes]):  # noqa: SLOT001 - carries one extra attribute
@@ -76,7 +81,11 @@ class MqttLink:
         *,
         will: tuple[str, bytes] | None = None,
         persistent: bool = True,
+        max_queued_bytes: int = 0,
     ) -> None:
+        """``max_queued_bytes`` > 0 bounds the receive queue (payload + topic + a per-message
+        overhead): a message arriving while it is full is dropped and counted in
+        ``dropped``. 0: unbounded (the owner must drain faster than messages arrive)."""
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
 
@@ -84,6 +93,10 @@ class MqttLink:
         self.settings = settings
         self.client_id = client_id
         self.messages: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        self._max_queued_bytes = max_queued_bytes
+        self._queued_bytes = 0
+        self._queue_lock = threading.Lock()
+        self.dropped = 0  # messages refused because the receive queue was full
         self._subscriptions: dict[str, int] = {}
         self._lock = threading.Lock()
         self._unacked: deque[Any] = deque()  # QoS 1 publishes not yet acknowledged, in order
@@ -146,7 +159,7 @@ class MqttLink:
         with self._lock:  # the owner may subscribe concurrently from its own thread
             subscriptions = list(self._subscriptions.items())
         for topic, qos in subscriptions:
-            client.subscribe(topic, qos)
+            self._subscribe(topic, qos)
         self._connected.set()
 
     def _on_disconnect(
@@ -206,9 +219,25 @@ class MqttLink:
         self._last_fail = message
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        if self._max_queued_bytes:
+            size = _queued_size(msg.topic, msg.payload)
+            with self._queue_lock:
+                if self._queued_bytes + size > self._max_queued_bytes:
+                    self.dropped += 1
+                    return
+                self._queued_bytes += size
         item = Received((msg.topic, msg.payload))
         item.retain = bool(msg.retain)
         self.messages.put(item)
+
+    def _subscribe(self, topic: str, qos: int) -> None:
+        if self._v5:  # retain-as-published: a live retained message keeps its flag too
+            from paho.mqtt.subscribeoptions import SubscribeOptions
+
+            options = SubscribeOptions(qos=qos, retainAsPublished=True)
+            self._client.subscribe(topic, options=options)
+        else:
+            self._client.subscribe(topic, qos)
 
     # --- owner API ---
     def start(self) -> None:
@@ -244,7 +273,7 @@ class MqttLink:
         with self._lock:
             self._subscriptions[topic] = qos
         if self._connected.is_set():
-            self._client.subscribe(topic, qos)
+            self._subscribe(topic, qos)
 
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
         """Queue a message (sent now, or after the reconnect); refuse oversize payloads."""
@@ -269,8 +298,15 @@ class MqttLink:
         except queue.Empty:
             self.last_retained = False
             return None
+        if self._max_queued_bytes:
+            with self._queue_lock:
+                self._queued_bytes -= _queued_size(item[0], item[1])
         self.last_retained = bool(getattr(item, "retain", False))
         return item
+
+    def last_was_retained(self) -> bool:
+        """Whether the message ``get()`` returned last had the retain flag set."""
+        return self.last_retained
 
     def pending(self) -> int:
         """How many received messages wait in the queue."""

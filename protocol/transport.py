@@ -5,7 +5,10 @@ implement it in one process for unit tests, so that round logic runs in millisec
 broker and no sleeps. The semantics the parts rely on are MQTT's: topic filters with ``+`` and
 ``#``, retained messages delivered on subscribe (an empty retained payload clears the topic),
 in-order delivery per publisher, and a final message published when a client stops (the Last
-Will's job on a real broker).
+Will's job on a real broker). A receiver can ask whether the message ``get()`` returned last
+came from the retained store (``last_was_retained``): MQTT sets the flag on the copies it
+delivers on subscribe, and on live copies too for MQTT 5 subscriptions with
+retain-as-published, which ``MqttLink`` makes and ``InMemoryBroker`` models.
 """
 
 from __future__ import annotations
@@ -48,6 +51,10 @@ class Transport(Protocol):
 
     def pending(self) -> int:
         """How many received messages wait to be read (a burst to drain before deciding)."""
+        ...
+
+    def last_was_retained(self) -> bool:
+        """Whether the message ``get()`` returned last had the retain flag set."""
         ...
 
     def stop(self, final: Message | None = None, timeout: float = 3.0) -> None:
@@ -94,7 +101,7 @@ class InMemoryBroker:
         with self._lock:
             matching = [(t, p) for t, p in self.retained.items() if topic_matches(topic_filter, t)]
         for topic, payload in matching:
-            client._inbox.put((topic, payload))
+            client._inbox.put((topic, payload, True))
 
     def publish(self, sender: str, topic: str, payload: bytes, retain: bool) -> None:
         """Route one message to every attached client subscribed to a matching filter."""
@@ -108,8 +115,8 @@ class InMemoryBroker:
             receivers = [
                 c for c in self._clients if any(topic_matches(f, topic) for f in c.subscriptions)
             ]
-        for client in receivers:
-            client._inbox.put((topic, payload))
+        for client in receivers:  # retain-as-published: live copies keep the flag
+            client._inbox.put((topic, payload, retain))
 
 
 class InMemoryTransport:
@@ -119,8 +126,9 @@ class InMemoryTransport:
         self.broker = broker
         self.client_id = client_id
         self.subscriptions: list[str] = []
-        self._inbox: queue.Queue[Message] = queue.Queue()
+        self._inbox: queue.Queue[tuple[str, bytes, bool]] = queue.Queue()
         self._connected = False
+        self._last_retained = False
 
     @property
     def connected(self) -> bool:
@@ -147,10 +155,16 @@ class InMemoryTransport:
     def get(self, timeout: float) -> Message | None:
         try:
             if timeout <= 0:
-                return self._inbox.get_nowait()
-            return self._inbox.get(timeout=timeout)
+                topic, payload, retained = self._inbox.get_nowait()
+            else:
+                topic, payload, retained = self._inbox.get(timeout=timeout)
         except queue.Empty:
             return None
+        self._last_retained = retained
+        return topic, payload
+
+    def last_was_retained(self) -> bool:
+        return self._last_retained
 
     def pending(self) -> int:
         return self._inbox.qsize()

@@ -155,7 +155,7 @@ def settle(orch: Any, devices: Iterable[MemoryDevice], max_steps: int = 1000) ->
     for _ in range(max_steps):
         moved = 0
         while (item := orch.transport.get(timeout=0)) is not None:
-            orch.handle(*item)
+            orch.handle(*item, retained=orch.transport.last_was_retained())
             moved += 1
         orch.tick()
         moved += sum(d.pump() for d in devices)

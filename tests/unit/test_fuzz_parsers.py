@@ -288,6 +288,7 @@ def orchestrator(tmp_path: Path, caplog: pytest.LogCaptureFixture):
     cfg = OrchestratorConfig(
         bundle=str(write_toy_bundle(tmp_path / "bundle")), database=str(tmp_path / "orch.db")
     )
+    cfg.limits.message_burst = 10**6  # every example reaches the parsers, not the rate limit
     orch = Orchestrator(cfg, transport=InMemoryBroker().client("orch"))
     orch._resume_or_create_run()
     caplog.set_level(logging.WARNING)

@@ -11,6 +11,7 @@ from support.memory_device import FakeClock, MemoryDevice, settle
 from support.toy_bundle import write_toy_bundle
 
 from fedge.orchestrator.config import OrchestratorConfig, RobustSettings, RoundSettings
+from fedge.orchestrator.device_budget import DeviceLimits
 from fedge.orchestrator.server import Orchestrator
 from fedge.protocol.bundle import load_bundle
 from fedge.protocol.messages import EvalReport, FetchRequest, new_msg_id
@@ -217,6 +218,8 @@ def test_a_device_that_was_not_invited_cannot_close_or_change_the_round(tmp_path
 def test_a_participant_has_at_most_one_upload_in_flight(tmp_path):
     """Issue "hostile device": 300 concurrent half-served offers each held a transfer."""
     fed = Federation(tmp_path, 2)
+    fed.cfg.limits = DeviceLimits(message_burst=1000)  # about uploads: the rate limit aside
+    fed.new_orchestrator()
     a, _b = fed.invited()
     template = fed.version(0)
     offers = [a.offer(delta(template, 0.001 * (i + 1))) for i in range(300)]
