@@ -20,7 +20,7 @@ import pytest
 from support.fake_agent import FakeAgent
 from support.fleet import Fleet, agent_config, orchestrator_config
 
-from fedge.orchestrator.config import OrchestratorConfig, RoundSettings
+from fedge.orchestrator.config import OrchestratorConfig, RobustSettings, RoundSettings
 from fedge.orchestrator.server import Orchestrator
 from fedge.orchestrator.store import Store
 from fedge.protocol.bundle import load_bundle
@@ -62,6 +62,9 @@ def test_faulty_devices_are_recorded_and_rounds_still_finish(
             retry_seconds=0.5,
             keep_deltas=True,
         ),
+        # exact FedAvg arithmetic below: with two updates of norms 1:3, the default clip
+        # (1.5x the lower median) would scale the larger one (tests/unit/test_robust_weighting.py)
+        robust=RobustSettings(sample_cap_multiple=0, max_claimed_samples=0, norm_multiple=0),
     )
     orch = Orchestrator(cfg, transport=MqttLink(cfg.mqtt, client_id=user), bundle=bundle)
     thread = threading.Thread(target=orch.run, daemon=True)
