@@ -60,7 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 DATA_EXAMPLE = """Example:
-  fedge data check --config agent.toml
+  fedge data check --config agent.toml --bundle model.fedge
 
   source:      readings.db (table samples)
   rows:        412 in the table, 412 selected
@@ -96,6 +96,12 @@ def _register_data(sub: argparse._SubParsersAction) -> None:
     check.add_argument(
         "--features", type=int, default=None, help="features per sample the model expects"
     )
+    check.add_argument(
+        "--bundle",
+        default=None,
+        help="also check the rows against this bundle: labels in the task's range, the "
+        "input's feature count and dtype",
+    )
     check.set_defaults(func=run_data_check)
     from .data_cli import register_import  # `fedge data import` (storage engineer's module)
 
@@ -106,10 +112,16 @@ def run_data_check(args: argparse.Namespace) -> int:
     from .data_check import check_data
 
     config = load_config(args)
+    manifest = None
+    if args.bundle:
+        from fedge.protocol.bundle import load_bundle
+
+        manifest = load_bundle(args.bundle).manifest
     report = check_data(
         config.data,
         validation_fraction=config.validation_fraction,
         expected_features=args.features,
+        manifest=manifest,
     )
     print("\n".join(report.lines()))
     return 0 if report.ok else 1

@@ -10,11 +10,10 @@ import logging
 import time
 from collections.abc import Callable
 
-import numpy as np
-
 from fedge.protocol.chunks import blob_ref
+from fedge.protocol.data_contract import read_for_bundle
 from fedge.protocol.messages import EvalReport, RoundTask, UpdateOffer, new_msg_id
-from fedge.protocol.sqlite_samples import DataError, Samples, read_samples
+from fedge.protocol.sqlite_samples import DataError, Samples
 from fedge.protocol.tensors import check_finite, decode_tensors
 
 from .backends import TrainingBackend
@@ -22,7 +21,7 @@ from .clock import Clock
 from .config import AgentConfig
 from .delta_encoding import encode_for_round
 from .eligibility import Decision, DutyCycle, EligibilityPolicy
-from .local_evaluation import evaluate_global, input_shape
+from .local_evaluation import evaluate_global
 from .local_training import LocalUpdate, train_locally
 from .state import AgentState, OutboxItem
 
@@ -62,10 +61,7 @@ class RoundRunner:
 
     def read_local(self, bundle) -> Samples:
         """The device's rows, re-read every round (rows added since are used)."""
-        shape = input_shape(bundle)
-        samples = read_samples(
-            self.cfg.data, expected_features=int(np.prod(shape)) if shape else None
-        )
+        samples = read_for_bundle(self.cfg.data, bundle.manifest)  # DataError: what to fix
         if len(samples) == 0:
             raise DataError(f"no rows in {self.cfg.data.path} match the data source")
         self.num_samples = len(samples)
