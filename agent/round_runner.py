@@ -13,6 +13,7 @@ from collections.abc import Callable
 from fedge.protocol.chunks import blob_ref
 from fedge.protocol.data_contract import read_for_bundle
 from fedge.protocol.messages import EvalReport, RoundTask, UpdateOffer, new_msg_id
+from fedge.protocol.parameter_travel import travelling_delta
 from fedge.protocol.sqlite_samples import DataError, Samples
 from fedge.protocol.tensors import check_finite, decode_tensors
 
@@ -69,8 +70,9 @@ class RoundRunner:
 
     def train(self, task: RoundTask, bundle, params_bytes: bytes, samples: Samples) -> LocalUpdate:
         """Train the round's global model on ``samples``; the update's ``problem`` says why
-        there is no delta (stopped, diverged)."""
-        return train_locally(
+        there is no delta (stopped, diverged). Frozen parameters that training cannot change
+        are left out of the delta (``parameter_travel``): they would be zeros on the wire."""
+        update = train_locally(
             self.backend,
             bundle,
             samples,
@@ -81,6 +83,8 @@ class RoundRunner:
             should_stop=self._should_stop(self.clock.monotonic()),
             count_seconds=self._count_seconds,
         )
+        update.delta = travelling_delta(bundle.manifest, update.delta)
+        return update
 
     def _count_seconds(self, seconds: float) -> None:
         day = time.strftime("%Y-%m-%d", time.localtime(self.clock.time()))
