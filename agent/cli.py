@@ -20,7 +20,7 @@ The training rows: [data] in agent.toml (read-only SQLite; every key with exampl
   query          a full SELECT instead of table (default none)
   features       feature columns, names or globs; globs sort naturally (default ["f*"])
   blob_column    features from one BLOB column instead (default none)
-  blob_dtype     its little-endian type: float32, float64, uint8, int8 (default float32)
+  blob_dtype     its little-endian type: float32, float64, uint8, int8, int32, int64 (default float32)
   blob_shape     one sample's shape, e.g. [1, 28, 28] (default [] = flat)
   label          the label column (default label)
   where          SQL condition selecting the rows (default none)
