@@ -20,7 +20,7 @@ The training rows: [data] in agent.toml (read-only SQLite; every key with exampl
   query          a full SELECT instead of table (default none)
   features       feature columns, names or globs; globs sort naturally (default ["f*"])
   blob_column    features from one BLOB column instead (default none)
-  blob_dtype     its little-endian type: float32, float64, uint8, int8 (default float32)
+  blob_dtype     its little-endian type: float32, float64, uint8, int8, int32, int64 (default float32)
   blob_shape     one sample's shape, e.g. [1, 28, 28] (default [] = flat)
   label          the label column (default label)
   where          SQL condition selecting the rows (default none)
@@ -60,7 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 DATA_EXAMPLE = """Example:
-  fedge data check --config agent.toml
+  fedge data check --config agent.toml --bundle model.fedge
 
   source:      readings.db (table samples)
   rows:        412 in the table, 412 selected
@@ -96,6 +96,12 @@ def _register_data(sub: argparse._SubParsersAction) -> None:
     check.add_argument(
         "--features", type=int, default=None, help="features per sample the model expects"
     )
+    check.add_argument(
+        "--bundle",
+        default=None,
+        help="also check the rows against this bundle: labels in the task's range, the "
+        "input's feature count and dtype",
+    )
     check.set_defaults(func=run_data_check)
     from .data_cli import register_import  # `fedge data import` (storage engineer's module)
 
@@ -106,10 +112,16 @@ def run_data_check(args: argparse.Namespace) -> int:
     from .data_check import check_data
 
     config = load_config(args)
+    manifest = None
+    if args.bundle:
+        from fedge.protocol.bundle import load_bundle
+
+        manifest = load_bundle(args.bundle).manifest
     report = check_data(
         config.data,
         validation_fraction=config.validation_fraction,
         expected_features=args.features,
+        manifest=manifest,
     )
     print("\n".join(report.lines()))
     return 0 if report.ok else 1

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 from sqlite_utils import Database
 
+from fedge.protocol.data_contract import check_samples
+from fedge.protocol.manifest import Manifest
 from fedge.protocol.sqlite_samples import (
     DataError,
     DataSource,
@@ -23,6 +25,7 @@ from fedge.protocol.sqlite_samples import (
 )
 
 MAX_PROBLEMS = 10
+MAX_LABELS = 50  # label values shown in the histogram
 MAX_LISTED_COLUMNS = 24  # wider tables (64 pixel columns) are listed up to here, then counted
 
 
@@ -138,10 +141,18 @@ def _null_scan(
 
 
 def check_data(
-    src: DataSource, *, validation_fraction: float = 0.1, expected_features: int | None = None
+    src: DataSource,
+    *,
+    validation_fraction: float = 0.1,
+    expected_features: int | None = None,
+    manifest: Manifest | None = None,
 ) -> DataReport:
     """Count, histogram and split the samples as the agent would; collect problems, never raise
-    for the data itself (only a missing file or table ends the check early, as a problem)."""
+    for the data itself (only a missing file or table ends the check early, as a problem).
+
+    With the bundle's ``manifest``, the rows are also checked against the model
+    (``fedge.protocol.data_contract``): labels in the task's range, the input's feature count
+    and dtype."""
     report = DataReport(source=f"{src.path} ({'query' if src.query else 'table ' + src.table})")
     try:
         conn = _connect_read_only(src.path)
@@ -184,7 +195,9 @@ def check_data(
     if report.problems:
         return report
     try:
-        samples = read_samples(src, expected_features=expected_features)
+        samples = read_samples(
+            src, expected_features=expected_features, dtype=None if manifest else "float32"
+        )
     except DataError as exc:
         report.problems.append(str(exc))
         return report
@@ -192,11 +205,38 @@ def check_data(
     if len(samples) == 0:
         report.problems.append("no rows match the data source (check `table`/`query`/`where`)")
         return report
-    report.features = f"{list(samples.x.shape[1:])} float32 per sample"
+    dtype = manifest.input.dtype if manifest else "float32"
+    report.features = f"{list(samples.x.shape[1:])} {dtype} per sample"
+    if samples.feature_columns and not src.blob_column:
+        report.features += f" (columns {_listed(samples.feature_columns)})"
+    if manifest is not None:
+        report.problems.extend(check_samples(samples, manifest, src)[:MAX_PROBLEMS])
+        if manifest.task.kind == "regression":  # a histogram of real values says nothing
+            report.labels = _label_summary(samples.y)
     counts = Counter(samples.y.tolist())
-    report.labels = {str(k): counts[k] for k in sorted(counts)}
+    if not report.labels:
+        report.labels = {str(k): counts[k] for k in sorted(counts, key=str)[:MAX_LABELS]}
     train, val = split_train_validation(samples, validation_fraction, seed=0)
     report.train, report.validation = len(train), len(val)
     if len(counts) < 2:
         report.problems.append(f"only one label value ({next(iter(counts))}) in the data")
     return report
+
+
+def _listed(names: tuple[str, ...]) -> str:
+    shown = ", ".join(names[:6])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > 6 else "")
+
+
+def _label_summary(y: object) -> dict[str, int]:
+    """min/max of real-valued labels (regression), shown instead of a histogram."""
+    import numpy as np
+
+    try:
+        values = np.asarray(y, dtype=np.float64)
+    except (TypeError, ValueError):
+        return {}
+    finite = values[np.isfinite(values)]
+    if not len(finite):
+        return {}
+    return {f"min {finite.min():.4g}, max {finite.max():.4g}, rows": len(values)}

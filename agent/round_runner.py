@@ -10,11 +10,11 @@ import logging
 import time
 from collections.abc import Callable
 
-import numpy as np
-
 from fedge.protocol.chunks import blob_ref
+from fedge.protocol.data_contract import read_for_bundle
 from fedge.protocol.messages import EvalReport, RoundTask, UpdateOffer, new_msg_id
-from fedge.protocol.sqlite_samples import DataError, Samples, read_samples
+from fedge.protocol.parameter_travel import travelling_delta
+from fedge.protocol.sqlite_samples import DataError, Samples
 from fedge.protocol.tensors import check_finite, decode_tensors
 
 from .backends import TrainingBackend
@@ -22,7 +22,7 @@ from .clock import Clock
 from .config import AgentConfig
 from .delta_encoding import encode_for_round
 from .eligibility import Decision, DutyCycle, EligibilityPolicy
-from .local_evaluation import evaluate_global, input_shape
+from .local_evaluation import evaluate_global
 from .local_training import LocalUpdate, train_locally
 from .state import AgentState, OutboxItem
 
@@ -62,10 +62,7 @@ class RoundRunner:
 
     def read_local(self, bundle) -> Samples:
         """The device's rows, re-read every round (rows added since are used)."""
-        shape = input_shape(bundle)
-        samples = read_samples(
-            self.cfg.data, expected_features=int(np.prod(shape)) if shape else None
-        )
+        samples = read_for_bundle(self.cfg.data, bundle.manifest)  # DataError: what to fix
         if len(samples) == 0:
             raise DataError(f"no rows in {self.cfg.data.path} match the data source")
         self.num_samples = len(samples)
@@ -73,8 +70,9 @@ class RoundRunner:
 
     def train(self, task: RoundTask, bundle, params_bytes: bytes, samples: Samples) -> LocalUpdate:
         """Train the round's global model on ``samples``; the update's ``problem`` says why
-        there is no delta (stopped, diverged)."""
-        return train_locally(
+        there is no delta (stopped, diverged). Frozen parameters that training cannot change
+        are left out of the delta (``parameter_travel``): they would be zeros on the wire."""
+        update = train_locally(
             self.backend,
             bundle,
             samples,
@@ -85,6 +83,8 @@ class RoundRunner:
             should_stop=self._should_stop(self.clock.monotonic()),
             count_seconds=self._count_seconds,
         )
+        update.delta = travelling_delta(bundle.manifest, update.delta)
+        return update
 
     def _count_seconds(self, seconds: float) -> None:
         day = time.strftime("%Y-%m-%d", time.localtime(self.clock.time()))

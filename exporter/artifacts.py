@@ -19,6 +19,7 @@ from fedge.protocol.ort_runtime import import_onnxruntime
 
 from .errors import ExportError
 from .onnx_graph import patch_adamw_torch_mode, rewrite_deterministically
+from .stable_bce import stable_bce_with_logits
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,12 @@ def generate(
     from onnxruntime.training import artifacts, onnxblock
     from onnxruntime.training.onnxblock import _graph_utils, _training_graph_utils
 
-    loss_block = loss if check_loss(loss) else getattr(onnxblock.loss, LOSSES[loss][0])()
+    if check_loss(loss):
+        loss_block = loss
+    elif loss == "bce_with_logits":  # onnxblock's own is NaN for confident logits
+        loss_block = stable_bce_with_logits()
+    else:
+        loss_block = getattr(onnxblock.loss, LOSSES[loss][0])()
     if optimizer.type == "adamw":
         optim_block = onnxblock.optim.AdamW(
             bias_correction=True,

@@ -9,13 +9,12 @@ with ``test_loss`` (the bundle's own loss, unless it is a custom ONNX block) and
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from fedge.protocol.bundle import Bundle
+from fedge.protocol.data_contract import read_for_bundle
 from fedge.protocol.inference import InferenceRunner
-from fedge.protocol.sqlite_samples import DataSource, read_samples
+from fedge.protocol.sqlite_samples import DataError, DataSource
 from fedge.protocol.task_metrics import mean_loss, task_metrics
 
 
@@ -24,9 +23,16 @@ class CentralEvaluator:
 
     def __init__(self, bundle: Bundle, source: DataSource, *, batch_size: int = 512) -> None:
         self.bundle = bundle
-        shape = list(bundle.manifest.input.sample_shape)
-        samples = read_samples(source, expected_features=math.prod(shape) if shape else None)
-        self.x = samples.x.reshape([len(samples)] + shape)
+        try:  # checked at start: a bad label is a clear error now, not a crash mid-run
+            samples = read_for_bundle(source, bundle.manifest)
+        except DataError as exc:
+            raise DataError(f"central evaluation table ([evaluation.data]): {exc}") from None
+        if len(samples) == 0:
+            raise DataError(
+                f"central evaluation table ([evaluation.data]) {source.path}: no rows match "
+                "the data source (check table/query/where)"
+            )
+        self.x = samples.x
         self.y = samples.y
         self.batch_size = batch_size
         self.task = bundle.manifest.task

@@ -80,6 +80,7 @@ class UpdateIntake:
         global_params: Callable[[], dict[str, np.ndarray]],
         metrics: Metrics,
         max_update_norm: float = 0.0,
+        omittable: frozenset[str] = frozenset(),  # frozen names an update may leave out
         clock: Callable[[], float] = time.monotonic,
         budgets: DeviceBudgets | None = None,
     ) -> None:
@@ -89,6 +90,7 @@ class UpdateIntake:
         self._global_params = global_params
         self.metrics = metrics
         self._max_norm = max_update_norm
+        self._omittable = omittable
         self._clock = clock
         self._recent = RecentIds()
         self.budgets = budgets or DeviceBudgets(metrics=metrics, clock=clock)
@@ -317,7 +319,9 @@ class UpdateIntake:
             self.reject(offer, f"round {r.round} already has its {r.goal} reports", counter="late")
             return
         try:
-            validate_delta(blob, self._global_params(), max_norm=self._max_norm)
+            validate_delta(
+                blob, self._global_params(), max_norm=self._max_norm, omittable=self._omittable
+            )
         except UpdateRejected as exc:
             self.reject(offer, str(exc))
             return

@@ -36,6 +36,7 @@ from fedge.protocol.messages import (
     UpdateOffer,
     parse_message,
 )
+from fedge.protocol.parameter_travel import static_names
 from fedge.protocol.privacy import DEFAULT_TARGET_DELTA, dp_epsilon
 from fedge.protocol.signing import load_trusted_keys
 from fedge.protocol.tensors import decode_tensors, encode_tensors, l2_norm
@@ -105,6 +106,7 @@ class Orchestrator:
             global_params=lambda: self.global_params,
             metrics=self.metrics,
             max_update_norm=config.rounds.max_update_norm,
+            omittable=static_names(self.bundle.manifest),
             clock=clock,
             budgets=self.budgets,
         )

@@ -14,19 +14,30 @@ class UpdateRejected(FedgeError):
 
 
 def validate_delta(
-    blob: bytes, reference: dict[str, np.ndarray], *, max_norm: float = 0.0
+    blob: bytes,
+    reference: dict[str, np.ndarray],
+    *,
+    max_norm: float = 0.0,
+    omittable: frozenset[str] = frozenset(),
 ) -> dict[str, np.ndarray]:
-    """Decode a delta and check names, shapes, dtypes, finiteness and (optionally) its norm."""
+    """Decode a delta and check names, shapes, dtypes, finiteness and (optionally) its norm.
+
+    Names in ``omittable`` (frozen parameters training never changes:
+    ``fedge.protocol.parameter_travel.static_names``) may be missing: they count as zero
+    deltas and are filled in with zeros in the returned delta."""
     try:
         delta = decode_delta(blob, max_elements=sum(int(r.size) for r in reference.values()))
         check_finite(delta)
     except CodecError as exc:
         raise UpdateRejected(str(exc)) from None
-    missing = sorted(set(reference) - set(delta))
+    missing = sorted(set(reference) - set(delta) - omittable)
     extra = sorted(set(delta) - set(reference))
     if missing or extra:
         raise UpdateRejected(f"parameter names differ: missing {missing[:5]}, unknown {extra[:5]}")
     for name, ref in reference.items():
+        if name not in delta:  # an omittable frozen parameter: a zero delta
+            delta[name] = np.zeros_like(ref)
+            continue
         got = delta[name]
         if got.shape != ref.shape:
             raise UpdateRejected(

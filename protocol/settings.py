@@ -23,7 +23,7 @@ from typing import Annotated, Any, TypeVar
 from .errors import ConfigError
 from .fields import Len, Match, OneOf, Range, check_instance
 from .mqtt_link import MqttSettings
-from .sqlite_samples import DataSource
+from .sqlite_samples import BLOB_DTYPES, DataSource
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -58,7 +58,7 @@ DATA_BOUNDS: dict[str, Any] = {
     "path": OptionalPath,
     "table": Annotated[str, Len(0, 256)],  # "" with a query
     "features": Annotated[list[Annotated[str, Len(1, 256)]], Len(0, 100_000)],
-    "blob_dtype": Annotated[str, OneOf("float32", "uint8")],
+    "blob_dtype": Annotated[str, OneOf(*BLOB_DTYPES)],  # int64: token ids
     "blob_shape": Annotated[list[Annotated[int, Range(1, 2**31 - 1)]], Len(0, 8)],
     "label": Annotated[str, Len(1, 256)],
     "feature_scale": Annotated[float, Range(-1e30, 1e30)],

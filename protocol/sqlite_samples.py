@@ -2,8 +2,12 @@
 
 Shared by agents (local training data) and the orchestrator (optional held-out test table).
 Features come from numeric columns (listed, or matched by a glob such as ``f*``) or from one
-BLOB column holding a little-endian float32/uint8 array of a declared shape. The file is opened
-with ``mode=ro``: fedge never writes to a user's database.
+BLOB column holding a little-endian array (float32, float64, uint8, int8, int32, int64) of a
+declared shape. The file is opened with ``mode=ro``: fedge never writes to a user's database.
+``read_samples`` gives float32 features by default; ``dtype=None`` keeps the stored values as
+they are (column values as float64, which holds every int64 token id below 2**53 exactly; a
+BLOB in its own dtype), for ``fedge.protocol.data_contract`` to check and cast to what the
+bundle's input declares.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import numpy as np
 
 from .errors import FedgeError
 from .sqlite_db import read_only_uri
+
+BLOB_DTYPES = ("float32", "float64", "uint8", "int8", "int32", "int64")
 
 
 class DataError(FedgeError):
@@ -44,6 +50,7 @@ class DataSource:
 class Samples:
     x: np.ndarray
     y: np.ndarray
+    feature_columns: tuple[str, ...] = ()  # the columns the features came from, in order
 
     def __len__(self) -> int:
         return len(self.y)
@@ -97,8 +104,11 @@ def resolve_feature_columns(columns: list[str], src: DataSource) -> list[str]:
     return chosen
 
 
-def read_samples(src: DataSource, *, expected_features: int | None = None) -> Samples:
-    """Load every matching row as (features float32 [n, ...], labels [n])."""
+def read_samples(
+    src: DataSource, *, expected_features: int | None = None, dtype: str | None = "float32"
+) -> Samples:
+    """Load every matching row as (features [n, ...], labels [n]); features in ``dtype``
+    (``None``: as stored, see the module docstring)."""
     conn = _connect_read_only(src.path)
     try:
         columns = _columns(conn, src)
@@ -115,6 +125,7 @@ def read_samples(src: DataSource, *, expected_features: int | None = None) -> Sa
                     f"blob column '{src.blob_column}' not found; columns are: {', '.join(columns)}"
                 )
             sql = f'SELECT "{src.blob_column}", "{src.label}" FROM {source}{where}'
+            feats = [src.blob_column]
         else:
             feats = resolve_feature_columns(columns, src)
             cols = ", ".join(f'"{c}"' for c in feats)
@@ -126,12 +137,16 @@ def read_samples(src: DataSource, *, expected_features: int | None = None) -> Sa
     finally:
         conn.close()
     if not rows:
-        return Samples(np.zeros((0, expected_features or 0), np.float32), np.zeros((0,), np.int64))
+        return Samples(
+            np.zeros((0, expected_features or 0), dtype or np.float32),
+            np.zeros((0,), np.int64),
+            tuple(feats),
+        )
     if src.blob_column:
         x = _decode_blobs(rows, src)
     else:
         try:
-            x = np.array([r[:-1] for r in rows], dtype=np.float32)
+            x = np.array([r[:-1] for r in rows], dtype=np.float64)
         except (TypeError, ValueError):
             bad = next(
                 i
@@ -141,7 +156,7 @@ def read_samples(src: DataSource, *, expected_features: int | None = None) -> Sa
             raise DataError(
                 f"row {bad + 1} has a non-numeric or NULL feature: {rows[bad][:-1][:8]}..."
             ) from None
-    if np.isnan(x).any():
+    if x.dtype.kind == "f" and np.isnan(x).any():
         bad = int(np.argwhere(np.isnan(x).reshape(len(x), -1).any(axis=1))[0][0])
         raise DataError(
             f"row {bad + 1} has a NULL/NaN feature; clean the data or filter it with `where`"
@@ -156,13 +171,17 @@ def read_samples(src: DataSource, *, expected_features: int | None = None) -> Sa
             f"the model expects {expected_features} features per sample but the data has "
             f"{x.reshape(len(x), -1).shape[1]}"
         )
-    return Samples(x * np.float32(src.feature_scale) if src.feature_scale != 1.0 else x, y)
+    if src.feature_scale != 1.0:
+        x = x * src.feature_scale
+    return Samples(x.astype(dtype, copy=False) if dtype else x, y, tuple(feats))
 
 
 def _decode_blobs(rows: list[tuple[Any, ...]], src: DataSource) -> np.ndarray:
+    if src.blob_dtype not in BLOB_DTYPES:
+        raise DataError(
+            f"blob_dtype {src.blob_dtype!r} unsupported; use one of {', '.join(BLOB_DTYPES)}"
+        )
     dtype = np.dtype(src.blob_dtype).newbyteorder("<")
-    if dtype.name not in ("float32", "uint8", "float64", "int8"):
-        raise DataError(f"blob_dtype {src.blob_dtype!r} unsupported; use float32 or uint8")
     shape = tuple(src.blob_shape)
     size = int(np.prod(shape)) if shape else None
     out = []
@@ -175,7 +194,7 @@ def _decode_blobs(rows: list[tuple[Any, ...]], src: DataSource) -> np.ndarray:
                 f"row {i + 1}: blob holds {arr.size} {dtype.name} values, expected {size} for shape {list(shape)}"
             )
         out.append(arr.reshape(shape) if shape else arr)
-    return np.stack(out).astype(np.float32)
+    return np.stack(out).astype(dtype.newbyteorder("="))
 
 
 def split_train_validation(samples: Samples, fraction: float, seed: int) -> tuple[Samples, Samples]:
@@ -184,4 +203,8 @@ def split_train_validation(samples: Samples, fraction: float, seed: int) -> tupl
     n_val = int(round(n * fraction)) if n >= 10 else 0
     order = np.random.default_rng(seed).permutation(n)
     val, train = order[:n_val], order[n_val:]
-    return Samples(samples.x[train], samples.y[train]), Samples(samples.x[val], samples.y[val])
+    cols = samples.feature_columns
+    return (
+        Samples(samples.x[train], samples.y[train], cols),
+        Samples(samples.x[val], samples.y[val], cols),
+    )

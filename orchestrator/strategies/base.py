@@ -54,7 +54,9 @@ class CollectingAggregator(Aggregator):
         self.weights: list[float] = []
 
     def add(self, delta: Params, num_samples: int) -> None:
-        self.deltas.append(delta)
+        # a frozen parameter left out of an update (parameter_travel) is a zero delta
+        full = {n: delta[n] if n in delta else np.zeros_like(g) for n, g in self._global.items()}
+        self.deltas.append(full)
         self.weights.append(float(num_samples))
 
 

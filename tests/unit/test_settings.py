@@ -81,7 +81,7 @@ def test_unknown_keys_and_bad_types_are_errors(tmp_path):
         ("[mqtt]\nmax_payload = 10", "mqtt.max_payload must be >= 1024"),
         ("[evaluation]\nenabled = true", "evaluation.data.path must name a SQLite file"),
         ('federation = "a/b"', "federation must be 1-64 letters"),
-        ('[evaluation.data]\nblob_dtype = "float64"', "evaluation.data.blob_dtype must be one of"),
+        ('[evaluation.data]\nblob_dtype = "float16"', "evaluation.data.blob_dtype must be one of"),
         ("[rounds]\nbatch_size = 8.0", "rounds.batch_size must be an integer, got float"),
         ("[rounds]\nkeep_deltas = 1", "rounds.keep_deltas must be true or false, got int"),
         ('[rounds]\ntarget_agents = ["ok", 3]', r"rounds.target_agents\[1\] must be a string"),

@@ -1,0 +1,183 @@
+"""Rows checked against the bundle that will train or evaluate on them, in one place.
+
+The bundle's typed manifest says what one sample must be: the input's dtype and shape, the
+label's, the task kind and its width. ``check_samples`` lists every way the rows break that
+(labels outside the task's range, a feature count the input cannot take, fractional values for
+an integer input), each problem a line naming the fix; ``conform_samples`` returns the rows cast
+to the input's and the label's dtypes and shaped to one sample's shape, or raises ``DataError``
+with those lines. The agent (before training), the orchestrator (its central-evaluation table,
+at start) and ``fedge data check --bundle`` all use it, so they agree.
+
+| task       | labels accepted                                   |
+|------------|---------------------------------------------------|
+| multiclass | integers 0 .. num_classes-1                       |
+| binary     | 0 or 1 (INTEGER or REAL)                          |
+| multilabel | 0 or 1, num_labels values per sample             |
+| regression | any finite number                                 |
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from .manifest import Manifest
+from .manifest_specs import TensorSpec
+from .sqlite_samples import DataError, DataSource, Samples, read_samples
+
+MAX_EXAMPLES = 3  # rows named per problem
+_INT_RANGES = {name: np.iinfo(name) for name in ("int8", "uint8", "int16", "int32", "int64")}
+
+
+def _rows(index: np.ndarray, values: np.ndarray) -> str:
+    """``row 7: 12, row 9: -1``: the first offending rows (1-based, in the selected rows)."""
+    shown = [f"row {int(i) + 1}: {_value(values[i])}" for i in index[:MAX_EXAMPLES]]
+    return ", ".join(shown) + (", ..." if len(index) > MAX_EXAMPLES else "")
+
+
+def _value(v: object) -> str:
+    if isinstance(v, float | np.floating) and float(v).is_integer():
+        return str(int(v))
+    return str(v)
+
+
+def _label_values(y: np.ndarray, problems: list[str]) -> np.ndarray | None:
+    """The labels as float64, or None (with a problem) if some are not numbers."""
+    try:
+        return np.asarray(y, dtype=np.float64)
+    except (TypeError, ValueError):
+        pass
+    bad = []
+    for i, v in enumerate(y.tolist()):
+        try:
+            float(v)
+        except (TypeError, ValueError):
+            bad.append(i)
+    problems.append(
+        f"{len(bad)} rows have a non-numeric label ({_rows(np.array(bad), y)}): "
+        "the label column must hold numbers"
+    )
+    return None
+
+
+def label_problems(y: np.ndarray, manifest: Manifest) -> list[str]:
+    """What is wrong with the labels for the bundle's task (empty: nothing)."""
+    task, spec = manifest.task, manifest.label
+    problems: list[str] = []
+    per_sample = math.prod(spec.sample_shape)
+    if per_sample != 1:
+        problems.append(
+            f"the bundle's label '{spec.name}' takes {per_sample} values per sample "
+            f"({list(spec.sample_shape)}) but the label column gives 1"
+        )
+    values = _label_values(np.asarray(y), problems)
+    if values is None or len(values) == 0:
+        return problems
+    bad = np.flatnonzero(~np.isfinite(values))
+    if len(bad):
+        problems.append(f"{len(bad)} rows have a NaN or infinite label ({_rows(bad, values)})")
+        return problems
+    if task.kind == "multiclass":
+        classes = task.width
+        bad = np.flatnonzero((values != np.round(values)) | (values < 0) | (values >= classes))
+        if len(bad):
+            problems.append(
+                f"{len(bad)} rows have a label outside the model's {classes} classes "
+                f"({_rows(bad, values)}): a multiclass label is a class id 0..{classes - 1}"
+            )
+    elif task.kind in ("binary", "multilabel"):
+        bad = np.flatnonzero((values != 0) & (values != 1))
+        if len(bad):
+            what = "binary (one-logit)" if task.kind == "binary" else "multi-label"
+            problems.append(
+                f"{len(bad)} rows have a label other than 0 or 1 ({_rows(bad, values)}): "
+                f"a {what} model's labels are 0 or 1"
+            )
+    return problems
+
+
+def feature_problems(samples: Samples, spec: TensorSpec, src: DataSource) -> list[str]:
+    """What is wrong with the features for the bundle's input ``spec`` (empty: nothing)."""
+    need = math.prod(spec.sample_shape)
+    n = len(samples)
+    have = int(samples.x.reshape(n, -1).shape[1]) if n else len(samples.feature_columns)
+    if src.blob_column:
+        if n and have != need:
+            return [
+                f"blob column '{src.blob_column}' holds {have} {src.blob_dtype} values per row "
+                f"but the model's input '{spec.name}' needs {need} "
+                f"(shape {list(spec.sample_shape)}): check data.blob_shape and data.blob_dtype"
+            ]
+    elif have != need:
+        cols = samples.feature_columns
+        listed = ", ".join(cols[:6]) + (", ..." if len(cols) > 6 else "")
+        return [
+            f"features match {have} column{'s' if have != 1 else ''} ({listed}) but the "
+            f"model's input '{spec.name}' needs {need}: check data.features"
+        ]
+    if not n or np.dtype(spec.dtype).kind not in "iu":
+        return []
+    problems = []
+    if src.feature_scale != 1.0:
+        problems.append(
+            f"the model's input '{spec.name}' takes {spec.dtype} values (token or category "
+            f"ids): data.feature_scale must be 1, not {src.feature_scale}"
+        )
+    flat = samples.x.reshape(n, -1)
+    if flat.dtype.kind == "f":
+        bad = np.flatnonzero((flat != np.round(flat)).any(axis=1))
+        if len(bad):
+            problems.append(
+                f"{len(bad)} rows have a fractional feature but the model's input "
+                f"'{spec.name}' takes {spec.dtype} ids ({_rows(bad, flat[:, 0])}): store "
+                'integers (INTEGER columns, or a blob with blob_dtype = "int64")'
+            )
+            return problems
+    info = _INT_RANGES.get(spec.dtype)
+    if info is not None:
+        bad = np.flatnonzero(((flat < info.min) | (flat > info.max)).any(axis=1))
+        if len(bad):
+            problems.append(
+                f"{len(bad)} rows have a feature outside {spec.dtype}'s range "
+                f"({_rows(bad, flat[:, 0])})"
+            )
+    return problems
+
+
+def check_samples(samples: Samples, manifest: Manifest, src: DataSource) -> list[str]:
+    """Every problem of ``samples`` (as ``read_samples(src, dtype=None)`` gives them) for the
+    bundle described by ``manifest``; empty when they fit."""
+    problems = _input_problems(manifest.inputs)
+    if not problems:
+        problems.extend(feature_problems(samples, manifest.input, src))
+    problems.extend(label_problems(samples.y, manifest))
+    return problems
+
+
+def _input_problems(inputs: Sequence[TensorSpec]) -> list[str]:
+    if len(inputs) == 1:
+        return []
+    names = ", ".join(f"'{s.name}'" for s in inputs)
+    return [f"the model has {len(inputs)} inputs ({names}); fedge feeds one input per sample"]
+
+
+def conform_samples(samples: Samples, manifest: Manifest, src: DataSource) -> Samples:
+    """``samples`` cast to the input's and label's dtypes and shaped ``[n, *sample_shape]``;
+    a ``DataError`` listing every problem if they do not fit the bundle."""
+    problems = check_samples(samples, manifest, src)
+    if problems:
+        raise DataError(
+            f"the data in {src.path} does not fit model '{manifest.model_name}': "
+            + "; ".join(problems)
+        )
+    spec = manifest.input
+    x = samples.x.reshape([len(samples), *spec.sample_shape]).astype(spec.dtype, copy=False)
+    y = np.asarray(samples.y, dtype=np.float64).astype(manifest.label.dtype, copy=False)
+    return Samples(x, y, samples.feature_columns)
+
+
+def read_for_bundle(src: DataSource, manifest: Manifest) -> Samples:
+    """The rows of ``src``, checked against and cast for the bundle (``conform_samples``)."""
+    return conform_samples(read_samples(src, dtype=None), manifest, src)
