@@ -15,6 +15,7 @@ import sqlite3
 import threading
 import time
 
+from fedge.protocol.async_messages import AsyncAnnounce, SlotRequest
 from fedge.protocol.blob_server import BlobServer
 from fedge.protocol.bundle import Bundle
 from fedge.protocol.chunks import decode_frame
@@ -52,6 +53,8 @@ from .round_machine import (
     outbox_steps,
     report_step,
     round_news,
+    slot_request_due,
+    task_changed,
 )
 from .round_runner import RoundRunner
 from .state import AgentState, StateError
@@ -128,6 +131,9 @@ class Agent:
         self._was_connected = False
         self._seen_task: RoundTask | None = None  # the last task received (for the log)
         self._link_problem = ""
+        self.announce: AsyncAnnounce | None = None  # asynchronous runs (round/async)
+        self._slot_task = False  # self.task is a slot granted on the cmd topic
+        self._last_slot_request: float | None = None
 
     # ---- lifecycle ----
     def stop(self) -> None:
@@ -152,6 +158,7 @@ class Agent:
         me = self.cfg.id
         for topic in (
             self.topics.round_current,
+            self.topics.round_async,
             self.topics.agent_cmd(me),
             self.topics.agent_down(me),
         ):
@@ -223,6 +230,8 @@ class Agent:
                 self.fetches.on_chunk(decode_frame(payload))
             elif topic == self.topics.round_current:
                 self._on_task(payload)
+            elif topic == self.topics.round_async:
+                self._on_announce(payload)
             elif topic == self.topics.agent_cmd(me):
                 msg = parse_message(payload)
                 if isinstance(msg, FetchRequest):
@@ -230,6 +239,8 @@ class Agent:
                         log.info("asked for %s, no longer in the outbox", msg.sha256[:12])
                 elif isinstance(msg, Ack):
                     self._on_ack(msg)
+                elif isinstance(msg, RoundTask):  # a slot of an asynchronous run
+                    self._on_slot(msg)
                 else:
                     raise MessageError(f"unexpected {msg.TYPE!r} message on the command topic")
         except (MessageError, TransferError, CodecError) as exc:
@@ -237,7 +248,8 @@ class Agent:
 
     def _on_task(self, payload: bytes) -> None:
         if not payload:
-            self.task = None
+            if not self._slot_task:  # an asynchronous run clears round/current
+                self.task = None
             return
         task = parse_message(payload, RoundTask)
         if not isinstance(task, RoundTask):  # pragma: no cover - parse_message checked it
@@ -247,6 +259,49 @@ class Agent:
             log.info("%s", news)
         self._seen_task = task
         self.task = task
+        self._slot_task = False
+
+    def _on_announce(self, payload: bytes) -> None:
+        if not payload:
+            self.announce = None
+            return
+        msg = parse_message(payload, AsyncAnnounce)
+        if isinstance(msg, AsyncAnnounce):
+            self.announce = msg
+
+    def _on_slot(self, task: RoundTask) -> None:
+        if self.cfg.id not in task.participants or task.state != "open":
+            raise MessageError("a slot task on the command topic must name this device")
+        if task_changed(self.task, task):
+            log.info(
+                "slot %d of run %s: train model v%d", task.round, task.run_id, task.model_version
+            )
+        self.task = task
+        self._slot_task = True
+
+    def _request_slot(self) -> None:
+        task = self.task
+        journal = self.state.journal_status(task.run_id, task.round) if task else ""
+        if not slot_request_due(
+            self.announce,
+            task,
+            agent_id=self.cfg.id,
+            journal=journal,
+            now=self.clock.time(),
+            mono_now=self.clock.monotonic(),
+            last_request=self._last_slot_request,
+            outbox_busy=self.state.has_outbox(),
+            eligible=self.decision.eligible,
+            connected=self.transport.connected,
+            stopping=self._stop.is_set(),
+        ):
+            return
+        announce = self.announce
+        if announce is None:  # pragma: no cover - slot_request_due checked it
+            return
+        msg = SlotRequest(msg_id=new_msg_id(), agent=self.cfg.id, run_id=announce.run_id)
+        self._publish(self.topics.agent_up_msg(self.cfg.id), msg.encode())
+        self._last_slot_request = self.clock.monotonic()
 
     def _on_ack(self, ack: Ack) -> None:
         if not ack.sha256:  # an evaluation report's ack (reports have no blob)
@@ -278,12 +333,14 @@ class Agent:
             self._publish_status(self._status)
             self._last_offer.clear()
             self._last_report.clear()
+            self._last_slot_request = None
         self._was_connected = connected
         self._check_eligibility()
         self.fetches.tick()
         self._work_outbox()
         self._send_report()
         self._work_on_round()
+        self._request_slot()
         task = self.task
         if task is not None and task.state == "finished" and not self.state.has_outbox():
             self.task = None  # said in the log once, when the task came (round_news)

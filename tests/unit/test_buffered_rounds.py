@@ -1,0 +1,199 @@
+"""Buffered asynchronous runs on an in-memory transport: a real BufferedOrchestrator, SQLite
+Store and toy bundle, scripted devices and a fake clock. No broker, no threads, no sleeps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from support.async_memory_device import AsyncMemoryDevice
+from support.memory_device import FakeClock, settle
+from support.toy_bundle import write_toy_bundle
+
+from fedge.orchestrator.buffered import BufferedOrchestrator
+from fedge.orchestrator.buffered_config import BufferedSettings
+from fedge.orchestrator.config import OrchestratorConfig, RoundSettings
+from fedge.protocol.bundle import load_bundle
+from fedge.protocol.tensors import decode_tensors
+from fedge.protocol.transport import InMemoryBroker
+
+
+class AsyncFederation:
+    def __init__(self, tmp_path: Path, devices: int, *, versions: int = 3, **buffered: object):
+        self.broker = InMemoryBroker()
+        self.clock = FakeClock()
+        self.bundle = load_bundle(write_toy_bundle(tmp_path / "bundle"))
+        opts = {"buffer_size": 2, "max_concurrency": 10, "staleness": "constant"} | buffered
+        self.cfg = OrchestratorConfig(
+            database=str(tmp_path / "o.db"),
+            mode="async",
+            rounds=RoundSettings(rounds=versions, keep_deltas=True),
+            buffered=BufferedSettings(**opts),  # type: ignore[arg-type]
+        )
+        self.devices = {
+            f"dev-{i}": AsyncMemoryDevice(self.broker, f"dev-{i}") for i in range(devices)
+        }
+        self.orch = self.new_orchestrator()
+
+    def new_orchestrator(self) -> BufferedOrchestrator:
+        self.orch = BufferedOrchestrator(
+            self.cfg,
+            transport=self.broker.client("fedge-orchestrator"),
+            bundle=self.bundle,
+            clock=self.clock,
+        )
+        self.orch.start()
+        self.settle()
+        return self.orch
+
+    def settle(self) -> None:
+        settle(self.orch, self.devices.values())
+
+    def dev(self, i: int) -> AsyncMemoryDevice:
+        return self.devices[f"dev-{i}"]
+
+    def ask(self, i: int) -> AsyncMemoryDevice:
+        d = self.dev(i)
+        d.ask()
+        self.settle()
+        return d
+
+    def train(self, d: AsyncMemoryDevice, value: float) -> None:
+        d.fetch_params()
+        self.settle()
+        assert d.params is not None, f"{d.id} could not fetch the parameters"
+        d.offer(delta(d.params, value))
+        self.settle()
+
+    def version(self, v: int) -> dict[str, np.ndarray]:
+        return decode_tensors(self.orch.store.version_params(self.orch.run_id, v))
+
+    def latest(self) -> int:
+        return self.orch.store.latest_version(self.orch.run_id)[0]
+
+
+def delta(template: dict[str, np.ndarray], value: float) -> dict[str, np.ndarray]:
+    return {n: np.full(a.shape, value, a.dtype) for n, a in template.items()}
+
+
+def moved(fed: AsyncFederation, a: int, b: int) -> float:
+    va, vb = fed.version(a), fed.version(b)
+    steps = {round(float(np.mean(vb[n] - va[n])), 5) for n in va}
+    assert len(steps) == 1, steps
+    return steps.pop()
+
+
+def test_k_accepted_deltas_commit_a_version_with_the_fedavg_of_the_buffer(tmp_path):
+    fed = AsyncFederation(tmp_path, 3, buffer_size=2)
+    a, b = fed.ask(0), fed.ask(1)
+    assert a.slot and b.slot and a.slot != b.slot
+    assert a.task.model_version == 0 and a.task.participants == ["dev-0"]
+    fed.train(a, 0.1)
+    assert fed.latest() == 0  # one of K=2 buffered: no version yet
+    assert fed.orch.bstore.buffered(fed.orch.run_id) == [a.slot]
+    fed.train(b, 0.3)
+    assert fed.latest() == 1
+    assert moved(fed, 0, 1) == 0.2  # equal samples, fresh deltas: the plain mean
+    assert all(ack.accepted for ack in a.acks + b.acks)
+    assert fed.orch.bstore.buffered(fed.orch.run_id) == []
+    assert fed.dev(2).announce is not None and fed.dev(2).announce.model_version == 1
+
+
+def test_a_duplicate_delta_is_counted_once(tmp_path):
+    fed = AsyncFederation(tmp_path, 2, buffer_size=2)
+    a = fed.ask(0)
+    a.fetch_params()
+    fed.settle()
+    d = delta(a.params, 0.5)
+    fed.train(a, 0.5)
+    a.offer(d)  # the ack was lost: offered again
+    a.offer(d, msg_id="same")
+    a.offer(d, msg_id="same")  # a QoS 1 redelivery
+    fed.settle()
+    run = fed.orch.run_id
+    assert len(fed.orch.bstore.updates(run)) == 1
+    assert fed.orch.bstore.buffered(run) == [a.slot]
+    assert fed.orch.bstore.counters(run)["duplicates"] == 2
+    assert [ack.reason for ack in a.acks[1:]] == ["already counted"] * 3
+    assert fed.latest() == 0  # still one of K=2
+
+
+def test_at_most_c_devices_train_at_once_and_expired_slots_free_their_place(tmp_path):
+    fed = AsyncFederation(tmp_path, 3, max_concurrency=2, slot_seconds=30.0)
+    fed.ask(0), fed.ask(1), fed.ask(2)
+    assert [bool(fed.dev(i).slots) for i in range(3)] == [True, True, False]
+    assert fed.dev(2).announce.slots_free == 0
+    fed.clock.advance(31)
+    fed.settle()
+    assert fed.orch.machine.training == 0
+    assert fed.orch.bstore.counters(fed.orch.run_id)["expired"] == 2
+    assert fed.ask(2).slots, "a freed place goes to the next device that asks"
+
+
+def test_a_device_asking_again_gets_the_slot_it_holds(tmp_path):
+    fed = AsyncFederation(tmp_path, 1)
+    first = fed.ask(0).slot
+    assert fed.ask(0).slot == first  # e.g. the agent restarted mid-training
+    assert fed.orch.machine.training == 1
+
+
+def test_stale_deltas_are_weighted_and_deltas_past_the_cap_refused(tmp_path):
+    fed = AsyncFederation(
+        tmp_path,
+        3,
+        versions=5,
+        buffer_size=1,
+        max_staleness=1,
+        staleness="polynomial",
+        staleness_exponent=1.0,
+    )
+    slow, stale = fed.ask(0), fed.ask(1)  # both train v0
+    slow.fetch_params(), stale.fetch_params()
+    fed.settle()
+    fast = fed.ask(2)
+    fed.train(fast, 0.4)  # v1, fresh: weight 1
+    assert fed.latest() == 1 and moved(fed, 0, 1) == 0.4
+    slow.offer(delta(slow.params, 0.4))  # staleness 1: weight (1+1)^-1
+    fed.settle()
+    assert fed.latest() == 2 and moved(fed, 1, 2) == 0.2
+    stale.offer(delta(stale.params, 0.4))  # staleness 2 > cap 1
+    fed.settle()
+    assert stale.acks[-1].accepted is False and "cap is 1" in stale.acks[-1].reason
+    assert fed.latest() == 2
+    assert fed.orch.bstore.staleness_histogram(fed.orch.run_id) == {0: 1, 1: 1}
+
+
+def test_a_restart_mid_buffer_keeps_the_buffer_and_counts_each_delta_once(tmp_path):
+    fed = AsyncFederation(tmp_path, 3, buffer_size=2)
+    a, b = fed.ask(0), fed.ask(1)
+    fed.train(a, 0.1)
+    b.fetch_params()
+    fed.settle()
+    fed.orch.store.close()  # the orchestrator dies with one delta buffered, one slot active
+    fed.new_orchestrator()
+    run = fed.orch.run_id
+    assert fed.orch.bstore.buffered(run) == [a.slot]
+    assert fed.orch.machine.training == 1
+    a.offer(delta(a.params, 0.1))  # the first delta again (say its ack was lost)
+    b.offer(delta(b.params, 0.3))
+    fed.settle()
+    assert fed.latest() == 1 and moved(fed, 0, 1) == 0.2
+    assert len(fed.orch.bstore.updates(run)) == 2
+    assert fed.orch.bstore.counters(run)["duplicates"] == 1
+
+
+def test_an_abort_frees_the_slot(tmp_path):
+    fed = AsyncFederation(tmp_path, 2, max_concurrency=1)
+    a = fed.ask(0)
+    a.abort(round_no=a.slot)
+    fed.settle()
+    assert fed.orch.machine.training == 0
+    assert fed.ask(1).slots
+
+
+def test_the_run_finishes_after_its_versions(tmp_path):
+    fed = AsyncFederation(tmp_path, 1, versions=1, buffer_size=1)
+    fed.train(fed.ask(0), 0.1)
+    assert fed.orch.machine.finished
+    assert fed.dev(0).announce.state == "finished"
+    assert fed.orch.store.runs()[-1]["state"] == "finished"
