@@ -99,16 +99,18 @@ def run_orchestrator(args: argparse.Namespace) -> int:
     from fedge.protocol.mqtt_link import MqttLink
     from fedge.protocol.settings import load_settings
 
+    from .buffered import create_orchestrator
     from .config import OrchestratorConfig
-    from .server import Orchestrator
 
     config = load_settings(OrchestratorConfig, args.config, overrides=args.set)
+    config.buffered.validate()
     queue_bytes = config.limits.receive_queue_mib << 20  # bounded: see docs/security.md
     link = MqttLink(config.mqtt, client_id=config.client_id, max_queued_bytes=queue_bytes)
-    orch = Orchestrator(config, transport=link)
+    orch = create_orchestrator(config, transport=link)
     signal.signal(signal.SIGTERM, lambda *_: orch.stop())
     log.info(
-        "orchestrator for federation %s: bundle %s, database %s, broker %s, strategy %s",
+        "orchestrator (%s) for federation %s: bundle %s, database %s, broker %s, strategy %s",
+        config.mode,
         config.federation,
         orch.bundle.content_hash[:12],
         config.database,
