@@ -208,6 +208,19 @@ class BufferedStore:
         self._tx(stmts, f"committing async version {version} to")
 
     # ---- views (status, history, tests) ----
+    def run_mode(self, run_id: str) -> str:
+        """ "sync" or "async", as the run was created ("sync" for runs before async mode)."""
+        row = self._db.row("SELECT config FROM runs WHERE run_id=?", (run_id,))
+        return str(json.loads(row[0]).get("mode", "sync")) if row else "sync"
+
+    def versions(self, run_id: str) -> list[dict[str, Any]]:
+        """Every model version: number, creation time, metrics."""
+        rows = self._db.rows(
+            "SELECT version, created, metrics FROM model_versions WHERE run_id=? ORDER BY version",
+            (run_id,),
+        )
+        return [{"version": v, "created": c, "metrics": json.loads(m)} for v, c, m in rows]
+
     def counters(self, run_id: str) -> dict[str, int]:
         rows = self._db.rows("SELECT name, n FROM async_counters WHERE run_id=?", (run_id,))
         return {name: int(n) for name, n in rows}

@@ -132,12 +132,23 @@ def show_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _async_run(store, run_id: str) -> bool:
+    from .buffered_views import is_async
+
+    return is_async(store, run_id)
+
+
 def show_history(args: argparse.Namespace) -> int:
     from .history import history_table, open_store, pick_run
 
     store = open_store(args.database)
     run_id = pick_run(store, args.run)
     print(f"run {run_id}")
+    if _async_run(store, run_id):
+        from .buffered_views import async_history_table
+
+        print(async_history_table(store, run_id))
+        return 0
     print(history_table(store.rounds(run_id)))
     return 0
 
@@ -148,6 +159,11 @@ def make_plot(args: argparse.Namespace) -> int:
 
     store = open_store(args.database)
     run_id = pick_run(store, args.run)
+    if _async_run(store, run_id):
+        from .buffered_views import plot_async
+
+        print(f"Wrote {plot_async(store, run_id, args.out, title=f'fedge async run {run_id}')}")
+        return 0
     print(f"Wrote {plot_rounds(store.rounds(run_id), args.out, title=f'fedge run {run_id}')}")
     return 0
 

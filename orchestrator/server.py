@@ -221,6 +221,7 @@ class Orchestrator:
             stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(self.clock()))
             run_id = f"{stamp}-{self.bundle.content_hash[:8]}"
             config = {"rounds": asdict(self.cfg.rounds), "strategy": self.strategy.describe()}
+            config |= {"mode": self.cfg.mode, "buffered": asdict(self.cfg.buffered)}
             self.store.create_run(
                 run_id, self.bundle.content_hash, config, params, hashlib.sha256(params).hexdigest()
             )
