@@ -31,6 +31,7 @@ from fedge.protocol.messages import (
     FetchRequest,
     Message,
     RoundAbort,
+    RoundEvent,
     RoundTask,
     UpdateOffer,
     new_msg_id,
@@ -196,7 +197,18 @@ class BufferedOrchestrator(Orchestrator):
             len(rows),
             ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())),
         )
-        self._event("version_committed", None)
+        ev = RoundEvent(
+            run_id=self.run_id,
+            kind="version_committed",
+            round=0,
+            model_version=commit.version,
+            reports=len(rows),
+            participants=self.machine.training,
+            metrics=metrics,
+            ts=self.clock(),
+        )
+        self.transport.publish(self.topics.orchestrator_events, ev.encode())
+        self.transport.publish(self.topics.orchestrator_status, ev.encode(), retain=True)
         self._announce(force=True)
 
     def _finish_async(self) -> None:
