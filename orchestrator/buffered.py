@@ -303,8 +303,9 @@ class BufferedOrchestrator(Orchestrator):
             self._ack(offer, True, "already counted")
             return
         if verdict.status == "refused":
-            if slot is None or slot.agent_id != agent_id:
-                self._ack(offer, False, verdict.reason)  # not this device's slot: no row
+            if slot is None or slot.agent_id != agent_id:  # not this device's slot: no row
+                self.metrics.inc("fedge_ignored_messages_total", kind="offer")
+                self._ack(offer, False, verdict.reason)
             elif slot.state == "refused":
                 self._ack(offer, False, verdict.reason)
             else:

@@ -128,3 +128,16 @@ def test_the_run_finishes_after_its_versions(tmp_path):
     assert fed.orch.machine.finished
     assert fed.dev(0).announce.state == "finished"
     assert fed.orch.store.runs()[-1]["state"] == "finished"
+
+
+def test_a_delta_for_a_slot_the_device_was_not_handed_is_refused_without_a_row(tmp_path):
+    fed = AsyncFederation(tmp_path, 2)
+    a, b = fed.ask(0), fed.dev(1)
+    a.fetch_params()
+    fed.settle()
+    b.task, b.params = a.task, a.params  # dev-1 replays dev-0's slot
+    b.offer(delta(b.params, 9.0))
+    fed.settle()
+    assert b.acks[-1].accepted is False and "no such slot" in b.acks[-1].reason
+    assert fed.orch.bstore.updates(fed.orch.run_id) == []
+    assert fed.orch.machine.training == 1  # dev-0's slot is untouched
