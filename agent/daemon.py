@@ -15,7 +15,6 @@ import sqlite3
 import threading
 import time
 
-from fedge.protocol.async_messages import AsyncAnnounce, SlotRequest
 from fedge.protocol.blob_server import BlobServer
 from fedge.protocol.bundle import Bundle
 from fedge.protocol.chunks import decode_frame
@@ -34,6 +33,7 @@ from fedge.protocol.sqlite_samples import DataError
 from fedge.protocol.topics import Topics, validate_name
 from fedge.protocol.transport import Transport
 
+from .async_slots import AsyncSlots
 from .backends import TrainingBackend, create_backend
 from .bundle_cache import BundleCache
 from .clock import Clock, SystemClock
@@ -53,8 +53,6 @@ from .round_machine import (
     outbox_steps,
     report_step,
     round_news,
-    slot_request_due,
-    task_changed,
 )
 from .round_runner import RoundRunner
 from .state import AgentState, StateError
@@ -131,9 +129,7 @@ class Agent:
         self._was_connected = False
         self._seen_task: RoundTask | None = None  # the last task received (for the log)
         self._link_problem = ""
-        self.announce: AsyncAnnounce | None = None  # asynchronous runs (round/async)
-        self._slot_task = False  # self.task is a slot granted on the cmd topic
-        self._last_slot_request: float | None = None
+        self.slots = AsyncSlots(config.id)  # asynchronous runs (docs/async.md)
 
     # ---- lifecycle ----
     def stop(self) -> None:
@@ -231,7 +227,7 @@ class Agent:
             elif topic == self.topics.round_current:
                 self._on_task(payload)
             elif topic == self.topics.round_async:
-                self._on_announce(payload)
+                self.slots.on_announce(payload)
             elif topic == self.topics.agent_cmd(me):
                 msg = parse_message(payload)
                 if isinstance(msg, FetchRequest):
@@ -240,7 +236,7 @@ class Agent:
                 elif isinstance(msg, Ack):
                     self._on_ack(msg)
                 elif isinstance(msg, RoundTask):  # a slot of an asynchronous run
-                    self._on_slot(msg)
+                    self.task = self.slots.on_slot(self.task, msg)
                 else:
                     raise MessageError(f"unexpected {msg.TYPE!r} message on the command topic")
         except (MessageError, TransferError, CodecError) as exc:
@@ -248,7 +244,7 @@ class Agent:
 
     def _on_task(self, payload: bytes) -> None:
         if not payload:
-            if not self._slot_task:  # an asynchronous run clears round/current
+            if not self.slots.holding:  # an asynchronous run clears round/current
                 self.task = None
             return
         task = parse_message(payload, RoundTask)
@@ -259,49 +255,22 @@ class Agent:
             log.info("%s", news)
         self._seen_task = task
         self.task = task
-        self._slot_task = False
-
-    def _on_announce(self, payload: bytes) -> None:
-        if not payload:
-            self.announce = None
-            return
-        msg = parse_message(payload, AsyncAnnounce)
-        if isinstance(msg, AsyncAnnounce):
-            self.announce = msg
-
-    def _on_slot(self, task: RoundTask) -> None:
-        if self.cfg.id not in task.participants or task.state != "open":
-            raise MessageError("a slot task on the command topic must name this device")
-        if task_changed(self.task, task):
-            log.info(
-                "slot %d of run %s: train model v%d", task.round, task.run_id, task.model_version
-            )
-        self.task = task
-        self._slot_task = True
+        self.slots.holding = False
 
     def _request_slot(self) -> None:
         task = self.task
-        journal = self.state.journal_status(task.run_id, task.round) if task else ""
-        if not slot_request_due(
-            self.announce,
+        msg = self.slots.request(
             task,
-            agent_id=self.cfg.id,
-            journal=journal,
+            self.state.journal_status(task.run_id, task.round) if task else "",
             now=self.clock.time(),
             mono_now=self.clock.monotonic(),
-            last_request=self._last_slot_request,
             outbox_busy=self.state.has_outbox(),
             eligible=self.decision.eligible,
             connected=self.transport.connected,
             stopping=self._stop.is_set(),
-        ):
-            return
-        announce = self.announce
-        if announce is None:  # pragma: no cover - slot_request_due checked it
-            return
-        msg = SlotRequest(msg_id=new_msg_id(), agent=self.cfg.id, run_id=announce.run_id)
-        self._publish(self.topics.agent_up_msg(self.cfg.id), msg.encode())
-        self._last_slot_request = self.clock.monotonic()
+        )
+        if msg is not None:
+            self._publish(self.topics.agent_up_msg(self.cfg.id), msg.encode())
 
     def _on_ack(self, ack: Ack) -> None:
         if not ack.sha256:  # an evaluation report's ack (reports have no blob)
@@ -333,7 +302,7 @@ class Agent:
             self._publish_status(self._status)
             self._last_offer.clear()
             self._last_report.clear()
-            self._last_slot_request = None
+            self.slots.last_request = None
         self._was_connected = connected
         self._check_eligibility()
         self.fetches.tick()
