@@ -66,6 +66,7 @@ class BufferedOrchestrator(Orchestrator):
         clock: Callable[[], float] | None = None,
     ) -> None:
         validate_mode(config.mode)
+        config.buffered.validate()  # before the bundle and the database are opened
         if clock is None:
             super().__init__(config, transport=transport, bundle=bundle)
         else:

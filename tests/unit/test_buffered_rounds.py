@@ -141,3 +141,26 @@ def test_a_delta_for_a_slot_the_device_was_not_handed_is_refused_without_a_row(t
     assert b.acks[-1].accepted is False and "no such slot" in b.acks[-1].reason
     assert fed.orch.bstore.updates(fed.orch.run_id) == []
     assert fed.orch.machine.training == 1  # dev-0's slot is untouched
+
+
+def test_mode_and_buffered_keys_are_validated_from_the_settings_file(tmp_path):
+    import pytest
+
+    from fedge.orchestrator.buffered import create_orchestrator
+    from fedge.orchestrator.config import OrchestratorConfig
+    from fedge.protocol.errors import ConfigError
+    from fedge.protocol.settings import load_settings
+    from fedge.protocol.transport import InMemoryBroker
+
+    toml = tmp_path / "o.toml"
+    toml.write_text('mode = "async"\n[buffered]\nbuffer_size = 0\n')
+    cfg = load_settings(OrchestratorConfig, toml)
+    with pytest.raises(ConfigError, match=r"buffered\.buffer_size.*allowed: 1-100000"):
+        create_orchestrator(cfg, transport=InMemoryBroker().client("o"))
+    toml.write_text('mode = "asynchronous"\n')
+    cfg = load_settings(OrchestratorConfig, toml)
+    with pytest.raises(ConfigError, match="'mode' = 'asynchronous' unknown"):
+        create_orchestrator(cfg, transport=InMemoryBroker().client("o"))
+    toml.write_text("[buffered]\nbuffer_sise = 3\n")
+    with pytest.raises(ConfigError, match="unknown setting 'buffered.buffer_sise'"):
+        load_settings(OrchestratorConfig, toml)
