@@ -154,11 +154,12 @@ def test_mode_and_buffered_keys_are_validated_from_the_settings_file(tmp_path):
 
     toml = tmp_path / "o.toml"
     toml.write_text('mode = "async"\n[buffered]\nbuffer_size = 0\n')
-    cfg = load_settings(OrchestratorConfig, toml)
     with pytest.raises(ConfigError, match=r"buffered\.buffer_size.*allowed: 1-100000"):
-        create_orchestrator(cfg, transport=InMemoryBroker().client("o"))
+        load_settings(OrchestratorConfig, toml)
     toml.write_text('mode = "asynchronous"\n')
-    cfg = load_settings(OrchestratorConfig, toml)
+    with pytest.raises(ConfigError, match="mode must be one of"):
+        load_settings(OrchestratorConfig, toml)
+    cfg = OrchestratorConfig(mode="asynchronous")  # built in code, not loaded
     with pytest.raises(ConfigError, match="'mode' = 'asynchronous' unknown"):
         create_orchestrator(cfg, transport=InMemoryBroker().client("o"))
     toml.write_text("[buffered]\nbuffer_sise = 3\n")
