@@ -36,7 +36,7 @@ from fedge.protocol.messages import (
     UpdateOffer,
     new_msg_id,
 )
-from fedge.protocol.tensors import decode_tensors, encode_tensors
+from fedge.protocol.tensors import decode_tensors, encode_tensors, l2_norm
 from fedge.protocol.transfer import PullTransfer
 from fedge.protocol.transport import Transport
 
@@ -45,6 +45,7 @@ from .buffered_machine import BufferedMachine, Commit, Expire, Finish, Grant, Sl
 from .buffered_store import BufferedStore
 from .config import OrchestratorConfig
 from .intake import RecentIds
+from .robust_weighting import RoundUpdate, scale_delta
 from .server import Orchestrator
 from .validation import UpdateRejected, validate_delta
 
@@ -161,20 +162,36 @@ class BufferedOrchestrator(Orchestrator):
 
     def _commit_buffer(self, commit: Commit) -> None:
         rows = self.bstore.buffered_deltas(self.run_id, commit.buffered)
+        # the robust defaults of synchronous rounds (capped claims, adaptive clipping), keyed by
+        # slot: one device may have several deltas in the buffer
+        plan = self.robust.weigh(
+            [
+                RoundUpdate(
+                    str(slot),
+                    n,
+                    self.registry.registered_samples(agent),
+                    l2_norm(decode_delta(blob)),
+                )
+                for slot, agent, n, _w, blob in rows
+            ]
+        )
+        if any(w.capped or w.clipped or not w.accepted for w in plan.updates):
+            log.info("async v%d robust weighting: %s", commit.version, plan.summary())
         aggregator = self.strategy.start_aggregation(self.global_params)
-        for num_samples, weight, blob in rows:
-            delta = decode_delta(blob)
-            aggregator.add(
-                {k: (v * np.float32(weight)).astype(v.dtype) for k, v in delta.items()}, num_samples
-            )
-        new_params = aggregator.result()
+        for slot, _agent, _n, staleness_weight, blob in rows:
+            w = plan.get(str(slot))
+            if w.accepted:
+                delta = scale_delta(decode_delta(blob), w.scale * staleness_weight)
+                aggregator.add(delta, w.weight)
+        new_params = aggregator.result() if plan.accepted() else None
         if new_params is None:  # the strategy kept the model: the version repeats it
             new_params = self.global_params
         metrics: dict[str, float] = {
             "updates": float(len(rows)),
-            "mean_weight": float(np.mean([w for _, w, _ in rows])) if rows else 0.0,
-            "num_samples": float(sum(n for n, _, _ in rows)),
+            "mean_weight": float(np.mean([r[3] for r in rows])) if rows else 0.0,
+            "num_samples": float(sum(r[2] for r in rows)),
         }
+        metrics.update(plan.metrics())
         if self.evaluator is not None:
             metrics.update(self.evaluator.evaluate(new_params))
         blob = encode_tensors(new_params)

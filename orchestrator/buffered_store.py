@@ -155,17 +155,17 @@ class BufferedStore:
 
     def buffered_deltas(
         self, run_id: str, slots: tuple[int, ...]
-    ) -> list[tuple[int, float, bytes]]:
-        """(num_samples, staleness weight, delta) of the given buffered slots."""
+    ) -> list[tuple[int, str, int, float, bytes]]:
+        """(slot, agent, num_samples, staleness weight, delta) of the given buffered slots."""
         out = []
         for n in slots:
             row = self._db.row(
-                "SELECT num_samples, weight, delta FROM async_updates WHERE run_id=? AND slot=? "
-                "AND committed IS NULL",
+                "SELECT agent_id, num_samples, weight, delta FROM async_updates "
+                "WHERE run_id=? AND slot=? AND committed IS NULL",
                 (run_id, n),
             )
-            if row is not None and row[2] is not None:
-                out.append((int(row[0]), float(row[1]), bytes(row[2])))
+            if row is not None and row[3] is not None:
+                out.append((n, str(row[0]), int(row[1]), float(row[2]), bytes(row[3])))
         return out
 
     def commit(

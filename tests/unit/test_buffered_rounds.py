@@ -165,3 +165,24 @@ def test_mode_and_buffered_keys_are_validated_from_the_settings_file(tmp_path):
     toml.write_text("[buffered]\nbuffer_sise = 3\n")
     with pytest.raises(ConfigError, match="unknown setting 'buffered.buffer_sise'"):
         load_settings(OrchestratorConfig, toml)
+
+
+def test_robust_weighting_caps_a_claimed_sample_count_in_async_versions_too(tmp_path):
+    fed = AsyncFederation(tmp_path, 2, buffer_size=2)
+    honest, liar = fed.ask(0), fed.ask(1)  # both registered 10 samples in their status
+    fed.train(honest, 0.1)
+    liar.samples = 10**6  # its offer claims a million rows
+    fed.train(liar, 0.3)
+    assert fed.latest() == 1
+    assert moved(fed, 0, 1) == 0.2  # capped to its registered 10: equal weights
+
+
+def test_adaptive_clipping_applies_to_the_buffer(tmp_path):
+    from fedge.orchestrator.config import RobustSettings
+
+    fed = AsyncFederation(tmp_path, 2, buffer_size=2)
+    fed.cfg.robust = RobustSettings()  # on by default: 1.5x the median norm
+    fed.orch.robust = fed.orch._new_robust_weighting()
+    fed.train(fed.ask(0), 0.1)
+    fed.train(fed.ask(1), 0.3)  # norm 3x the (lower) median: scaled to 1.5x
+    assert moved(fed, 0, 1) == 0.125  # (0.1 + 0.15) / 2
