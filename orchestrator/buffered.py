@@ -139,8 +139,15 @@ class BufferedOrchestrator(Orchestrator):
         self._announced, self._last_announce = key, now
 
     # ---- the clock ----
+    def _uploading(self, agent_id: str) -> bool:
+        return agent_id in self.async_uploads
+
     def tick(self) -> None:
         self._last_tick = self.clock()
+        queue_drops = int(getattr(self.transport, "dropped", 0))  # MqttLink's full queue
+        self.budgets.queue_full(queue_drops - self._queue_drops)
+        self._queue_drops = queue_drops
+        self.budgets.tick()
         for agent_id, (transfer, _offer, _slot) in list(self.async_uploads.items()):
             transfer.tick()
             if transfer.failed:

@@ -510,7 +510,7 @@ class Orchestrator:
             kind,
             payload,
             retained=retained,
-            uploading=agent_id in self.intake.uploads,
+            uploading=self._uploading(agent_id),
         )
         if verdict == "clear":  # retained on an up topic: the broker would replay it forever
             self.transport.publish(topic, b"", retain=True)
@@ -543,6 +543,9 @@ class Orchestrator:
                 log.warning("ignored a bad message on %s: %s", topic, exc)
 
     _dispatch = handle  # the name the fuzz tests use
+
+    def _uploading(self, agent_id: str) -> bool:  # async mode overrides it
+        return agent_id in self.intake.uploads
 
     def _on_chunk(self, agent_id: str, chunk: Chunk) -> None:  # async mode overrides it
         self.intake.on_chunk(agent_id, chunk)
