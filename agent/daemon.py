@@ -33,6 +33,7 @@ from fedge.protocol.sqlite_samples import DataError
 from fedge.protocol.topics import Topics, validate_name
 from fedge.protocol.transport import Transport
 
+from .async_slots import AsyncSlots
 from .backends import TrainingBackend, create_backend
 from .bundle_cache import BundleCache
 from .clock import Clock, SystemClock
@@ -128,6 +129,7 @@ class Agent:
         self._was_connected = False
         self._seen_task: RoundTask | None = None  # the last task received (for the log)
         self._link_problem = ""
+        self.slots = AsyncSlots(config.id)  # asynchronous runs (docs/async.md)
 
     # ---- lifecycle ----
     def stop(self) -> None:
@@ -152,6 +154,7 @@ class Agent:
         me = self.cfg.id
         for topic in (
             self.topics.round_current,
+            self.topics.round_async,
             self.topics.agent_cmd(me),
             self.topics.agent_down(me),
         ):
@@ -223,6 +226,8 @@ class Agent:
                 self.fetches.on_chunk(decode_frame(payload))
             elif topic == self.topics.round_current:
                 self._on_task(payload)
+            elif topic == self.topics.round_async:
+                self.slots.on_announce(payload)
             elif topic == self.topics.agent_cmd(me):
                 msg = parse_message(payload)
                 if isinstance(msg, FetchRequest):
@@ -230,6 +235,8 @@ class Agent:
                         log.info("asked for %s, no longer in the outbox", msg.sha256[:12])
                 elif isinstance(msg, Ack):
                     self._on_ack(msg)
+                elif isinstance(msg, RoundTask):  # a slot of an asynchronous run
+                    self.task = self.slots.on_slot(self.task, msg)
                 else:
                     raise MessageError(f"unexpected {msg.TYPE!r} message on the command topic")
         except (MessageError, TransferError, CodecError) as exc:
@@ -237,7 +244,8 @@ class Agent:
 
     def _on_task(self, payload: bytes) -> None:
         if not payload:
-            self.task = None
+            if not self.slots.holding:  # an asynchronous run clears round/current
+                self.task = None
             return
         task = parse_message(payload, RoundTask)
         if not isinstance(task, RoundTask):  # pragma: no cover - parse_message checked it
@@ -247,6 +255,22 @@ class Agent:
             log.info("%s", news)
         self._seen_task = task
         self.task = task
+        self.slots.holding = False
+
+    def _request_slot(self) -> None:
+        task = self.task
+        msg = self.slots.request(
+            task,
+            self.state.journal_status(task.run_id, task.round) if task else "",
+            now=self.clock.time(),
+            mono_now=self.clock.monotonic(),
+            outbox_busy=self.state.has_outbox(),
+            eligible=self.decision.eligible,
+            connected=self.transport.connected,
+            stopping=self._stop.is_set(),
+        )
+        if msg is not None:
+            self._publish(self.topics.agent_up_msg(self.cfg.id), msg.encode())
 
     def _on_ack(self, ack: Ack) -> None:
         if not ack.sha256:  # an evaluation report's ack (reports have no blob)
@@ -278,12 +302,14 @@ class Agent:
             self._publish_status(self._status)
             self._last_offer.clear()
             self._last_report.clear()
+            self.slots.last_request = None
         self._was_connected = connected
         self._check_eligibility()
         self.fetches.tick()
         self._work_outbox()
         self._send_report()
         self._work_on_round()
+        self._request_slot()
         task = self.task
         if task is not None and task.state == "finished" and not self.state.has_outbox():
             self.task = None  # said in the log once, when the task came (round_news)

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
+from fedge.protocol.async_messages import AsyncAnnounce
 from fedge.protocol.messages import RoundTask
 
 from .eligibility import Decision
@@ -209,3 +210,41 @@ def round_news(seen: RoundTask | None, task: RoundTask, agent_id: str, now: floa
         f"run {task.run_id} finished at model v{task.model_version}; "
         "the agent stays connected for the next run"
     )
+
+
+def slot_request_due(
+    announce: AsyncAnnounce | None,
+    task: RoundTask | None,
+    *,
+    agent_id: str,
+    journal: str,
+    now: float,
+    mono_now: float,
+    last_request: float | None,
+    outbox_busy: bool,
+    eligible: bool,
+    connected: bool,
+    stopping: bool = False,
+) -> bool:
+    """Asynchronous runs: whether to ask the orchestrator for a training slot now.
+
+    Only an idle device asks: connected, eligible, not stopping, nothing in its outbox (one
+    delta in flight at a time), and not still working on a slot of this run (a slot is done
+    once its journal entry is final or its deadline passed). It asks at most once per the
+    announcement's ``retry_after`` and not while the announcement says no slot is free.
+    """
+    if announce is None or announce.state != "open" or announce.slots_free <= 0:
+        return False
+    if not connected or stopping or not eligible or outbox_busy:
+        return False
+    holding = (
+        task is not None
+        and task.state == "open"
+        and task.run_id == announce.run_id
+        and agent_id in task.participants
+        and journal not in FINAL_STATES
+        and not (task.deadline and now > task.deadline)
+    )
+    if holding:
+        return False
+    return resend_due(last_request, mono_now, max(0.05, announce.retry_after))

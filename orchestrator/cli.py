@@ -99,16 +99,18 @@ def run_orchestrator(args: argparse.Namespace) -> int:
     from fedge.protocol.mqtt_link import MqttLink
     from fedge.protocol.settings import load_settings
 
+    from .buffered import create_orchestrator
     from .config import OrchestratorConfig
-    from .server import Orchestrator
 
     config = load_settings(OrchestratorConfig, args.config, overrides=args.set)
+    config.buffered.validate()
     queue_bytes = config.limits.receive_queue_mib << 20  # bounded: see docs/security.md
     link = MqttLink(config.mqtt, client_id=config.client_id, max_queued_bytes=queue_bytes)
-    orch = Orchestrator(config, transport=link)
+    orch = create_orchestrator(config, transport=link)
     signal.signal(signal.SIGTERM, lambda *_: orch.stop())
     log.info(
-        "orchestrator for federation %s: bundle %s, database %s, broker %s, strategy %s",
+        "orchestrator (%s) for federation %s: bundle %s, database %s, broker %s, strategy %s",
+        config.mode,
         config.federation,
         orch.bundle.content_hash[:12],
         config.database,
@@ -130,12 +132,23 @@ def show_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _async_run(store, run_id: str) -> bool:
+    from .buffered_views import is_async
+
+    return is_async(store, run_id)
+
+
 def show_history(args: argparse.Namespace) -> int:
     from .history import history_table, open_store, pick_run
 
     store = open_store(args.database)
     run_id = pick_run(store, args.run)
     print(f"run {run_id}")
+    if _async_run(store, run_id):
+        from .buffered_views import async_history_table
+
+        print(async_history_table(store, run_id))
+        return 0
     print(history_table(store.rounds(run_id)))
     return 0
 
@@ -146,6 +159,11 @@ def make_plot(args: argparse.Namespace) -> int:
 
     store = open_store(args.database)
     run_id = pick_run(store, args.run)
+    if _async_run(store, run_id):
+        from .buffered_views import plot_async
+
+        print(f"Wrote {plot_async(store, run_id, args.out, title=f'fedge async run {run_id}')}")
+        return 0
     print(f"Wrote {plot_rounds(store.rounds(run_id), args.out, title=f'fedge run {run_id}')}")
     return 0
 

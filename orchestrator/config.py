@@ -36,6 +36,7 @@ from fedge.protocol.messages import (
 from fedge.protocol.mqtt_link import MqttSettings
 from fedge.protocol.sqlite_samples import DataSource
 
+from .buffered_config import MODES, BufferedSettings
 from .device_budget import DeviceLimits
 from .strategies import STRATEGIES
 
@@ -174,3 +175,6 @@ class OrchestratorConfig:
     evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     limits: DeviceLimits = field(default_factory=DeviceLimits)  # per-device budgets
+    # "async": buffered asynchronous aggregation (FedBuff), see docs/async.md
+    mode: Annotated[str, OneOf(*MODES)] = "sync"
+    buffered: BufferedSettings = field(default_factory=BufferedSettings)

@@ -71,6 +71,13 @@ def history_table(rounds: list[RoundRecord]) -> str:
 def status_text(store: Store, run_id: str) -> str:
     """The run, its open round, the devices and the latest metrics."""
     run = next(r for r in store.runs() if r["run_id"] == run_id)
+    from .buffered_views import async_status_lines, is_async
+
+    if is_async(store, run_id):
+        head = f"run {run_id}: {run['state']}, started " + time.strftime(
+            "%Y-%m-%d %H:%M:%S", time.localtime(run["started"])
+        )
+        return "\n".join([head, *async_status_lines(store, run_id), *_device_lines(store)])
     rounds = store.rounds(run_id)
     committed = [r for r in rounds if r.state == "committed"]
     lines = [
@@ -96,8 +103,12 @@ def status_text(store: Store, run_id: str) -> str:
         e = evaluated[-1]
         shown = ", ".join(f"{k}={v:.4f}" for k, v in sorted(e.metrics.items()))
         lines.append(f"federated evaluation of v{e.model_version} (round {e.round}): {shown}")
+    return "\n".join(lines + _device_lines(store))
+
+
+def _device_lines(store: Store) -> list[str]:
     devices = store.devices()
-    lines.append(f"devices: {len(devices)}")
+    lines = [f"devices: {len(devices)}"]
     now = time.time()
     for d in devices:
         why = "" if d["eligible"] else f" ineligible: {d['reason']}"
@@ -106,4 +117,4 @@ def status_text(store: Store, run_id: str) -> str:
             f"{d['num_samples']:>7} samples  v{d['version'] or '?':<8} "
             f"seen {now - d['last_seen']:.0f} s ago{why}"
         )
-    return "\n".join(lines)
+    return lines

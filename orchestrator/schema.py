@@ -49,6 +49,29 @@ CREATE TABLE IF NOT EXISTS strategy_state (
 )
 """
 
+# Buffered asynchronous runs (orchestrator/buffered_store.py). A delta is counted once: its
+# row's primary key is the slot it was trained in. ``committed`` is the version that applied it
+# (NULL while it waits in the buffer); ``counters`` holds refused/duplicate/expired counts.
+BUFFERED_SCHEMA = """
+CREATE TABLE IF NOT EXISTS async_slots (
+    run_id TEXT NOT NULL, slot INTEGER NOT NULL, agent_id TEXT NOT NULL,
+    version INTEGER NOT NULL, granted REAL NOT NULL, expires REAL NOT NULL,
+    state TEXT NOT NULL, note TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (run_id, slot)
+);
+CREATE TABLE IF NOT EXISTS async_updates (
+    run_id TEXT NOT NULL, slot INTEGER NOT NULL, agent_id TEXT NOT NULL, sha256 TEXT NOT NULL,
+    from_version INTEGER NOT NULL, staleness INTEGER NOT NULL, weight REAL NOT NULL,
+    num_samples INTEGER NOT NULL, metrics TEXT NOT NULL DEFAULT '{}', bytes INTEGER NOT NULL,
+    received REAL NOT NULL, committed INTEGER, delta BLOB,
+    PRIMARY KEY (run_id, slot)
+);
+CREATE TABLE IF NOT EXISTS async_counters (
+    run_id TEXT NOT NULL, name TEXT NOT NULL, n INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (run_id, name)
+)
+"""
+
 # Append only: a migration, once released, never changes (its number is recorded in databases).
 MIGRATIONS: list[Migration] = [
     Migration(1, "initial schema", INITIAL_SCHEMA),
@@ -66,6 +89,7 @@ MIGRATIONS: list[Migration] = [
         "index updates by round",
         "CREATE INDEX IF NOT EXISTS updates_by_round ON updates(run_id, round)",
     ),
+    Migration(7, "buffered asynchronous runs: slots, buffered deltas", BUFFERED_SCHEMA),
 ]
 LATEST_MIGRATION = MIGRATIONS[-1].number
 

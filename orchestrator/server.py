@@ -21,7 +21,7 @@ from dataclasses import asdict, replace
 
 from fedge.protocol.blob_server import BlobServer
 from fedge.protocol.bundle import Bundle, load_bundle, pack_bundle
-from fedge.protocol.chunks import blob_ref, decode_frame
+from fedge.protocol.chunks import Chunk, blob_ref, decode_frame
 from fedge.protocol.compression import decode_delta
 from fedge.protocol.errors import CodecError, MessageError, TransferError
 from fedge.protocol.messages import (
@@ -223,6 +223,7 @@ class Orchestrator:
             stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(self.clock()))
             run_id = f"{stamp}-{self.bundle.content_hash[:8]}"
             config = {"rounds": asdict(self.cfg.rounds), "strategy": self.strategy.describe()}
+            config |= {"mode": self.cfg.mode, "buffered": asdict(self.cfg.buffered)}
             self.store.create_run(
                 run_id, self.bundle.content_hash, config, params, hashlib.sha256(params).hexdigest()
             )
@@ -511,7 +512,7 @@ class Orchestrator:
             kind,
             payload,
             retained=retained,
-            uploading=agent_id in self.intake.uploads,
+            uploading=self._uploading(agent_id),
         )
         if verdict == "clear":  # retained on an up topic: the broker would replay it forever
             self.transport.publish(topic, b"", retain=True)
@@ -536,7 +537,7 @@ class Orchestrator:
             elif kind == "up/chunk":
                 self.bytes_up += len(payload)
                 self.metrics.count_bytes("up", len(payload))
-                self.intake.on_chunk(agent_id, decode_frame(payload))
+                self._on_chunk(agent_id, decode_frame(payload))
             else:
                 raise MessageError(f"unexpected topic kind {kind!r}")
         except (MessageError, TransferError, CodecError) as exc:
@@ -544,6 +545,12 @@ class Orchestrator:
                 log.warning("ignored a bad message on %s: %s", topic, exc)
 
     _dispatch = handle  # the name the fuzz tests use
+
+    def _uploading(self, agent_id: str) -> bool:  # async mode overrides it
+        return agent_id in self.intake.uploads
+
+    def _on_chunk(self, agent_id: str, chunk: Chunk) -> None:  # async mode overrides it
+        self.intake.on_chunk(agent_id, chunk)
 
     def _on_agent_message(self, agent_id: str, msg: Message) -> None:
         if isinstance(msg, FetchRequest):

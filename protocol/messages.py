@@ -51,6 +51,7 @@ EVENT_KINDS = (
     "round_evaluated",
     "round_abandoned",
     "run_finished",
+    "version_committed",  # asynchronous runs (protocol/async_messages.py)
 )
 
 LocalEpochs = Annotated[int, Range(1, 1000)]

@@ -44,6 +44,11 @@ class Topics:
         return f"{self.prefix}/round/current"
 
     @property
+    def round_async(self) -> str:
+        """Retained announcement of a buffered asynchronous run (fedge.protocol.async_messages)."""
+        return f"{self.prefix}/round/async"
+
+    @property
     def orchestrator_status(self) -> str:
         return f"{self.prefix}/orchestrator/status"
 

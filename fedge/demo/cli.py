@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 EXAMPLE = """Example:
   fedge demo                         # 5 devices, 10 rounds, embedded broker
   fedge demo --devices 3 --rounds 3  # quicker
+  fedge demo --async                 # buffered asynchronous rounds (FedBuff)
   fedge demo --broker mqtt://127.0.0.1:1883 --protocol 5   # a real (anonymous) Mosquitto"""
 
 
@@ -94,6 +95,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--min-accuracy", type=float, default=0.0, help="exit 1 if the final test accuracy is lower"
+    )
+    p.add_argument(
+        "--async",
+        dest="asynchronous",
+        action="store_true",
+        help="buffered asynchronous rounds (FedBuff): no round waits for slow devices",
     )
     p.set_defaults(func=run)
 

@@ -44,6 +44,7 @@ class DemoOptions:
     protocol: str = "3.1.1"
     deadline_seconds: float = 60.0
     timeout_seconds: float = 600.0
+    asynchronous: bool = False  # buffered asynchronous rounds (FedBuff), see docs/async.md
 
 
 @dataclass
@@ -202,7 +203,8 @@ def run_demo(opts: DemoOptions, *, echo=print) -> DemoResult:
 
         orch_cfg = write_toml(
             out / "orchestrator.toml",
-            orchestrator_settings(opts, url=url, out=out, bundle=bundle_dir, test=fed.test_path),
+            orchestrator_settings(opts, url=url, out=out, bundle=bundle_dir, test=fed.test_path)
+            | _async_settings(opts),
         )
         procs.start(
             "orchestrator",
@@ -289,7 +291,14 @@ def _follow(opts, watcher, topics, procs, result, echo, started) -> None:
         except FedgeError:
             continue
         assert isinstance(ev, RoundEvent)
-        if ev.kind == "round_committed":
+        if ev.kind == "version_committed":  # asynchronous runs
+            m = ev.metrics
+            echo(
+                f"  version {ev.model_version:2d}/{opts.rounds} | {ev.reports} deltas "
+                f"(weight {m.get('mean_weight', 1.0):.2f}) | "
+                f"test accuracy {m.get('test_accuracy', float('nan')):.4f}"
+            )
+        elif ev.kind == "round_committed":
             m = ev.metrics
             now = time.monotonic()
             echo(
@@ -318,6 +327,9 @@ def _summarize(opts: DemoOptions, out: Path, result: DemoResult, echo) -> None:
         rounds = store.rounds(run_id) if run_id else []
     finally:
         store.close()
+    if opts.asynchronous:
+        _summarize_async(opts, out, result, echo)
+        return
     committed = [r for r in rounds if r.state == "committed"]
     result.rounds = [
         {"round": r.round, "version": r.model_version + 1, **r.metrics} for r in committed
@@ -340,3 +352,37 @@ def _summarize(opts: DemoOptions, out: Path, result: DemoResult, echo) -> None:
     if result.plot_path:
         echo(f"Plot: {result.plot_path}")
     echo(f"History: fedge history --database {out / 'orchestrator.db'}")
+
+
+def _async_settings(opts: DemoOptions) -> dict:
+    """Orchestrator settings of an asynchronous demo: a version every half-fleet of deltas."""
+    if not opts.asynchronous:
+        return {}
+    k = max(1, opts.devices // 2)
+    return {"mode": "async", "buffered": {"buffer_size": k, "max_concurrency": opts.devices}}
+
+
+def _summarize_async(opts: DemoOptions, out: Path, result: DemoResult, echo) -> None:
+    from fedge.orchestrator.buffered_store import BufferedStore
+    from fedge.orchestrator.buffered_views import plot_async
+    from fedge.orchestrator.store import Store
+
+    store = Store(out / "orchestrator.db")
+    try:
+        run_id = store.latest_run_id() or ""
+        versions = BufferedStore(store).versions(run_id)[1:]
+        result.rounds = [{"version": v["version"], **v["metrics"]} for v in versions]
+        if versions:
+            result.final_accuracy = float(versions[-1]["metrics"].get("test_accuracy", "nan"))
+            title = f"fedge demo (async): {opts.dataset}, {opts.devices} devices"
+            result.plot_path = str(plot_async(store, run_id, out / "accuracy.png", title=title))
+    finally:
+        store.close()
+    echo("")
+    echo(
+        f"Done: {len(versions)} versions in {result.wall_seconds:.1f} s; final test accuracy "
+        f"{result.final_accuracy:.4f}; agent peak RSS {result.agent_peak_rss_mb:.0f} MB"
+    )
+    if result.plot_path:
+        echo(f"Plot: {result.plot_path}")
+    echo(f"Status: fedge status --database {out / 'orchestrator.db'}")

@@ -4,6 +4,7 @@ import typing
 
 import pytest
 
+from fedge.protocol.async_messages import AsyncAnnounce, SlotRequest
 from fedge.protocol.errors import MessageError
 from fedge.protocol.messages import (
     MAX_CONTROL_BYTES,
@@ -156,6 +157,9 @@ VALID: dict[str, dict] = {
     "event": json.loads(
         RoundEvent(run_id="r", kind="round_started", round=1, model_version=0, ts=1.7e9).encode()
     ),
+    # asynchronous runs (protocol/async_messages.py registers them)
+    "async": json.loads(AsyncAnnounce("r", 1, "open", SHA, slots_free=2).encode()),
+    "slot_request": json.loads(SlotRequest("m", "a", "r").encode()),
 }
 LONG = "x" * 5000
 
@@ -245,6 +249,16 @@ OUT_OF_BOUNDS = [
     ("event", "participants", -1, "event.participants must be >= 0"),
     ("event", "metrics", {"loss": 10**400}, "event.metrics.loss must be a finite number"),
     ("event", "ts", float("nan"), "event.ts must be a finite number"),
+    ("async", "run_id", LONG, "async.run_id must have at most 128"),
+    ("async", "model_version", -1, "async.model_version must be >= 0"),
+    ("async", "state", "paused", "async.state must be one of"),
+    ("async", "bundle_hash", "XYZ", "async.bundle_hash must be"),
+    ("async", "slots_free", -1, "async.slots_free must be >= 0"),
+    ("async", "training", HUGE, "async.training must be <= "),
+    ("async", "retry_after", -1.0, "async.retry_after must be >= 0"),
+    ("slot_request", "msg_id", "", "slot_request.msg_id must have at least 1"),
+    ("slot_request", "agent", "a/b", "slot_request.agent must be 1-64"),
+    ("slot_request", "run_id", LONG, "slot_request.run_id must have at most 128"),
 ]
 
 

@@ -1,0 +1,188 @@
+"""Buffered asynchronous runs on an in-memory transport: a real BufferedOrchestrator, SQLite
+Store and toy bundle, scripted devices and a fake clock. No broker, no threads, no sleeps."""
+
+from __future__ import annotations
+
+import numpy as np
+from support.async_federation import AsyncFederation, delta
+
+
+def moved(fed: AsyncFederation, a: int, b: int) -> float:
+    va, vb = fed.version(a), fed.version(b)
+    steps = {round(float(np.mean(vb[n] - va[n])), 5) for n in va}
+    assert len(steps) == 1, steps
+    return steps.pop()
+
+
+def test_k_accepted_deltas_commit_a_version_with_the_fedavg_of_the_buffer(tmp_path):
+    fed = AsyncFederation(tmp_path, 3, buffer_size=2)
+    a, b = fed.ask(0), fed.ask(1)
+    assert a.slot and b.slot and a.slot != b.slot
+    assert a.task.model_version == 0 and a.task.participants == ["dev-0"]
+    fed.train(a, 0.1)
+    assert fed.latest() == 0  # one of K=2 buffered: no version yet
+    assert fed.orch.bstore.buffered(fed.orch.run_id) == [a.slot]
+    fed.train(b, 0.3)
+    assert fed.latest() == 1
+    assert moved(fed, 0, 1) == 0.2  # equal samples, fresh deltas: the plain mean
+    assert all(ack.accepted for ack in a.acks + b.acks)
+    assert fed.orch.bstore.buffered(fed.orch.run_id) == []
+    assert fed.dev(2).announce is not None and fed.dev(2).announce.model_version == 1
+
+
+def test_a_duplicate_delta_is_counted_once(tmp_path):
+    fed = AsyncFederation(tmp_path, 2, buffer_size=2)
+    a = fed.ask(0)
+    a.fetch_params()
+    fed.settle()
+    d = delta(a.params, 0.5)
+    fed.train(a, 0.5)
+    a.offer(d)  # the ack was lost: offered again
+    a.offer(d, msg_id="same")
+    a.offer(d, msg_id="same")  # a QoS 1 redelivery
+    fed.settle()
+    run = fed.orch.run_id
+    assert len(fed.orch.bstore.updates(run)) == 1
+    assert fed.orch.bstore.buffered(run) == [a.slot]
+    assert fed.orch.bstore.counters(run)["duplicates"] == 2
+    assert [ack.reason for ack in a.acks[1:]] == ["already counted"] * 3
+    assert fed.latest() == 0  # still one of K=2
+
+
+def test_at_most_c_devices_train_at_once_and_expired_slots_free_their_place(tmp_path):
+    fed = AsyncFederation(tmp_path, 3, max_concurrency=2, slot_seconds=30.0)
+    fed.ask(0), fed.ask(1), fed.ask(2)
+    assert [bool(fed.dev(i).slots) for i in range(3)] == [True, True, False]
+    assert fed.dev(2).announce.slots_free == 0
+    fed.clock.advance(31)
+    fed.settle()
+    assert fed.orch.machine.training == 0
+    assert fed.orch.bstore.counters(fed.orch.run_id)["expired"] == 2
+    assert fed.ask(2).slots, "a freed place goes to the next device that asks"
+
+
+def test_a_device_asking_again_gets_the_slot_it_holds(tmp_path):
+    fed = AsyncFederation(tmp_path, 1)
+    first = fed.ask(0).slot
+    assert fed.ask(0).slot == first  # e.g. the agent restarted mid-training
+    assert fed.orch.machine.training == 1
+
+
+def test_stale_deltas_are_weighted_and_deltas_past_the_cap_refused(tmp_path):
+    fed = AsyncFederation(
+        tmp_path,
+        3,
+        versions=5,
+        buffer_size=1,
+        max_staleness=1,
+        staleness="polynomial",
+        staleness_exponent=1.0,
+    )
+    slow, stale = fed.ask(0), fed.ask(1)  # both train v0
+    slow.fetch_params(), stale.fetch_params()
+    fed.settle()
+    fast = fed.ask(2)
+    fed.train(fast, 0.4)  # v1, fresh: weight 1
+    assert fed.latest() == 1 and moved(fed, 0, 1) == 0.4
+    slow.offer(delta(slow.params, 0.4))  # staleness 1: weight (1+1)^-1
+    fed.settle()
+    assert fed.latest() == 2 and moved(fed, 1, 2) == 0.2
+    stale.offer(delta(stale.params, 0.4))  # staleness 2 > cap 1
+    fed.settle()
+    assert stale.acks[-1].accepted is False and "cap is 1" in stale.acks[-1].reason
+    assert fed.latest() == 2
+    assert fed.orch.bstore.staleness_histogram(fed.orch.run_id) == {0: 1, 1: 1}
+
+
+def test_a_restart_mid_buffer_keeps_the_buffer_and_counts_each_delta_once(tmp_path):
+    fed = AsyncFederation(tmp_path, 3, buffer_size=2)
+    a, b = fed.ask(0), fed.ask(1)
+    fed.train(a, 0.1)
+    b.fetch_params()
+    fed.settle()
+    fed.orch.store.close()  # the orchestrator dies with one delta buffered, one slot active
+    fed.new_orchestrator()
+    run = fed.orch.run_id
+    assert fed.orch.bstore.buffered(run) == [a.slot]
+    assert fed.orch.machine.training == 1
+    a.offer(delta(a.params, 0.1))  # the first delta again (say its ack was lost)
+    b.offer(delta(b.params, 0.3))
+    fed.settle()
+    assert fed.latest() == 1 and moved(fed, 0, 1) == 0.2
+    assert len(fed.orch.bstore.updates(run)) == 2
+    assert fed.orch.bstore.counters(run)["duplicates"] == 1
+
+
+def test_an_abort_frees_the_slot(tmp_path):
+    fed = AsyncFederation(tmp_path, 2, max_concurrency=1)
+    a = fed.ask(0)
+    a.abort(round_no=a.slot)
+    fed.settle()
+    assert fed.orch.machine.training == 0
+    assert fed.ask(1).slots
+
+
+def test_the_run_finishes_after_its_versions(tmp_path):
+    fed = AsyncFederation(tmp_path, 1, versions=1, buffer_size=1)
+    fed.train(fed.ask(0), 0.1)
+    assert fed.orch.machine.finished
+    assert fed.dev(0).announce.state == "finished"
+    assert fed.orch.store.runs()[-1]["state"] == "finished"
+
+
+def test_a_delta_for_a_slot_the_device_was_not_handed_is_refused_without_a_row(tmp_path):
+    fed = AsyncFederation(tmp_path, 2)
+    a, b = fed.ask(0), fed.dev(1)
+    a.fetch_params()
+    fed.settle()
+    b.task, b.params = a.task, a.params  # dev-1 replays dev-0's slot
+    b.offer(delta(b.params, 9.0))
+    fed.settle()
+    assert b.acks[-1].accepted is False and "no such slot" in b.acks[-1].reason
+    assert fed.orch.bstore.updates(fed.orch.run_id) == []
+    assert fed.orch.machine.training == 1  # dev-0's slot is untouched
+
+
+def test_mode_and_buffered_keys_are_validated_from_the_settings_file(tmp_path):
+    import pytest
+
+    from fedge.orchestrator.buffered import create_orchestrator
+    from fedge.orchestrator.config import OrchestratorConfig
+    from fedge.protocol.errors import ConfigError
+    from fedge.protocol.settings import load_settings
+    from fedge.protocol.transport import InMemoryBroker
+
+    toml = tmp_path / "o.toml"
+    toml.write_text('mode = "async"\n[buffered]\nbuffer_size = 0\n')
+    with pytest.raises(ConfigError, match=r"buffered\.buffer_size.*allowed: 1-100000"):
+        load_settings(OrchestratorConfig, toml)
+    toml.write_text('mode = "asynchronous"\n')
+    with pytest.raises(ConfigError, match="mode must be one of"):
+        load_settings(OrchestratorConfig, toml)
+    cfg = OrchestratorConfig(mode="asynchronous")  # built in code, not loaded
+    with pytest.raises(ConfigError, match="'mode' = 'asynchronous' unknown"):
+        create_orchestrator(cfg, transport=InMemoryBroker().client("o"))
+    toml.write_text("[buffered]\nbuffer_sise = 3\n")
+    with pytest.raises(ConfigError, match="unknown setting 'buffered.buffer_sise'"):
+        load_settings(OrchestratorConfig, toml)
+
+
+def test_robust_weighting_caps_a_claimed_sample_count_in_async_versions_too(tmp_path):
+    fed = AsyncFederation(tmp_path, 2, buffer_size=2)
+    honest, liar = fed.ask(0), fed.ask(1)  # both registered 10 samples in their status
+    fed.train(honest, 0.1)
+    liar.samples = 10**6  # its offer claims a million rows
+    fed.train(liar, 0.3)
+    assert fed.latest() == 1
+    assert moved(fed, 0, 1) == 0.2  # capped to its registered 10: equal weights
+
+
+def test_adaptive_clipping_applies_to_the_buffer(tmp_path):
+    from fedge.orchestrator.config import RobustSettings
+
+    fed = AsyncFederation(tmp_path, 2, buffer_size=2)
+    fed.cfg.robust = RobustSettings()  # on by default: 1.5x the median norm
+    fed.orch.robust = fed.orch._new_robust_weighting()
+    fed.train(fed.ask(0), 0.1)
+    fed.train(fed.ask(1), 0.3)  # norm 3x the (lower) median: scaled to 1.5x
+    assert moved(fed, 0, 1) == 0.125  # (0.1 + 0.15) / 2
