@@ -36,6 +36,7 @@ from fedge.protocol.messages import (
     UpdateOffer,
     new_msg_id,
 )
+from fedge.protocol.parameter_travel import static_names
 from fedge.protocol.tensors import decode_tensors, encode_tensors, l2_norm
 from fedge.protocol.transfer import PullTransfer
 from fedge.protocol.transport import Transport
@@ -376,7 +377,12 @@ class BufferedOrchestrator(Orchestrator):
             self._refuse(offer, verdict.reason)
             return
         try:
-            validate_delta(blob, self.global_params, max_norm=self.cfg.rounds.max_update_norm)
+            validate_delta(
+                blob,
+                self.global_params,
+                max_norm=self.cfg.rounds.max_update_norm,
+                omittable=static_names(self.bundle.manifest),  # frozen entries need not travel
+            )
         except UpdateRejected as exc:
             self._refuse(offer, str(exc))
             return
