@@ -24,7 +24,6 @@ import numpy as np
 from fedge.protocol.async_messages import AsyncAnnounce, SlotRequest
 from fedge.protocol.bundle import Bundle
 from fedge.protocol.chunks import Chunk, blob_ref
-from fedge.protocol.compression import decode_delta
 from fedge.protocol.errors import TransferError
 from fedge.protocol.messages import (
     Ack,
@@ -37,7 +36,7 @@ from fedge.protocol.messages import (
     new_msg_id,
 )
 from fedge.protocol.parameter_travel import static_names
-from fedge.protocol.tensors import decode_tensors, encode_tensors, l2_norm
+from fedge.protocol.tensors import decode_tensors, encode_tensors
 from fedge.protocol.transfer import PullTransfer
 from fedge.protocol.transport import Transport
 
@@ -46,7 +45,7 @@ from .buffered_machine import BufferedMachine, Commit, Expire, Finish, Grant, Sl
 from .buffered_store import BufferedStore
 from .config import OrchestratorConfig
 from .intake import RecentIds
-from .robust_weighting import RoundUpdate, scale_delta
+from .robust_aggregation import aggregate_stored, weigh_stored
 from .server import Orchestrator
 from .validation import UpdateRejected, validate_delta
 
@@ -172,26 +171,18 @@ class BufferedOrchestrator(Orchestrator):
         rows = self.bstore.buffered_deltas(self.run_id, commit.buffered)
         # the robust defaults of synchronous rounds (capped claims, adaptive clipping), keyed by
         # slot: one device may have several deltas in the buffer
-        plan = self.robust.weigh(
-            [
-                RoundUpdate(
-                    str(slot),
-                    n,
-                    self.registry.registered_samples(agent),
-                    l2_norm(decode_delta(blob)),
-                )
-                for slot, agent, n, _w, blob in rows
-            ]
+        plan = weigh_stored(
+            self.robust,
+            ((str(slot), agent, n, blob) for slot, agent, n, _w, blob in rows),
+            self.registry.registered_samples,
+            f"async v{commit.version}",
         )
-        if any(w.capped or w.clipped or not w.accepted for w in plan.updates):
-            log.info("async v%d robust weighting: %s", commit.version, plan.summary())
-        aggregator = self.strategy.start_aggregation(self.global_params)
-        for slot, _agent, _n, staleness_weight, blob in rows:
-            w = plan.get(str(slot))
-            if w.accepted:
-                delta = scale_delta(decode_delta(blob), w.scale * staleness_weight)
-                aggregator.add(delta, w.weight)
-        new_params = aggregator.result() if plan.accepted() else None
+        new_params = aggregate_stored(
+            self.strategy,
+            self.global_params,
+            plan,
+            ((str(slot), blob, staleness) for slot, _a, _n, staleness, blob in rows),
+        )
         if new_params is None:  # the strategy kept the model: the version repeats it
             new_params = self.global_params
         metrics: dict[str, float] = {

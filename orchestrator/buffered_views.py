@@ -34,9 +34,10 @@ def async_status_lines(store: Store, run_id: str) -> list[str]:
         + (f" and {len(active) - 10} more" if len(active) > 10 else ""),
         "counters: " + (", ".join(f"{k}={v}" for k, v in sorted(counters.items())) or "none yet"),
     ]
-    if latest["metrics"]:
+    metrics = latest["metrics"]
+    if isinstance(metrics, dict) and metrics:
         shown = ", ".join(
-            f"{k}={v:.4f}" for k, v in sorted(latest["metrics"].items()) if isinstance(v, float)
+            f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if isinstance(v, float)
         )
         lines.append(f"last metrics (v{latest['version']}): {shown}")
     hist = b.staleness_histogram(run_id)

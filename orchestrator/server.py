@@ -16,21 +16,18 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, replace
 
 from fedge.protocol.blob_server import BlobServer
 from fedge.protocol.bundle import Bundle, load_bundle, pack_bundle
 from fedge.protocol.chunks import Chunk, blob_ref, decode_frame
-from fedge.protocol.compression import decode_delta
 from fedge.protocol.errors import CodecError, MessageError, TransferError
 from fedge.protocol.messages import (
     EvalReport,
     FetchRequest,
     Message,
     RoundAbort,
-    RoundEvent,
-    RoundTask,
     Status,
     TrainConfig,
     UpdateOffer,
@@ -39,17 +36,18 @@ from fedge.protocol.messages import (
 from fedge.protocol.parameter_travel import static_names
 from fedge.protocol.privacy import DEFAULT_TARGET_DELTA, dp_epsilon
 from fedge.protocol.signing import load_trusted_keys
-from fedge.protocol.tensors import decode_tensors, encode_tensors, l2_norm
+from fedge.protocol.tensors import decode_tensors, encode_tensors
 from fedge.protocol.topics import Topics
 from fedge.protocol.transport import Transport
 
+from .announcements import round_event, round_task, train_config
 from .config import OrchestratorConfig
 from .device_budget import DeviceBudgets
 from .evaluation import CentralEvaluator
 from .intake import UpdateIntake
 from .metrics_exporter import Metrics, MetricsServer
 from .registry import DeviceRegistry
-from .robust_weighting import RobustWeighting, RoundUpdate, RoundWeights, scale_delta
+from .robust_aggregation import aggregate_stored, robust_weighting, weigh_stored
 from .round_machine import CloseRound, Finish, LiveRound, OpenRound, RoundMachine, Wait
 from .round_metrics import federated_metrics, training_metrics
 from .store import RoundRecord, Store
@@ -81,7 +79,7 @@ class Orchestrator:
         self.archive = pack_bundle(self.bundle.root)
         self.store = Store(config.database)
         self.strategy = create_strategy(config.strategy, config.strategy_options)
-        self.robust = self._new_robust_weighting()
+        self.robust = robust_weighting(self.cfg.robust)
         self.evaluator = (
             CentralEvaluator(self.bundle, config.evaluation.data)
             if config.evaluation.enabled
@@ -228,7 +226,7 @@ class Orchestrator:
                 run_id, self.bundle.content_hash, config, params, hashlib.sha256(params).hexdigest()
             )
             self.strategy = create_strategy(self.cfg.strategy, self.cfg.strategy_options)
-            self.robust = self._new_robust_weighting()
+            self.robust = robust_weighting(self.cfg.robust)
             log.info(
                 "new run %s for model %s with %s",
                 run_id,
@@ -291,42 +289,21 @@ class Orchestrator:
         )
 
     def train_config(self) -> TrainConfig:
-        rs = self.cfg.rounds
-        base = TrainConfig(
-            local_epochs=rs.local_epochs,
-            batch_size=rs.batch_size,
-            max_samples=rs.max_samples,
-            seed=rs.seed,
-            learning_rate=rs.learning_rate,
-            compression=rs.compression,
-            topk_fraction=rs.topk_fraction,
-            clip_norm=rs.clip_norm,
-            noise_multiplier=rs.noise_multiplier,
-        )
-        return self.strategy.configure_train(base)
+        return train_config(self.cfg.rounds, self.strategy)
 
     def _publish_task(self, state: str) -> None:
-        r = self.rounds.current if state == "open" else None
-        rs = self.cfg.rounds
-        now = self.clock()
-        if r is not None:
-            retry_after = max(1.0, r.deadline - now)
-        elif state == "finished":
-            retry_after = rs.check_back_seconds
-        else:
-            retry_after = max(1.0, self.rounds.next_round_at - now)
-        task = RoundTask(
-            run_id=self.run_id,
-            round=r.round if r else 0,
-            model_version=self.rounds.version,
+        task = round_task(
             state=state,
+            live=self.rounds.current if state == "open" else None,
+            run_id=self.run_id,
+            version=self.rounds.version,
             bundle_hash=self.bundle.content_hash,
             bundle=self.bundle_ref,
             params=blob_ref(self.global_bytes),
-            participants=list(r.participants) if r else [],
-            deadline=r.deadline if r else 0.0,
-            config=replace(self.train_config(), evaluate_only=bool(r and r.kind == "evaluate")),
-            retry_after=round(retry_after, 1),
+            config=self.train_config(),
+            rounds=self.cfg.rounds,
+            now=self.clock(),
+            next_round_at=self.rounds.next_round_at,
         )
         self.transport.publish(self.topics.round_current, task.encode(), retain=True)
 
@@ -352,43 +329,19 @@ class Orchestrator:
         else:
             self._commit(live)
 
-    def _new_robust_weighting(self) -> RobustWeighting:
-        # rounds.max_update_norm already rejects at intake (orchestrator/validation.py)
-        r = self.cfg.robust
-        return RobustWeighting(
-            sample_cap_multiple=r.sample_cap_multiple,
-            max_samples=r.max_claimed_samples,
-            norm_multiple=r.norm_multiple,
-            norm_floor=r.norm_floor,
-            norm_window=r.norm_window,
-        )
-
-    def _robust_plan(self, round_no: int) -> RoundWeights:
-        """First pass over the round's stored deltas: each one's norm and claimed count, weighed
-        by the robust defaults (capped claims, adaptive clipping). O(model) memory."""
-        updates = [
-            RoundUpdate(
-                agent,
-                claimed,
-                self.registry.registered_samples(agent),
-                l2_norm(decode_delta(delta)),
-            )
-            for agent, claimed, delta in self.store.accepted_deltas(self.run_id, round_no)
-        ]
-        plan = self.robust.weigh(updates)
-        if any(w.capped or w.clipped or not w.accepted for w in plan.updates):
-            log.info("round %d robust weighting: %s", round_no, plan.summary())
-        return plan
-
     def _commit(self, live: LiveRound) -> None:
         t_aggregate = time.monotonic()
-        plan = self._robust_plan(live.round)
-        aggregator = self.strategy.start_aggregation(self.global_params)
-        for agent, _claimed, delta in self.store.accepted_deltas(self.run_id, live.round):
-            weight = plan.get(agent)
-            if weight.accepted:
-                aggregator.add(scale_delta(decode_delta(delta), weight.scale), weight.weight)
-        new_params = aggregator.result() if plan.accepted() else None
+
+        def stored() -> Iterator[tuple[str, str, int, bytes]]:  # read twice: O(model) memory
+            for agent, claimed, delta in self.store.accepted_deltas(self.run_id, live.round):
+                yield agent, agent, claimed, delta
+
+        plan = weigh_stored(
+            self.robust, stored(), self.registry.registered_samples, f"round {live.round}"
+        )
+        new_params = aggregate_stored(
+            self.strategy, self.global_params, plan, ((k, d, 1.0) for k, _a, _n, d in stored())
+        )
         self.metrics.observe_aggregation(time.monotonic() - t_aggregate)
         if new_params is None:
             self._abandon(live.round, "strategy kept the model")
@@ -481,16 +434,7 @@ class Orchestrator:
             self._resume_or_create_run()
 
     def _event(self, kind: str, r: RoundRecord | None) -> None:
-        ev = RoundEvent(
-            run_id=self.run_id,
-            kind=kind,
-            round=r.round if r else 0,
-            model_version=self.rounds.version,
-            reports=r.reports if r else 0,
-            participants=len(r.participants) if r else 0,
-            metrics={k: float(v) for k, v in (r.metrics if r else {}).items()},
-            ts=self.clock(),
-        )
+        ev = round_event(kind, self.run_id, self.rounds.version, r, self.clock())
         data = ev.encode()
         self.transport.publish(self.topics.orchestrator_events, data)
         self.transport.publish(self.topics.orchestrator_status, data, retain=True)

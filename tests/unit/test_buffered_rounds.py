@@ -179,10 +179,11 @@ def test_robust_weighting_caps_a_claimed_sample_count_in_async_versions_too(tmp_
 
 def test_adaptive_clipping_applies_to_the_buffer(tmp_path):
     from fedge.orchestrator.config import RobustSettings
+    from fedge.orchestrator.robust_aggregation import robust_weighting
 
     fed = AsyncFederation(tmp_path, 2, buffer_size=2)
     fed.cfg.robust = RobustSettings()  # on by default: 1.5x the median norm
-    fed.orch.robust = fed.orch._new_robust_weighting()
+    fed.orch.robust = robust_weighting(fed.cfg.robust)
     fed.train(fed.ask(0), 0.1)
     fed.train(fed.ask(1), 0.3)  # norm 3x the (lower) median: scaled to 1.5x
     assert moved(fed, 0, 1) == 0.125  # (0.1 + 0.15) / 2

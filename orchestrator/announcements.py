@@ -1,0 +1,85 @@
+"""What the orchestrator tells the fleet, built as plain values (the server publishes them).
+
+The retained round task says which round is open (or that none is, or that the run finished)
+and how devices should pace themselves; the round event is the progress line a person or the
+demo follows. Building them here keeps the server's code to "decide, store, publish".
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from fedge.protocol.messages import BlobRef, RoundEvent, RoundTask, TrainConfig
+
+from .config import RoundSettings
+from .round_machine import LiveRound
+from .store import RoundRecord
+from .strategies import Strategy
+
+
+def train_config(rounds: RoundSettings, strategy: Strategy) -> TrainConfig:
+    """The local training every device does this round (the strategy may adjust it)."""
+    base = TrainConfig(
+        local_epochs=rounds.local_epochs,
+        batch_size=rounds.batch_size,
+        max_samples=rounds.max_samples,
+        seed=rounds.seed,
+        learning_rate=rounds.learning_rate,
+        compression=rounds.compression,
+        topk_fraction=rounds.topk_fraction,
+        clip_norm=rounds.clip_norm,
+        noise_multiplier=rounds.noise_multiplier,
+    )
+    return strategy.configure_train(base)
+
+
+def round_task(
+    *,
+    state: str,
+    live: LiveRound | None,
+    run_id: str,
+    version: int,
+    bundle_hash: str,
+    bundle: BlobRef,
+    params: BlobRef,
+    config: TrainConfig,
+    rounds: RoundSettings,
+    now: float,
+    next_round_at: float,
+) -> RoundTask:
+    """The retained task: ``live`` is the open round (None when closed or finished)."""
+    if live is not None:
+        retry_after = max(1.0, live.deadline - now)  # check back when this round is over
+    elif state == "finished":
+        retry_after = rounds.check_back_seconds
+    else:
+        retry_after = max(1.0, next_round_at - now)
+    return RoundTask(
+        run_id=run_id,
+        round=live.round if live else 0,
+        model_version=version,
+        state=state,
+        bundle_hash=bundle_hash,
+        bundle=bundle,
+        params=params,
+        participants=list(live.participants) if live else [],
+        deadline=live.deadline if live else 0.0,
+        config=replace(config, evaluate_only=bool(live and live.kind == "evaluate")),
+        retry_after=round(retry_after, 1),
+    )
+
+
+def round_event(
+    kind: str, run_id: str, version: int, r: RoundRecord | None, now: float
+) -> RoundEvent:
+    """A progress event (round_started, round_committed, ..., run_finished)."""
+    return RoundEvent(
+        run_id=run_id,
+        kind=kind,
+        round=r.round if r else 0,
+        model_version=version,
+        reports=r.reports if r else 0,
+        participants=len(r.participants) if r else 0,
+        metrics={k: float(v) for k, v in (r.metrics if r else {}).items()},
+        ts=now,
+    )
