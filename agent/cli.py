@@ -139,8 +139,9 @@ def run_agent(args: argparse.Namespace) -> int:
     from fedge.protocol.mqtt_link import MqttLink
 
     from .backends import create_backend
-    from .daemon import Agent, offline_status
+    from .daemon import Agent
     from .eligibility import apply_process_limits
+    from .status_message import offline_status
 
     config = load_config(args)
     apply_process_limits(config.nice)

@@ -24,7 +24,6 @@ from fedge.protocol.messages import (
     FetchRequest,
     RoundAbort,
     RoundTask,
-    Status,
     new_msg_id,
     parse_message,
 )
@@ -56,26 +55,11 @@ from .round_machine import (
 )
 from .round_runner import RoundRunner
 from .state import AgentState, StateError
+from .status_message import offline_status, status_message
 
 log = logging.getLogger(__name__)
 
 REST_SLICE_SECONDS = 0.1  # how late a stop request may interrupt a rest between batches
-
-
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("fedge")
-    except Exception:
-        return "dev"
-
-
-def offline_status(config: AgentConfig, backend_name: str) -> tuple[str, bytes]:
-    """(topic, payload) of the retained ``offline`` status: the Last Will and the last word."""
-    validate_name(config.id)
-    status = Status(agent=config.id, state="offline", backend=backend_name, version=_version())
-    return Topics(config.federation).agent_status(config.id), status.encode()
 
 
 class Agent:
@@ -520,20 +504,14 @@ class Agent:
 
     def _publish_status(self, state: str, problem: str = "") -> None:
         self._status = state
-        eligible = self.decision.eligible
-        if not eligible and state in ("online", "idle"):
-            state = "ineligible"
-        status = Status(
-            agent=self.cfg.id,
-            state=state,
+        status = status_message(
+            self.cfg.id,
+            state,
             backend=self.backend.name,
-            eligible=eligible,
+            eligible=self.decision.eligible,
             # a TLS, login or shared-credentials problem of the link outranks the rest
-            reason=(problem or getattr(self.transport, "problem", "") or self.decision.reason)[
-                :500
-            ],
+            reason=problem or getattr(self.transport, "problem", "") or self.decision.reason,
             num_samples=self.runner.num_samples,
-            version=_version(),
-            ts=self.clock.time(),
+            now=self.clock.time(),
         )
         self.transport.publish(self.topics.agent_status(self.cfg.id), status.encode(), retain=True)

@@ -186,7 +186,8 @@ def _build_agent(cfg: AgentConfig) -> Agent:
     The same three steps as ``fedge.agent.cli.run_agent`` (without renicing the process).
     """
     from fedge.agent.backends import create_backend
-    from fedge.agent.daemon import Agent, offline_status
+    from fedge.agent.daemon import Agent
+    from fedge.agent.status_message import offline_status
     from fedge.protocol.mqtt_link import MqttLink
 
     backend = create_backend(cfg.backend, threads=cfg.threads)
