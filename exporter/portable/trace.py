@@ -4,6 +4,10 @@
 exporter (``dynamo=True``) writes it with ``optimize=False`` (its optimizer folds ``x + 1e-8``
 away and drops AdamW's eps). ONNX Runtime 1.19 reads IR <= 10 and opset <= 21: newer graphs
 are converted down and then loaded once to prove it.
+
+The trace runs at a batch size no other dimension of the step has (a prime): a symbolic batch
+that happens to equal, say, a GRU's hidden size is specialized to that number by the first
+shape comparison, and the exported graph would then accept only that batch.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ def export_step(
     opset: int = MIN_OPSET,
 ) -> onnx.ModelProto:
     """Trace ``step`` on ``args`` and export it; ``batch_inputs`` get a dynamic axis 0."""
+    args = _at_trace_batch(args, [n in batch_inputs for n in input_names])
     gm = make_fx(step, tracing_mode="symbolic", decomposition_table=decomposition_table())(*args)
     batch = torch.export.Dim("batch", min=1)
     dynamic = tuple({0: batch} if n in batch_inputs else None for n in input_names)
@@ -63,7 +68,41 @@ def export_step(
         for q, level in zip(quiet, levels, strict=True):
             q.setLevel(level)
     proto = program.model_proto
+    _require_dynamic_batch(proto, batch_inputs)
     return fit_runtime(proto)
+
+
+class BakedBatch(RuntimeError):
+    """The exported step accepts one batch size only (the trace specialized the batch axis)."""
+
+
+def trace_batch_size(args: Sequence[torch.Tensor]) -> int:
+    """The smallest prime >= 11 that is no dimension of any of ``args``."""
+    taken = {int(d) for a in args for d in a.shape}
+    size = 11
+    while size in taken or any(size % k == 0 for k in range(2, int(size**0.5) + 1)):
+        size += 1
+    return size
+
+
+def _at_trace_batch(args: Sequence[torch.Tensor], is_batch: Sequence[bool]) -> list[torch.Tensor]:
+    batched = [a for a, b in zip(args, is_batch, strict=True) if b]
+    size = trace_batch_size(args)
+    out = []
+    for a, b in zip(args, is_batch, strict=True):
+        out.append(a[torch.arange(size) % a.shape[0]].contiguous() if b and batched else a)
+    return out
+
+
+def _require_dynamic_batch(proto: onnx.ModelProto, batch_inputs: Sequence[str]) -> None:
+    for value in proto.graph.input:
+        if value.name in batch_inputs:
+            dims = value.type.tensor_type.shape.dim
+            if dims and not dims[0].dim_param:
+                raise BakedBatch(
+                    f"the exported step fixes input {value.name!r} to batch size "
+                    f"{dims[0].dim_value}: an operator specialized the batch axis while tracing"
+                )
 
 
 def fit_runtime(proto: onnx.ModelProto) -> onnx.ModelProto:

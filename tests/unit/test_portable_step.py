@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from fedge.agent.backends.ort_portable import mean_loss
-from fedge.exporter.portable.decompositions import UnsupportedBackward, convolution_backward
+from fedge.exporter.portable.decompositions import convolution_backward
 from fedge.exporter.portable.layout import build_layout
 
 CASES = [
@@ -39,12 +39,67 @@ def test_convolution_backward_matches_autograd(dims, size, kernel, stride, paddi
         torch.testing.assert_close(g, e, atol=1e-4, rtol=1e-4)
 
 
-def test_grouped_and_transposed_convolution_backward_are_refused():
-    x, w, g = torch.zeros(1, 4, 5, 5), torch.zeros(4, 2, 3, 3), torch.zeros(1, 4, 3, 3)
-    with pytest.raises(UnsupportedBackward, match="groups=2"):
-        convolution_backward(g, x, w, None, [1], [0], [1], False, [0], 2, [True, True, False])
-    with pytest.raises(UnsupportedBackward, match="transposed"):
-        convolution_backward(g, x, w, None, [1], [0], [1], True, [0], 1, [True, True, False])
+GROUPED = [
+    # (dims, in channels, out channels, groups, size, kernel, stride, padding, dilation)
+    (2, 4, 6, 2, 7, 3, 1, 1, 1),
+    (2, 8, 8, 8, 8, 3, 1, 1, 1),  # depthwise
+    (2, 4, 8, 4, 9, 3, 2, 1, 1),  # depthwise with a channel multiplier, strided
+    (1, 6, 3, 3, 11, 4, 3, 1, 2),
+]
+
+
+@pytest.mark.parametrize(
+    ("dims", "cin", "cout", "groups", "size", "kernel", "stride", "padding", "dilation"), GROUPED
+)
+def test_grouped_convolution_backward_matches_autograd(
+    dims, cin, cout, groups, size, kernel, stride, padding, dilation
+):
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(3, cin, *[size] * dims, generator=gen, requires_grad=True)
+    w = torch.randn(cout, cin // groups, *[kernel] * dims, generator=gen, requires_grad=True)
+    conv = F.conv2d if dims == 2 else F.conv1d
+    out = conv(x, w, None, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    grad_out = torch.randn(out.shape, generator=gen)
+    want = torch.autograd.grad(out, (x, w), grad_out)
+    got = convolution_backward(
+        grad_out, x.detach(), w.detach(), None, [stride], [padding], [dilation],
+        False, [0], groups, [True, True, False],
+    )  # fmt: skip
+    for g, e in zip(got[:2], want, strict=True):
+        assert g.shape == e.shape
+        torch.testing.assert_close(g, e, atol=1e-4, rtol=1e-4)
+
+
+TRANSPOSED = [
+    # (dims, in channels, out channels, groups, size, kernel, stride, padding, output padding)
+    (2, 4, 6, 1, 5, 3, 1, 1, 0),
+    (2, 4, 6, 1, 5, 3, 2, 1, 1),
+    (2, 4, 4, 2, 4, 4, 2, 1, 0),
+    (1, 6, 3, 3, 7, 3, 3, 0, 2),
+]
+
+
+@pytest.mark.parametrize(
+    ("dims", "cin", "cout", "groups", "size", "kernel", "stride", "padding", "out_pad"), TRANSPOSED
+)
+def test_transposed_convolution_backward_matches_autograd(
+    dims, cin, cout, groups, size, kernel, stride, padding, out_pad
+):
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(2, cin, *[size] * dims, generator=gen, requires_grad=True)
+    w = torch.randn(cin, cout // groups, *[kernel] * dims, generator=gen, requires_grad=True)
+    b = torch.randn(cout, generator=gen, requires_grad=True)
+    conv = F.conv_transpose2d if dims == 2 else F.conv_transpose1d
+    out = conv(x, w, b, stride=stride, padding=padding, output_padding=out_pad, groups=groups)
+    grad_out = torch.randn(out.shape, generator=gen)
+    want = torch.autograd.grad(out, (x, w, b), grad_out)
+    got = convolution_backward(
+        grad_out, x.detach(), w.detach(), [cout], [stride], [padding], [1],
+        True, [out_pad], groups, [True, True, True],
+    )  # fmt: skip
+    for g, e in zip(got, want, strict=True):
+        assert g.shape == e.shape
+        torch.testing.assert_close(g, e, atol=1e-4, rtol=1e-4)
 
 
 def test_layout_orders_slots_and_names_outputs():
