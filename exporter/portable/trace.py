@@ -19,10 +19,12 @@ from collections.abc import Callable, Sequence
 import onnx
 import torch
 from torch.fx.experimental.proxy_tensor import make_fx
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from fedge.protocol.ort_runtime import import_onnxruntime, single_thread_session_options
 
 from .decompositions import decomposition_table
+from .failure import describe, location_in_graph, operator_in
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +45,18 @@ def export_step(
 ) -> onnx.ModelProto:
     """Trace ``step`` on ``args`` and export it; ``batch_inputs`` get a dynamic axis 0."""
     args = _at_trace_batch(args, [n in batch_inputs for n in input_names])
-    gm = make_fx(step, tracing_mode="symbolic", decomposition_table=decomposition_table())(*args)
+    # oneDNN off: on CPU the LSTM decomposition otherwise picks aten.mkldnn_rnn_layer (it only
+    # checks whether the *input* requires grad). The math attention kernel: the fused (flash)
+    # ones have backward operators without an ONNX translation. Both match eager to rounding.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # mkldnn.flags() warns about a deprecated TF32 setter
+        with torch.backends.mkldnn.flags(enabled=False), sdpa_kernel([SDPBackend.MATH]):
+            gm = make_fx(
+                step,
+                tracing_mode="symbolic",
+                decomposition_table=decomposition_table(),
+                record_module_stack=True,
+            )(*args)
     batch = torch.export.Dim("batch", min=1)
     dynamic = tuple({0: batch} if n in batch_inputs else None for n in input_names)
     quiet = [logging.getLogger(n) for n in _NOISY_LOGGERS]
@@ -64,12 +77,19 @@ def export_step(
                 dynamic_shapes=dynamic,
                 verbose=False,
             )
+    except Exception as exc:  # the exporter raises many types; the chain names the operator
+        where = location_in_graph(gm, operator_in(exc))
+        raise StepLoweringError(describe("exporting the step to ONNX", exc, where)) from exc
     finally:
         for q, level in zip(quiet, levels, strict=True):
             q.setLevel(level)
     proto = program.model_proto
     _require_dynamic_batch(proto, batch_inputs)
     return fit_runtime(proto)
+
+
+class StepLoweringError(RuntimeError):
+    """The traced step has an operator the ONNX exporter cannot translate (message: why)."""
 
 
 class BakedBatch(RuntimeError):
