@@ -1,4 +1,4 @@
-"""Pieces of the portable training step: the convolution backward, the layout, numpy losses."""
+"""Pieces of the portable training step: convolution backward, layout, losses, failure reasons."""
 
 from __future__ import annotations
 
@@ -8,7 +8,15 @@ import torch.nn.functional as F
 
 from fedge.agent.backends.ort_portable import mean_loss
 from fedge.exporter.portable.decompositions import convolution_backward
+from fedge.exporter.portable.failure import (
+    Location,
+    ModuleTracker,
+    describe,
+    location_of_slot,
+    plain,
+)
 from fedge.exporter.portable.layout import build_layout
+from fedge.exporter.portable.trace import trace_batch_size
 
 CASES = [
     # (spatial dims, input size, kernel, stride, padding, dilation)
@@ -136,3 +144,63 @@ def test_numpy_losses_match_torch(loss):
         }
         want = fn[loss](out, y)
     assert mean_loss(loss, out.numpy(), y.numpy()) == pytest.approx(float(want), abs=1e-6)
+
+
+class _Dispatch(RuntimeError):
+    pass
+
+
+def _conversion_error() -> RuntimeError:
+    """An exception chained like torch.onnx's: colourful boilerplate, the cause inside."""
+    try:
+        try:
+            raise _Dispatch(
+                "No ONNX function found for <OpOverload(op='aten.mkldnn_rnn_layer', "
+                "overload='default')>. Failure message: No decompositions registered\n\n"
+                "Traceback (most recent call last): ..."
+            )
+        except _Dispatch as inner:
+            raise RuntimeError(
+                "Failed to convert. \x1b[96mThis is step 3/3\x1b[0m of exporting.\n- advice"
+            ) from inner
+    except RuntimeError as outer:
+        return outer
+
+
+def test_failure_reason_is_one_complete_colour_free_line_with_module_and_operator():
+    reason = describe("exporting the step", _conversion_error(), Location("rnn", "LSTM"))
+    assert reason == (
+        "exporting the step failed in module 'rnn' (LSTM) at operator "
+        "aten.mkldnn_rnn_layer.default: _Dispatch: No ONNX function found for "
+        "<OpOverload(op='aten.mkldnn_rnn_layer', overload='default')>. Failure message: "
+        "No decompositions registered"
+    )
+    assert "\x1b" not in reason and "\n" not in reason
+    assert plain("a \x1b[96mb\x1b[0m\n c") == "a b c"
+
+
+def test_module_tracker_names_the_innermost_module_an_exception_escaped():
+    class Boom(torch.nn.Module):
+        def forward(self, x):
+            raise ValueError("no")
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Sequential(torch.nn.ReLU(), Boom()))
+    tracker = ModuleTracker(model)
+    with pytest.raises(ValueError):
+        model(torch.zeros(1, 2))
+    assert tracker.innermost == Location("1.1", "Boom")
+    tracker.reset()
+    model[0](torch.zeros(1, 2))
+    assert tracker.innermost is None  # a forward that returns leaves nothing behind
+
+
+def test_slot_names_map_to_their_modules():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    assert location_of_slot(model, "1.running_var") == Location("1", "BatchNorm1d")
+    assert location_of_slot(model, "adamw/exp_avg/0.weight") == Location("0", "Linear")
+
+
+def test_trace_batch_collides_with_no_dimension():
+    args = [torch.zeros(11, 13), torch.zeros(8, 17, 19)]
+    assert trace_batch_size(args) == 23
+    assert trace_batch_size([torch.zeros(8, 8)]) == 11
