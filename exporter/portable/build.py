@@ -183,7 +183,10 @@ def _write_step(
             output_names=layout.output_names,
             batch_inputs=(layout.input_name, layout.label_name),
         )
-    except (StepLoweringError, BakedBatch) as exc:
+    except StepLoweringError as exc:
+        where = step.caller_of(exc.operator)
+        raise PortableUnsupported(describe(exc.STAGE, exc.cause, where)) from exc
+    except BakedBatch as exc:
         raise PortableUnsupported(str(exc)) from exc
     except Exception as exc:  # tracing raises many types; the chain and the module say why
         raise PortableUnsupported(

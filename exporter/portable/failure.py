@@ -13,7 +13,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from torch import fx, nn
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 _OPERATOR = re.compile(
@@ -83,36 +84,20 @@ def location_of_slot(model: nn.Module, slot: str) -> Location:
     return location_of(model, owner)
 
 
-def location_in_graph(graph: fx.GraphModule, operator: str | None) -> Location | None:
-    """Where a traced node calling ``operator`` came from (``record_module_stack`` metadata).
-
-    Backward nodes carry no module stack: ``x_backward`` is found through its forward ``x``.
-    """
-    if operator is None:
-        return None
-    namespace, name, _ = (operator.split(".") + ["", ""])[:3]
-    forward = f"{namespace}.{name.removesuffix('_backward')}."
-    for node in graph.graph.nodes:
-        target = str(node.target).removeprefix("torch.ops.")
-        if node.op == "call_function" and target.startswith(forward):
-            stack: dict[str, Any] = node.meta.get("nn_module_stack") or {}
-            if stack:
-                path, cls = list(stack.values())[-1]
-                name = getattr(cls, "__name__", None) or str(cls).rsplit(".", 1)[-1]
-                return Location(_relative(str(path)), name.strip("'>"))
-    return None
-
-
-class ModuleTracker:
-    """Which submodule's forward is running; after an exception, the one it escaped from.
+class ModuleTracker(TorchDispatchMode):
+    """Which submodule's forward is running, and which module first called each operator.
 
     Forward pre-hooks push a module's path, forward hooks pop it; an exception skips the pop,
-    so the innermost failing module stays on top of the stack.
+    so after one ``innermost`` is the module it escaped from. Entered as a dispatch mode (around
+    the forward), it records the module of every ATen operator's first call: a failing backward
+    operator ``x_backward`` is then traced back to the module that called ``x``.
     """
 
     def __init__(self, module: nn.Module) -> None:
+        super().__init__()
         self._model = module
         self._stack: list[str] = []
+        self._callers: dict[str, str] = {}
         for path, sub in module.named_modules():
             sub.register_forward_pre_hook(self._enter(path))
             sub.register_forward_hook(self._leave)
@@ -123,6 +108,22 @@ class ModuleTracker:
     @property
     def innermost(self) -> Location | None:
         return location_of(self._model, self._stack[-1]) if self._stack else None
+
+    def caller_of(self, operator: str | None) -> Location | None:
+        """The module whose forward first called ``operator`` (or its forward, for a backward)."""
+        if operator is None:
+            return None
+        namespace, name = (operator.split(".") + [""])[:2]
+        for key in (f"{namespace}.{name}", f"{namespace}.{name.removesuffix('_backward')}"):
+            if key in self._callers:
+                return location_of(self._model, self._callers[key])
+        return None
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if self._stack:
+            packet = str(func).rsplit(".", 1)[0]  # aten.x.default -> aten.x
+            self._callers.setdefault(packet, self._stack[-1])
+        return func(*args, **(kwargs or {}))
 
     def _enter(self, path: str) -> Any:
         def hook(module: nn.Module, args: Any) -> None:

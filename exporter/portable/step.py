@@ -47,6 +47,10 @@ class TrainingStep:
     def failed_in(self) -> Location | None:
         return self._tracker.innermost
 
+    def caller_of(self, operator: str | None) -> Location | None:
+        """The submodule whose forward called ``operator`` (``aten.x.default``) while traced."""
+        return self._tracker.caller_of(operator)
+
     def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         layout, optimizer = self._layout, self._optimizer
         trainable = layout.names("parameter")
@@ -59,9 +63,10 @@ class TrainingStep:
         new_buffers = {n: values[n].clone() for n in buffers}
         self._tracker.reset()
         with torch.enable_grad():
-            out = functional_call(
-                self._module, {**state, **new_buffers}, (values[layout.input_name],)
-            )
+            with self._tracker:
+                out = functional_call(
+                    self._module, {**state, **new_buffers}, (values[layout.input_name],)
+                )
             value = self._loss_fn(out, values[layout.label_name])
             grads = torch.autograd.grad(value, params)
         lr = values["lr"]

@@ -24,7 +24,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from fedge.protocol.ort_runtime import import_onnxruntime, single_thread_session_options
 
 from .decompositions import decomposition_table
-from .failure import describe, location_in_graph, operator_in
+from .failure import describe, operator_in
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +51,9 @@ def export_step(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # mkldnn.flags() warns about a deprecated TF32 setter
         with torch.backends.mkldnn.flags(enabled=False), sdpa_kernel([SDPBackend.MATH]):
-            gm = make_fx(
-                step,
-                tracing_mode="symbolic",
-                decomposition_table=decomposition_table(),
-                record_module_stack=True,
-            )(*args)
+            gm = make_fx(step, tracing_mode="symbolic", decomposition_table=decomposition_table())(
+                *args
+            )
     batch = torch.export.Dim("batch", min=1)
     dynamic = tuple({0: batch} if n in batch_inputs else None for n in input_names)
     quiet = [logging.getLogger(n) for n in _NOISY_LOGGERS]
@@ -78,8 +75,7 @@ def export_step(
                 verbose=False,
             )
     except Exception as exc:  # the exporter raises many types; the chain names the operator
-        where = location_in_graph(gm, operator_in(exc))
-        raise StepLoweringError(describe("exporting the step to ONNX", exc, where)) from exc
+        raise StepLoweringError(exc) from exc
     finally:
         for q, level in zip(quiet, levels, strict=True):
             q.setLevel(level)
@@ -90,6 +86,13 @@ def export_step(
 
 class StepLoweringError(RuntimeError):
     """The traced step has an operator the ONNX exporter cannot translate (message: why)."""
+
+    STAGE = "exporting the step to ONNX"
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(describe(self.STAGE, cause, None))
+        self.cause = cause
+        self.operator = operator_in(cause)
 
 
 class BakedBatch(RuntimeError):

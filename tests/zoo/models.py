@@ -274,6 +274,24 @@ _KEY_BIAS = (
     "SGD: the key part of in_proj_bias has a rounding-noise gradient; AdamW turns it into "
     "full-size steps, which ort-training's whole-parameter step check cannot tell from an error"
 )
+
+
+@_seeded
+def adaptive_max_pool() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(2, 4, 3), nn.AdaptiveMaxPool2d(2), nn.Flatten(), nn.Linear(16, 3)
+    )
+
+
+# Exports for ort-training only: the portable step has no ONNX translation for a layer's operator.
+NO_PORTABLE_STEP: dict[str, ZooModel] = {
+    "adaptive_max_pool": ZooModel(
+        "adaptive_max_pool",
+        adaptive_max_pool,
+        (2, 6, 6),
+        note="module '1' (AdaptiveMaxPool2d): its backward has no ONNX translation",
+    ),
+}
 # Trains with the portable step only: ONNX Runtime 1.19 has no ConvTransposeGrad kernel.
 PORTABLE_ONLY: dict[str, ZooModel] = {
     "conv_transpose": ZooModel("conv_transpose", conv_transpose, (2, 6, 6)),
