@@ -24,9 +24,9 @@ from fedge.exporter.portable import add_portable_step
 from fedge.exporter.portable.layout import Slot, StepLayout
 from fedge.exporter.portable.verify import step_parity
 from fedge.exporter.verify import sample_labels, write_back_running_stats
-from fedge.protocol.manifest import TensorSpec
 from fedge.protocol.bundle import load_bundle
 from fedge.protocol.inference import InferenceRunner
+from fedge.protocol.manifest import TensorSpec
 from fedge.protocol.ort_runtime import import_training_api, single_thread_session_options
 
 pytestmark = pytest.mark.integration
@@ -198,66 +198,6 @@ def test_portable_only_models_get_a_step_that_matches_pytorch(name: str, tmp_pat
         model, tmp_path / section.file, section.state, input_spec, label_spec, z.loss, "adamw", 3
     )
     assert more["steps"] == PORTABLE_STEPS and more["step_max_abs_diff"] < TOLERANCE, more
-
-
-def test_model_without_a_portable_step_exports_for_ort_training_with_a_complete_reason(
-    tmp_path: Path,
-) -> None:
-    z = NO_PORTABLE_STEP["adaptive_max_pool"]
-    out = export_bundle(
-        z.build(), input_shape=z.input_shape, lr=0.05, out_dir=tmp_path / "amp", model_name="amp"
-    )
-    m = load_bundle(out).manifest
-    assert m["backends"] == ["ort-training"] and m["portable"]["available"] is False
-    reason = m["portable"]["reason"]
-    assert reason == (
-        "exporting the step to ONNX failed in module '1' (AdaptiveMaxPool2d) at operator "
-        "aten.adaptive_max_pool2d_backward.default: DispatchError: No ONNX function found for "
-        "<OpOverload(op='aten.adaptive_max_pool2d_backward', overload='default')>. Failure message: "
-        "No decompositions registered for the real-valued input"
-    )
-    assert m["verification"]["portable"]["reason"] == reason
-    assert not (out / "portable_step.onnx").exists()
-
-
-@pytest.mark.parametrize("name", sorted(PORTABLE_ONLY))
-def test_portable_only_models_get_a_step_that_matches_pytorch(name: str, tmp_path: Path) -> None:
-    """ConvTranspose: no ORT training kernel, but the portable step trains it like PyTorch."""
-    z = PORTABLE_ONLY[name]
-    model = z.build()
-    manifest = {
-        "inputs": [{"name": "input", "shape": [None, *z.input_shape], "dtype": z.input_dtype}],
-        "label": {"name": "labels", "shape": [None], "dtype": "int64"},
-        "loss": {"type": z.loss},
-        "optimizer": {"type": "adamw", "lr": 0.05, "weight_decay": 0.01},
-        "num_classes": 3,
-        "backends": [],
-    }
-    spec = _optimizer(manifest["optimizer"])
-    add_portable_step(
-        manifest,
-        model=model,
-        bundle_dir=tmp_path,
-        loss=z.loss,
-        optimizer=spec,
-        trainable=[n for n, _ in model.named_parameters()],
-    )
-    assert manifest["backends"] == ["ort-portable"], manifest["portable"]
-    assert manifest["verification"]["portable"]["step_max_abs_diff"] < TOLERANCE
-    section = manifest["portable"]
-    layout = StepLayout(
-        tuple(Slot(s["name"], s["kind"], tuple(s["shape"]), s["dtype"]) for s in section["state"]),
-        "input",
-        "labels",
-    )
-    initial = {n: t.detach().numpy().copy() for n, t in model.state_dict().items()}
-    for slot in layout.slots:
-        initial.setdefault(slot.name, np.zeros(slot.shape, dtype=slot.dtype))
-    numbers = step_parity(
-        model, tmp_path / section["file"], layout, initial, _short_batches(manifest),
-        loss=z.loss, optimizer=spec,
-    )  # fmt: skip
-    assert numbers["steps"] == PORTABLE_STEPS and numbers["step_max_abs_diff"] < TOLERANCE
 
 
 def test_unsupported_layer_refused_before_any_file(tmp_path: Path) -> None:
