@@ -36,7 +36,42 @@ def decomposition_table() -> dict[Any, Any]:
     table = dict(core_aten_decompositions())
     table.update(get_decompositions(list(_BATCH_NORM_OPS)))
     table[aten.convolution_backward.default] = convolution_backward
+    table[aten.avg_pool2d_backward.default] = avg_pool2d_backward
     return table
+
+
+def avg_pool2d_backward(
+    grad_output: torch.Tensor,
+    input: torch.Tensor,
+    kernel_size: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    ceil_mode: bool,
+    count_include_pad: bool,
+    divisor_override: int | None,
+) -> torch.Tensor:
+    """AvgPool2d's input gradient: a transposed depthwise convolution with a 1/(kh*kw) kernel.
+
+    Exact when every window divides by kh*kw (``count_include_pad=True``, torch's default, or
+    no padding; no ``ceil_mode``, no ``divisor_override``); other settings are refused.
+    """
+    if input.dim() != 4 or ceil_mode or divisor_override is not None:
+        raise UnsupportedBackward(
+            "avg_pool2d backward with ceil_mode=True, divisor_override or unbatched input"
+        )
+    kernel = _expand(kernel_size, 2)
+    stride_ = _expand(stride, 2) if len(stride) else kernel
+    padding_ = _expand(padding, 2)
+    if not count_include_pad and any(padding_):
+        raise UnsupportedBackward("avg_pool2d backward with count_include_pad=False and padding")
+    channels = int(input.shape[1])
+    weight = torch.full(
+        (channels, 1, *kernel), 1.0 / (kernel[0] * kernel[1]), dtype=grad_output.dtype
+    )
+    extra = _output_padding(grad_output, input, weight, stride_, padding_, [1, 1])
+    return aten.convolution.default(
+        grad_output, weight, None, stride_, padding_, [1, 1], True, extra, channels
+    )
 
 
 def convolution_backward(

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from fedge.agent.backends.ort_portable import mean_loss
-from fedge.exporter.portable.decompositions import convolution_backward
+from fedge.exporter.portable.decompositions import avg_pool2d_backward, convolution_backward
 from fedge.exporter.portable.failure import (
     Location,
     ModuleTracker,
@@ -204,3 +204,31 @@ def test_trace_batch_collides_with_no_dimension():
     args = [torch.zeros(11, 13), torch.zeros(8, 17, 19)]
     assert trace_batch_size(args) == 23
     assert trace_batch_size([torch.zeros(8, 8)]) == 11
+
+
+def test_module_tracker_maps_an_operator_and_its_backward_to_the_calling_module():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.AdaptiveMaxPool1d(2))
+    tracker = ModuleTracker(model)
+    with tracker:
+        model(torch.randn(2, 3, 4))
+    want = Location("1", "AdaptiveMaxPool1d")
+    assert tracker.caller_of("aten.adaptive_max_pool2d.default") == want  # 1-d runs the 2-d op
+    assert tracker.caller_of("aten.adaptive_max_pool2d_backward.default") == want
+    assert tracker.caller_of("aten.cumsum.default") is None
+
+
+@pytest.mark.parametrize(
+    ("size", "kernel", "stride", "padding"),
+    [(8, 2, 2, 0), (9, 3, 2, 1), (7, 3, 1, 1), (10, 2, 3, 0)],
+)
+def test_avg_pool2d_backward_matches_autograd(size, kernel, stride, padding):
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 3, size, size, generator=gen, requires_grad=True)
+    out = F.avg_pool2d(x, kernel, stride, padding)
+    grad_out = torch.randn(out.shape, generator=gen)
+    (want,) = torch.autograd.grad(out, (x,), grad_out)
+    got = avg_pool2d_backward(
+        grad_out, x.detach(), [kernel], [stride], [padding], False, True, None
+    )
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
