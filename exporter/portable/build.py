@@ -2,8 +2,9 @@
 
 ``add_portable_step`` is the exporter's one hook: it traces the training step, exports it,
 proves ONNX Runtime loads it, checks it against PyTorch, and returns the manifest's ``portable``
-section and the numbers for ``verification.portable`` (the exporter adds the backend). A model the portable step cannot express
-still exports (for ``ort-training`` only); the manifest says why.
+section and the numbers for ``verification.portable`` (the exporter adds the backend). A
+model the portable step cannot express still exports (for ``ort-training`` only); the
+manifest says why.
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ from .. import onnx_graph, preflight
 from .. import verify as parity
 from ..artifacts import OptimizerSpec
 from ..errors import ExportError
-from .decompositions import UnsupportedBackward
+from .failure import describe, location_of_slot
 from .layout import BUFFERS_FILE, LR_NAME, STEP_FILE, StepLayout, build_layout
 from .step import LOSS_FUNCTIONS, make_step
-from .trace import check_loads, export_step
+from .trace import BakedBatch, StepLoweringError, check_loads, export_step
 from .verify import BATCH_SIZES, TOLERANCE, step_parity
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,10 @@ SEED = 4321
 
 class PortableUnsupported(ExportError):
     """The model's training step cannot be written as a portable ONNX graph."""
+
+    def __init__(self, reason: str, *, numbers: dict[str, Any] | None = None) -> None:
+        super().__init__(reason)
+        self.numbers = {"failed_check": numbers} if numbers else {}
 
 
 def add_portable_step(
@@ -54,19 +59,26 @@ def add_portable_step(
     """Write the portable step into ``bundle_dir``; return the manifest's ``portable`` section
     and the numbers for ``verification.portable``.
 
-    Raises ExportError when the step exists but disagrees with PyTorch beyond tolerance
-    (unless ``verify`` is False); a model the step cannot express is recorded, not raised.
+    Never fails the export: a model the step cannot express, or whose step disagrees with
+    PyTorch beyond tolerance, is recorded without the ``ort-portable`` backend, with the
+    reason (stage, module path and type, operator or numbers) in ``portable.reason``.
     """
     batches = _batches(input_spec, label_spec, loss, num_classes)
     try:
         layout, initial = _write_step(
             model, bundle_dir, loss, optimizer, trainable, input_spec, label_spec, batches[0]
         )
+        fresh = _batches(input_spec, label_spec, loss, num_classes)  # same values
+        numbers = _check(model, bundle_dir, layout, initial, fresh, loss, optimizer, verify)
     except PortableUnsupported as exc:
         log.warning("no portable training step for this model: %s", exc)
         for name in (STEP_FILE, BUFFERS_FILE):
             (bundle_dir / name).unlink(missing_ok=True)
-        return PortableStep(False, reason=str(exc)), {"skipped": True, "reason": str(exc)}
+        return PortableStep(False, reason=str(exc)), {
+            "skipped": True,
+            "reason": str(exc),
+            **exc.numbers,
+        }
     proto = _load(bundle_dir / STEP_FILE)
     section = PortableStep(
         available=True,
@@ -83,28 +95,51 @@ def add_portable_step(
         opset=onnx_graph.opset_of(proto),
         ir_version=int(proto.ir_version),
     )
-    if not verify:
-        return section, {"skipped": True}
-    if preflight.has_active_dropout(model):
-        return section, {"skipped": True, "reason": "dropout makes a step random"}
-    numbers = step_parity(
-        model,
-        bundle_dir / STEP_FILE,
-        layout,
-        initial,
-        _batches(input_spec, label_spec, loss, num_classes),  # fresh tensors, same values
-        loss=loss,
-        optimizer=optimizer,
-    )
-    if (
-        not numbers["step_max_abs_diff"] <= TOLERANCE
-        or not numbers["loss_max_abs_diff"] <= TOLERANCE
-    ):
-        raise ExportError(
-            f"the portable training step does not match PyTorch after {numbers['steps']} steps: "
-            f"{numbers}; use --no-verify to export anyway"
-        )
     return section, numbers
+
+
+def _check(
+    model: nn.Module,
+    bundle_dir: Path,
+    layout: StepLayout,
+    initial: dict[str, np.ndarray],
+    batches: list[tuple[torch.Tensor, torch.Tensor]],
+    loss: str,
+    optimizer: OptimizerSpec,
+    verify: bool,
+) -> dict[str, Any]:
+    """Parity numbers; PortableUnsupported (with the numbers) when the step disagrees."""
+    if not verify:
+        return {"skipped": True}
+    if preflight.has_active_dropout(model):
+        return {"skipped": True, "reason": "dropout makes a step random"}
+    try:
+        numbers = step_parity(
+            model,
+            bundle_dir / STEP_FILE,
+            layout,
+            initial,
+            batches,
+            loss=loss,
+            optimizer=optimizer,
+        )
+    except Exception as exc:  # ONNX Runtime raises its own types; the message is the reason
+        raise PortableUnsupported(
+            describe("running the portable step in ONNX Runtime", exc, None)
+        ) from exc
+    if not (
+        numbers["step_max_abs_diff"] <= TOLERANCE and numbers["loss_max_abs_diff"] <= TOLERANCE
+    ):
+        worst = numbers["step_worst_slot"]
+        raise PortableUnsupported(
+            f"the portable step does not match PyTorch after {numbers['steps']} steps (batches "
+            f"{', '.join(map(str, numbers['batch_sizes']))}): largest state difference "
+            f"{numbers['step_max_abs_diff']:.3g} in '{worst}' of "
+            f"{location_of_slot(model, worst)}, loss difference "
+            f"{numbers['loss_max_abs_diff']:.3g} (tolerance {TOLERANCE:g})",
+            numbers=numbers,
+        )
+    return numbers
 
 
 def _write_step(
@@ -148,18 +183,22 @@ def _write_step(
             output_names=layout.output_names,
             batch_inputs=(layout.input_name, layout.label_name),
         )
-    except UnsupportedBackward as exc:
-        raise PortableUnsupported(f"{exc} is not supported yet") from exc
-    except Exception as exc:  # tracing/export raise many types; the message is the reason
+    except StepLoweringError as exc:
+        where = step.caller_of(exc.operator)
+        raise PortableUnsupported(describe(exc.STAGE, exc.cause, where)) from exc
+    except BakedBatch as exc:
+        raise PortableUnsupported(str(exc)) from exc
+    except Exception as exc:  # tracing raises many types; the chain and the module say why
         raise PortableUnsupported(
-            f"tracing or exporting the training step failed ({type(exc).__name__}): "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}"
+            describe("tracing the training step", exc, step.failed_in)
         ) from exc
     onnx_graph.save_model(proto, bundle_dir / STEP_FILE)
     try:
         check_loads(str(bundle_dir / STEP_FILE))
     except Exception as exc:
-        raise PortableUnsupported(f"ONNX Runtime cannot load the portable step: {exc}") from exc
+        raise PortableUnsupported(
+            describe("loading the portable step in ONNX Runtime", exc, None)
+        ) from exc
     if buffers:
         (bundle_dir / BUFFERS_FILE).write_bytes(encode_tensors(buffers))
     return layout, initial

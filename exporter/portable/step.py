@@ -17,6 +17,7 @@ from torch import nn
 from torch.func import functional_call
 
 from ..artifacts import OptimizerSpec
+from .failure import Location, ModuleTracker
 from .layout import StepLayout
 
 LOSS_FUNCTIONS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
@@ -27,27 +28,46 @@ LOSS_FUNCTIONS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] 
 }
 
 
-def make_step(
-    model: nn.Module, layout: StepLayout, *, loss: str, optimizer: OptimizerSpec
-) -> Callable[..., tuple[torch.Tensor, ...]]:
-    """A function ``step(*inputs) -> (loss, *new slots)`` in ``layout``'s order."""
-    module = copy.deepcopy(model).train()
-    loss_fn = LOSS_FUNCTIONS[loss]
-    trainable = layout.names("parameter")
-    frozen = layout.names("frozen")
-    buffers = layout.names("buffer")
-    names = layout.input_names
+class TrainingStep:
+    """``step(*inputs) -> (loss, *new slots)`` in a layout's order, for ``make_fx`` to trace.
 
-    def step(*inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        values = dict(zip(names, inputs, strict=True))
+    ``failed_in`` names the submodule whose forward an exception escaped from (if any).
+    """
+
+    def __init__(
+        self, model: nn.Module, layout: StepLayout, *, loss: str, optimizer: OptimizerSpec
+    ) -> None:
+        self._module = copy.deepcopy(model).train()
+        self._tracker = ModuleTracker(self._module)
+        self._loss_fn = LOSS_FUNCTIONS[loss]
+        self._layout = layout
+        self._optimizer = optimizer
+
+    @property
+    def failed_in(self) -> Location | None:
+        return self._tracker.innermost
+
+    def caller_of(self, operator: str | None) -> Location | None:
+        """The submodule whose forward called ``operator`` (``aten.x.default``) while traced."""
+        return self._tracker.caller_of(operator)
+
+    def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        layout, optimizer = self._layout, self._optimizer
+        trainable = layout.names("parameter")
+        buffers = layout.names("buffer")
+        values = dict(zip(layout.input_names, inputs, strict=True))
         params = [values[n].detach().requires_grad_(True) for n in trainable]
         state = dict(zip(trainable, params, strict=True))
-        state.update({n: values[n] for n in frozen})
+        state.update({n: values[n] for n in layout.names("frozen")})
         # Clones: BatchNorm updates its running statistics in place; those become outputs.
         new_buffers = {n: values[n].clone() for n in buffers}
+        self._tracker.reset()
         with torch.enable_grad():
-            out = functional_call(module, {**state, **new_buffers}, (values[layout.input_name],))
-            value = loss_fn(out, values[layout.label_name])
+            with self._tracker:
+                out = functional_call(
+                    self._module, {**state, **new_buffers}, (values[layout.input_name],)
+                )
+            value = self._loss_fn(out, values[layout.label_name])
             grads = torch.autograd.grad(value, params)
         lr = values["lr"]
         with torch.no_grad():
@@ -59,7 +79,12 @@ def make_step(
                 updated, extra = _adamw(plain, list(grads), values, trainable, lr, optimizer)
         return (value.detach(), *updated, *[new_buffers[n] for n in buffers], *extra)
 
-    return step
+
+def make_step(
+    model: nn.Module, layout: StepLayout, *, loss: str, optimizer: OptimizerSpec
+) -> TrainingStep:
+    """A function ``step(*inputs) -> (loss, *new slots)`` in ``layout``'s order."""
+    return TrainingStep(model, layout, loss=loss, optimizer=optimizer)
 
 
 def _adamw(

@@ -4,6 +4,10 @@
 exporter (``dynamo=True``) writes it with ``optimize=False`` (its optimizer folds ``x + 1e-8``
 away and drops AdamW's eps). ONNX Runtime 1.19 reads IR <= 10 and opset <= 21: newer graphs
 are converted down and then loaded once to prove it.
+
+The trace runs at a batch size no other dimension of the step has (a prime): a symbolic batch
+that happens to equal, say, a GRU's hidden size is specialized to that number by the first
+shape comparison, and the exported graph would then accept only that batch.
 """
 
 from __future__ import annotations
@@ -15,10 +19,12 @@ from collections.abc import Callable, Sequence
 import onnx
 import torch
 from torch.fx.experimental.proxy_tensor import make_fx
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from fedge.protocol.ort_runtime import import_onnxruntime, single_thread_session_options
 
 from .decompositions import decomposition_table
+from .failure import describe, operator_in
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +44,16 @@ def export_step(
     opset: int = MIN_OPSET,
 ) -> onnx.ModelProto:
     """Trace ``step`` on ``args`` and export it; ``batch_inputs`` get a dynamic axis 0."""
-    gm = make_fx(step, tracing_mode="symbolic", decomposition_table=decomposition_table())(*args)
+    args = _at_trace_batch(args, [n in batch_inputs for n in input_names])
+    # oneDNN off: on CPU the LSTM decomposition otherwise picks aten.mkldnn_rnn_layer (it only
+    # checks whether the *input* requires grad). The math attention kernel: the fused (flash)
+    # ones have backward operators without an ONNX translation. Both match eager to rounding.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # mkldnn.flags() warns about a deprecated TF32 setter
+        with torch.backends.mkldnn.flags(enabled=False), sdpa_kernel([SDPBackend.MATH]):
+            gm = make_fx(step, tracing_mode="symbolic", decomposition_table=decomposition_table())(
+                *args
+            )
     batch = torch.export.Dim("batch", min=1)
     dynamic = tuple({0: batch} if n in batch_inputs else None for n in input_names)
     quiet = [logging.getLogger(n) for n in _NOISY_LOGGERS]
@@ -59,11 +74,58 @@ def export_step(
                 dynamic_shapes=dynamic,
                 verbose=False,
             )
+    except Exception as exc:  # the exporter raises many types; the chain names the operator
+        raise StepLoweringError(exc) from exc
     finally:
         for q, level in zip(quiet, levels, strict=True):
             q.setLevel(level)
     proto = program.model_proto
+    _require_dynamic_batch(proto, batch_inputs)
     return fit_runtime(proto)
+
+
+class StepLoweringError(RuntimeError):
+    """The traced step has an operator the ONNX exporter cannot translate (message: why)."""
+
+    STAGE = "exporting the step to ONNX"
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(describe(self.STAGE, cause, None))
+        self.cause = cause
+        self.operator = operator_in(cause)
+
+
+class BakedBatch(RuntimeError):
+    """The exported step accepts one batch size only (the trace specialized the batch axis)."""
+
+
+def trace_batch_size(args: Sequence[torch.Tensor]) -> int:
+    """The smallest prime >= 11 that is no dimension of any of ``args``."""
+    taken = {int(d) for a in args for d in a.shape}
+    size = 11
+    while size in taken or any(size % k == 0 for k in range(2, int(size**0.5) + 1)):
+        size += 1
+    return size
+
+
+def _at_trace_batch(args: Sequence[torch.Tensor], is_batch: Sequence[bool]) -> list[torch.Tensor]:
+    batched = [a for a, b in zip(args, is_batch, strict=True) if b]
+    size = trace_batch_size(args)
+    out = []
+    for a, b in zip(args, is_batch, strict=True):
+        out.append(a[torch.arange(size) % a.shape[0]].contiguous() if b and batched else a)
+    return out
+
+
+def _require_dynamic_batch(proto: onnx.ModelProto, batch_inputs: Sequence[str]) -> None:
+    for value in proto.graph.input:
+        if value.name in batch_inputs:
+            dims = value.type.tensor_type.shape.dim
+            if dims and not dims[0].dim_param:
+                raise BakedBatch(
+                    f"the exported step fixes input {value.name!r} to batch size "
+                    f"{dims[0].dim_value}: an operator specialized the batch axis while tracing"
+                )
 
 
 def fit_runtime(proto: onnx.ModelProto) -> onnx.ModelProto:

@@ -17,7 +17,7 @@ from torch import nn
 from fedge.protocol.ort_runtime import import_onnxruntime, single_thread_session_options
 
 from ..artifacts import OptimizerSpec
-from ..verify import torch_optimizer
+from ..verify import ZERO_GRADIENT, torch_optimizer
 from .layout import LOSS_NAME, LR_NAME, StepLayout
 from .step import LOSS_FUNCTIONS
 
@@ -35,70 +35,132 @@ def step_parity(
     loss: str,
     optimizer: OptimizerSpec,
 ) -> dict[str, Any]:
-    """Run ``batches`` through the ONNX step and through PyTorch; return the differences."""
-    onnx_state, onnx_losses = _onnx_steps(step_path, layout, initial, batches, optimizer.lr)
-    torch_state, torch_losses = _torch_steps(model, layout, batches, loss, optimizer)
+    """Run ``batches`` through the ONNX step and through PyTorch, step by step; the differences.
+
+    With AdamW, a gradient element that is rounding noise in a step (at most ``ZERO_GRADIENT``
+    x the step's largest; e.g. a convolution bias feeding BatchNorm, or the key part of an
+    attention's ``in_proj_bias``: exactly zero in exact arithmetic) gets a full-size update of
+    arbitrary sign on either side. Such elements are not compared: their parameters are listed
+    in ``zero_gradient_parameters`` and they are set to PyTorch's values (with their Adam
+    moments) after that step, so everything downstream is still compared.
+    """
+    onnx_step = _OnnxStep(step_path, layout, initial, optimizer.lr)
+    torch_step = _TorchStep(model, layout, loss, optimizer)
     compared = layout.names("parameter") + layout.names("frozen") + layout.names("buffer")
-    diff = max(_max_abs_diff(torch_state[n], onnx_state[n]) for n in compared)
-    return {
+    noise: dict[str, np.ndarray] = {}
+    loss_diff, diffs = 0.0, dict.fromkeys(compared, 0.0)
+    for x, y in batches:
+        onnx_loss = onnx_step(x, y)
+        torch_loss, grads = torch_step(x, y)
+        loss_diff = max(loss_diff, abs(onnx_loss - torch_loss))
+        largest = max((float(g.max()) for g in grads.values() if g.size), default=0.0)
+        torch_state = torch_step.state()
+        if optimizer.type == "adamw":
+            for name, grad in grads.items():
+                mask = grad <= ZERO_GRADIENT * largest
+                if mask.any():
+                    noise[name] = noise.get(name, np.zeros_like(mask)) | mask
+                    onnx_step.sync(name, mask, torch_state, torch_step.moments(name))
+        for name in compared:
+            keep = ~noise[name] if name in noise else ...  # ... also indexes 0-d buffers
+            diff = _max_abs_diff(torch_state[name][keep], onnx_step.state[name][keep])
+            diffs[name] = max(diffs[name], diff)
+    worst = max(diffs, key=lambda n: diffs[n]) if diffs else None
+    numbers: dict[str, Any] = {
         "steps": len(batches),
         "batch_sizes": [int(len(y)) for _, y in batches],
-        "step_max_abs_diff": diff,
-        "loss_max_abs_diff": max(
-            abs(a - b) for a, b in zip(torch_losses, onnx_losses, strict=True)
-        ),
+        "step_max_abs_diff": diffs[worst] if worst else 0.0,
+        "step_worst_slot": worst,
+        "loss_max_abs_diff": loss_diff,
         "tolerance": TOLERANCE,
     }
+    if noise:
+        numbers["zero_gradient_parameters"] = sorted(noise)
+    return numbers
 
 
-def _onnx_steps(
-    path: Path,
-    layout: StepLayout,
-    initial: dict[str, np.ndarray],
-    batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
-    lr: float,
-) -> tuple[dict[str, np.ndarray], list[float]]:
-    ort = import_onnxruntime(block_torch=False)
-    session = ort.InferenceSession(
-        str(path), single_thread_session_options(ort), providers=["CPUExecutionProvider"]
-    )
-    state = {s.name: initial[s.name] for s in layout.slots}
-    outputs = layout.output_names
-    losses = []
-    for x, y in batches:
-        feeds = dict(state)
-        feeds.update({layout.input_name: x.numpy(), layout.label_name: y.numpy()})
-        feeds[LR_NAME] = np.array(lr, dtype=np.float32)
-        result = dict(zip(outputs, session.run(outputs, feeds), strict=True))
-        losses.append(float(result[LOSS_NAME]))
+class _OnnxStep:
+    """The exported step in a plain InferenceSession, carrying its state between calls."""
+
+    def __init__(
+        self, path: Path, layout: StepLayout, initial: dict[str, np.ndarray], lr: float
+    ) -> None:
+        ort = import_onnxruntime(block_torch=False)
+        self._session = ort.InferenceSession(
+            str(path), single_thread_session_options(ort), providers=["CPUExecutionProvider"]
+        )
+        self._layout = layout
+        self._lr = np.array(lr, dtype=np.float32)
+        self.state = {s.name: initial[s.name] for s in layout.slots}
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        layout = self._layout
+        feeds = dict(self.state)
+        feeds.update(
+            {layout.input_name: x.numpy(), layout.label_name: y.numpy(), LR_NAME: self._lr}
+        )
+        outputs = layout.output_names
+        result = dict(zip(outputs, self._session.run(outputs, feeds), strict=True))
         for slot in layout.slots:
             if slot.output:
-                state[slot.name] = result[slot.output]
-    return state, losses
+                self.state[slot.name] = result[slot.output]
+        return float(result[LOSS_NAME])
+
+    def sync(
+        self,
+        name: str,
+        mask: np.ndarray,
+        values: dict[str, np.ndarray],
+        moments: dict[str, np.ndarray],
+    ) -> None:
+        """Take the ``mask`` elements of parameter ``name`` (and its moments) from PyTorch."""
+        for slot, value in [(name, values[name]), *moments.items()]:
+            if slot in self.state:
+                updated = np.array(self.state[slot], copy=True)
+                updated[mask] = value[mask]
+                self.state[slot] = updated
 
 
-def _torch_steps(
-    model: nn.Module,
-    layout: StepLayout,
-    batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
-    loss: str,
-    optimizer: OptimizerSpec,
-) -> tuple[dict[str, np.ndarray], list[float]]:
-    clone = copy.deepcopy(model).train()
-    params = dict(clone.named_parameters())
-    trainable = layout.names("parameter")
-    for name, p in params.items():
-        p.requires_grad_(name in trainable)
-    opt = torch_optimizer([params[n] for n in trainable], optimizer)
-    losses = []
-    for x, y in batches:
-        value = LOSS_FUNCTIONS[loss](clone(x), y)
-        opt.zero_grad()
+class _TorchStep:
+    """The same model in PyTorch with ``torch.optim``: the reference."""
+
+    def __init__(
+        self, model: nn.Module, layout: StepLayout, loss: str, optimizer: OptimizerSpec
+    ) -> None:
+        self._model = copy.deepcopy(model).train()
+        self._params = dict(self._model.named_parameters())
+        trainable = layout.names("parameter")
+        for name, p in self._params.items():
+            p.requires_grad_(name in trainable)
+        self._trainable = trainable
+        self._opt = torch_optimizer([self._params[n] for n in trainable], optimizer)
+        self._loss = LOSS_FUNCTIONS[loss]
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, dict[str, np.ndarray]]:
+        """One step; the loss and every trainable parameter's absolute gradient."""
+        value = self._loss(self._model(x), y)
+        self._opt.zero_grad()
         value.backward()
-        opt.step()
-        losses.append(float(value.detach()))
-    state = {n: t.detach().numpy().copy() for n, t in clone.state_dict(keep_vars=True).items()}
-    return state, losses
+        grads = {}
+        for name in self._trainable:
+            grad = self._params[name].grad
+            param = self._params[name].detach()
+            grads[name] = (grad if grad is not None else torch.zeros_like(param)).abs().numpy()
+        self._opt.step()
+        return float(value.detach()), grads
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {
+            n: t.detach().numpy().copy() for n, t in self._model.state_dict(keep_vars=True).items()
+        }
+
+    def moments(self, name: str) -> dict[str, np.ndarray]:
+        state = self._opt.state.get(self._params[name], {})
+        return {
+            f"adamw/{key}/{name}": state[key].detach().numpy().copy()
+            for key in ("exp_avg", "exp_avg_sq")
+            if key in state
+        }
 
 
 def _max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:

@@ -1,7 +1,8 @@
 """The model zoo exported end to end, each model's parity with PyTorch asserted and recorded.
 
-The portable step (exporter/portable, tested with its own suite) is left out here to keep
-this file fast: these tests are about the ort-training artifacts.
+Every zoo model's export with its first optimizer carries both backends: the ort-training
+artifacts (forward and one-step parity) and the portable step (3-step parity at export time,
+then 20 more steps on short batches here). The extra SGD cases check ort-training only.
 """
 
 from __future__ import annotations
@@ -13,13 +14,19 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from zoo.models import UNSUPPORTED, ZOO
+from zoo.models import NO_PORTABLE_STEP, PORTABLE_ONLY, UNSUPPORTED, ZOO
 
+from fedge.exporter import preflight
+from fedge.exporter.artifacts import OptimizerSpec
 from fedge.exporter.errors import ExportError
 from fedge.exporter.export import export_bundle
-from fedge.exporter.verify import write_back_running_stats
+from fedge.exporter.portable import add_portable_step
+from fedge.exporter.portable.layout import Slot, StepLayout
+from fedge.exporter.portable.verify import step_parity
+from fedge.exporter.verify import sample_labels, write_back_running_stats
 from fedge.protocol.bundle import load_bundle
 from fedge.protocol.inference import InferenceRunner
+from fedge.protocol.manifest import TensorSpec
 from fedge.protocol.ort_runtime import import_training_api, single_thread_session_options
 
 pytestmark = pytest.mark.integration
@@ -35,13 +42,16 @@ def _one_torch_thread():
 
 
 TOLERANCE = 1e-4
-# AdamW for every model; SGD too where it exercises a different optimizer graph per layer kind.
-CASES = [(name, "adamw") for name in ZOO] + [
+LR = 0.05
+PORTABLE_STEPS = 20  # on batches of 4 and a last one of 3: short, so the file stays fast
+# Each model with its first optimizer (AdamW unless the model says otherwise: see zoo notes);
+# SGD too where it exercises a different optimizer graph per layer kind.
+CASES = [(name, z.optimizers[0]) for name, z in ZOO.items()] + [
     (name, "sgd") for name in ("mlp", "mobilenet_block", "lstm", "embedding")
 ]
 
 
-def _export(name: str, optimizer: str, out: Path) -> Path:
+def _export(name: str, optimizer: str, out: Path, portable: bool = False) -> Path:
     z = ZOO[name]
     return export_bundle(
         z.build(),
@@ -49,17 +59,18 @@ def _export(name: str, optimizer: str, out: Path) -> Path:
         input_dtype=z.input_dtype,
         loss=z.loss,
         optimizer=optimizer,
-        lr=0.05,
+        lr=LR,
         out_dir=out,
         model_name=name,
-        portable=False,
+        portable=portable,
         **z.options,
     )
 
 
 @pytest.mark.parametrize(("name", "optimizer"), CASES, ids=[f"{n}-{o}" for n, o in CASES])
 def test_zoo_model_parity(name: str, optimizer: str, tmp_path: Path) -> None:
-    bundle = load_bundle(_export(name, optimizer, tmp_path / name))
+    portable = optimizer == ZOO[name].optimizers[0]
+    bundle = load_bundle(_export(name, optimizer, tmp_path / name, portable=portable))
     m = bundle.manifest
     ver = m.verification.values
     assert ver["forward_max_abs_diff"] < TOLERANCE
@@ -80,6 +91,113 @@ def test_zoo_model_parity(name: str, optimizer: str, tmp_path: Path) -> None:
         assert any("BatchNorm" in p.what for p in m.patches)
     else:
         assert m.running_stats == ()
+    if portable:
+        _check_portable(name, bundle)
+
+
+def _check_portable(name: str, bundle) -> None:
+    """Both backends: the portable step exists, passed its export check, and 20 more steps."""
+    m = bundle.manifest
+    assert m.backends == ("ort-training", "ort-portable"), m.portable
+    ver = m.verification.values["portable"]
+    if ZOO[name].note.startswith("p=0.3"):
+        assert ver == {"skipped": True, "reason": "dropout makes a step random"}
+        return
+    assert ver["batch_sizes"] == [8, 8, 5]
+    assert ver["step_max_abs_diff"] < TOLERANCE and ver["loss_max_abs_diff"] < TOLERANCE
+    numbers = _more_steps(
+        ZOO[name].build(),
+        bundle.file(m.portable.file),
+        m.portable.state,
+        m.input,
+        m.label,
+        m.loss.type,
+        m.optimizer.type,
+        m.task.num_classes,
+    )
+    assert numbers["steps"] == PORTABLE_STEPS
+    assert numbers["step_max_abs_diff"] < TOLERANCE, numbers
+    assert numbers["loss_max_abs_diff"] < TOLERANCE, numbers
+
+
+def _more_steps(
+    model: nn.Module,
+    step_file: Path,
+    state,
+    input_spec: TensorSpec,
+    label_spec: TensorSpec,
+    loss: str,
+    optimizer: str,
+    num_classes: int | None,
+) -> dict:
+    """PORTABLE_STEPS steps of the exported step vs torch, on short batches, from the start."""
+    layout = StepLayout(
+        tuple(Slot(s.name, s.kind, tuple(s.shape), s.dtype) for s in state),
+        input_spec.name,
+        label_spec.name,
+    )
+    initial = {n: t.detach().numpy().copy() for n, t in model.state_dict().items()}
+    for slot in layout.slots:
+        initial.setdefault(slot.name, np.zeros(slot.shape, dtype=slot.dtype))
+    gen = torch.Generator().manual_seed(99)
+    batches = []
+    for size in [4] * (PORTABLE_STEPS - 1) + [3]:
+        x = preflight.sample_inputs(
+            input_spec.sample_shape, input_spec.dtype, batch=size, generator=gen
+        )
+        y = sample_labels(
+            loss, label_spec.sample_shape, batch=size, num_classes=num_classes, generator=gen
+        )
+        batches.append((x, y))
+    # export_bundle's defaults: weight decay 0.01, betas (0.9, 0.999), eps 1e-8
+    spec = OptimizerSpec(optimizer, LR, 0.01, (0.9, 0.999), 1e-8)
+    return step_parity(model, step_file, layout, initial, batches, loss=loss, optimizer=spec)
+
+
+def test_model_without_a_portable_step_exports_for_ort_training_with_a_complete_reason(
+    tmp_path: Path,
+) -> None:
+    z = NO_PORTABLE_STEP["adaptive_max_pool"]
+    out = export_bundle(
+        z.build(), input_shape=z.input_shape, lr=LR, out_dir=tmp_path / "amp", model_name="amp"
+    )
+    m = load_bundle(out).manifest
+    assert m.backends == ("ort-training",) and m.portable is not None
+    assert m.portable.available is False
+    reason = m.portable.reason
+    assert reason == (
+        "exporting the step to ONNX failed in module '1' (AdaptiveMaxPool2d) at operator "
+        "aten.adaptive_max_pool2d_backward.default: DispatchError: No ONNX function found for "
+        "<OpOverload(op='aten.adaptive_max_pool2d_backward', overload='default')>. Failure message: "
+        "No decompositions registered for the real-valued input"
+    )
+    assert m.verification.values["portable"]["reason"] == reason
+    assert not (out / "portable_step.onnx").exists()
+
+
+@pytest.mark.parametrize("name", sorted(PORTABLE_ONLY))
+def test_portable_only_models_get_a_step_that_matches_pytorch(name: str, tmp_path: Path) -> None:
+    """ConvTranspose: no ORT training kernel, but the portable step trains it like PyTorch."""
+    z = PORTABLE_ONLY[name]
+    model = z.build()
+    input_spec = TensorSpec("input", z.input_dtype, (None, *z.input_shape))
+    label_spec = TensorSpec("labels", "int64", (None,))
+    section, numbers = add_portable_step(
+        model=model,
+        bundle_dir=tmp_path,
+        loss=z.loss,
+        optimizer=OptimizerSpec("adamw", LR, 0.01, (0.9, 0.999), 1e-8),
+        trainable=[n for n, _ in model.named_parameters()],
+        input_spec=input_spec,
+        label_spec=label_spec,
+        num_classes=3,
+    )
+    assert section.available, section.reason
+    assert numbers["step_max_abs_diff"] < TOLERANCE
+    more = _more_steps(
+        model, tmp_path / section.file, section.state, input_spec, label_spec, z.loss, "adamw", 3
+    )
+    assert more["steps"] == PORTABLE_STEPS and more["step_max_abs_diff"] < TOLERANCE, more
 
 
 def test_unsupported_layer_refused_before_any_file(tmp_path: Path) -> None:

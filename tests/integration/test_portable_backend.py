@@ -281,3 +281,26 @@ def test_agents_run_a_round_with_the_portable_backend(
         r[0] for r in db.execute("SELECT agent_id FROM updates WHERE status='accepted'")
     )
     assert agents == ["dev-0", "dev-1"]
+
+
+@pytest.mark.parametrize("name", ["gru", "depthwise_separable"])
+def test_recurrent_and_grouped_models_train_alike_on_both_backends(name, tmp_path):
+    """GRU (once traced with its batch baked in) and grouped convolutions (once refused): the
+    agent's two backends train them to the same parameters, batches of 7 and a last one of 2."""
+    from zoo.models import ZOO
+
+    z = ZOO[name]
+    out = tmp_path / name
+    export_bundle(z.build(), input_shape=z.input_shape, out_dir=out, optimizer="sgd", lr=0.05)
+    bundle = load_bundle(out)
+    assert bundle.manifest.backends == ("ort-training", "ort-portable")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(30, *z.input_shape)).astype(np.float32)
+    y = (np.arange(30) % 3).astype(np.int64)
+    results = {}
+    for backend_name in ("ort-training", "ort-portable"):
+        backend, result = train_with(backend_name, bundle, x, y, epochs=1, batch_size=7, seed=2)
+        assert result.steps == 5
+        results[backend_name] = backend.get_parameters()
+    assert max_diff(results["ort-training"], results["ort-portable"]) < 1e-4
+    assert max_diff(results["ort-portable"], bundle.initial_parameters()) > 1e-3

@@ -1,4 +1,4 @@
-"""Pieces of the portable training step: the convolution backward, the layout, numpy losses."""
+"""Pieces of the portable training step: convolution backward, layout, losses, failure reasons."""
 
 from __future__ import annotations
 
@@ -7,8 +7,16 @@ import torch
 import torch.nn.functional as F
 
 from fedge.agent.backends.ort_portable import mean_loss
-from fedge.exporter.portable.decompositions import UnsupportedBackward, convolution_backward
+from fedge.exporter.portable.decompositions import avg_pool2d_backward, convolution_backward
+from fedge.exporter.portable.failure import (
+    Location,
+    ModuleTracker,
+    describe,
+    location_of_slot,
+    plain,
+)
 from fedge.exporter.portable.layout import build_layout
+from fedge.exporter.portable.trace import trace_batch_size
 
 CASES = [
     # (spatial dims, input size, kernel, stride, padding, dilation)
@@ -39,12 +47,67 @@ def test_convolution_backward_matches_autograd(dims, size, kernel, stride, paddi
         torch.testing.assert_close(g, e, atol=1e-4, rtol=1e-4)
 
 
-def test_grouped_and_transposed_convolution_backward_are_refused():
-    x, w, g = torch.zeros(1, 4, 5, 5), torch.zeros(4, 2, 3, 3), torch.zeros(1, 4, 3, 3)
-    with pytest.raises(UnsupportedBackward, match="groups=2"):
-        convolution_backward(g, x, w, None, [1], [0], [1], False, [0], 2, [True, True, False])
-    with pytest.raises(UnsupportedBackward, match="transposed"):
-        convolution_backward(g, x, w, None, [1], [0], [1], True, [0], 1, [True, True, False])
+GROUPED = [
+    # (dims, in channels, out channels, groups, size, kernel, stride, padding, dilation)
+    (2, 4, 6, 2, 7, 3, 1, 1, 1),
+    (2, 8, 8, 8, 8, 3, 1, 1, 1),  # depthwise
+    (2, 4, 8, 4, 9, 3, 2, 1, 1),  # depthwise with a channel multiplier, strided
+    (1, 6, 3, 3, 11, 4, 3, 1, 2),
+]
+
+
+@pytest.mark.parametrize(
+    ("dims", "cin", "cout", "groups", "size", "kernel", "stride", "padding", "dilation"), GROUPED
+)
+def test_grouped_convolution_backward_matches_autograd(
+    dims, cin, cout, groups, size, kernel, stride, padding, dilation
+):
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(3, cin, *[size] * dims, generator=gen, requires_grad=True)
+    w = torch.randn(cout, cin // groups, *[kernel] * dims, generator=gen, requires_grad=True)
+    conv = F.conv2d if dims == 2 else F.conv1d
+    out = conv(x, w, None, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    grad_out = torch.randn(out.shape, generator=gen)
+    want = torch.autograd.grad(out, (x, w), grad_out)
+    got = convolution_backward(
+        grad_out, x.detach(), w.detach(), None, [stride], [padding], [dilation],
+        False, [0], groups, [True, True, False],
+    )  # fmt: skip
+    for g, e in zip(got[:2], want, strict=True):
+        assert g.shape == e.shape
+        torch.testing.assert_close(g, e, atol=1e-4, rtol=1e-4)
+
+
+TRANSPOSED = [
+    # (dims, in channels, out channels, groups, size, kernel, stride, padding, output padding)
+    (2, 4, 6, 1, 5, 3, 1, 1, 0),
+    (2, 4, 6, 1, 5, 3, 2, 1, 1),
+    (2, 4, 4, 2, 4, 4, 2, 1, 0),
+    (1, 6, 3, 3, 7, 3, 3, 0, 2),
+]
+
+
+@pytest.mark.parametrize(
+    ("dims", "cin", "cout", "groups", "size", "kernel", "stride", "padding", "out_pad"), TRANSPOSED
+)
+def test_transposed_convolution_backward_matches_autograd(
+    dims, cin, cout, groups, size, kernel, stride, padding, out_pad
+):
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(2, cin, *[size] * dims, generator=gen, requires_grad=True)
+    w = torch.randn(cin, cout // groups, *[kernel] * dims, generator=gen, requires_grad=True)
+    b = torch.randn(cout, generator=gen, requires_grad=True)
+    conv = F.conv_transpose2d if dims == 2 else F.conv_transpose1d
+    out = conv(x, w, b, stride=stride, padding=padding, output_padding=out_pad, groups=groups)
+    grad_out = torch.randn(out.shape, generator=gen)
+    want = torch.autograd.grad(out, (x, w, b), grad_out)
+    got = convolution_backward(
+        grad_out, x.detach(), w.detach(), [cout], [stride], [padding], [1],
+        True, [out_pad], groups, [True, True, True],
+    )  # fmt: skip
+    for g, e in zip(got, want, strict=True):
+        assert g.shape == e.shape
+        torch.testing.assert_close(g, e, atol=1e-4, rtol=1e-4)
 
 
 def test_layout_orders_slots_and_names_outputs():
@@ -81,3 +144,91 @@ def test_numpy_losses_match_torch(loss):
         }
         want = fn[loss](out, y)
     assert mean_loss(loss, out.numpy(), y.numpy()) == pytest.approx(float(want), abs=1e-6)
+
+
+class _Dispatch(RuntimeError):
+    pass
+
+
+def _conversion_error() -> RuntimeError:
+    """An exception chained like torch.onnx's: colourful boilerplate, the cause inside."""
+    try:
+        try:
+            raise _Dispatch(
+                "No ONNX function found for <OpOverload(op='aten.mkldnn_rnn_layer', "
+                "overload='default')>. Failure message: No decompositions registered\n\n"
+                "Traceback (most recent call last): ..."
+            )
+        except _Dispatch as inner:
+            raise RuntimeError(
+                "Failed to convert. \x1b[96mThis is step 3/3\x1b[0m of exporting.\n- advice"
+            ) from inner
+    except RuntimeError as outer:
+        return outer
+
+
+def test_failure_reason_is_one_complete_colour_free_line_with_module_and_operator():
+    reason = describe("exporting the step", _conversion_error(), Location("rnn", "LSTM"))
+    assert reason == (
+        "exporting the step failed in module 'rnn' (LSTM) at operator "
+        "aten.mkldnn_rnn_layer.default: _Dispatch: No ONNX function found for "
+        "<OpOverload(op='aten.mkldnn_rnn_layer', overload='default')>. Failure message: "
+        "No decompositions registered"
+    )
+    assert "\x1b" not in reason and "\n" not in reason
+    assert plain("a \x1b[96mb\x1b[0m\n c") == "a b c"
+
+
+def test_module_tracker_names_the_innermost_module_an_exception_escaped():
+    class Boom(torch.nn.Module):
+        def forward(self, x):
+            raise ValueError("no")
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Sequential(torch.nn.ReLU(), Boom()))
+    tracker = ModuleTracker(model)
+    with pytest.raises(ValueError):
+        model(torch.zeros(1, 2))
+    assert tracker.innermost == Location("1.1", "Boom")
+    tracker.reset()
+    model[0](torch.zeros(1, 2))
+    assert tracker.innermost is None  # a forward that returns leaves nothing behind
+
+
+def test_slot_names_map_to_their_modules():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    assert location_of_slot(model, "1.running_var") == Location("1", "BatchNorm1d")
+    assert location_of_slot(model, "adamw/exp_avg/0.weight") == Location("0", "Linear")
+
+
+def test_trace_batch_collides_with_no_dimension():
+    args = [torch.zeros(11, 13), torch.zeros(8, 17, 19)]
+    assert trace_batch_size(args) == 23
+    assert trace_batch_size([torch.zeros(8, 8)]) == 11
+
+
+def test_module_tracker_maps_an_operator_and_its_backward_to_the_calling_module():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.AdaptiveMaxPool1d(2))
+    tracker = ModuleTracker(model)
+    with tracker:
+        model(torch.randn(2, 3, 4))
+    want = Location("1", "AdaptiveMaxPool1d")
+    assert tracker.caller_of("aten.adaptive_max_pool2d.default") == want  # 1-d runs the 2-d op
+    assert tracker.caller_of("aten.adaptive_max_pool2d_backward.default") == want
+    assert tracker.caller_of("aten.cumsum.default") is None
+
+
+@pytest.mark.parametrize(
+    ("size", "kernel", "stride", "padding"),
+    [(8, 2, 2, 0), (9, 3, 2, 1), (7, 3, 1, 1), (10, 2, 3, 0)],
+)
+def test_avg_pool2d_backward_matches_autograd(size, kernel, stride, padding):
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 3, size, size, generator=gen, requires_grad=True)
+    out = F.avg_pool2d(x, kernel, stride, padding)
+    grad_out = torch.randn(out.shape, generator=gen)
+    (want,) = torch.autograd.grad(out, (x,), grad_out)
+    got = avg_pool2d_backward(
+        grad_out, x.detach(), [kernel], [stride], [padding], False, True, None
+    )
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
