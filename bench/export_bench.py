@@ -37,7 +37,7 @@ from fedge.protocol.bundle import load_bundle  # noqa: E402
 from fedge.protocol.manifest import Verification  # noqa: E402
 
 
-def export_once(name: str, *, portable: bool) -> tuple[float, dict, int]:
+def export_once(name: str, *, portable: bool) -> tuple[float, Verification, int]:
     """Seconds, verification numbers and bundle bytes of one export of zoo model ``name``."""
     z = ZOO[name]
     tmp = Path(tempfile.mkdtemp(prefix="fedge-bench-"))
@@ -54,8 +54,8 @@ def export_once(name: str, *, portable: bool) -> tuple[float, dict, int]:
         )
         seconds = time.perf_counter() - started
         manifest = load_bundle(path).manifest
-        size = sum(f["size"] for f in manifest["files"].values())
-        return seconds, manifest["verification"], size
+        size = sum(f.size for f in manifest.files.values())
+        return seconds, manifest.verification, size
     finally:
         shutil.rmtree(tmp)
 
@@ -87,8 +87,8 @@ def portable_table(names: list[str], runs: int) -> None:
                 export_once(name, portable=True)  # fills the cache
                 warm = statistics.median(export_once(name, portable=True)[0] for _ in range(runs))
             step_s = statistics.median(c[0] for c in cold)
-            ver = cold[-1][1].get("portable", {})
-            diff = ver.get("step_max_abs_diff")
+            ver = cold[-1][1].values.get("portable") or {}
+            diff = cold[-1][1].portable_step_max_abs_diff
             print(
                 f"{name:<17}{plain:>9.2f}{step_s:>9.2f}{step_s / plain:>9.1f}{warm:>17.2f}"
                 f"{warm / plain:>9.1f}{cold[-1][2] / 1024:>11.1f}"
