@@ -152,9 +152,10 @@ def run_agent(args: argparse.Namespace) -> int:
     # interrupted (trained again after the restart), say offline, exit 0
     signal.signal(signal.SIGTERM, lambda *_: agent.stop())
     log.info(
-        "agent %s: backend %s, data %s, broker %s",
+        "agent %s: backend %s (%s), data %s, broker %s",
         config.id,
         agent.backend.name,
+        agent.backend.runtime,
         config.data.path,
         config.mqtt.url,
     )

@@ -202,15 +202,19 @@ def main() -> None:
         )
         for kind in MODELS:
             base = None
+            medians = {}
             for backend in BACKENDS:
                 runs = measure(kind, backend, bundles[kind], args)
                 sps = statistics.median(r["samples_per_s"] for r in runs)
                 rss = statistics.median(r["rss_mb"] for r in runs)
                 base = base or (sps, rss)
+                medians[backend] = sps
                 print(
                     f"{kind:5} {backend:13} {sps:10.0f} {sps / base[0]:8.2f}x {rss:12.0f} "
                     f"{rss / base[1]:8.2f}x {str(runs[0]['torch_loaded']):>13}"
                 )
+            ratio = medians["ort-portable"] / medians["ort-training"]
+            print(f"{kind:5} ort-portable / ort-training throughput: {ratio:.2f}x")
 
 
 if __name__ == "__main__":

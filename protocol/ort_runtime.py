@@ -55,6 +55,20 @@ def import_training_api(*, block_torch: bool = True) -> Any | None:
     return api
 
 
+def runtime_version() -> str:
+    """Which ONNX Runtime this process runs, e.g. ``onnxruntime 1.32.0`` (imports it, no torch)."""
+    from importlib import metadata
+
+    version = getattr(import_onnxruntime(), "__version__", "unknown")
+    for dist in ("onnxruntime-training-cpu", "onnxruntime-training"):
+        try:
+            metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+        return f"onnxruntime {version} ({dist})"
+    return f"onnxruntime {version}"
+
+
 def single_thread_session_options(ort: Any, threads: int = 1) -> Any:
     """SessionOptions capped to ``threads`` with spinning off (each session has its own pool)."""
     so = ort.SessionOptions()

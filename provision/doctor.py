@@ -62,7 +62,9 @@ def check_backend() -> Check:
         )
     if not found:
         return Check("backend", FAIL, "no training backend installed", "pip install 'fedge[agent]'")
-    return Check("backend", OK, ", ".join(found))
+    from fedge.protocol.ort_runtime import runtime_version
+
+    return Check("backend", OK, f"{', '.join(found)} on {runtime_version()}")
 
 
 def check_disk(path: str | Path) -> Check:

@@ -37,6 +37,13 @@ class TrainingBackend(ABC):
 
     name: str = ""
 
+    @property
+    def runtime(self) -> str:
+        """The engine under this backend and its version, e.g. ``onnxruntime 1.32.0``."""
+        from fedge.protocol.ort_runtime import runtime_version
+
+        return runtime_version()
+
     @abstractmethod
     def load(self, bundle: Bundle, *, learning_rate: float | None = None) -> None:
         """Prepare sessions for ``bundle`` with fresh optimizer state."""

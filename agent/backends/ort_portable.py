@@ -2,7 +2,8 @@
 
 The step graph takes every state slot (parameters, buffers such as BatchNorm running
 statistics, optimizer state), a batch and the learning rate, and returns the loss and the new
-state; this backend keeps the state as numpy arrays and feeds it back each step. No training
+state; the state stays bound to the session between steps (``portable_binding.BoundState``:
+IO binding, two buffers per slot) and is copied out only by ``get_parameters()``. No training
 wheel, no torch, no onnx: it runs wherever ``onnxruntime`` has a wheel (Raspberry Pi aarch64,
 Python 3.13). Evaluation uses ``inference.onnx`` (eval mode) and computes the loss in numpy.
 """
@@ -22,6 +23,7 @@ from fedge.protocol.task_metrics import mean_loss, task_metrics
 from fedge.protocol.tensors import decode_tensors
 
 from .base import EvalResult, Params, TrainingBackend, shape_labels
+from .portable_binding import BoundState
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +43,8 @@ class OrtPortableBackend(TrainingBackend):
         self._bundle: Bundle | None = None
         self._session: Any = None
         self._section = PortableStep(False)
-        self._state: dict[str, np.ndarray] = {}
+        self._state: BoundState | None = None
         self._param_names: list[str] = []
-        self._updates: list[tuple[str, str]] = []
         self._lr = np.float32(0.0)
         self._infer: Any = None
 
@@ -63,11 +64,17 @@ class OrtPortableBackend(TrainingBackend):
         self._section = section
         self._bundle = bundle
         self._param_names = [p.name for p in bundle.parameter_specs]
-        self._state = self._initial_state(bundle, section)
-        # (state slot, graph output with its new value) for every slot a step changes
-        self._updates = [(s.name, s.output) for s in section.state if s.output]
         lr = learning_rate if learning_rate is not None else bundle.manifest.optimizer.lr
         self._lr = np.array(lr, dtype=np.float32)
+        self._state = BoundState(
+            self._ort,
+            self._session,
+            self._initial_state(bundle, section),
+            # (state slot, graph output with its new value) for every slot a step changes
+            updates=[(s.name, s.output) for s in section.state if s.output],
+            lr=self._lr,
+            lr_input=section.lr_name,
+        )
         self._infer = None
 
     def _initial_state(self, bundle: Bundle, section: PortableStep) -> dict[str, np.ndarray]:
@@ -96,21 +103,24 @@ class OrtPortableBackend(TrainingBackend):
             raise FedgeError(f"{self.name}: load a bundle first (backend.load(bundle))")
         return self._bundle
 
+    def _bound(self) -> BoundState:
+        if self._state is None:
+            raise FedgeError(f"{self.name}: load a bundle first (backend.load(bundle))")
+        return self._state
+
     def set_parameters(self, params: Params) -> None:
-        unknown = sorted(set(params) - set(self._state))
+        state = self._bound()
+        unknown = sorted(set(params) - set(state.names()))
         if unknown:
             raise FedgeError(f"parameters not in this bundle's portable step: {unknown[:5]}")
         for name, value in params.items():
-            current = self._state[name]
-            if tuple(current.shape) != tuple(value.shape):
-                raise FedgeError(
-                    f"parameter '{name}' has shape {value.shape}, bundle says {current.shape}"
-                )
-            self._state[name] = np.array(value, dtype=current.dtype, order="C")
+            state.assign(name, value)
         self._infer = None
 
     def get_parameters(self) -> Params:
-        return {n: self._state[n].copy() for n in self._param_names if n in self._state}
+        state = self._bound()
+        names = set(state.names())
+        return {n: state.current(n).copy() for n in self._param_names if n in names}
 
     def _begin_training(self) -> None:
         self._infer = None
@@ -118,15 +128,12 @@ class OrtPortableBackend(TrainingBackend):
     def _train_step(self, x: np.ndarray, y: np.ndarray) -> float:
         section = self._section
         manifest = self._loaded().manifest
-        outputs = list(section.outputs)
-        feeds = dict(self._state)
-        feeds[section.input_name] = np.ascontiguousarray(x, dtype=manifest.input.dtype)
-        feeds[section.label_name] = np.ascontiguousarray(shape_labels(y, manifest.label))
-        feeds[section.lr_name] = self._lr
-        result = dict(zip(outputs, self._session.run(outputs, feeds), strict=True))
-        for name, output in self._updates:
-            self._state[name] = result[output]
-        return float(result["loss"])
+        return self._bound().step(
+            {
+                section.input_name: np.ascontiguousarray(x, dtype=manifest.input.dtype),
+                section.label_name: np.ascontiguousarray(shape_labels(y, manifest.label)),
+            }
+        )
 
     def _trainable_names(self) -> list[str]:
         return list(self._loaded().trainable_names)
@@ -135,10 +142,10 @@ class OrtPortableBackend(TrainingBackend):
         return float(self._lr)
 
     def _parameter(self, name: str) -> np.ndarray:
-        return self._state[name]
+        return self._bound().current(name)
 
     def _set_parameter(self, name: str, value: np.ndarray) -> None:
-        self._state[name] = value
+        self._bound().assign(name, value)
 
     def evaluate(self, x: np.ndarray, y: np.ndarray, *, batch_size: int = 256) -> EvalResult:
         if len(y) == 0:
@@ -162,7 +169,8 @@ class OrtPortableBackend(TrainingBackend):
         """Parameters and buffers (e.g. BN running statistics) the inference graph reads."""
         kinds = ("parameter", "frozen", "buffer")
         names = [s.name for s in self._section.state if s.kind in kinds]
-        return {n: self._state[n] for n in names}
+        # copies: the eval session reads these buffers for its lifetime, training rewrites them
+        return {n: self._bound().current(n).copy() for n in names}
 
 
 class _EvalSession:

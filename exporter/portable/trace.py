@@ -8,6 +8,11 @@ are converted down and then loaded once to prove it.
 The trace runs at a batch size no other dimension of the step has (a prime): a symbolic batch
 that happens to equal, say, a GRU's hidden size is specialized to that number by the first
 shape comparison, and the exported graph would then accept only that batch.
+
+The ONNX export (``torch.onnx.export`` on the traced graph) is most of an export's time and a
+pure function of the traced graph, so it is cached on disk (``trace_cache.py``), keyed by the
+graph's code, constants and input shapes: a second export of the same architecture (new weights
+or learning rate: both are graph inputs) skips it.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import onnx
 import torch
@@ -23,6 +30,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from fedge.protocol.ort_runtime import import_onnxruntime, single_thread_session_options
 
+from . import trace_cache
 from .decompositions import decomposition_table
 from .failure import describe, operator_in
 
@@ -45,15 +53,62 @@ def export_step(
 ) -> onnx.ModelProto:
     """Trace ``step`` on ``args`` and export it; ``batch_inputs`` get a dynamic axis 0."""
     args = _at_trace_batch(args, [n in batch_inputs for n in input_names])
+    dynamic = [n in batch_inputs for n in input_names]
     # oneDNN off: on CPU the LSTM decomposition otherwise picks aten.mkldnn_rnn_layer (it only
     # checks whether the *input* requires grad). The math attention kernel: the fused (flash)
     # ones have backward operators without an ONNX translation. Both match eager to rounding.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # mkldnn.flags() warns about a deprecated TF32 setter
         with torch.backends.mkldnn.flags(enabled=False), sdpa_kernel([SDPBackend.MATH]):
-            gm = make_fx(step, tracing_mode="symbolic", decomposition_table=decomposition_table())(
-                *args
+            gm = make_fx(step, tracing_mode="fake", decomposition_table=decomposition_table())(
+                *_fake_inputs(args, dynamic)
             )
+    settings = (input_names, output_names, sorted(batch_inputs), max(opset, MIN_OPSET))
+    key = trace_cache.graph_key(gm, args, settings, exporter_source=Path(__file__).read_bytes())
+    cached = trace_cache.load(key)
+    if cached is not None:
+        return cached
+    proto = _export_graph(gm, args, input_names, output_names, batch_inputs, opset)
+    _require_dynamic_batch(proto, batch_inputs)
+    proto = fit_runtime(proto)
+    trace_cache.store(key, proto)
+    return proto
+
+
+def _fake_inputs(args: Sequence[torch.Tensor], dynamic_batch: Sequence[bool]) -> list[Any]:
+    """Fake tensors whose batch axis (only) is symbolic.
+
+    ``make_fx(tracing_mode="symbolic")`` makes every axis of every input symbolic: tracing
+    then spends most of its time on thousands of symbolic size expressions for parameter and
+    optimizer-state shapes that never change. Only the batch axis needs a symbol.
+    """
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import (
+        DimDynamic,
+        ShapeEnv,
+        StatelessSymbolicContext,
+    )
+
+    mode = FakeTensorMode(shape_env=ShapeEnv(), allow_non_fake_inputs=True)
+    fakes = []
+    for tensor, dynamic in zip(args, dynamic_batch, strict=True):
+        sizes = [
+            DimDynamic.DYNAMIC if dynamic and axis == 0 else DimDynamic.STATIC
+            for axis in range(tensor.dim())
+        ]
+        context = StatelessSymbolicContext(dynamic_sizes=sizes)
+        fakes.append(mode.from_tensor(tensor, symbolic_context=context))
+    return fakes
+
+
+def _export_graph(
+    gm: torch.fx.GraphModule,
+    args: Sequence[torch.Tensor],
+    input_names: list[str],
+    output_names: list[str],
+    batch_inputs: Sequence[str],
+    opset: int,
+) -> onnx.ModelProto:
     batch = torch.export.Dim("batch", min=1)
     dynamic = tuple({0: batch} if n in batch_inputs else None for n in input_names)
     quiet = [logging.getLogger(n) for n in _NOISY_LOGGERS]
@@ -79,9 +134,7 @@ def export_step(
     finally:
         for q, level in zip(quiet, levels, strict=True):
             q.setLevel(level)
-    proto = program.model_proto
-    _require_dynamic_batch(proto, batch_inputs)
-    return fit_runtime(proto)
+    return program.model_proto
 
 
 class StepLoweringError(RuntimeError):

@@ -1,0 +1,112 @@
+"""The portable step's state kept inside ONNX Runtime between steps (IO binding, two buffers).
+
+Every state slot the step changes (parameters, buffers, optimizer state) has two numpy buffers,
+A and B, wrapped as OrtValues without copying (``ortvalue_from_numpy`` shares CPU memory). Two
+IO bindings are made once: one reads A and writes the step's ``new/<slot>`` outputs into B, the
+other reads B and writes A. A step binds only the batch and runs; the roles then swap. Nothing
+is copied between numpy and ONNX Runtime per step except the batch itself; slots the step does
+not change (frozen parameters) have one buffer bound as input in both bindings.
+
+The arrays returned by :meth:`BoundState.current` are live: the next step overwrites the other
+buffer and the one after it this one. Callers copy what they keep.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from fedge.protocol.errors import FedgeError
+
+_ORT_DTYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64}
+
+
+class BoundState:
+    """Double-buffered step state bound to one ``InferenceSession`` with IO bindings."""
+
+    def __init__(
+        self,
+        ort: Any,
+        session: Any,
+        state: dict[str, np.ndarray],
+        *,
+        updates: list[tuple[str, str]],
+        lr: np.ndarray,
+        lr_input: str = "lr",
+        loss_output: str = "loss",
+    ) -> None:
+        self._session = session
+        changing = {slot for slot, _ in updates}
+        first = {n: np.array(v, order="C", copy=True) for n, v in state.items()}
+        second = {n: (np.empty_like(v) if n in changing else v) for n, v in first.items()}
+        self._buffers = (first, second)
+        self._loss = _loss_buffer(session, loss_output)
+        self._lr = np.array(lr, dtype=np.float32)  # held: the bindings point at its memory
+        self._values: list[Any] = []  # OrtValues (and their arrays) the bindings point at
+        self._bindings = tuple(
+            self._bind(ort, src, dst, updates, lr_input, loss_output)
+            for src, dst in ((0, 1), (1, 0))
+        )
+        self._current = 0
+
+    def _bind(
+        self,
+        ort: Any,
+        src: int,
+        dst: int,
+        updates: list[tuple[str, str]],
+        lr_input: str,
+        loss_output: str,
+    ) -> Any:
+        binding = self._session.io_binding()
+        for name, array in self._buffers[src].items():
+            binding.bind_ortvalue_input(name, self._wrap(ort, array))
+        binding.bind_ortvalue_input(lr_input, self._wrap(ort, self._lr))
+        for slot, output in updates:
+            binding.bind_ortvalue_output(output, self._wrap(ort, self._buffers[dst][slot]))
+        binding.bind_ortvalue_output(loss_output, self._wrap(ort, self._loss))
+        return binding
+
+    def _wrap(self, ort: Any, array: np.ndarray) -> Any:
+        value = ort.OrtValue.ortvalue_from_numpy(array)
+        self._values.append(value)
+        return value
+
+    def step(self, inputs: dict[str, np.ndarray]) -> float:
+        """Run one step on ``inputs`` (the batch); returns the loss. State stays bound."""
+        binding = self._bindings[self._current]
+        for name, array in inputs.items():
+            binding.bind_cpu_input(name, array)
+        self._session.run_with_iobinding(binding)
+        self._current = 1 - self._current
+        return float(self._loss)
+
+    def current(self, name: str) -> np.ndarray:
+        """The live buffer holding ``name``'s current value (overwritten by later steps)."""
+        return self._buffers[self._current][name]
+
+    def names(self) -> list[str]:
+        return list(self._buffers[0])
+
+    def assign(self, name: str, value: np.ndarray) -> None:
+        """Overwrite ``name``'s current value in place (shape and dtype as bound)."""
+        target = self._buffers[self._current][name]
+        if tuple(target.shape) != tuple(np.shape(value)):
+            raise FedgeError(
+                f"parameter '{name}' has shape {list(np.shape(value))}, "
+                f"bundle says {list(target.shape)}"
+            )
+        np.copyto(target, value, casting="same_kind")
+
+
+def _loss_buffer(session: Any, loss_output: str) -> np.ndarray:
+    for out in session.get_outputs():
+        if out.name == loss_output:
+            if out.shape not in ([], ()) or out.type not in _ORT_DTYPES:
+                raise FedgeError(
+                    f"the portable step's '{loss_output}' output is {out.type} {out.shape}; "
+                    "expected a float scalar: re-export the bundle"
+                )
+            return np.zeros((), dtype=_ORT_DTYPES[out.type])
+    raise FedgeError(f"the portable step has no '{loss_output}' output: re-export the bundle")
