@@ -52,6 +52,7 @@ def test_ci_lints_and_type_checks_before_the_tests_with_strict_protocol():
         ".venv/bin/ruff format --check .",
         "bash scripts/typecheck.sh",
         "bash scripts/test.sh",
+        "bash scripts/test-current-ort.sh",
     ]
     positions = [next(i for i, s in enumerate(steps) if s.startswith(o)) for o in order]
     assert positions == sorted(positions), steps
