@@ -127,7 +127,7 @@ class RobustSettings:
     ``sample_cap_multiple`` x the round's median claim; every update is scaled down to at most
     ``norm_multiple`` x the median norm of the last ``norm_window`` rounds."""
 
-    sample_cap_multiple: Annotated[float, Range(0, 1e6)] = 2.0
+    sample_cap_multiple: Annotated[float, Range(0, 1e6)] = 1.5
     max_claimed_samples: Samples = 10_000_000
     norm_multiple: Annotated[float, Range(0, 1e6)] = 1.5
     norm_floor: Annotated[float, Range(0, 1e12, lo_open=True)] = 1e-6

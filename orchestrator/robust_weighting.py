@@ -153,7 +153,7 @@ class RobustWeighting:
     def __init__(
         self,
         *,
-        sample_cap_multiple: float = 2.0,
+        sample_cap_multiple: float = 1.5,
         max_samples: int = DEFAULT_MAX_SAMPLES,
         norm_multiple: float = 1.5,
         norm_floor: float = 1e-6,

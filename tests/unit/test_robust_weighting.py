@@ -78,7 +78,7 @@ def test_two_devices_one_liar_cannot_own_the_round() -> None:
 
 def test_defaults_are_the_benchmarked_ones() -> None:
     rw = RobustWeighting()  # docs/learning-quality.md, "Robust weighting"
-    assert (rw.sample_cap_multiple, rw.norm_multiple, rw.norm_window) == (2.0, 1.5, 5)
+    assert (rw.sample_cap_multiple, rw.norm_multiple, rw.norm_window) == (1.5, 1.5, 5)
     assert rw.max_samples == 10_000_000 and rw.max_update_norm == 0.0
 
 
@@ -200,9 +200,9 @@ def test_two_pass_fedavg_neutralises_a_liar() -> None:
         w = plan.get(agent)
         agg.add(scale_delta(delta, w.scale), w.weight)
     new = agg.result()["w"]
-    # honest norm 0.2; the liar is weighted 200 of 1000 and scaled to norm 0.3 (-0.15 an entry):
-    # at most 2 x 1.5 = 3 honest devices' worth of pull, so 8 honest devices win
-    assert np.allclose(new, (8 * 100 * 0.1 + 200 * -0.15) / 1000, atol=1e-6)
+    # honest norm 0.2; the liar is weighted 150 of 950 and scaled to norm 0.3 (-0.15 an entry):
+    # at most 1.5 x 1.5 = 2.25 honest devices' worth of pull, so 8 honest devices win
+    assert np.allclose(new, (8 * 100 * 0.1 + 150 * -0.15) / 950, atol=1e-6)
     assert new[0] > 0
     today = create_strategy("fedavg").start_aggregation(g)  # weight = claim, no clipping
     for _agent, n, delta in stored:
