@@ -57,19 +57,22 @@ def export_step(
     settings = (input_names, output_names, sorted(batch_inputs), max(opset, MIN_OPSET))
     # Only the batch axis symbolic is 1.6-2.9x faster to trace; a few models (LSTM) then get
     # their batch specialized by a shape comparison, and are traced again fully symbolic.
+    # The fake-tensor trace also trips over a few operators (dropout's aten.empty_permuted):
+    # any failure of the fast path falls back to the fully symbolic trace.
     for only_batch_symbolic in (True, False):
-        gm = _trace(step, args, dynamic, only_batch_symbolic)
-        key = trace_cache.graph_key(gm, args, settings, exporter_source=Path(__file__).read_bytes())
-        cached = trace_cache.load(key)
-        if cached is not None:
-            return cached
-        proto = _export_graph(gm, args, input_names, output_names, batch_inputs, opset)
         try:
+            gm = _trace(step, args, dynamic, only_batch_symbolic)
+            source = Path(__file__).read_bytes()
+            key = trace_cache.graph_key(gm, args, settings, exporter_source=source)
+            cached = trace_cache.load(key)
+            if cached is not None:
+                return cached
+            proto = _export_graph(gm, args, input_names, output_names, batch_inputs, opset)
             _require_dynamic_batch(proto, batch_inputs)
-        except BakedBatch:
+        except Exception as exc:  # noqa: BLE001 - the second, fully symbolic pass decides
             if not only_batch_symbolic:
                 raise
-            log.info("the batch axis was specialized; tracing again with every axis symbolic")
+            log.info("batch-only trace failed (%s); tracing with every axis symbolic", exc)
             continue
         proto = fit_runtime(proto)
         trace_cache.store(key, proto)

@@ -17,6 +17,8 @@ NON_DEFAULT = [
     "--hidden", "12", "--out", "somewhere", "--broker", "mqtt://10.0.0.1:1884",
     "--protocol", "5",
 ]  # fmt: skip
+SYNC_ONLY = list(NON_DEFAULT)  # synchronous round settings (the async demo configures a buffer)
+NON_DEFAULT = [*NON_DEFAULT, "--async"]
 
 
 def test_every_demo_flag_is_a_demo_option_and_reaches_it():
@@ -32,7 +34,7 @@ def test_every_demo_flag_is_a_demo_option_and_reaches_it():
 
 
 def test_round_options_and_protocol_reach_the_orchestrator_and_agent_configs():
-    opts = options_from_args(build_parser().parse_args(["demo", *NON_DEFAULT]))
+    opts = options_from_args(build_parser().parse_args(["demo", *SYNC_ONLY]))
     out = Path("/tmp/x")
     orch = orchestrator_settings(
         opts, url="mqtt://h:1", out=out, bundle=out / "b", test=out / "t.db"
