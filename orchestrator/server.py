@@ -206,6 +206,15 @@ class Orchestrator:
             self._last_wait_log = self.clock()
 
     # ---- run lifecycle ----
+    def _unused_run_id(self, base: str) -> str:
+        # Short runs finish within a second: a second run of the same bundle in that second
+        # would reuse the timestamped id, so the later ones get a numeric suffix.
+        run_id, n = base, 1
+        while self.store.run_exists(run_id):
+            n += 1
+            run_id = f"{base}-{n}"
+        return run_id
+
     def _resume_or_create_run(self) -> None:
         active = self.store.active_run()
         if active and active["bundle_hash"] == self.bundle.content_hash:
@@ -219,7 +228,7 @@ class Orchestrator:
                 )
             params = encode_tensors(self.bundle.initial_parameters())
             stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(self.clock()))
-            run_id = f"{stamp}-{self.bundle.content_hash[:8]}"
+            run_id = self._unused_run_id(f"{stamp}-{self.bundle.content_hash[:8]}")
             config = {"rounds": asdict(self.cfg.rounds), "strategy": self.strategy.describe()}
             config |= {"mode": self.cfg.mode, "buffered": asdict(self.cfg.buffered)}
             self.store.create_run(

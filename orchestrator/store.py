@@ -122,6 +122,9 @@ class Store:
         row = self._db.row("SELECT run_id FROM runs ORDER BY started DESC LIMIT 1")
         return row[0] if row else None
 
+    def run_exists(self, run_id: str) -> bool:
+        return self._db.row("SELECT 1 FROM runs WHERE run_id=?", (run_id,)) is not None
+
     def create_run(
         self, run_id: str, bundle_hash: str, config: dict[str, Any], params: bytes, sha: str
     ) -> None:

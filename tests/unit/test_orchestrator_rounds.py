@@ -330,3 +330,19 @@ def test_robust_defaults_keep_a_lying_device_from_steering_the_model(tmp_path, r
         assert moved <= 0.1 * (2 + 1.5) / 3 + 1e-6
         metrics = fed.round().metrics
         assert metrics["robust_capped"] == 1 and metrics["robust_clipped"] == 1
+
+
+def test_runs_started_within_one_second_get_distinct_ids(tmp_path):
+    # CI found it: with exit_when_done off, a one-round run finishes within the clock's second
+    # and the next run reused the timestamped id (UNIQUE constraint failed: runs.run_id).
+    fed = Federation(tmp_path, 1)
+    fed.cfg.exit_when_done = False
+    fed.new_orchestrator()  # resumes the open run 1 with the new setting; the clock never moves
+    ids = [fed.orch.run_id]
+    for _ in range(2):
+        (device,) = fed.invited()
+        fed.train(device, 0.1)
+        ids.append(fed.orch.run_id)
+    assert len(set(ids)) == 3, ids
+    assert ids[1] == f"{ids[0]}-2" and ids[2] == f"{ids[0]}-3"
+    assert [r["state"] for r in fed.orch.store.runs()] == ["finished", "finished", "running"]
