@@ -43,10 +43,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         "status",
         help="show the current run, open round, devices and last metrics",
         description="Read the orchestrator database and show where the run stands.",
-        epilog="Example:\n  fedge status --database orchestrator.db",
+        epilog="Example:\n  fedge status --database orchestrator.db\n"
+        "  fedge status --database orchestrator.db --all   # also devices of earlier runs",
         formatter_class=RAW,
     )
     _db_args(p)
+    p.add_argument(
+        "--all",
+        action="store_true",
+        help="also list devices that went offline before this run started",
+    )
     p.set_defaults(func=show_status)
 
     p = sub.add_parser(
@@ -128,7 +134,7 @@ def show_status(args: argparse.Namespace) -> int:
     from .history import open_store, pick_run, status_text
 
     store = open_store(args.database)
-    print(status_text(store, pick_run(store, args.run)))
+    print(status_text(store, pick_run(store, args.run), all_devices=args.all))
     return 0
 
 

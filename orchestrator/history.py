@@ -68,16 +68,20 @@ def history_table(rounds: list[RoundRecord]) -> str:
     return "\n".join(lines)
 
 
-def status_text(store: Store, run_id: str) -> str:
-    """The run, its open round, the devices and the latest metrics."""
+def status_text(store: Store, run_id: str, *, all_devices: bool = False) -> str:
+    """The run, its open round, the devices and the latest metrics.
+
+    Devices that went offline before this run started (an earlier run's fleet) are folded into
+    one line unless ``all_devices``: the registry keeps every device it has ever seen."""
     run = next(r for r in store.runs() if r["run_id"] == run_id)
+    devices = _device_lines(store, since=run["started"], all_devices=all_devices)
     from .buffered_views import async_status_lines, is_async
 
     if is_async(store, run_id):
         head = f"run {run_id}: {run['state']}, started " + time.strftime(
             "%Y-%m-%d %H:%M:%S", time.localtime(run["started"])
         )
-        return "\n".join([head, *async_status_lines(store, run_id), *_device_lines(store)])
+        return "\n".join([head, *async_status_lines(store, run_id), *devices])
     rounds = store.rounds(run_id)
     committed = [r for r in rounds if r.state == "committed"]
     lines = [
@@ -103,18 +107,26 @@ def status_text(store: Store, run_id: str) -> str:
         e = evaluated[-1]
         shown = ", ".join(f"{k}={v:.4f}" for k, v in sorted(e.metrics.items()))
         lines.append(f"federated evaluation of v{e.model_version} (round {e.round}): {shown}")
-    return "\n".join(lines + _device_lines(store))
+    return "\n".join(lines + devices)
 
 
-def _device_lines(store: Store) -> list[str]:
+def _device_lines(store: Store, *, since: float, all_devices: bool) -> list[str]:
     devices = store.devices()
-    lines = [f"devices: {len(devices)}"]
+    stale = [d for d in devices if d["state"] == "offline" and d["last_seen"] < since]
+    shown = devices if all_devices else [d for d in devices if d not in stale]
+    lines = [f"devices: {len(shown)}"]
     now = time.time()
-    for d in devices:
+    for d in shown:
         why = "" if d["eligible"] else f" ineligible: {d['reason']}"
         lines.append(
             f"  {d['agent_id']:<16} {d['state']:<10} {d['backend'] or '?':<13} "
             f"{d['num_samples']:>7} samples  v{d['version'] or '?':<8} "
             f"seen {now - d['last_seen']:.0f} s ago{why}"
+        )
+    if stale and not all_devices:
+        names = ", ".join(d["agent_id"] for d in stale[:5]) + (", ..." if len(stale) > 5 else "")
+        lines.append(
+            f"  (+{len(stale)} offline since before this run started: {names}; "
+            "--all lists them)"
         )
     return lines

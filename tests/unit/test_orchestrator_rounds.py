@@ -346,3 +346,37 @@ def test_runs_started_within_one_second_get_distinct_ids(tmp_path):
     assert len(set(ids)) == 3, ids
     assert ids[1] == f"{ids[0]}-2" and ids[2] == f"{ids[0]}-3"
     assert [r["state"] for r in fed.orch.store.runs()] == ["finished", "finished", "running"]
+
+
+def test_two_federations_share_a_broker_without_noticing_each_other(tmp_path, caplog):
+    # The friction from issue 10: on a shared broker, an orchestrator must neither count nor
+    # warn about another federation's devices (each subscribes under its own prefix).
+    broker, clock = InMemoryBroker(), FakeClock()
+    bundle = load_bundle(write_toy_bundle(tmp_path / "bundle"))
+    orchs, devices = {}, {}
+    for fed in ("north", "south"):
+        devices[fed] = [
+            MemoryDevice(broker, f"{fed}-{i}", federation=fed)
+            for i in range(2 if fed == "north" else 3)
+        ]
+        cfg = OrchestratorConfig(
+            federation=fed,
+            client_id=f"orch-{fed}",
+            database=str(tmp_path / f"{fed}.db"),
+            rounds=RoundSettings(rounds=1, min_devices=2, deadline_seconds=60.0),
+            robust=ROBUST_OFF,
+        )
+        orchs[fed] = Orchestrator(
+            cfg, transport=broker.client(f"orch-{fed}"), bundle=bundle, clock=clock
+        )
+    with caplog.at_level("WARNING"):
+        for o in orchs.values():
+            o.start()
+        everyone = [d for ds in devices.values() for d in ds]
+        for o in orchs.values():
+            settle(o, everyone)
+        for fed, o in orchs.items():
+            assert sorted(d["agent_id"] for d in o.store.devices()) == [d.id for d in devices[fed]]
+            assert o.current is not None
+            assert set(o.current.participants) <= {d.id for d in devices[fed]}
+    assert not [r for r in caplog.records if r.levelname == "WARNING"], caplog.text

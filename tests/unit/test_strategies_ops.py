@@ -28,3 +28,17 @@ def test_history_and_status_read_the_round_records(tmp_path):
     status = status_text(store, "run-1")
     assert "1 committed" in status and "test_accuracy=0.9000" in status
     assert "ineligible: battery low" in status
+
+
+def test_status_folds_devices_that_left_before_this_run(tmp_path):
+    store = Store(tmp_path / "o.db")
+    store.upsert_device("old-1", "offline", "ort-training", 10, True, "", "0.1")
+    store.upsert_device("old-2", "online", "ort-training", 10, True, "", "0.1")
+    store.create_run("run-2", "h" * 64, {}, b"params", "s" * 64)  # starts after both were seen
+    store.upsert_device("new-1", "idle", "ort-training", 50, True, "", "0.1")
+    status = status_text(store, "run-2")
+    assert "devices: 2" in status and "new-1" in status
+    assert "old-2" in status.split("(+")[0]  # not offline: it may still join this run
+    assert "(+1 offline since before this run started: old-1; --all lists them)" in status
+    full = status_text(store, "run-2", all_devices=True)
+    assert "devices: 3" in full and "(+" not in full
