@@ -126,7 +126,6 @@ def _device_lines(store: Store, *, since: float, all_devices: bool) -> list[str]
     if stale and not all_devices:
         names = ", ".join(d["agent_id"] for d in stale[:5]) + (", ..." if len(stale) > 5 else "")
         lines.append(
-            f"  (+{len(stale)} offline since before this run started: {names}; "
-            "--all lists them)"
+            f"  (+{len(stale)} offline since before this run started: {names}; --all lists them)"
         )
     return lines
