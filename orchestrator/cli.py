@@ -16,6 +16,7 @@ RAW = argparse.RawDescriptionHelpFormatter
 EXAMPLE = """Example:
   fedge orchestrator --config orch.toml
   fedge orchestrator --config orch.toml --set rounds.rounds=20 --set strategy=fedadam
+  fedge orchestrator --config orch.toml --continue --set rounds.rounds=30   # 10 more rounds
 
 Every setting can also come from the environment: FEDGE_MQTT_PASSWORD=... for mqtt.password."""
 
@@ -36,6 +37,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="orchestrator TOML file")
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting"
+    )
+    p.add_argument(
+        "--continue",
+        dest="continue_run",
+        action="store_true",
+        help="train the latest finished run of this bundle on from its last version, up to "
+        "rounds.rounds versions (same as --set continue_run=true)",
     )
     p.set_defaults(func=run_orchestrator)
 
@@ -109,6 +117,7 @@ def run_orchestrator(args: argparse.Namespace) -> int:
     from .config import OrchestratorConfig
 
     config = load_settings(OrchestratorConfig, args.config, overrides=args.set)
+    config.continue_run = config.continue_run or args.continue_run
     config.buffered.validate()
     queue_bytes = config.limits.receive_queue_mib << 20  # bounded: see docs/security.md
     link = MqttLink(config.mqtt, client_id=config.client_id, max_queued_bytes=queue_bytes)

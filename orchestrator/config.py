@@ -169,6 +169,9 @@ class OrchestratorConfig:
         default_factory=list
     )
     exit_when_done: bool = True
+    # Continue the latest finished run of this bundle up to rounds.rounds model versions
+    # (instead of starting a new run at version 0); `fedge orchestrator --continue`.
+    continue_run: bool = False
     mqtt: MqttSettings = field(default_factory=lambda: MqttSettings(username="fedge-orchestrator"))
     rounds: RoundSettings = field(default_factory=RoundSettings)
     robust: RobustSettings = field(default_factory=RobustSettings)

@@ -22,7 +22,7 @@ from dataclasses import asdict, replace
 from fedge.protocol.blob_server import BlobServer
 from fedge.protocol.bundle import Bundle, load_bundle, pack_bundle
 from fedge.protocol.chunks import Chunk, blob_ref, decode_frame
-from fedge.protocol.errors import CodecError, MessageError, TransferError
+from fedge.protocol.errors import CodecError, ConfigError, MessageError, TransferError
 from fedge.protocol.messages import (
     EvalReport,
     FetchRequest,
@@ -216,6 +216,8 @@ class Orchestrator:
         return run_id
 
     def _resume_or_create_run(self) -> None:
+        if self.cfg.continue_run:
+            self._reopen_finished_run()
         active = self.store.active_run()
         if active and active["bundle_hash"] == self.bundle.content_hash:
             run_id = active["run_id"]
@@ -269,6 +271,34 @@ class Orchestrator:
             self._publish_task("open")
         else:
             self._publish_task("closed")
+
+    def _reopen_finished_run(self) -> None:
+        """`--continue`: the latest finished run of this bundle trains on from its last version.
+
+        Only once per process: a run that then finishes again is followed by a new run."""
+        self.cfg.continue_run = False
+        if self.store.active_run() is not None:
+            return  # an unfinished run is resumed anyway
+        run_id = self.store.latest_finished_run(self.bundle.content_hash)
+        if run_id is None:
+            raise ConfigError(
+                "--continue: this database has no finished run of bundle "
+                f"{self.bundle.content_hash[:12]}; start one without --continue"
+            )
+        version = self.store.latest_version(run_id)[0]
+        if version >= self.cfg.rounds.rounds:
+            raise ConfigError(
+                f"--continue: run {run_id} already has model v{version} and rounds.rounds "
+                f"is {self.cfg.rounds.rounds}; ask for more, e.g. --set "
+                f"rounds.rounds={version + 10}"
+            )
+        self.store.reopen_run(run_id)
+        log.info(
+            "continuing finished run %s from model v%d up to v%d",
+            run_id,
+            version,
+            self.cfg.rounds.rounds,
+        )
 
     def _load_global(self, run_id: str) -> int:
         version, self.global_bytes, _sha = self.store.latest_version(run_id)

@@ -144,6 +144,17 @@ class Store:
             ]
         )
 
+    def latest_finished_run(self, bundle_hash: str) -> str | None:
+        row = self._db.row(
+            "SELECT run_id FROM runs WHERE state='finished' AND bundle_hash=? "
+            "ORDER BY started DESC LIMIT 1",
+            (bundle_hash,),
+        )
+        return row[0] if row else None
+
+    def reopen_run(self, run_id: str) -> None:
+        self._tx([("UPDATE runs SET state='running', finished=NULL WHERE run_id=?", (run_id,))])
+
     def finish_run(self, run_id: str) -> None:
         self._tx(
             [("UPDATE runs SET state='finished', finished=? WHERE run_id=?", (time.time(), run_id))]

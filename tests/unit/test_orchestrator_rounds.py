@@ -3,6 +3,7 @@ scripted in-process devices and a fake clock. No broker, no threads, no sleeps."
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from fedge.orchestrator.config import OrchestratorConfig, RobustSettings, RoundS
 from fedge.orchestrator.device_budget import DeviceLimits
 from fedge.orchestrator.server import Orchestrator
 from fedge.protocol.bundle import load_bundle
+from fedge.protocol.errors import ConfigError
 from fedge.protocol.messages import EvalReport, FetchRequest, new_msg_id
 from fedge.protocol.tensors import decode_tensors
 from fedge.protocol.transport import InMemoryBroker
@@ -380,3 +382,42 @@ def test_two_federations_share_a_broker_without_noticing_each_other(tmp_path, ca
             assert o.current is not None
             assert set(o.current.participants) <= {d.id for d in devices[fed]}
     assert not [r for r in caplog.records if r.levelname == "WARNING"], caplog.text
+
+
+def test_a_finished_run_continues_from_its_last_version(tmp_path):
+    fed = Federation(tmp_path, 1)
+    (device,) = fed.invited()
+    fed.train(device, 0.1)
+    first = fed.orch.run_id
+    assert [r["state"] for r in fed.orch.store.runs()] == ["finished"]
+    fed.orch.store.close()
+
+    fed.cfg.continue_run = True
+    with pytest.raises(ConfigError, match=r"already has model v1 .*rounds.rounds=11"):
+        fed.new_orchestrator()  # rounds.rounds is still 1: nothing to continue to
+
+    fed.cfg.continue_run = True
+    fed.cfg.rounds = replace(fed.cfg.rounds, rounds=2)
+    fed.new_orchestrator()
+    assert fed.orch.run_id == first and fed.orch.current is not None
+    assert fed.orch.current.round == 2 and fed.orch.current.model_version == 1
+    (device,) = fed.invited()
+    fed.train(device, 0.1)
+    assert [r["state"] for r in fed.orch.store.runs()] == ["finished"]  # still one run
+    v0, v2 = fed.version(0), fed.version(2)
+    for name in v0:  # v2 = v1 + the second delta: trained on from v1, not from scratch
+        np.testing.assert_allclose(v2[name] - v0[name], 0.2, atol=1e-6)
+
+
+def test_continue_without_a_finished_run_says_so(tmp_path):
+    fed = Federation(tmp_path, 1, rounds=3)
+    fed.orch.store.close()
+    fed.cfg.continue_run = True
+    fed.new_orchestrator()  # an unfinished run: resumed as always, --continue changes nothing
+    assert fed.orch.current is not None and fed.orch.current.round == 1
+    (tmp_path / "other").mkdir()
+    fed2 = Federation(tmp_path / "other", 1)
+    fed2.cfg.continue_run = True
+    fed2.cfg.database = str(tmp_path / "empty.db")
+    with pytest.raises(ConfigError, match="no finished run of bundle"):
+        fed2.new_orchestrator()
