@@ -409,6 +409,7 @@ def _portable(r: FieldReader) -> PortableStep:
         input_name=names.name("input"),
         label_name=names.name("label"),
         lr_name=names.name("lr"),
+        seed_name=names.text("seed"),
         outputs=tuple(_strings(r.array("outputs", nonempty=True), "portable.outputs")),
         dynamic_batch=r.flag("dynamic_batch"),
         opset=r.integer("opset", minimum=1),

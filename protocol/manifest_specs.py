@@ -176,6 +176,7 @@ class PortableStep:
     input_name: str = ""
     label_name: str = ""
     lr_name: str = ""
+    seed_name: str | None = None  # int64 dropout seed input (models with dropout)
     outputs: tuple[str, ...] = ()
     dynamic_batch: bool = True
     opset: int = 0
@@ -189,7 +190,12 @@ class PortableStep:
             "file": self.file,
             "buffers_file": self.buffers_file,
             "state": [s.to_dict() for s in self.state],
-            "inputs": {"input": self.input_name, "label": self.label_name, "lr": self.lr_name},
+            "inputs": {
+                "input": self.input_name,
+                "label": self.label_name,
+                "lr": self.lr_name,
+                **({"seed": self.seed_name} if self.seed_name else {}),
+            },
             "outputs": list(self.outputs),
             "dynamic_batch": self.dynamic_batch,
             "opset": self.opset,

@@ -73,7 +73,7 @@ class TrainingBackend(ABC):
         With ``proximal_mu > 0`` (FedProx) every step is followed by a step on the proximal
         term ``mu/2 * ||w - anchor||^2`` for the trainable parameters (see ``proximal_pull``).
         """
-        self._begin_training()
+        self._begin_training(seed)
         pull = self._trainable_names() if proximal_mu > 0 and anchor else []
         lr = self._learning_rate()
         rng = np.random.default_rng(seed)
@@ -93,8 +93,11 @@ class TrainingBackend(ABC):
 
     # ---- what each backend supplies to the shared training loop ----
     @abstractmethod
-    def _begin_training(self) -> None:
-        """Switch to training mode; drop anything cached from the old parameters."""
+    def _begin_training(self, seed: int = 0) -> None:
+        """Switch to training mode; drop anything cached from the old parameters.
+
+        ``seed`` is the round's: a backend whose steps draw random numbers (dropout) derives
+        them from it."""
 
     @abstractmethod
     def _train_step(self, x: np.ndarray, y: np.ndarray) -> float:

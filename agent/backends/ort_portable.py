@@ -19,6 +19,7 @@ from fedge.protocol.bundle import Bundle
 from fedge.protocol.errors import FedgeError
 from fedge.protocol.manifest import PortableStep
 from fedge.protocol.ort_runtime import import_onnxruntime, single_thread_session_options
+from fedge.protocol.portable_seed import step_seed
 from fedge.protocol.task_metrics import mean_loss, task_metrics
 from fedge.protocol.tensors import decode_tensors
 
@@ -47,6 +48,8 @@ class OrtPortableBackend(TrainingBackend):
         self._param_names: list[str] = []
         self._lr = np.float32(0.0)
         self._infer: Any = None
+        self._round_seed = 0
+        self._steps = 0  # optimizer steps since training began: the dropout seed's counter
 
     def load(self, bundle: Bundle, *, learning_rate: float | None = None) -> None:
         section = bundle.manifest.portable
@@ -122,18 +125,23 @@ class OrtPortableBackend(TrainingBackend):
         names = set(state.names())
         return {n: state.current(n).copy() for n in self._param_names if n in names}
 
-    def _begin_training(self) -> None:
+    def _begin_training(self, seed: int = 0) -> None:
         self._infer = None
+        self._round_seed, self._steps = seed, 0
 
     def _train_step(self, x: np.ndarray, y: np.ndarray) -> float:
         section = self._section
         manifest = self._loaded().manifest
-        return self._bound().step(
-            {
-                section.input_name: np.ascontiguousarray(x, dtype=manifest.input.dtype),
-                section.label_name: np.ascontiguousarray(shape_labels(y, manifest.label)),
-            }
-        )
+        inputs = {
+            section.input_name: np.ascontiguousarray(x, dtype=manifest.input.dtype),
+            section.label_name: np.ascontiguousarray(shape_labels(y, manifest.label)),
+        }
+        if section.seed_name:  # dropout masks: reproducible from the round's seed
+            inputs[section.seed_name] = np.array(
+                step_seed(self._round_seed, self._steps), dtype=np.int64
+            )
+        self._steps += 1
+        return self._bound().step(inputs)
 
     def _trainable_names(self) -> list[str]:
         return list(self._loaded().trainable_names)

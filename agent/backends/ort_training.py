@@ -81,7 +81,7 @@ class OrtTrainingBackend(TrainingBackend):
     def get_parameters(self) -> Params:
         return {n: p.data.copy() for n, p in self._state.parameters}  # .data is a live view
 
-    def _begin_training(self) -> None:
+    def _begin_training(self, seed: int = 0) -> None:
         self._module.train()
         self._infer = None
 

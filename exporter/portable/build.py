@@ -25,7 +25,8 @@ from .. import verify as parity
 from ..artifacts import OptimizerSpec
 from ..errors import ExportError
 from .failure import describe, location_of_slot
-from .layout import BUFFERS_FILE, LR_NAME, STEP_FILE, StepLayout, build_layout
+from .layout import BUFFERS_FILE, LR_NAME, SEED_NAME, STEP_FILE, StepLayout, build_layout
+from .seeded_dropout import RANDOM_ONNX_OPS, needs_seed
 from .step import LOSS_FUNCTIONS, make_step
 from .trace import BakedBatch, StepLoweringError, check_loads, export_step
 from .verify import BATCH_SIZES, TOLERANCE, step_parity
@@ -90,6 +91,7 @@ def add_portable_step(
         input_name=layout.input_name,
         label_name=layout.label_name,
         lr_name=LR_NAME,
+        seed_name=SEED_NAME if layout.seeded else None,
         outputs=tuple(layout.output_names),
         dynamic_batch=True,
         opset=onnx_graph.opset_of(proto),
@@ -111,8 +113,6 @@ def _check(
     """Parity numbers; PortableUnsupported (with the numbers) when the step disagrees."""
     if not verify:
         return {"skipped": True}
-    if preflight.has_active_dropout(model):
-        return {"skipped": True, "reason": "dropout makes a step random"}
     try:
         numbers = step_parity(
             model,
@@ -165,6 +165,7 @@ def _write_step(
         optimizer=optimizer.type,
         input_name=input_spec.name,
         label_name=label_spec.name,
+        seeded=needs_seed(model),
     )
     initial: dict[str, np.ndarray] = {**params, **buffers}
     for slot in layout.slots:
@@ -174,6 +175,8 @@ def _write_step(
     # Every slot gets its own tensor: aliased example tensors would become one graph input.
     args = [torch.from_numpy(initial[s.name].copy()) for s in layout.slots]
     args += [x, y, torch.tensor(optimizer.lr, dtype=torch.float32)]
+    if layout.seeded:
+        args.append(torch.tensor(SEED, dtype=torch.int64))
     step = make_step(model, layout, loss=loss, optimizer=optimizer)
     try:
         proto = export_step(
@@ -192,6 +195,13 @@ def _write_step(
         raise PortableUnsupported(
             describe("tracing the training step", exc, step.failed_in)
         ) from exc
+    random_ops = sorted({n.op_type for n in proto.graph.node} & RANDOM_ONNX_OPS)
+    if random_ops:
+        raise PortableUnsupported(
+            f"the training step draws random numbers outside nn.Dropout and attention dropout "
+            f"({', '.join(random_ops)}): a portable step must be reproducible from the round's "
+            "seed; use nn.Dropout / F.dropout for dropout, or train with backend ort-training"
+        )
     onnx_graph.save_model(proto, bundle_dir / STEP_FILE)
     try:
         check_loads(str(bundle_dir / STEP_FILE))

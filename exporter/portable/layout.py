@@ -2,7 +2,8 @@
 
 Graph inputs, in order: every state slot (trainable parameters, frozen parameters, buffers such
 as BatchNorm running statistics, optimizer state), then the batch input, the labels and the
-learning rate. Graph outputs: ``loss``, then the new value of every slot that changes, named
+learning rate, and ``dropout_seed`` (int64 scalar) when the model trains with dropout
+(``seeded_dropout.py``). Graph outputs: ``loss``, then the new value of every slot that changes, named
 ``new/<slot>``. Parameter and buffer slots carry their PyTorch names (the same as in the
 manifest and on the wire); optimizer slots are ``adamw/exp_avg/<param>``,
 ``adamw/exp_avg_sq/<param>`` and ``adamw/step``. The manifest's ``portable`` section records
@@ -17,6 +18,7 @@ from typing import Any
 STEP_FILE = "portable_step.onnx"
 BUFFERS_FILE = "portable_buffers.safetensors"
 LR_NAME = "lr"
+SEED_NAME = "dropout_seed"  # = fedge.protocol.portable_seed.SEED_NAME
 LOSS_NAME = "loss"
 NEW_PREFIX = "new/"
 
@@ -52,10 +54,12 @@ class StepLayout:
     slots: tuple[Slot, ...]
     input_name: str
     label_name: str
+    seeded: bool = False  # a dropout_seed input after lr
 
     @property
     def input_names(self) -> list[str]:
-        return [s.name for s in self.slots] + [self.input_name, self.label_name, LR_NAME]
+        names = [s.name for s in self.slots] + [self.input_name, self.label_name, LR_NAME]
+        return names + [SEED_NAME] if self.seeded else names
 
     @property
     def output_names(self) -> list[str]:
@@ -73,6 +77,7 @@ def build_layout(
     optimizer: str,
     input_name: str,
     label_name: str,
+    seeded: bool = False,
 ) -> StepLayout:
     """Slots for ``parameters`` (name -> (shape, dtype)), ``buffers`` and the optimizer."""
     slots = [Slot(n, "parameter", *parameters[n]) for n in trainable]
@@ -82,4 +87,4 @@ def build_layout(
         for moment in ("exp_avg", "exp_avg_sq"):
             slots += [Slot(f"adamw/{moment}/{n}", "optimizer", *parameters[n]) for n in trainable]
         slots.append(Slot("adamw/step", "optimizer", (), "float32"))
-    return StepLayout(tuple(slots), input_name, label_name)
+    return StepLayout(tuple(slots), input_name, label_name, seeded)

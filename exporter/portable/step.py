@@ -18,7 +18,8 @@ from torch.func import functional_call
 
 from ..artifacts import OptimizerSpec
 from .failure import Location, ModuleTracker
-from .layout import StepLayout
+from .layout import SEED_NAME, StepLayout
+from .seeded_dropout import seeded_dropout
 
 LOSS_FUNCTIONS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "cross_entropy": F.cross_entropy,
@@ -62,8 +63,9 @@ class TrainingStep:
         # Clones: BatchNorm updates its running statistics in place; those become outputs.
         new_buffers = {n: values[n].clone() for n in buffers}
         self._tracker.reset()
+        seed = values[SEED_NAME] if layout.seeded else None
         with torch.enable_grad():
-            with self._tracker:
+            with self._tracker, seeded_dropout(seed):
                 out = functional_call(
                     self._module, {**state, **new_buffers}, (values[layout.input_name],)
                 )

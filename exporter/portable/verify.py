@@ -15,14 +15,17 @@ import torch
 from torch import nn
 
 from fedge.protocol.ort_runtime import import_onnxruntime, single_thread_session_options
+from fedge.protocol.portable_seed import step_seed
 
 from ..artifacts import OptimizerSpec
 from ..verify import ZERO_GRADIENT, torch_optimizer
-from .layout import LOSS_NAME, LR_NAME, StepLayout
+from .layout import LOSS_NAME, LR_NAME, SEED_NAME, StepLayout
+from .seeded_dropout import seeded_dropout
 from .step import LOSS_FUNCTIONS
 
 TOLERANCE = 1e-4
 BATCH_SIZES = (8, 8, 5)  # the last, short batch exercises the dynamic batch axis
+PARITY_SEED = 77  # the round seed the check's dropout masks are derived from
 
 
 def step_parity(
@@ -43,15 +46,19 @@ def step_parity(
     arbitrary sign on either side. Such elements are not compared: their parameters are listed
     in ``zero_gradient_parameters`` and they are set to PyTorch's values (with their Adam
     moments) after that step, so everything downstream is still compared.
+
+    A model with dropout gets the same ``dropout_seed`` on both sides at every step: the
+    masks are then equal and the comparison is as strict as without dropout.
     """
     onnx_step = _OnnxStep(step_path, layout, initial, optimizer.lr)
     torch_step = _TorchStep(model, layout, loss, optimizer)
     compared = layout.names("parameter") + layout.names("frozen") + layout.names("buffer")
     noise: dict[str, np.ndarray] = {}
     loss_diff, diffs = 0.0, dict.fromkeys(compared, 0.0)
-    for x, y in batches:
-        onnx_loss = onnx_step(x, y)
-        torch_loss, grads = torch_step(x, y)
+    for i, (x, y) in enumerate(batches):
+        seed = step_seed(PARITY_SEED, i) if layout.seeded else None
+        onnx_loss = onnx_step(x, y, seed)
+        torch_loss, grads = torch_step(x, y, seed)
         loss_diff = max(loss_diff, abs(onnx_loss - torch_loss))
         largest = max((float(g.max()) for g in grads.values() if g.size), default=0.0)
         torch_state = torch_step.state()
@@ -93,12 +100,14 @@ class _OnnxStep:
         self._lr = np.array(lr, dtype=np.float32)
         self.state = {s.name: initial[s.name] for s in layout.slots}
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> float:
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, seed: int | None = None) -> float:
         layout = self._layout
         feeds = dict(self.state)
         feeds.update(
             {layout.input_name: x.numpy(), layout.label_name: y.numpy(), LR_NAME: self._lr}
         )
+        if seed is not None:
+            feeds[SEED_NAME] = np.array(seed, dtype=np.int64)
         outputs = layout.output_names
         result = dict(zip(outputs, self._session.run(outputs, feeds), strict=True))
         for slot in layout.slots:
@@ -136,9 +145,13 @@ class _TorchStep:
         self._opt = torch_optimizer([self._params[n] for n in trainable], optimizer)
         self._loss = LOSS_FUNCTIONS[loss]
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, dict[str, np.ndarray]]:
+    def __call__(
+        self, x: torch.Tensor, y: torch.Tensor, seed: int | None = None
+    ) -> tuple[float, dict[str, np.ndarray]]:
         """One step; the loss and every trainable parameter's absolute gradient."""
-        value = self._loss(self._model(x), y)
+        masks = None if seed is None else torch.tensor(seed, dtype=torch.int64)
+        with seeded_dropout(masks):
+            value = self._loss(self._model(x), y)
         self._opt.zero_grad()
         value.backward()
         grads = {}

@@ -22,6 +22,7 @@ from fedge.exporter.errors import ExportError
 from fedge.exporter.export import export_bundle
 from fedge.exporter.portable import add_portable_step
 from fedge.exporter.portable.layout import Slot, StepLayout
+from fedge.exporter.portable.seeded_dropout import needs_seed
 from fedge.exporter.portable.verify import step_parity
 from fedge.exporter.verify import sample_labels, write_back_running_stats
 from fedge.protocol.bundle import load_bundle
@@ -100,9 +101,9 @@ def _check_portable(name: str, bundle) -> None:
     m = bundle.manifest
     assert m.backends == ("ort-training", "ort-portable"), m.portable
     ver = m.verification.values["portable"]
-    if ZOO[name].note.startswith("p=0.3"):
-        assert ver == {"skipped": True, "reason": "dropout makes a step random"}
-        return
+    # dropout models too: the step's masks come from its dropout_seed input, and the check
+    # feeds PyTorch the same seeds (seeded_dropout.py), so it is exact like the others
+    assert (m.portable.seed_name == "dropout_seed") == needs_seed(ZOO[name].build())
     assert ver["batch_sizes"] == [8, 8, 5]
     assert ver["step_max_abs_diff"] < TOLERANCE and ver["loss_max_abs_diff"] < TOLERANCE
     numbers = _more_steps(
@@ -135,6 +136,7 @@ def _more_steps(
         tuple(Slot(s.name, s.kind, tuple(s.shape), s.dtype) for s in state),
         input_spec.name,
         label_spec.name,
+        seeded=needs_seed(model),
     )
     initial = {n: t.detach().numpy().copy() for n, t in model.state_dict().items()}
     for slot in layout.slots:
@@ -180,22 +182,24 @@ def test_portable_only_models_get_a_step_that_matches_pytorch(name: str, tmp_pat
     """ConvTranspose: no ORT training kernel, but the portable step trains it like PyTorch."""
     z = PORTABLE_ONLY[name]
     model = z.build()
+    optimizer = z.optimizers[0]
     input_spec = TensorSpec("input", z.input_dtype, (None, *z.input_shape))
     label_spec = TensorSpec("labels", "int64", (None,))
     section, numbers = add_portable_step(
         model=model,
         bundle_dir=tmp_path,
         loss=z.loss,
-        optimizer=OptimizerSpec("adamw", LR, 0.01, (0.9, 0.999), 1e-8),
+        optimizer=OptimizerSpec(optimizer, LR, 0.01, (0.9, 0.999), 1e-8),
         trainable=[n for n, _ in model.named_parameters()],
         input_spec=input_spec,
         label_spec=label_spec,
         num_classes=3,
     )
     assert section.available, section.reason
+    assert (section.seed_name is not None) == needs_seed(model)
     assert numbers["step_max_abs_diff"] < TOLERANCE
     more = _more_steps(
-        model, tmp_path / section.file, section.state, input_spec, label_spec, z.loss, "adamw", 3
+        model, tmp_path / section.file, section.state, input_spec, label_spec, z.loss, optimizer, 3
     )
     assert more["steps"] == PORTABLE_STEPS and more["step_max_abs_diff"] < TOLERANCE, more
 

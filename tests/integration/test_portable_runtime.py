@@ -68,6 +68,20 @@ def test_trains_to_the_reference_parameters(fixtures: Path, name: str, label: st
     assert _max_diff(got, bundle.initial_parameters()) > 1e-3  # it did train
 
 
+def test_dropout_training_is_reproducible_from_the_round_seed(fixtures: Path) -> None:
+    bundle, _ = _backend(fixtures, "mlp_dropout")
+    assert bundle.manifest.portable is not None
+    assert bundle.manifest.portable.seed_name == "dropout_seed"
+    x, y = pf.data(pf.MODELS["mlp_dropout"][0])
+    runs = {}
+    for label, seed in (("a", 5), ("again", 5), ("other", 6)):
+        _, backend = _backend(fixtures, "mlp_dropout")
+        backend.train(x, y, epochs=1, batch_size=24, seed=seed)
+        runs[label] = backend.get_parameters()
+    assert _max_diff(runs["a"], runs["again"]) == 0.0  # same seed: same masks, same batches
+    assert _max_diff(runs["a"], runs["other"]) > 1e-3
+
+
 def test_parameters_handed_out_are_copies(fixtures: Path) -> None:
     """The step writes into bound buffers: what get_parameters() returned must not move."""
     bundle, backend = _backend(fixtures, "cnn_bn")

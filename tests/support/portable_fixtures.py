@@ -21,7 +21,13 @@ from fedge.protocol.tensors import decode_tensors, encode_tensors
 # name -> (input shape, optimizer, lr)
 # AdamW on the CNN: ties in MaxPool after ReLU give the exporter's parity check gradients of
 # ~1e-9 that AdamW turns into full steps (a known limit of that check); SGD there.
-MODELS = {"mlp": ((64,), "adamw", 1e-3), "cnn_bn": ((1, 8, 8), "sgd", 0.05)}
+# mlp_dropout: seeded dropout masks (the step's dropout_seed input) must be the same on every
+# runtime, so a newer onnxruntime reaches the same parameters from the same round seed.
+MODELS = {
+    "mlp": ((64,), "adamw", 1e-3),
+    "cnn_bn": ((1, 8, 8), "sgd", 0.05),
+    "mlp_dropout": ((64,), "adamw", 1e-3),
+}
 TRAIN = {"epochs": 2, "batch_size": 24, "seed": 3}  # 200 samples: the last batch is short
 PROXIMAL_MU = 0.5
 INDEX = "index.json"
@@ -41,6 +47,8 @@ def build_model(name: str):  # noqa: ANN201 - torch only exists at build time
     torch.manual_seed(0)
     if name == "mlp":
         return nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    if name == "mlp_dropout":
+        return nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Dropout(0.3), nn.Linear(32, 10))
     return nn.Sequential(
         nn.Conv2d(1, 8, 3, padding=1),
         nn.BatchNorm2d(8),

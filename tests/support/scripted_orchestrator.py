@@ -70,7 +70,7 @@ class FakeBackend(TrainingBackend):
     def get_parameters(self):
         return {k: v.copy() for k, v in self.params.items()}
 
-    def _begin_training(self) -> None:
+    def _begin_training(self, seed: int = 0) -> None:
         pass
 
     def _train_step(self, x: np.ndarray, y: np.ndarray) -> float:

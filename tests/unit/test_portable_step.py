@@ -232,3 +232,29 @@ def test_avg_pool2d_backward_matches_autograd(size, kernel, stride, padding):
     )
     assert got.shape == want.shape
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_seeded_dropout_masks_have_the_rate_and_depend_only_on_seed_and_stream():
+    import torch
+
+    from fedge.exporter.portable.seeded_dropout import seeded_dropout, uniform
+
+    seed = torch.tensor(123, dtype=torch.int64)
+    u = uniform(seed, (200_000,), 1)
+    assert 0.0 <= float(u.min()) and float(u.max()) < 1.0
+    assert abs(float(u.mean()) - 0.5) < 0.005
+    assert abs(float((u < 0.3).float().mean()) - 0.3) < 0.005  # the mask rate of p = 0.3
+    # neighbouring elements are not a lattice: the lag-1 correlation is near zero
+    v = u.double() - u.double().mean()
+    assert abs(float((v[1:] * v[:-1]).mean() / (v * v).mean())) < 0.01
+    assert torch.equal(u, uniform(torch.tensor(123), (200_000,), 1))
+    for other in (uniform(torch.tensor(124), (200_000,), 1), uniform(seed, (200_000,), 2)):
+        assert float((u - other).abs().mean()) > 0.2  # another seed or call: another mask
+    x = torch.ones(4, 1000)
+    original = torch.nn.functional.dropout
+    with seeded_dropout(seed):
+        a = torch.nn.functional.dropout(x, 0.5)
+    with seeded_dropout(seed):
+        b = torch.nn.functional.dropout(x, 0.5)
+    assert torch.equal(a, b) and set(a.unique().tolist()) == {0.0, 2.0}
+    assert torch.nn.functional.dropout is original  # restored after the block

@@ -81,9 +81,11 @@ class BagOfEmbeddings(nn.Module):
 class SelfAttention(nn.Module):
     """Multi-head self-attention over a sequence, mean-pooled, then a linear head."""
 
-    def __init__(self, dim: int = 8, heads: int = 2, classes: int = 3) -> None:
+    def __init__(
+        self, dim: int = 8, heads: int = 2, classes: int = 3, dropout: float = 0.0
+    ) -> None:
         super().__init__()
-        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True, dropout=dropout)
         self.head = nn.Linear(dim, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -292,9 +294,35 @@ NO_PORTABLE_STEP: dict[str, ZooModel] = {
         note="module '1' (AdaptiveMaxPool2d): its backward has no ONNX translation",
     ),
 }
+
+
 # Trains with the portable step only: ONNX Runtime 1.19 has no ConvTransposeGrad kernel.
+@_seeded
+def transformer_encoder_dropout() -> nn.Module:
+    return TinyEncoder(dropout=0.1)
+
+
+@_seeded
+def attention_dropout() -> nn.Module:
+    return SelfAttention(dropout=0.2)
+
+
+# Dropout inside attention: ORT-training's gradient builder refuses the exported Dropout there,
+# the portable step (seeded masks) trains it and matches PyTorch fed the same seeds.
+_SEEDED = "dropout masks from the step's dropout_seed input; parity with the same seeds"
 PORTABLE_ONLY: dict[str, ZooModel] = {
     "conv_transpose": ZooModel("conv_transpose", conv_transpose, (2, 6, 6)),
+    "transformer_encoder_dropout": ZooModel(
+        "transformer_encoder_dropout",
+        transformer_encoder_dropout,
+        (6,),
+        input_dtype="int64",
+        optimizers=("sgd",),
+        note=_SEEDED,
+    ),
+    "attention_dropout": ZooModel(
+        "attention_dropout", attention_dropout, (5, 8), optimizers=("sgd",), note=_SEEDED
+    ),
 }
 
 ZOO: dict[str, ZooModel] = {
@@ -308,7 +336,7 @@ ZOO: dict[str, ZooModel] = {
         ZooModel("cnn_bn_ln", cnn_bn_ln, (1, 6, 6)),
         ZooModel("batchnorm1d", batchnorm1d, (16,)),
         ZooModel("layernorm", layernorm, (16,)),
-        ZooModel("dropout", dropout, (16,), note="p=0.3: forward parity only (a step is random)"),
+        ZooModel("dropout", dropout, (16,), note="p=0.3: portable step seeded, exact parity"),
         ZooModel("dropout_p0", dropout_p0, (16,), note="same graph with p=0: step parity"),
         ZooModel("embedding", embedding, (6,), input_dtype="int64"),
         ZooModel("lstm", lstm, (5, 4)),
