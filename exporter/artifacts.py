@@ -144,7 +144,8 @@ def generate(
             additional_output_names=list(additional_outputs) if additional_outputs else None,
         )
     except Exception as exc:  # ORT raises RuntimeError/Fail/etc. with the useful text
-        raise ExportError(f"ONNX Runtime could not build the training graphs: {exc}") from exc
+        reason = str(exc).strip()  # ORT ends its message with a newline
+        raise ExportError(f"ONNX Runtime could not build the training graphs: {reason}") from exc
     finally:
         logging.disable(previous_disable)
         _training_graph_utils.SessionOptions = original_options

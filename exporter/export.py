@@ -131,15 +131,18 @@ def export_bundle(
         running_stats = batchnorm.rewrite_training_graph(train_proto, bn_layers, params)
         layernorms = onnx_graph.add_layernorm_outputs(train_proto)
         avg_pools = onnx_graph.average_pools_as_convs(train_proto)
-        patches = artifacts.generate(
-            train_proto,
-            trainable=train_names,
-            frozen=frozen_names + stat_names,
-            loss=loss,
-            optimizer=opt,
-            out_dir=work,
-            additional_outputs=[s["output"] for s in running_stats],
-        )
+        try:
+            patches = artifacts.generate(
+                train_proto,
+                trainable=train_names,
+                frozen=frozen_names + stat_names,
+                loss=loss,
+                optimizer=opt,
+                out_dir=work,
+                additional_outputs=[s["output"] for s in running_stats],
+            )
+        except ExportError as exc:
+            raise ExportError(f"{exc}{preflight.attention_dropout_hint(model)}") from exc
         patches += _batchnorm_patches(work, running_stats)
         if avg_pools:
             patches.append(

@@ -123,6 +123,32 @@ def trial_forward(model: nn.Module, example: torch.Tensor) -> torch.Tensor:
     return output
 
 
+def attention_dropout_hint(model: nn.Module) -> str:
+    """What to do when ORT-training fails on dropout inside attention ("" if there is none).
+
+    ONNX Runtime 1.19's gradient builder fails on the Dropout nodes the exporter writes inside
+    ``nn.MultiheadAttention`` / ``nn.TransformerEncoderLayer`` (an assertion about the node's
+    outputs, naming no layer): name the layers and the fix instead."""
+    found, layers = [], []
+    for path, m in model.named_modules():
+        if isinstance(m, nn.TransformerEncoderLayer | nn.TransformerDecoderLayer):
+            p = max((d.p for d in m.modules() if isinstance(d, nn.Dropout)), default=0.0)
+            if p > 0:
+                layers.append(path)
+                found.append(f"'{path}' ({type(m).__name__}, dropout={p:g})")
+        elif isinstance(m, nn.MultiheadAttention) and m.dropout > 0:
+            if not any(path.startswith(f"{layer}.") for layer in layers):
+                found.append(f"'{path}' (MultiheadAttention, dropout={m.dropout:g})")
+    if not found:
+        return ""
+    return (
+        f". Likely cause: dropout inside attention in {', '.join(found)}: ONNX Runtime's "
+        "training graph builder cannot differentiate it. Export with dropout=0.0 in those "
+        "layers (e.g. nn.TransformerEncoderLayer(..., dropout=0.0)); other nn.Dropout layers "
+        "are fine"
+    )
+
+
 def has_active_dropout(model: nn.Module) -> bool:
     """True when a dropout layer with p > 0 makes training steps random."""
     return any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.modules())

@@ -274,3 +274,24 @@ def test_batchnorm_trains_like_torch_over_steps_and_evaluates_on_running_stats(
     assert abs(eval_loss - float(nn.functional.cross_entropy(logits, y))) < 1e-5
     runner = InferenceRunner(bundle, ort_params)
     np.testing.assert_allclose(runner.run(x.numpy()), logits.numpy(), atol=1e-5)
+
+
+def test_attention_dropout_refusal_names_the_layer_and_the_fix(tmp_path: Path) -> None:
+    # ORT-training's gradient builder fails on dropout inside attention with an assertion
+    # that names no layer; the export error must say which layer and what to change.
+    z = PORTABLE_ONLY["transformer_encoder_dropout"]
+    with pytest.raises(ExportError) as err:
+        export_bundle(
+            z.build(),
+            input_shape=z.input_shape,
+            input_dtype=z.input_dtype,
+            optimizer="sgd",
+            lr=LR,
+            out_dir=tmp_path / "enc",
+        )
+    message = str(err.value)
+    assert "ONNX Runtime could not build the training graphs" in message
+    assert "\n" not in message.rstrip()
+    assert "'encoder' (TransformerEncoderLayer, dropout=0.1)" in message
+    assert "dropout=0.0" in message
+    assert not (tmp_path / "enc").exists() or not any((tmp_path / "enc").iterdir())
