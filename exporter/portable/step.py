@@ -29,6 +29,25 @@ LOSS_FUNCTIONS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] 
 }
 
 
+def one_hot_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``F.cross_entropy`` (mean, no ignore_index, no weights) without gather and scatter.
+
+    Traced, ``F.cross_entropy`` becomes ``nll_loss`` with its ignore_index bookkeeping (Equal,
+    Not, Where, GatherElements, and a ScatterElements in the backward); the agent checks labels
+    against the task's range before training, so none of it can apply. A one-hot product has
+    the same value and gradient in a handful of elementwise nodes.
+    """
+    classes = torch.arange(logits.shape[1], device=logits.device)
+    classes = classes.reshape((1, -1) + (1,) * (logits.dim() - 2))
+    one_hot = (labels.unsqueeze(1) == classes).to(logits.dtype)
+    log_p = torch.log_softmax(logits, dim=1)
+    return -(one_hot * log_p).sum(dim=1).mean()
+
+
+# What the traced step computes; the parity check's PyTorch reference keeps LOSS_FUNCTIONS.
+STEP_LOSSES = {**LOSS_FUNCTIONS, "cross_entropy": one_hot_cross_entropy}
+
+
 class TrainingStep:
     """``step(*inputs) -> (loss, *new slots)`` in a layout's order, for ``make_fx`` to trace.
 
@@ -40,7 +59,7 @@ class TrainingStep:
     ) -> None:
         self._module = copy.deepcopy(model).train()
         self._tracker = ModuleTracker(self._module)
-        self._loss_fn = LOSS_FUNCTIONS[loss]
+        self._loss_fn = STEP_LOSSES[loss]
         self._layout = layout
         self._optimizer = optimizer
 
