@@ -459,6 +459,7 @@ class Orchestrator:
             self._abandon(round_no, str(exc))
             return
         self.store.close_statistics(self.run_id, round_no, mean, std, metrics)
+        self.metrics.inc("fedge_rounds_total", state="combined")
         self._load_standardization(self.run_id)
         self.rounds.on_statistics()
         if self.evaluator is not None and self.rounds.version == 0:

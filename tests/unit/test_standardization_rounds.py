@@ -14,6 +14,7 @@ from support.memory_device import FakeClock, MemoryDevice, settle
 from support.toy_bundle import PARAMS, toy_manifest, write_toy_bundle
 
 from fedge.orchestrator.config import OrchestratorConfig, RobustSettings, RoundSettings
+from fedge.orchestrator.history import status_text
 from fedge.orchestrator.model_export import export_version
 from fedge.orchestrator.server import Orchestrator
 from fedge.protocol.bundle import load_bundle, write_manifest
@@ -105,6 +106,8 @@ def test_the_statistics_round_combines_numpy_mean_and_std_over_all_rows(tmp_path
         160,
     )
     assert all(a.accepted for d in fed.devices for a in d.acks)
+    status = status_text(fed.orch.store, fed.orch.run_id)
+    assert "features standardized: 3 features, statistics of 160 rows on 3 devices" in status
     # the next round trains, and its task carries the statistics to every device
     nxt = fed.devices[1].task
     assert nxt.round == 2 and nxt.state == "open" and not nxt.config.statistics_only
