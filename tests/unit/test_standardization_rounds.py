@@ -133,6 +133,31 @@ def test_a_restart_after_the_statistics_round_keeps_them_and_runs_no_second_one(
     assert kinds == ["statistics", "train"]
 
 
+def test_a_device_that_joins_later_trains_with_the_stored_statistics(tmp_path):
+    fed = Federation(tmp_path, 2, rounds=2)
+    for i, device in enumerate(fed.devices):
+        fed.report(device, rows(i, 20))
+    kept = fed.orch.store.standardization(fed.orch.run_id)
+    late = MemoryDevice(fed.broker, "dev-late")
+    fed.devices.append(late)
+    fed.settle()
+    assert (late.task.standardize.mean, late.task.standardize.std) == kept  # retained task
+    for device in fed.devices[:2]:  # round 2 trains without it (it was not eligible yet)
+        device.fetch_params()
+        fed.settle()
+        device.offer(encode_tensors({"fc.weight": np.zeros((2, 3), np.float32)}))
+        fed.settle()
+    task = late.task
+    assert task.round == 3 and "dev-late" in task.participants
+    assert not task.config.statistics_only  # no second statistics round for a newcomer
+    assert (task.standardize.mean, task.standardize.std) == kept
+    assert [r.kind for r in fed.orch.store.rounds(fed.orch.run_id)] == [
+        "statistics",
+        "train",
+        "train",
+    ]
+
+
 def test_a_restart_during_the_statistics_round_keeps_the_counted_reports(tmp_path):
     fed = Federation(tmp_path, 2)
     a, b = rows(0, 30), rows(1, 50)
