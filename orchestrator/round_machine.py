@@ -217,10 +217,9 @@ class RoundMachine:
         invited = over_selected(goal, rs.over_selection, len(devices))
         if kind == "statistics":  # every eligible device: the estimate covers the most rows
             participants = sorted(d.agent_id for d in devices)[:MAX_PARTICIPANTS]
+            goal = len(participants)
         else:
             participants = list(self._select(round_no, devices, invited))
-        if kind == "statistics":
-            goal = len(participants)
         if kind == "evaluate":  # every invited device's metrics count: no goal short of all
             goal = len(participants)
             self._evaluated.add(self.version)
