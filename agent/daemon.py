@@ -22,6 +22,7 @@ from fedge.protocol.errors import CodecError, FedgeError, MessageError, Transfer
 from fedge.protocol.messages import (
     Ack,
     FetchRequest,
+    Message,
     RoundAbort,
     RoundTask,
     new_msg_id,
@@ -258,7 +259,10 @@ class Agent:
 
     def _on_ack(self, ack: Ack) -> None:
         if not ack.sha256:  # an evaluation report's ack (reports have no blob)
-            log.info("round %d: evaluation report acked: %s", ack.round, ack.reason or "counted")
+            if ack.accepted:
+                log.info("round %d: report acked: %s", ack.round, ack.reason or "counted")
+            else:
+                log.warning("round %d: report refused: %s", ack.round, ack.reason)
             self._eval_acked.add((ack.run_id, ack.round))
             self._last_report.pop((ack.run_id, ack.round), None)
             return
@@ -423,8 +427,11 @@ class Agent:
         if bundle is None or params is None:  # the cached copy failed verification just now
             return
         try:
-            if step.action is Action.EVALUATE:
-                report = self.runner.evaluate(task, bundle, params)
+            if step.action in (Action.EVALUATE, Action.STATISTICS):
+                if step.action is Action.STATISTICS:
+                    report: Message = self.runner.statistics(task, bundle)
+                else:
+                    report = self.runner.evaluate(task, bundle, params)
                 # journaled with the report, so a restarted agent sends the same report again
                 self.state.set_journal(
                     task.run_id, task.round, "evaluated", report.encode().decode()
@@ -447,7 +454,7 @@ class Agent:
     def _train(self, task: RoundTask, bundle: Bundle, params: bytes) -> None:
         started = self.clock.monotonic()
         self.state.set_journal(task.run_id, task.round, "training")
-        samples = self.runner.read_local(bundle)
+        samples = self.runner.read_local(bundle, task.standardize)
         self._publish_status("training")
         update = self.runner.train(task, bundle, params, samples)
         step = after_training(update.problem, stopping=self._stop.is_set())

@@ -39,6 +39,7 @@ class Action(str, Enum):
     FETCH_PARAMS = "fetch_params"  # start/continue the download of the round's parameters
     TRAIN = "train"
     EVALUATE = "evaluate"  # federated evaluation round: evaluate the global model, no training
+    STATISTICS = "statistics"  # standardization: report per-feature statistics, no training
     OFFER = "offer"  # publish an outbox entry's offer (first time, or after a reconnect)
     REOFFER = "reoffer"  # publish it again: no ack came within the re-send interval
     EXPIRE = "expire"  # drop an outbox entry whose round closed long ago
@@ -98,6 +99,8 @@ def next_step(
         return Step(Action.FETCH_BUNDLE)
     if not params_ready():
         return Step(Action.FETCH_PARAMS)
+    if task.config.statistics_only:
+        return Step(Action.STATISTICS)
     return Step(Action.EVALUATE if task.config.evaluate_only else Action.TRAIN)
 
 
@@ -165,8 +168,10 @@ def report_step(
     last_sent: float | None,
     base_interval: float,
 ) -> Step:
-    """Whether to (re)send the open evaluation round's report (journaled as ``evaluated``)."""
-    if task is None or task.state != "open" or not task.config.evaluate_only:
+    """Whether to (re)send the open evaluation (or statistics) round's report (journaled as
+    ``evaluated``)."""
+    reports = task is not None and (task.config.evaluate_only or task.config.statistics_only)
+    if task is None or task.state != "open" or not reports:
         return Step(Action.IGNORE, "no open evaluation round")
     if acked or journal != "evaluated" or not connected:
         return Step(Action.IGNORE, "report acked, not made, or offline")

@@ -10,11 +10,21 @@ import logging
 import time
 from collections.abc import Callable
 
+import numpy as np
+
 from fedge.protocol.chunks import blob_ref
-from fedge.protocol.data_contract import read_for_bundle
-from fedge.protocol.messages import EvalReport, RoundTask, UpdateOffer, new_msg_id
+from fedge.protocol.data_contract import read_for_bundle, require_fit
+from fedge.protocol.messages import (
+    EvalReport,
+    RoundTask,
+    Standardization,
+    StatsReport,
+    UpdateOffer,
+    new_msg_id,
+)
 from fedge.protocol.parameter_travel import travelling_delta
-from fedge.protocol.sqlite_samples import DataError, Samples
+from fedge.protocol.sqlite_samples import DataError, Samples, read_samples
+from fedge.protocol.standardization import local_stats
 from fedge.protocol.tensors import check_finite, decode_tensors
 
 from .backends import TrainingBackend
@@ -60,9 +70,11 @@ class RoundRunner:
         self._sleep = sleep
         self.num_samples = 0  # rows found in the last round (reported in the status)
 
-    def read_local(self, bundle) -> Samples:
-        """The device's rows, re-read every round (rows added since are used)."""
-        samples = read_for_bundle(self.cfg.data, bundle.manifest)  # DataError: what to fix
+    def read_local(self, bundle, standardize: Standardization | None = None) -> Samples:
+        """The device's rows, re-read every round (rows added since are used), standardized
+        with the run's statistics when the round task carries them."""
+        stats = (standardize.mean, standardize.std) if standardize else None
+        samples = read_for_bundle(self.cfg.data, bundle.manifest, stats)  # DataError: the fix
         if len(samples) == 0:
             raise DataError(f"no rows in {self.cfg.data.path} match the data source")
         self.num_samples = len(samples)
@@ -132,7 +144,7 @@ class RoundRunner:
 
     def evaluate(self, task: RoundTask, bundle, params_bytes: bytes) -> EvalReport:
         """Federated evaluation: the global model on the validation split, no training."""
-        samples = self.read_local(bundle)
+        samples = self.read_local(bundle, task.standardize)
         global_params = decode_tensors(params_bytes)
         check_finite(global_params)
         n, metrics = evaluate_global(
@@ -153,4 +165,47 @@ class RoundRunner:
             model_version=task.model_version,
             num_samples=n,
             metrics=metrics,
+        )
+
+    def statistics(self, task: RoundTask, bundle) -> StatsReport:
+        """Statistics round: per-feature count, sum and sum of squares of every local row
+        (after feature_scale, in float64); a few numbers per feature, never a row.
+
+        Refused (a FedgeError the daemon turns into an abort) under client-level DP: the
+        statistics of raw features have no known bound, so no noise scale would protect them.
+        """
+        cfg = task.config
+        if cfg.clip_norm > 0 or cfg.noise_multiplier > 0:
+            raise DataError(
+                "refusing to send feature statistics: client-level DP is on and statistics "
+                "of unbounded raw features cannot be noised with a known sensitivity"
+            )
+        spec = bundle.manifest.input
+        if np.dtype(spec.dtype).kind != "f":
+            raise DataError(
+                f"refusing a statistics round: the model's input '{spec.name}' takes "
+                f"{spec.dtype} ids, which are not standardized"
+            )
+        samples = read_samples(self.cfg.data, dtype=None)
+        require_fit(samples, bundle.manifest, self.cfg.data)
+        if len(samples) == 0:
+            raise DataError(f"no rows in {self.cfg.data.path} match the data source")
+        self.num_samples = len(samples)
+        stats = local_stats(samples.x)  # StatisticsError (a FedgeError): overflowing values
+        log.info(
+            "round %d: feature statistics of %d rows (%d features)",
+            task.round,
+            len(samples),
+            stats.features,
+        )
+        return StatsReport(
+            msg_id=new_msg_id(),
+            agent=self.cfg.id,
+            run_id=task.run_id,
+            round=task.round,
+            model_version=task.model_version,
+            num_samples=len(samples),
+            count=stats.count,
+            sum=stats.sum,
+            sumsq=stats.sumsq,
         )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from fedge.protocol.messages import BlobRef, RoundEvent, RoundTask, TrainConfig
+from fedge.protocol.messages import BlobRef, RoundEvent, RoundTask, Standardization, TrainConfig
 
 from .config import RoundSettings
 from .round_machine import LiveRound
@@ -46,8 +46,10 @@ def round_task(
     rounds: RoundSettings,
     now: float,
     next_round_at: float,
+    standardize: Standardization | None = None,
 ) -> RoundTask:
-    """The retained task: ``live`` is the open round (None when closed or finished)."""
+    """The retained task: ``live`` is the open round (None when closed or finished);
+    ``standardize``: the run's feature statistics once combined (every later task has them)."""
     if live is not None:
         retry_after = max(1.0, live.deadline - now)  # check back when this round is over
     elif state == "finished":
@@ -64,8 +66,13 @@ def round_task(
         params=params,
         participants=list(live.participants) if live else [],
         deadline=live.deadline if live else 0.0,
-        config=replace(config, evaluate_only=bool(live and live.kind == "evaluate")),
+        config=replace(
+            config,
+            evaluate_only=bool(live and live.kind == "evaluate"),
+            statistics_only=bool(live and live.kind == "statistics"),
+        ),
         retry_after=round(retry_after, 1),
+        standardize=standardize or Standardization(),
     )
 
 

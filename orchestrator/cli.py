@@ -195,5 +195,6 @@ def export_model(args: argparse.Namespace) -> int:
     if version < 0:
         version = store.latest_version(run_id)[0]
     out = export_version(store, run_id, version, load_bundle(args.bundle), args.out)
-    print(f"Wrote {out}: run {run_id}, model version {version}")
+    raw = "; takes raw features (standardized inside)" if store.standardization(run_id) else ""
+    print(f"Wrote {out}: run {run_id}, model version {version}{raw}")
     return 0

@@ -76,6 +76,10 @@ class RoundSettings:
     # federated evaluation: after every N committed rounds, one round in which the devices
     # evaluate that model version on their validation rows (0 = never)
     evaluate_every: Annotated[int, Range(0, MAX_ROUND)] = 0
+    # federated standardization: before the first training round, one statistics round in
+    # which devices report per-feature count, sum and sum of squares; the run then trains on
+    # (x - mean) / std (docs/data.md)
+    standardize: bool = False
 
     def validate(self) -> None:
         """Combinations that would stall a run or mislead (each key alone is in range)."""
@@ -94,6 +98,12 @@ class RoundSettings:
             raise ConfigError(
                 f"rounds.devices_per_round x rounds.over_selection must be <= "
                 f"{MAX_PARTICIPANTS} (the invitations one round task carries), got {invited:g}"
+            )
+        if self.standardize and self.clip_norm > 0:
+            raise ConfigError(
+                "rounds.standardize cannot be combined with client-level DP (rounds.clip_norm "
+                "> 0): the statistics of raw features have no known bound, so no noise scale "
+                "would protect them; standardize the stored features instead, or turn DP off"
             )
         if self.noise_multiplier > 0 and self.clip_norm <= 0:
             raise ConfigError(
@@ -181,3 +191,10 @@ class OrchestratorConfig:
     # "async": buffered asynchronous aggregation (FedBuff), see docs/async.md
     mode: Annotated[str, OneOf(*MODES)] = "sync"
     buffered: BufferedSettings = field(default_factory=BufferedSettings)
+
+    def validate(self) -> None:
+        if self.rounds.standardize and self.mode != "sync":
+            raise ConfigError(
+                'rounds.standardize needs mode = "sync": buffered asynchronous runs have no '
+                "statistics round yet"
+            )

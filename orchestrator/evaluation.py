@@ -12,9 +12,9 @@ from __future__ import annotations
 import numpy as np
 
 from fedge.protocol.bundle import Bundle
-from fedge.protocol.data_contract import read_for_bundle
+from fedge.protocol.data_contract import conform_samples
 from fedge.protocol.inference import InferenceRunner
-from fedge.protocol.sqlite_samples import DataError, DataSource
+from fedge.protocol.sqlite_samples import DataError, DataSource, read_samples
 from fedge.protocol.task_metrics import mean_loss, task_metrics
 
 
@@ -23,8 +23,10 @@ class CentralEvaluator:
 
     def __init__(self, bundle: Bundle, source: DataSource, *, batch_size: int = 512) -> None:
         self.bundle = bundle
+        self.source = source
         try:  # checked at start: a bad label is a clear error now, not a crash mid-run
-            samples = read_for_bundle(source, bundle.manifest)
+            self._raw = read_samples(source, dtype=None)  # kept for standardize()
+            samples = conform_samples(self._raw, bundle.manifest, source)
         except DataError as exc:
             raise DataError(f"central evaluation table ([evaluation.data]): {exc}") from None
         if len(samples) == 0:
@@ -36,6 +38,12 @@ class CentralEvaluator:
         self.y = samples.y
         self.batch_size = batch_size
         self.task = bundle.manifest.task
+
+    def standardize(self, stats: tuple[list[float], list[float]] | None) -> None:
+        """Score later versions on ``(x - mean) / std`` of the test rows, as the devices
+        train (None: the raw rows)."""
+        samples = conform_samples(self._raw, self.bundle.manifest, self.source, stats)
+        self.x = samples.x
 
     def evaluate(self, params: dict[str, np.ndarray]) -> dict[str, float]:
         """``test_*`` metrics of ``params`` on the held-out rows."""

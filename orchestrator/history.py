@@ -102,6 +102,14 @@ def status_text(store: Store, run_id: str, *, all_devices: bool = False) -> str:
         m = committed[-1].metrics
         shown = ", ".join(f"{k}={v:.4f}" for k, v in sorted(m.items()) if not k.endswith("samples"))
         lines.append(f"last metrics (round {committed[-1].round}): {shown}")
+    combined = [r for r in rounds if r.state == "combined"]
+    if combined:  # federated standardization (docs/data.md)
+        m = combined[-1].metrics
+        lines.append(
+            f"features standardized: {m.get('stat_features', 0):.0f} features, statistics of "
+            f"{m.get('stat_rows', 0):.0f} rows on {m.get('stat_devices', 0):.0f} devices "
+            f"(round {combined[-1].round})"
+        )
     evaluated = [r for r in rounds if r.state == "evaluated"]
     if evaluated:
         e = evaluated[-1]

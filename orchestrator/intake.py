@@ -34,9 +34,11 @@ from fedge.protocol.messages import (
     EvalReport,
     FetchRequest,
     RoundAbort,
+    StatsReport,
     UpdateOffer,
     new_msg_id,
 )
+from fedge.protocol.standardization import FeatureStats, report_problem
 from fedge.protocol.transfer import PullTransfer
 
 from .device_budget import DeviceBudgets
@@ -83,8 +85,10 @@ class UpdateIntake:
         omittable: frozenset[str] = frozenset(),  # frozen names an update may leave out
         clock: Callable[[], float] = time.monotonic,
         budgets: DeviceBudgets | None = None,
+        features: int = 0,  # features per sample (the model input's): statistics reports
     ) -> None:
         self.store = store
+        self._features = features
         self.rounds = rounds
         self._send = send
         self._global_params = global_params
@@ -129,7 +133,7 @@ class UpdateIntake:
     def ack(self, offer: UpdateOffer, accepted: bool, reason: str = "") -> None:
         self._reply(offer.agent, offer.run_id, offer.round, offer.blob.sha256, accepted, reason)
 
-    def _ack_eval(self, msg: EvalReport, accepted: bool, reason: str = "") -> None:
+    def _ack_eval(self, msg: EvalReport | StatsReport, accepted: bool, reason: str = "") -> None:
         self._reply(msg.agent, msg.run_id, msg.round, "", accepted, reason)
 
     def _may_record(self, agent_id: str, run_id: str) -> bool:
@@ -240,6 +244,49 @@ class UpdateIntake:
         )
         self._ack_eval(msg, True)
 
+    def on_stats_report(self, agent_id: str, msg: StatsReport) -> None:
+        """Count a device's feature statistics once per (run, round, device); a report that
+        real rows of this model's input cannot give is refused with the reason."""
+        r = self._open_round_for(msg.run_id, msg.round)
+        if r is None:
+            self._ack_eval(msg, False, f"round {msg.round} is closed")
+            return
+        if not r.invited(agent_id):
+            self._ignore("stats_report", agent_id, r.round)
+            self._ack_eval(msg, False, "device not selected")
+            return
+        if r.kind != "statistics":
+            self._ack_eval(msg, False, f"round {r.round} is not a statistics round")
+            return
+        if agent_id in r.answered:
+            self._ack_eval(msg, agent_id in r.accepted, "this device already answered the round")
+            return
+        stats = FeatureStats(msg.count, msg.sum, msg.sumsq)
+        problem = report_problem(stats, self._features, msg.num_samples)
+        if problem:
+            if self.budgets.should_log(agent_id, "stats_report"):
+                log.warning("round %d: statistics from %s refused: %s", r.round, agent_id, problem)
+            self.store.reject_update(msg.run_id, r.round, agent_id, "", problem, 0)
+            self.rounds.on_refused(agent_id)
+            self.metrics.inc("fedge_updates_total", status="rejected")
+            self._ack_eval(msg, False, problem)
+            return
+        values = {"count": msg.count, "sum": msg.sum, "sumsq": msg.sumsq}
+        if not self.store.add_eval_report(msg.run_id, r.round, agent_id, msg.num_samples, values):
+            self._ack_eval(msg, True, "already counted")
+            return
+        self.rounds.on_accepted(agent_id)
+        self.metrics.inc("fedge_updates_total", status="evaluated")
+        log.info(
+            "round %d: statistics from %s counted (%d/%d, %d rows)",
+            r.round,
+            agent_id,
+            r.reports,
+            len(r.participants),
+            msg.num_samples,
+        )
+        self._ack_eval(msg, True)
+
     def _was_invited(self, run_id: str, round_no: int, agent_id: str) -> bool:
         """Whether ``agent_id`` took part in a (closed) round of this run."""
         if run_id != self.rounds.run_id:
@@ -276,8 +323,9 @@ class UpdateIntake:
             self._ignore("offer", agent_id, r.round)
             self.ack(offer, False, "device was not selected for this round")
             return
-        if r.kind == "evaluate":
-            self.reject(offer, f"round {r.round} is a federated evaluation round (no training)")
+        if r.kind != "train":
+            what = "federated evaluation" if r.kind == "evaluate" else "statistics"
+            self.reject(offer, f"round {r.round} is a {what} round (no training)")
             return
         if agent_id in r.answered:
             self.ack(offer, False, "this device's update for the round was already refused")

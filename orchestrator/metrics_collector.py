@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 ROUND_BUCKETS = (1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 DEVICE_STATES: tuple[str, ...] = tuple(sorted(Status.STATES))
 UPDATE_OUTCOMES = ("accepted", "evaluated", "rejected", "late", "duplicate", "aborted", "dropped")
-ROUND_STATES = ("committed", "abandoned", "evaluated")
+ROUND_STATES = ("committed", "abandoned", "evaluated", "combined")  # combined: statistics
 RUN_STATES = ("running", "finished", "none")
 # evaluation metrics exported per version: train_/val_/test_/fed_ prefixed, never *_samples
 _EVAL_KEY = re.compile(r"^(train|val|test|fed_val|fed_test|fed)_[a-z0-9_]{1,40}$")

@@ -1,6 +1,8 @@
 """Export a stored model version as a standalone inference ONNX file.
 
-The bundle's ``inference.onnx`` gets that version's parameters as its initializers. Rewriting
+The bundle's ``inference.onnx`` gets that version's parameters as its initializers; a run with
+federated standardization also gets ``(x - mean) / std`` prepended (two initializers, a ``Sub``
+and a ``Div``), so the exported model takes raw features as the devices store them. Rewriting
 initializers needs the ``onnx`` package (``pip install onnx==1.17.0``; it is part of
 ``fedge[exporter]``); everything else here is plain numpy.
 """
@@ -63,7 +65,52 @@ def export_version(
     if missing:
         raise ModelExportError(f"inference graph has no initializer for {missing[:5]}")
     model.doc_string = f"fedge run {run_id} model version {version}"
+    stats = store.standardization(run_id)
+    if stats is not None:
+        prepend_standardization(model, *stats, list(bundle.manifest.input.sample_shape))
+        model.doc_string += "; input standardized inside (takes raw features)"
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(out))
     return out
+
+
+def prepend_standardization(
+    model, mean: list[float], std: list[float], sample_shape: list[int]
+) -> None:
+    """Make ``model``'s first input take raw features: ``Sub`` the run's mean and ``Div`` by
+    its std (float32, shaped like one sample so they broadcast over the batch) before every
+    node that read the input."""
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    raw = graph.input[0].name
+    inner = f"{raw}__standardized"
+    if any(i.name == f"{raw}__mean" for i in graph.initializer):
+        raise ModelExportError("the inference graph is already standardized")
+    if int(np.prod(sample_shape)) != len(mean):
+        raise ModelExportError(
+            f"the run's statistics cover {len(mean)} features, the model's input {sample_shape}"
+        )
+    for node in graph.node:
+        node.input[:] = [inner if name == raw else name for name in node.input]
+    for out in graph.output:  # an identity model: its output was the input itself
+        if out.name == raw:
+            raise ModelExportError("the inference graph returns its input unchanged")
+    shape = list(sample_shape)
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.asarray(mean, np.float32).reshape(shape), f"{raw}__mean"),
+            numpy_helper.from_array(np.asarray(std, np.float32).reshape(shape), f"{raw}__std"),
+        ]
+    )
+    steps = [
+        helper.make_node(
+            "Sub", [raw, f"{raw}__mean"], [f"{raw}__centred"], "fedge_standardize_sub"
+        ),
+        helper.make_node(
+            "Div", [f"{raw}__centred", f"{raw}__std"], [inner], "fedge_standardize_div"
+        ),
+    ]
+    for i, node in enumerate(steps):
+        graph.node.insert(i, node)

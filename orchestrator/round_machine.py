@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from fedge.protocol.fields import MAX_PARTICIPANTS
+
 from .config import RoundSettings
 from .schema import RoundRecord
 from .selection import over_selected
@@ -36,7 +38,7 @@ class LiveRound:
 
     run_id: str
     round: int
-    kind: str  # "train" or "evaluate"
+    kind: str  # "train", "evaluate" or "statistics"
     model_version: int
     participants: list[str]
     goal: int
@@ -141,6 +143,7 @@ class RoundMachine:
         self.next_round_at = 0.0
         self.finished = False  # Finish was decided; nothing more until the next resume()
         self._evaluated: set[int] = set()  # versions that already had their evaluation round
+        self.statistics_ready = False  # the run's feature statistics are combined (standardize)
 
     def resume(
         self,
@@ -150,9 +153,11 @@ class RoundMachine:
         last_round: int,
         evaluated_versions: set[int],
         current: LiveRound | None,
+        statistics_ready: bool = False,
     ) -> None:
         """Start from a run's stored state (a new run: version 0, round 0, nothing open)."""
         self.run_id = run_id
+        self.statistics_ready = statistics_ready
         self.version = version
         self.last_round = last_round
         self._evaluated = set(evaluated_versions)
@@ -187,8 +192,16 @@ class RoundMachine:
             return self._maybe_open(now, eligible)
         return self._maybe_close(now, offline)
 
+    def statistics_due(self) -> bool:
+        """Federated standardization: one statistics round before the first training round
+        (retried after an abandoned attempt); a device joining later uses the stored result."""
+        return self.settings.standardize and not self.statistics_ready
+
     def _maybe_open(self, now: float, eligible: Callable[[], list[DeviceInfo]]) -> Decision | None:
-        kind = "evaluate" if self.evaluation_due() else "train"
+        if self.statistics_due():
+            kind = "statistics"
+        else:
+            kind = "evaluate" if self.evaluation_due() else "train"
         rs = self.settings
         if kind == "train" and self.version >= rs.rounds:
             self.finished = True
@@ -202,7 +215,11 @@ class RoundMachine:
         round_no = self.last_round + 1
         goal = min(rs.devices_per_round or len(devices), len(devices))
         invited = over_selected(goal, rs.over_selection, len(devices))
-        participants = list(self._select(round_no, devices, invited))
+        if kind == "statistics":  # every eligible device: the estimate covers the most rows
+            participants = sorted(d.agent_id for d in devices)[:MAX_PARTICIPANTS]
+            goal = len(participants)
+        else:
+            participants = list(self._select(round_no, devices, invited))
         if kind == "evaluate":  # every invited device's metrics count: no goal short of all
             goal = len(participants)
             self._evaluated.add(self.version)
@@ -241,6 +258,8 @@ class RoundMachine:
     def _abandon_reason(self, r: LiveRound) -> str:
         if r.kind == "evaluate":
             return "" if r.reports else "no evaluation reports"
+        if r.kind == "statistics":
+            return "" if r.reports else "no statistics reports"
         need = max(1, self.settings.min_reports)
         if r.reports < need:
             return f"{r.reports} reports < min_reports {self.settings.min_reports}"
@@ -268,6 +287,10 @@ class RoundMachine:
     # ---- outcomes of a closed round (carried out by the caller) ----
     def on_committed(self, version: int) -> None:
         self.version = version
+
+    def on_statistics(self) -> None:
+        """The statistics round combined the run's feature statistics."""
+        self.statistics_ready = True
 
     def on_abandoned(self, now: float) -> None:
         self.next_round_at = now + self.settings.retry_seconds

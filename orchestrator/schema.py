@@ -72,6 +72,16 @@ CREATE TABLE IF NOT EXISTS async_counters (
 )
 """
 
+# Federated standardization (protocol/standardization.py): the per-feature mean and std a
+# statistics round combined, one row per run (JSON lists of float64; a restart keeps them).
+STATISTICS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS run_statistics (
+    run_id TEXT PRIMARY KEY, round INTEGER NOT NULL, features INTEGER NOT NULL,
+    rows INTEGER NOT NULL, devices INTEGER NOT NULL, mean TEXT NOT NULL, std TEXT NOT NULL,
+    created REAL NOT NULL
+)
+"""
+
 # Append only: a migration, once released, never changes (its number is recorded in databases).
 MIGRATIONS: list[Migration] = [
     Migration(1, "initial schema", INITIAL_SCHEMA),
@@ -90,6 +100,7 @@ MIGRATIONS: list[Migration] = [
         "CREATE INDEX IF NOT EXISTS updates_by_round ON updates(run_id, round)",
     ),
     Migration(7, "buffered asynchronous runs: slots, buffered deltas", BUFFERED_SCHEMA),
+    Migration(8, "federated standardization: a run's feature statistics", STATISTICS_SCHEMA),
 ]
 LATEST_MIGRATION = MIGRATIONS[-1].number
 
@@ -114,7 +125,9 @@ class RoundRecord:
     note: str = ""
     goal: int = 0  # reports to accept; the round closes as soon as it has them
     dropped: int = 0  # participants that went offline without reporting
-    kind: str = "train"  # train | evaluate (federated evaluation: no new model version)
+    # train | evaluate (federated evaluation: no new model version) | statistics (federated
+    # standardization: feature statistics, no new model version; closes as "combined")
+    kind: str = "train"
 
 
 ROUND_COLS = (

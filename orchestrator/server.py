@@ -22,12 +22,14 @@ from dataclasses import asdict, replace
 from fedge.protocol.blob_server import BlobServer
 from fedge.protocol.bundle import Bundle, load_bundle, pack_bundle
 from fedge.protocol.chunks import Chunk, blob_ref, decode_frame
-from fedge.protocol.errors import CodecError, ConfigError, MessageError, TransferError
+from fedge.protocol.errors import CodecError, ConfigError, FedgeError, MessageError, TransferError
 from fedge.protocol.messages import (
     EvalReport,
     FetchRequest,
     Message,
     RoundAbort,
+    Standardization,
+    StatsReport,
     Status,
     TrainConfig,
     UpdateOffer,
@@ -50,6 +52,7 @@ from .registry import DeviceRegistry
 from .robust_aggregation import aggregate_stored, robust_weighting, weigh_stored
 from .round_machine import CloseRound, Finish, LiveRound, OpenRound, RoundMachine, Wait
 from .round_metrics import federated_metrics, training_metrics
+from .standardization_round import check_standardizable, combine_reports
 from .store import RoundRecord, Store
 from .strategies import DeviceInfo, create_strategy
 
@@ -107,7 +110,9 @@ class Orchestrator:
             omittable=static_names(self.bundle.manifest),
             clock=clock,
             budgets=self.budgets,
+            features=check_standardizable(config, self.bundle.manifest),
         )
+        self.standardization: Standardization | None = None  # the run's, once combined
         self.bytes_up = 0  # chunk frame bytes received this round (bytes down: self.blobs)
         self._stop = threading.Event()
         self.global_params: dict = {}
@@ -247,6 +252,7 @@ class Orchestrator:
             if self.evaluator is not None:  # the baseline every later version is compared with
                 baseline = self.evaluator.evaluate(self.bundle.initial_parameters())
                 self.store.set_version_metrics(run_id, 0, baseline)
+        self._load_standardization(run_id)
         version = self._load_global(run_id)
         state = self.store.strategy_state(run_id, version)
         if state is not None:
@@ -261,6 +267,7 @@ class Orchestrator:
             last_round=rounds[-1].round if rounds else 0,
             evaluated_versions={r.model_version for r in rounds if r.kind == "evaluate"},
             current=live,
+            statistics_ready=self.standardization is not None,
         )
         if live is not None:
             log.info(
@@ -300,6 +307,12 @@ class Orchestrator:
             self.cfg.rounds.rounds,
         )
 
+    def _load_standardization(self, run_id: str) -> None:
+        stored = self.store.standardization(run_id)
+        self.standardization = Standardization(*stored) if stored else None
+        if self.evaluator is not None:
+            self.evaluator.standardize(stored)
+
     def _load_global(self, run_id: str) -> int:
         version, self.global_bytes, _sha = self.store.latest_version(run_id)
         self.global_params = decode_tensors(self.global_bytes)
@@ -320,7 +333,9 @@ class Orchestrator:
         log.info(
             "round %d open (%s): model v%d, %d invited for a goal of %d, deadline in %.0f s",
             live.round,
-            "federated evaluation" if live.kind == "evaluate" else "training",
+            {"evaluate": "federated evaluation", "statistics": "feature statistics"}.get(
+                live.kind, "training"
+            ),
             live.model_version,
             len(live.participants),
             live.goal,
@@ -343,6 +358,7 @@ class Orchestrator:
             rounds=self.cfg.rounds,
             now=self.clock(),
             next_round_at=self.rounds.next_round_at,
+            standardize=self.standardization,
         )
         self.transport.publish(self.topics.round_current, task.encode(), retain=True)
 
@@ -365,6 +381,8 @@ class Orchestrator:
             self._abandon(live.round, close.abandon)
         elif live.kind == "evaluate":
             self._close_evaluation(live.round)
+        elif live.kind == "statistics":
+            self._close_statistics(live.round)
         else:
             self._commit(live)
 
@@ -462,6 +480,32 @@ class Orchestrator:
         self._event("round_evaluated", r)
         self._publish_task("closed")
 
+    def _close_statistics(self, round_no: int) -> None:
+        """Federated standardization: combine the reports, store them with the run, and
+        re-score version 0 centrally on the standardized test rows (the baseline)."""
+        try:
+            mean, std, metrics = combine_reports(self.store.eval_reports(self.run_id, round_no))
+        except FedgeError as exc:
+            self._abandon(round_no, str(exc))
+            return
+        self.store.close_statistics(self.run_id, round_no, mean, std, metrics)
+        self.metrics.inc("fedge_rounds_total", state="combined")
+        self._load_standardization(self.run_id)
+        self.rounds.on_statistics()
+        if self.evaluator is not None and self.rounds.version == 0:
+            baseline = self.evaluator.evaluate(self.bundle.initial_parameters())
+            self.store.set_version_metrics(self.run_id, 0, baseline)
+        log.info(
+            "round %d combined feature statistics of %d rows on %d devices (%d features); "
+            "the run trains on standardized features",
+            round_no,
+            metrics["stat_rows"],
+            metrics["stat_devices"],
+            len(mean),
+        )
+        self._event("round_statistics", self._stored_round(round_no))
+        self._publish_task("closed")
+
     def _finish(self) -> None:
         self.store.finish_run(self.run_id)
         self._publish_task("finished")
@@ -553,5 +597,7 @@ class Orchestrator:
             self.intake.on_abort(agent_id, msg)
         elif isinstance(msg, EvalReport):
             self.intake.on_eval_report(agent_id, msg)
+        elif isinstance(msg, StatsReport):
+            self.intake.on_stats_report(agent_id, msg)
         else:
             raise MessageError(f"unexpected {msg.TYPE!r} message from an agent")

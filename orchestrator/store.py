@@ -451,5 +451,49 @@ class Store:
             ]
         )
 
+    # ---- federated standardization ----
+    def close_statistics(
+        self,
+        run_id: str,
+        round_no: int,
+        mean: list[float],
+        std: list[float],
+        metrics: dict[str, Any],
+    ) -> None:
+        """Store the run's combined feature statistics and close the statistics round, in one
+        transaction (a restart finds both or neither)."""
+        self._tx(
+            [
+                (
+                    "INSERT OR REPLACE INTO run_statistics(run_id, round, features, rows, "
+                    "devices, mean, std, created) VALUES (?,?,?,?,?,?,?,?)",
+                    (
+                        run_id,
+                        round_no,
+                        len(mean),
+                        int(metrics.get("stat_rows", 0)),
+                        int(metrics.get("stat_devices", 0)),
+                        json.dumps(mean),
+                        json.dumps(std),
+                        time.time(),
+                    ),
+                ),
+                (
+                    "UPDATE rounds SET state='combined', closed=?, metrics=? "
+                    "WHERE run_id=? AND round=?",
+                    (time.time(), json.dumps(metrics), run_id, round_no),
+                ),
+            ]
+        )
+
+    def standardization(self, run_id: str) -> tuple[list[float], list[float]] | None:
+        """The run's (mean, std) per feature, or None if no statistics round combined them."""
+        if not self._db.row(  # a read-only database older than migration 8
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='run_statistics'"
+        ):
+            return None
+        row = self._db.row("SELECT mean, std FROM run_statistics WHERE run_id=?", (run_id,))
+        return (json.loads(row[0]), json.loads(row[1])) if row else None
+
     def close(self) -> None:
         self._db.close()

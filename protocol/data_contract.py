@@ -26,6 +26,7 @@ import numpy as np
 from .manifest import Manifest
 from .manifest_specs import TensorSpec
 from .sqlite_samples import DataError, DataSource, Samples, read_samples
+from .standardization import StatisticsError, standardize
 
 MAX_EXAMPLES = 3  # rows named per problem
 _INT_RANGES = {name: np.iinfo(name) for name in ("int8", "uint8", "int16", "int32", "int64")}
@@ -163,21 +164,49 @@ def _input_problems(inputs: Sequence[TensorSpec]) -> list[str]:
     return [f"the model has {len(inputs)} inputs ({names}); fedge feeds one input per sample"]
 
 
-def conform_samples(samples: Samples, manifest: Manifest, src: DataSource) -> Samples:
-    """``samples`` cast to the input's and label's dtypes and shaped ``[n, *sample_shape]``;
-    a ``DataError`` listing every problem if they do not fit the bundle."""
+def require_fit(samples: Samples, manifest: Manifest, src: DataSource) -> None:
+    """Raise a ``DataError`` listing every problem if ``samples`` do not fit the bundle."""
     problems = check_samples(samples, manifest, src)
     if problems:
         raise DataError(
             f"the data in {src.path} does not fit model '{manifest.model_name}': "
             + "; ".join(problems)
         )
+
+
+def conform_samples(
+    samples: Samples,
+    manifest: Manifest,
+    src: DataSource,
+    standardization: tuple[list[float], list[float]] | None = None,
+) -> Samples:
+    """``samples`` cast to the input's and label's dtypes and shaped ``[n, *sample_shape]``;
+    a ``DataError`` listing every problem if they do not fit the bundle.
+
+    ``standardization`` (the run's per-feature mean and std) is applied before the cast,
+    in float64; never to an integer input (token ids are not measurements)."""
+    require_fit(samples, manifest, src)
     spec = manifest.input
-    x = samples.x.reshape([len(samples), *spec.sample_shape]).astype(spec.dtype, copy=False)
+    values = samples.x
+    if standardization is not None and standardization[0]:
+        if np.dtype(spec.dtype).kind != "f":
+            raise DataError(
+                f"the run standardizes features but the model's input '{spec.name}' takes "
+                f"{spec.dtype} ids: turn rounds.standardize off for this model"
+            )
+        try:
+            values = standardize(values, *standardization)
+        except StatisticsError as exc:
+            raise DataError(str(exc)) from None
+    x = values.reshape([len(samples), *spec.sample_shape]).astype(spec.dtype, copy=False)
     y = np.asarray(samples.y, dtype=np.float64).astype(manifest.label.dtype, copy=False)
     return Samples(x, y, samples.feature_columns)
 
 
-def read_for_bundle(src: DataSource, manifest: Manifest) -> Samples:
+def read_for_bundle(
+    src: DataSource,
+    manifest: Manifest,
+    standardization: tuple[list[float], list[float]] | None = None,
+) -> Samples:
     """The rows of ``src``, checked against and cast for the bundle (``conform_samples``)."""
-    return conform_samples(read_samples(src, dtype=None), manifest, src)
+    return conform_samples(read_samples(src, dtype=None), manifest, src, standardization)

@@ -36,6 +36,10 @@ MAX_TIMESTAMP = 1e10  # seconds since 1970 (year 2286): wall-clock stamps and de
 MAX_SECONDS = 30 * 24 * 3600.0  # one duration (deadline, retry hint, grace): 30 days
 MAX_PARTICIPANTS = 10_000  # invited devices named in one RoundTask (the 64 KiB limit binds first)
 MAX_METRICS = 64  # entries in one metrics object
+# features of one sample that federated standardization covers: a round task carries two
+# float64 lists of this length and a statistics report three; 512 keeps both far below the
+# 64 KiB control-message limit (worst case ~25 KB / ~37 KB, tests/unit/test_standardization.py)
+MAX_FEATURES = 512
 MAX_NAME = 64  # ids, names, metric keys
 MAX_REASON = 4096  # free-text reasons (agents cut theirs to 500-1000; acks carry ours)
 DEFAULT_MAX_STR = 4096

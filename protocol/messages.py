@@ -17,6 +17,7 @@ from typing import Annotated, Any, ClassVar
 from .errors import MessageError
 from .fields import (
     MAX_CHUNKS,
+    MAX_FEATURES,
     MAX_OBJECT_BYTES,
     MAX_PARTICIPANTS,
     MAX_SAMPLES,
@@ -49,6 +50,7 @@ EVENT_KINDS = (
     "round_started",
     "round_committed",
     "round_evaluated",
+    "round_statistics",  # a statistics round combined the federation's feature statistics
     "round_abandoned",
     "run_finished",
     "version_committed",  # asynchronous runs (protocol/async_messages.py)
@@ -68,6 +70,10 @@ ChunkCount = Annotated[int, Range(0, MAX_CHUNKS)]
 ChunkIndex = Annotated[int, Range(0, MAX_CHUNKS - 1)]
 ContentHash = Annotated[str, Match(r"[0-9a-f]{0,64}", "up to 64 lowercase hex digits")]
 Count = Annotated[int, Range(0, MAX_SAMPLES)]
+FeatureValues = Annotated[list[float], Len(0, MAX_FEATURES)]  # each entry finite (coerce)
+FeatureStds = Annotated[list[Annotated[float, Range(0, None, lo_open=True)]], Len(0, MAX_FEATURES)]
+FeatureCounts = Annotated[list[Annotated[int, Range(1, MAX_SAMPLES)]], Len(1, MAX_FEATURES)]
+FeatureSquares = Annotated[list[Annotated[float, Range(0, None)]], Len(1, MAX_FEATURES)]
 
 
 def new_msg_id() -> str:
@@ -144,12 +150,36 @@ class TrainConfig:
     clip_norm: NonNegative = 0.0  # client-level DP: clip the delta to this L2 norm (0 = off)
     noise_multiplier: NonNegative = 0.0  # client-level DP: noise std = multiplier * clip_norm
     evaluate_only: bool = False  # federated evaluation: evaluate the global model, no training
+    # federated standardization: report per-feature count, sum, sum of squares; no training
+    statistics_only: bool = False
 
     COMPRESSIONS: ClassVar[frozenset[str]] = frozenset(COMPRESSIONS)
 
     def validate(self) -> None:
         if self.compression == "topk" and self.topk_fraction <= 0:
             raise MessageError("train config compression 'topk' needs topk_fraction in (0, 1]")
+        if self.evaluate_only and self.statistics_only:
+            raise MessageError("train config: evaluate_only and statistics_only exclude each other")
+
+
+@dataclass(frozen=True)
+class Standardization:
+    """The run's feature standardization: devices feed ``(x - mean) / std`` per feature.
+    Empty lists: off (the default, and what older orchestrators send by omission)."""
+
+    mean: FeatureValues = field(default_factory=list)
+    std: FeatureStds = field(default_factory=list)
+
+    def validate(self) -> None:
+        if len(self.mean) != len(self.std):
+            raise MessageError(
+                f"standardize has {len(self.mean)} means but {len(self.std)} stds; "
+                "they must be one per feature"
+            )
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.mean)
 
 
 @dataclass(frozen=True)
@@ -169,6 +199,7 @@ class RoundTask(Message):
     deadline: Timestamp = 0.0
     # pace steering: devices not in this round (or done with it) check back after this many s
     retry_after: Seconds = 0.0
+    standardize: Standardization = field(default_factory=Standardization)
 
 
 @dataclass(frozen=True)
@@ -239,6 +270,30 @@ class EvalReport(Message):
 
 
 @dataclass(frozen=True)
+class StatsReport(Message):
+    """Agent -> orchestrator: per-feature count, sum and sum of squares of the device's rows
+    (statistics round of federated standardization; a few numbers per feature, never rows)."""
+
+    TYPE: ClassVar[str] = "stats"
+    msg_id: MsgId
+    agent: AgentId
+    run_id: RunId
+    round: Round
+    model_version: Version
+    num_samples: ReportSamples
+    count: FeatureCounts
+    sum: Annotated[list[float], Len(1, MAX_FEATURES)]
+    sumsq: FeatureSquares
+
+    def validate(self) -> None:
+        if not len(self.count) == len(self.sum) == len(self.sumsq):
+            raise MessageError(
+                f"stats lists differ in length: count {len(self.count)}, sum {len(self.sum)}, "
+                f"sumsq {len(self.sumsq)}; each must have one entry per feature"
+            )
+
+
+@dataclass(frozen=True)
 class RoundEvent(Message):
     """Orchestrator -> watchers (orchestrator/events): progress a person can follow."""
 
@@ -263,6 +318,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         Ack,
         RoundAbort,
         EvalReport,
+        StatsReport,
         RoundEvent,
     )
 }

@@ -18,6 +18,7 @@ from fedge.protocol.messages import (
     FetchRequest,
     RoundAbort,
     RoundTask,
+    StatsReport,
     TrainConfig,
     UpdateOffer,
     new_msg_id,
@@ -114,6 +115,7 @@ class ScriptedOrchestrator:
         self.offers: list[UpdateOffer] = []
         self.aborts: list[RoundAbort] = []
         self.reports: list[EvalReport] = []
+        self.stats: list[StatsReport] = []  # statistics rounds (federated standardization)
         self.deltas: dict[str, bytes] = {}
         self.auto_fetch = True
         self.auto_ack = True
@@ -164,6 +166,8 @@ class ScriptedOrchestrator:
             self.aborts.append(msg)
         elif isinstance(msg, EvalReport):
             self.reports.append(msg)
+        elif isinstance(msg, StatsReport):
+            self.stats.append(msg)
 
     def fetch(self, agent_id: str, offer: UpdateOffer) -> None:
         def request(indices: list[int]) -> None:

@@ -15,6 +15,7 @@ from fedge.protocol.messages import (
     RoundAbort,
     RoundEvent,
     RoundTask,
+    StatsReport,
     Status,
     TrainConfig,
     UpdateOffer,
@@ -154,6 +155,9 @@ VALID: dict[str, dict] = {
             msg_id="m", agent="a", run_id="r", round=1, model_version=1, num_samples=3
         ).encode()
     ),
+    "stats": json.loads(
+        StatsReport("m", "a", "r", 1, 0, 3, [3, 3], [1.5, -2.0], [1.0, 4.0]).encode()
+    ),
     "event": json.loads(
         RoundEvent(run_id="r", kind="round_started", round=1, model_version=0, ts=1.7e9).encode()
     ),
@@ -199,6 +203,10 @@ OUT_OF_BOUNDS = [
     ("round", "config.clip_norm", -1.0, "round.config.clip_norm must be >= 0"),
     ("round", "config.noise_multiplier", 10**400, "noise_multiplier must be a finite number"),
     ("round", "config.evaluate_only", 0, "round.config.evaluate_only must be true or false"),
+    ("round", "config.statistics_only", 1, "round.config.statistics_only must be true or false"),
+    ("round", "standardize.mean", [0.0] * 513, "round.standardize.mean must have at most 512"),
+    ("round", "standardize.std", [0.0], r"round.standardize.std\[0\] must be > 0"),
+    ("round", "standardize", {"mean": [1.0], "std": []}, "1 means but 0 stds"),
     ("round", "deadline", 1e11, "round.deadline must be <= "),
     ("round", "retry_after", 1e9, "round.retry_after must be <= "),
     ("fetch", "msg_id", "", "fetch.msg_id must have at least 1"),
@@ -241,6 +249,18 @@ OUT_OF_BOUNDS = [
     ("eval", "num_samples", 0, "eval.num_samples must be >= 1"),
     ("eval", "num_samples", HUGE, "eval.num_samples must be <= "),
     ("eval", "metrics", {"acc": float("inf")}, "eval.metrics.acc must be a finite number"),
+    ("stats", "msg_id", "", "stats.msg_id must have at least 1"),
+    ("stats", "agent", "a/b", "stats.agent must be 1-64"),
+    ("stats", "run_id", LONG, "stats.run_id must have at most 128"),
+    ("stats", "round", -1, "stats.round must be >= 0"),
+    ("stats", "model_version", HUGE, "stats.model_version must be <= "),
+    ("stats", "num_samples", 0, "stats.num_samples must be >= 1"),
+    ("stats", "count", [], "stats.count must have at least 1"),
+    ("stats", "count", [0, 3], r"stats.count\[0\] must be >= 1"),
+    ("stats", "sum", [1.0] * 513, "stats.sum must have at most 512"),
+    ("stats", "sum", [1.0, float("inf")], r"stats.sum\[1\] must be a finite number"),
+    ("stats", "sumsq", [-1.0, 4.0], r"stats.sumsq\[0\] must be >= 0"),
+    ("stats", "sumsq", [1.0], "stats lists differ in length"),
     ("event", "run_id", LONG, "event.run_id must have at most 128"),
     ("event", "kind", "party", "event.kind must be one of"),
     ("event", "round", HUGE, "event.round must be <= "),
