@@ -1,15 +1,19 @@
 """The dashboard in a real headless Chromium against a live run: Mosquitto, an orchestrator
 process and 3 agent processes. The page shows the devices and the accuracy curve, and updates
-by itself when further rounds commit."""
+by itself when further rounds commit. Also: the page of a run with refusals and an ineligible
+device, and of an asynchronous run, and the page behind a token."""
 
 from __future__ import annotations
 
 import time
 
 import pytest
+from support.async_federation import AsyncFederation
 from support.browser import headless_chromium
-from support.dashboard import DashboardProcess
+from support.dashboard import DashboardProcess, fill_sync_run
 from support.fleet import Fleet, agent_config, orchestrator_config
+
+from fedge.orchestrator.store import Store
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -108,3 +112,56 @@ def test_the_page_shows_a_live_run_and_updates_without_reloading(
         if dash is not None:
             dash.stop()
         fleet.stop_all()
+
+
+def table_text(browser, table_id: str) -> list[list[str]]:
+    return browser.execute_script(
+        f"return [...document.querySelectorAll('#{table_id} tbody tr')]"
+        ".map(tr => [...tr.cells].map(td => td.textContent));"
+    )
+
+
+def test_the_page_shows_reasons_and_an_async_buffer_and_needs_its_token(tmp_path):
+    sync_db, async_db = tmp_path / "sync" / "o.db", tmp_path / "async" / "o.db"
+    sync_db.parent.mkdir()
+    async_db.parent.mkdir()
+    fill_sync_run(Store(sync_db))
+    fed = AsyncFederation(async_db.parent, 3, versions=5, buffer_size=2)
+    fed.train(fed.ask(0), 0.1)  # one delta in the buffer
+    fed.ask(1)  # dev-1 training now
+    browser = headless_chromium()
+    dashes = []
+    try:
+        dash = DashboardProcess(sync_db, "--host", "0.0.0.0", "--interval", "0.5")
+        dashes.append(dash)
+        browser.get(dash.base + "/")  # without the token: nothing but the 401 text
+        assert "needs its token" in browser.find_element("tag name", "body").text
+        browser.get(dash.base + "/?token=" + dash.url.split("?token=")[1])
+        wait_for("the refused updates", lambda: table_text(browser, "refused"), 15)
+        fleet = table_text(browser, "fleet")
+        assert fleet[0][:3] == ["dev-1", "online", "no: on battery"], fleet
+        refused = table_text(browser, "refused")
+        assert [r[:4] for r in refused] == [
+            ["2", "dev-1", "rejected", "norm too large in round 2"],
+            ["1", "dev-1", "rejected", "norm too large in round 1"],
+        ]
+        now = browser.find_element("id", "progress").text
+        assert (
+            "open round\n3" in now
+            and "0 / 2 (2 invited)" in now
+            and "test accuracy (v2)\n0.7000" in now
+        ), now
+
+        dash = DashboardProcess(async_db, "--interval", "0.5")
+        dashes.append(dash)
+        browser.get(dash.url)
+        wait_for("the async buffer", lambda: "buffered" in browser.page_source, 15)
+        now = browser.find_element("id", "progress").text
+        assert "buffered deltas\n1" in now and "devices training\n1" in now, now
+        assert "async" in browser.find_element("id", "run").text
+        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        assert [e for e in errors if "401" not in e["message"]] == [], errors
+    finally:
+        browser.quit()
+        for d in dashes:
+            d.stop()

@@ -130,3 +130,25 @@ def test_bad_arguments_get_one_clear_error(tmp_path, args, message):
     )
     assert proc.returncode == 1 and message in proc.stderr, proc.stderr
     assert proc.stderr.startswith("Error: ") and "Traceback" not in proc.stderr
+
+
+def test_started_before_the_orchestrator_it_follows_the_run_and_reports_a_lost_file(tmp_path):
+    db = tmp_path / "o.db"
+    writer = Store(db)
+    fill_sync_run(writer)
+    writer.close()  # no -wal: a reader opened now reads the file as immutable
+    dash = DashboardProcess(db)
+    try:
+        assert len(dash.snapshot()["versions"]) == 3
+        writer = Store(db)  # the orchestrator (re)starts and commits a round
+        writer.accept_update("r1", 3, "dev-0", "sha", 100, {}, b"z" * 100)
+        writer.commit_round("r1", 3, 3, b"p", "sha", {"test_accuracy": 0.9})
+        assert [v["version"] for v in dash.snapshot()["versions"]] == [0, 1, 2, 3]
+        writer.close()
+        for p in tmp_path.glob("o.db*"):
+            p.unlink()
+        status, body, _ = dash.get("/api/snapshot")
+        assert status == 503 and "does not exist" in json.loads(body)["error"]
+    finally:
+        out = dash.stop()
+    assert "Traceback" not in out, out
