@@ -69,13 +69,19 @@ class DashboardQueries:
             for v, r, c, m in rows
         ]
 
-    def refused_updates(self, run_id: str, limit: int) -> list[dict[str, Any]]:
-        """The newest updates of a synchronous run that were not counted, with the reason."""
+    def last_round(self, run_id: str) -> int:
+        row = self._db.row("SELECT MAX(round) FROM rounds WHERE run_id=?", (run_id,))
+        return int(row[0]) if row and row[0] is not None else 0
+
+    def refused_updates(self, run_id: str, since_round: int, limit: int) -> list[dict[str, Any]]:
+        """The newest updates of a synchronous run from round ``since_round`` on that were not
+        counted, with the reason. (The round bound keeps the scan on the updates_by_round
+        index: a long run has millions of accepted rows and no index on the status.)"""
         marks = ",".join("?" * len(REFUSED_STATUSES))
         return self._db.dicts(
             "SELECT round, agent_id, status, reason, bytes, received FROM updates "
-            f"WHERE run_id=? AND status IN ({marks}) ORDER BY id DESC LIMIT ?",
-            (run_id, *REFUSED_STATUSES, limit),
+            f"WHERE run_id=? AND round>=? AND status IN ({marks}) ORDER BY id DESC LIMIT ?",
+            (run_id, since_round, *REFUSED_STATUSES, limit),
         )
 
     def refused_slots(self, run_id: str, limit: int) -> list[dict[str, Any]]:
@@ -86,21 +92,23 @@ class DashboardQueries:
             (run_id, limit),
         )
 
-    def bytes_per_round(self, run_id: str) -> list[dict[str, Any]]:
-        """Bytes received per round of a synchronous run: counted updates and refused ones."""
+    def bytes_per_round(self, run_id: str, since_round: int) -> list[dict[str, Any]]:
+        """Bytes received per round of a synchronous run from ``since_round`` on: counted
+        updates and refused ones."""
         marks = ",".join("?" * len(REFUSED_STATUSES))
         return self._db.dicts(
             "SELECT round, "
             "SUM(CASE WHEN status='accepted' THEN bytes ELSE 0 END) AS accepted, "
             f"SUM(CASE WHEN status IN ({marks}) THEN bytes ELSE 0 END) AS refused "
-            "FROM updates WHERE run_id=? GROUP BY round ORDER BY round",
-            (*REFUSED_STATUSES, run_id),
+            "FROM updates WHERE run_id=? AND round>=? GROUP BY round ORDER BY round",
+            (*REFUSED_STATUSES, run_id, since_round),
         )
 
-    def bytes_per_version(self, run_id: str) -> list[dict[str, Any]]:
-        """Bytes of the deltas each version of an asynchronous run applied."""
+    def bytes_per_version(self, run_id: str, since_version: int) -> list[dict[str, Any]]:
+        """Bytes of the deltas each version of an asynchronous run applied, from
+        ``since_version`` on."""
         return self._db.dicts(
             "SELECT committed AS round, SUM(bytes) AS accepted, 0 AS refused FROM async_updates "
-            "WHERE run_id=? AND committed IS NOT NULL GROUP BY committed ORDER BY committed",
-            (run_id,),
+            "WHERE run_id=? AND committed>=? GROUP BY committed ORDER BY committed",
+            (run_id, since_version),
         )

@@ -16,6 +16,9 @@ from .queries import DashboardQueries
 
 MAX_DEVICES = 500  # rows in the fleet table; the totals count every device
 MAX_REFUSED = 50  # newest refused updates listed
+# Rounds (async: versions) the bytes chart and the refused list look back over: enough for a
+# readable chart, and it bounds each poll's work on a run of thousands of rounds.
+WINDOW_ROUNDS = 200
 
 
 def _numeric(metrics: dict[str, Any]) -> dict[str, float]:
@@ -58,6 +61,7 @@ def build_snapshot(store: Store, run_id: str | None = None) -> dict[str, Any]:
             "versions": [],
             "refused": [],
             "bytes": [],
+            "window_rounds": WINDOW_ROUNDS,
         }
         if run is None:
             out["waiting"] = (
@@ -81,7 +85,8 @@ def build_snapshot(store: Store, run_id: str | None = None) -> dict[str, Any]:
                 "counters": b.counters(rid),
             }
             out["refused"] = q.refused_slots(rid, MAX_REFUSED)
-            out["bytes"] = q.bytes_per_version(rid)
+            last = out["versions"][-1]["version"] if out["versions"] else 0
+            out["bytes"] = q.bytes_per_version(rid, last - WINDOW_ROUNDS + 1)
         else:
             r = q.open_round(rid)
             if r is not None:
@@ -99,12 +104,15 @@ def build_snapshot(store: Store, run_id: str | None = None) -> dict[str, Any]:
                     "deadline": r.deadline,
                 }
             out["rounds"] = q.round_states(rid)
-            out["refused"] = q.refused_updates(rid, MAX_REFUSED)
+            since = q.last_round(rid) - WINDOW_ROUNDS + 1
+            out["refused"] = q.refused_updates(rid, since, MAX_REFUSED)
             # what the orchestrator served (bundle, parameters) per committed round
             down = {
                 v["round"]: v["metrics"]["bytes_down"]
                 for v in out["versions"]
                 if "bytes_down" in v["metrics"]
             }
-            out["bytes"] = [{**b, "down": down.get(b["round"])} for b in q.bytes_per_round(rid)]
+            out["bytes"] = [
+                {**b, "down": down.get(b["round"])} for b in q.bytes_per_round(rid, since)
+            ]
     return out

@@ -7,6 +7,7 @@ import pytest
 from support.async_federation import AsyncFederation
 from support.dashboard import fill_sync_run
 
+from fedge.orchestrator.dashboard import snapshot
 from fedge.orchestrator.dashboard.serve import DashboardError, is_loopback, resolve_token
 from fedge.orchestrator.dashboard.snapshot import build_snapshot
 from fedge.orchestrator.store import Store
@@ -39,6 +40,15 @@ def test_sync_snapshot_has_fleet_open_round_versions_refusals_and_bytes(tmp_path
         {"round": 1, "accepted": 2048, "refused": 512, "down": 10_000},
         {"round": 2, "accepted": 2048, "refused": 512, "down": 20_000},
     ]
+
+
+def test_bytes_and_refusals_look_back_over_a_window_of_rounds(tmp_path, monkeypatch):
+    monkeypatch.setattr(snapshot, "WINDOW_ROUNDS", 2)  # rounds 2 and 3 of 3
+    fill_sync_run(Store(tmp_path / "o.db"))
+    s = snapshot.build_snapshot(Store.open_read_only(tmp_path / "o.db"))
+    assert [b["round"] for b in s["bytes"]] == [2] and s["window_rounds"] == 2
+    assert [u["round"] for u in s["refused"]] == [2]
+    assert len(s["versions"]) == 3  # the curves keep every version
 
 
 def test_snapshot_of_a_database_without_a_run_says_so(tmp_path):
