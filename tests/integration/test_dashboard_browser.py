@@ -15,7 +15,7 @@ from support.fleet import Fleet, agent_config, orchestrator_config
 
 from fedge.orchestrator.store import Store
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+pytestmark = pytest.mark.integration
 
 DEVICES = 3
 
