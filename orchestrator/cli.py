@@ -1,4 +1,5 @@
-"""Orchestrator commands: ``orchestrator``, ``status``, ``history``, ``plot``, ``model export``.
+"""Orchestrator commands: ``orchestrator``, ``status``, ``history``, ``plot``, ``dashboard``,
+``model export``.
 
 Thin: each parses its arguments, calls one library function and prints the result.
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 
 log = logging.getLogger(__name__)
@@ -19,6 +21,14 @@ EXAMPLE = """Example:
   fedge orchestrator --config orch.toml --continue --set rounds.rounds=30   # 10 more rounds
 
 Every setting can also come from the environment: FEDGE_MQTT_PASSWORD=... for mqtt.password."""
+
+
+DASHBOARD_EXAMPLE = """Example:
+  fedge dashboard --database orchestrator.db
+  (then open http://127.0.0.1:8390/)
+
+  fedge dashboard --database orchestrator.db --host 0.0.0.0 --port 8390
+  (prints http://0.0.0.0:8390/?token=...: open it with this machine's name instead of 0.0.0.0)"""
 
 
 def _db_args(p: argparse.ArgumentParser) -> None:
@@ -84,6 +94,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     _db_args(p)
     p.add_argument("--out", default="fedge-run.png", help="PNG file to write")
     p.set_defaults(func=make_plot)
+
+    p = sub.add_parser(
+        "dashboard",
+        help="a live, read-only web page of the run: fleet, round, curves, refusals, bytes",
+        description="Serve a read-only web page of an orchestrator database that updates while "
+        "the run goes on. It opens the database read-only and never blocks the orchestrator. "
+        "On 127.0.0.1 (the default) it needs no token; bound to any other address it requires "
+        "one on every request (generated and printed unless given).",
+        epilog=DASHBOARD_EXAMPLE,
+        formatter_class=RAW,
+    )
+    _db_args(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8390, help="port (default 8390; 0: any free one)")
+    p.add_argument(
+        "--token",
+        default=os.environ.get("FEDGE_DASHBOARD_TOKEN"),
+        help="require this token (also FEDGE_DASHBOARD_TOKEN); default: none on loopback, "
+        "a generated one elsewhere",
+    )
+    p.add_argument(
+        "--interval", type=float, default=2.0, help="seconds between page updates (default 2)"
+    )
+    p.set_defaults(func=run_dashboard)
 
     p = sub.add_parser(
         "model",
@@ -180,6 +214,40 @@ def make_plot(args: argparse.Namespace) -> int:
         print(f"Wrote {plot_async(store, run_id, args.out, title=f'fedge async run {run_id}')}")
         return 0
     print(f"Wrote {plot_rounds(store.rounds(run_id), args.out, title=f'fedge run {run_id}')}")
+    return 0
+
+
+def run_dashboard(args: argparse.Namespace) -> int:
+    from .dashboard.serve import DashboardError, resolve_token, serve
+    from .history import open_store
+
+    if not 0.2 <= args.interval <= 3600:
+        raise DashboardError(f"--interval {args.interval} must be between 0.2 and 3600 seconds")
+    if not 0 <= args.port <= 65535:
+        raise DashboardError(f"--port {args.port} must be between 0 and 65535")
+    open_store(args.database).close()  # a clear error now if the file is missing or not fedge's
+    token, generated = resolve_token(args.host, args.token)
+
+    def listening(port: int) -> None:
+        host = f"[{args.host}]" if ":" in args.host else args.host
+        url = f"http://{host}:{port}/" + (f"?token={token}" if token else "")
+        print(f"Dashboard of {args.database}: {url}", flush=True)
+        if generated:
+            print(
+                "A token was generated for this non-loopback address; pass --token (or "
+                "FEDGE_DASHBOARD_TOKEN) to keep the same one across restarts.",
+                flush=True,
+            )
+
+    serve(
+        args.database,
+        host=args.host,
+        port=args.port,
+        token=token,
+        run_id=args.run,
+        poll_seconds=args.interval,
+        on_listening=listening,
+    )
     return 0
 
 

@@ -158,6 +158,19 @@ class Database:
             return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
 
     @contextmanager
+    def read_snapshot(self) -> Iterator[None]:
+        """Several reads that see one committed state (a deferred read transaction). In WAL
+        mode a reader never blocks the writer; keep the block short all the same, since a
+        checkpoint cannot pass a snapshot that is still open."""
+        with self._lock, self.errors("reading"):
+            self.conn.execute("BEGIN DEFERRED")
+            try:
+                yield
+            finally:
+                if self.conn.in_transaction:
+                    self.conn.execute("COMMIT")
+
+    @contextmanager
     def transaction(self, action: str = "writing") -> Iterator[sqlite3.Connection]:
         """One IMMEDIATE transaction: committed when the block ends, rolled back on error."""
         if self.read_only:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Run the test suite: make sure Mosquitto and Prometheus are installed, prepare .venv with the
-# dev extras, then run pytest with ARGS (default: the whole suite, -q).
+# Run the test suite: make sure Mosquitto, Prometheus and Chromium are installed, prepare .venv
+# with the dev extras, then run pytest with ARGS (default: the whole suite, -q).
 # Usage: scripts/test.sh [pytest args...]     e.g. scripts/test.sh tests/unit -x
 # Exit code: pytest's; "no tests collected" (pytest's 5) is a failure too.
 set -euo pipefail
@@ -55,6 +55,32 @@ else
         prometheus || die "apt-get install prometheus failed"
     have_prometheus || die "prometheus is still not found after apt-get install"
     say "installed: $(command -v prometheus)"
+fi
+
+# Chromium + ChromeDriver (Debian's packages): tests/integration/test_dashboard_browser.py
+# drives the dashboard page in headless Chromium with selenium. Same pattern: install if
+# missing, never skip. (selenium is given both paths, so it never downloads a driver itself.)
+have_chromium() {
+    { command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ]; } &&
+        { command -v chromedriver >/dev/null 2>&1 || [ -x /usr/bin/chromedriver ]; }
+}
+
+if have_chromium; then
+    say "chromium found: $(command -v chromium || echo /usr/bin/chromium)"
+else
+    say "chromium (or chromedriver) missing: installing chromium and chromium-driver with apt-get"
+    command -v apt-get >/dev/null 2>&1 ||
+        die "apt-get not available: install Chromium and its ChromeDriver yourself, then rerun"
+    SUDO=""
+    if [ "$(id -u)" -ne 0 ]; then
+        command -v sudo >/dev/null 2>&1 || die "not root and no sudo: run 'apt-get install chromium chromium-driver' as root"
+        SUDO="sudo"
+    fi
+    $SUDO apt-get update || die "apt-get update failed"
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+        chromium chromium-driver || die "apt-get install chromium chromium-driver failed"
+    have_chromium || die "chromium is still not found after apt-get install"
+    say "installed: $(command -v chromium || echo /usr/bin/chromium)"
 fi
 
 bash "$ROOT/scripts/setup-venv.sh" dev

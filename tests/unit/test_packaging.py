@@ -56,3 +56,15 @@ def test_ci_lints_and_type_checks_before_the_tests_with_strict_protocol():
     ]
     positions = [next(i for i, s in enumerate(steps) if s.startswith(o)) for o in order]
     assert positions == sorted(positions), steps
+
+
+def test_every_dashboard_static_file_is_package_data():
+    from pathlib import PurePosixPath
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    globs = config["package-data"]["fedge.orchestrator.dashboard"]
+    base = ROOT / "orchestrator" / "dashboard"
+    files = [p.relative_to(base).as_posix() for p in (base / "static").rglob("*") if p.is_file()]
+    assert {"static/index.html", "static/vendor/uPlot.iife.min.js"} <= set(files)
+    missing = [f for f in files if not any(PurePosixPath(f).match(g) for g in globs)]
+    assert not missing, f"add to [tool.setuptools.package-data]: {missing}"
