@@ -37,7 +37,9 @@ def _register_export(subparsers: Any) -> None:
         "  fedge export my_model.py:build --input-shape 3,32,32 --frozen 'features.*' "
         "--out digits.fedge --sign-key keys/signing.key\n"
         "  fedge export model.py:build --input-shape 8 --loss losses.py:SmoothL1Loss "
-        "--torch-loss torch.nn.functional:smooth_l1_loss --out bundles/huber",
+        "--torch-loss torch.nn.functional:smooth_l1_loss --out bundles/huber\n"
+        "  fedge export text.py:build --input-shape 16 --input-dtype int64 --lora 4 "
+        "--lora-targets 'encoder.*' --trainable 'head.*' --out bundles/text-lora",
         formatter_class=_RAW,
     )
     p.add_argument("model", help="package.module:factory or path/to/file.py:factory")
@@ -88,7 +90,30 @@ def _register_export(subparsers: Any) -> None:
         action="append",
         default=None,
         metavar="GLOB",
-        help="train only these parameters (repeatable)",
+        help="train only these parameters (repeatable); with --lora: these besides the adapters",
+    )
+    p.add_argument(
+        "--lora",
+        type=int,
+        default=None,
+        metavar="RANK",
+        help="wrap the --lora-targets Linear layers with rank-RANK adapters and freeze the rest",
+    )
+    p.add_argument(
+        "--lora-targets",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="module paths of the Linear layers to adapt (repeatable), e.g. 'encoder.*'",
+    )
+    p.add_argument(
+        "--lora-alpha",
+        type=float,
+        default=None,
+        help="LoRA alpha; the update is scaled by alpha/rank (default: alpha = rank)",
+    )
+    p.add_argument(
+        "--lora-seed", type=int, default=0, help="seed of the adapters' A init (default: 0)"
     )
     p.add_argument("--num-classes", type=int, default=None)
     p.add_argument("--opset", type=int, default=17)
@@ -160,14 +185,23 @@ def _shape(text: str) -> tuple[int, ...]:
 def _export(args: argparse.Namespace) -> int:
     import time
 
+    from .errors import ExportError
     from .export import export_bundle
     from .loading import load_loss, load_model, load_object
+    from .lora import LoraOptions
 
     out = args.out
     if args.archive and not out.endswith(".fedge"):
         out += ".fedge"
     name = args.name or args.model.rpartition(":")[2]
     started = time.perf_counter()
+    if args.lora is None and (args.lora_targets or args.lora_alpha is not None):
+        raise ExportError("--lora-targets and --lora-alpha need --lora RANK")
+    lora = (
+        LoraOptions(args.lora, tuple(args.lora_targets), args.lora_alpha, args.lora_seed)
+        if args.lora is not None
+        else None
+    )
     model = load_model(args.model)
     path = export_bundle(
         model,
@@ -190,6 +224,7 @@ def _export(args: argparse.Namespace) -> int:
         opset=args.opset,
         sign_key=args.sign_key,
         verify=not args.no_verify,
+        lora=lora,
     )
     elapsed = time.perf_counter() - started
     # Verify with the key just used, so the summary says "verified:<fingerprint>" for a signed
@@ -263,6 +298,9 @@ def _print_summary(bundle: Bundle, path: Path, *, details: bool = False) -> None
     print(
         f"parameters:    {len(specs)} tensors, {n_train:,} trainable + {n_frozen:,} frozen values"
     )
+    if m.lora is not None:
+        layers = ", ".join(a.module for a in m.lora.adapters)
+        print(f"lora:          rank {m.lora.rank}, alpha {m.lora.alpha:g} on {layers}")
     total = sum(f.size for f in m.files.values())
     print(f"files:         {len(m.files)} files, {total / 1024:.1f} KiB")
     ver = m.verification

@@ -8,6 +8,7 @@ with the same weights and options gives the same files and the same content hash
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import shutil
@@ -37,9 +38,10 @@ from fedge.protocol.manifest import (
 )
 from fedge.protocol.tensors import encode_tensors
 
-from . import artifacts, batchnorm, onnx_graph, preflight
+from . import artifacts, batchnorm, lora_merge, onnx_graph, preflight
 from . import verify as parity
 from .errors import ExportError
+from .lora import LoraOptions, apply_lora, trainable_names
 from .portable import add_portable_step
 
 log = logging.getLogger(__name__)
@@ -72,6 +74,7 @@ def export_bundle(
     verify: bool = True,
     portable: bool = True,
     torch_loss: Any = None,
+    lora: LoraOptions | None = None,
 ) -> Path:
     """Export ``model`` to a training bundle at ``out_dir`` and return its path.
 
@@ -83,6 +86,8 @@ def export_bundle(
     ``loss`` may be an ``onnxruntime.training.onnxblock.Block`` instance (a custom loss, see
     docs/exporter.md); ``torch_loss(output, labels)`` is then its PyTorch twin for the step
     check (without it the step check is skipped and says so).
+    ``lora`` wraps the chosen Linear layers of a copy of ``model`` with low-rank adapters; then
+    only the adapters and the parameters ``trainable`` names train (docs/exporter.md, LoRA).
     """
     out = Path(out_dir)
     archive = out.suffix == ARCHIVE_SUFFIX
@@ -94,6 +99,11 @@ def export_bundle(
     _check_destination(out)
 
     preflight.check_supported_layers(model)
+    plain_model, lora_spec = model, None
+    if lora is not None:
+        model, lora_spec = apply_lora(copy.deepcopy(model), lora)
+        names = [n for n, _ in model.named_parameters()]
+        trainable = trainable_names(lora_spec, names, trainable)
     train_names, frozen_names = preflight.select_parameters(
         model, frozen=frozen, trainable=trainable
     )
@@ -175,6 +185,30 @@ def export_bundle(
         onnx_graph.initializers_as_inputs(infer_proto, all_names)
         onnx_graph.save_model(infer_proto, work / "inference.onnx")
         (work / "parameters.safetensors").write_bytes(encode_tensors(params))
+        if lora_spec is not None:
+            merged_path = work / lora_spec.merged_inference
+            lora_merge.write_merged_inference(
+                plain_model,
+                example,
+                merged_path,
+                _state_tensors(plain_model, stat_names),
+                opset=opset,
+                input_name=INPUT_NAME,
+                output_name=output_name,
+            )
+            merge_diff = lora_merge.merge_parity(
+                lora_spec, work / "inference.onnx", merged_path, params, example
+            )
+            patches.append(
+                {
+                    "what": f"LoRA rank {lora_spec.rank} (alpha {lora_spec.alpha:g}) on "
+                    f"{len(lora_spec.adapters)} Linear layer(s): "
+                    + ", ".join(a.module for a in lora_spec.adapters)
+                    + f"; {lora_spec.merged_inference} is the model without adapters",
+                    "why": "only the adapters (and the heads kept trainable) train and travel; "
+                    "fedge model export merges W + alpha/rank * B @ A into a plain model",
+                }
+            )
         if custom_loss:
             label_spec = replace(
                 label_spec, name=artifacts.graph_io(work / "training_model.onnx")[0][1]
@@ -195,6 +229,8 @@ def export_bundle(
             running_stats,
             torch_loss,
         )
+        if lora_spec is not None and verify:
+            numbers["lora_merge_max_abs_diff"] = merge_diff
         training_proto = onnx.load(str(work / "training_model.onnx"), load_external_data=False)
         input_spec = TensorSpec(INPUT_NAME, input_dtype, (None, *map(int, input_shape)))
         if custom_loss:
@@ -241,6 +277,7 @@ def export_bundle(
             patches=tuple(Patch(p["what"], p["why"]) for p in patches),
             running_stats=tuple(RunningStat(s["param"], s["output"]) for s in running_stats),
             portable=portable_step,
+            lora=lora_spec,
         )
         written = write_manifest(work, manifest)
         if sign_key is not None:

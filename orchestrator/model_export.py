@@ -2,7 +2,9 @@
 
 The bundle's ``inference.onnx`` gets that version's parameters as its initializers; a run with
 federated standardization also gets ``(x - mean) / std`` prepended (two initializers, a ``Sub``
-and a ``Div``), so the exported model takes raw features as the devices store them. Rewriting
+and a ``Div``), so the exported model takes raw features as the devices store them. A LoRA
+bundle's adapters are merged into their base weights first (``W + alpha/rank * B @ A``) and
+written into its ``inference_merged.onnx``: the deployed model is a plain one. Rewriting
 initializers needs the ``onnx`` package (``pip install onnx==1.17.0``; it is part of
 ``fedge[exporter]``); everything else here is plain numpy.
 """
@@ -15,6 +17,7 @@ import numpy as np
 
 from fedge.protocol.bundle import Bundle
 from fedge.protocol.errors import FedgeError
+from fedge.protocol.manifest_lora import merge_parameters
 from fedge.protocol.tensors import decode_tensors
 
 from .store import Store
@@ -47,7 +50,15 @@ def export_version(
         raise ModelExportError(
             "exporting a model version needs the onnx package: pip install onnx==1.17.0"
         ) from None
-    model = onnx.load(str(bundle.file("inference.onnx")))
+    graph = "inference.onnx"
+    lora = bundle.manifest.lora
+    if lora is not None:  # deploy a plain model: adapters merged into their base weights
+        try:
+            params = merge_parameters(lora, params)
+        except FedgeError as exc:
+            raise ModelExportError(f"model version {version}: {exc}") from None
+        graph = lora.merged_inference
+    model = onnx.load(str(bundle.file(graph)))
     replaced = set()
     for i, init in enumerate(model.graph.initializer):
         if init.name in params:

@@ -25,6 +25,7 @@ from .manifest_json import (
     decode_manifest_json,
     manifest_bytes,
 )
+from .manifest_lora import LoraSpec, parse_lora
 from .manifest_specs import (
     FileEntry,
     Hyperparameter,
@@ -48,6 +49,7 @@ __all__ = [
     "SIGNATURE_NAME",
     "FileEntry",
     "Hyperparameter",
+    "LoraSpec",
     "LossSpec",
     "Manifest",
     "OptimizerSpec",
@@ -109,6 +111,7 @@ class Manifest:
     patches: tuple[Patch, ...] = ()
     running_stats: tuple[RunningStat, ...] = ()
     portable: PortableStep | None = None
+    lora: LoraSpec | None = None  # adapters over frozen Linear weights (manifest_lora.py)
     files: Mapping[str, FileEntry] = field(default_factory=dict)
     content_hash: str = ""
     # The format the file on disk declared (1: upgraded on load; its hash covers the old layout).
@@ -175,6 +178,8 @@ class Manifest:
         }
         if self.portable is not None:
             body["portable"] = self.portable.to_dict()
+        if self.lora is not None:  # absent otherwise: older bundles keep their content hash
+            body["lora"] = self.lora.to_dict()
         return body
 
     @classmethod
@@ -242,6 +247,7 @@ def _parse(data: Mapping[str, Any], *, draft: bool) -> Manifest:
         patches=tuple(_patch(p, f"patches[{i}]") for i, p in enumerate(r.array("patches"))),
         running_stats=_running_stats(r.array("running_stats"), parameters),
         portable=_portable(r.obj("portable")) if r.has("portable") else None,
+        lora=parse_lora(r.obj("lora"), parameters) if r.has("lora") else None,
         files=files,
         content_hash=content_hash,
         source_format=source,
@@ -249,6 +255,11 @@ def _parse(data: Mapping[str, Any], *, draft: bool) -> Manifest:
     r.done()
     check_task(manifest.task, loss.type, manifest.output, label)
     _check_portable(manifest, draft=draft)
+    if manifest.lora is not None and not draft and manifest.lora.merged_inference not in files:
+        raise BundleError(
+            f"manifest 'lora' names file {manifest.lora.merged_inference!r}, which 'files' "
+            "does not list"
+        )
     return manifest
 
 
