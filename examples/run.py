@@ -18,9 +18,15 @@ import statistics
 import sys
 from pathlib import Path
 
-from runner import Example, ExampleResult, names, run_example
+try:
+    from runner import Example, ExampleResult, names, run_example
 
-from fedge.protocol.errors import FedgeError
+    from fedge.protocol.errors import FedgeError
+except ImportError as exc:  # run with a Python that has no fedge (or no numpy, torch, ...)
+    sys.exit(
+        f"Error: {exc}. Run the examples with the project's environment: "
+        "scripts/setup-venv.sh dev, then .venv/bin/python examples/run.py ..."
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
