@@ -1,54 +1,20 @@
 """A small real federation for one task kind: SQLite tables written as a data owner would
-(INTEGER or REAL labels, REAL or INTEGER feature columns, or typed BLOBs), a Mosquitto broker,
-an orchestrator process and agent processes (tests/integration/test_tasks_*.py)."""
+(``fedge.demo.tables.write_table``: INTEGER or REAL labels, REAL or INTEGER feature columns, or
+typed BLOBs), a Mosquitto broker, an orchestrator process and agent processes
+(tests/integration/test_tasks_*.py). The run's numbers come from ``fedge.demo.run_report``,
+which examples/run.py prints from too."""
 
 from __future__ import annotations
 
-import json
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
+from fedge.demo.run_report import read_run_report
+from fedge.demo.tables import write_table
 
 from .fleet import Fleet, agent_config, orchestrator_config
 
-
-def write_table(
-    path: Path,
-    x: np.ndarray,
-    y: np.ndarray,
-    *,
-    feature_type: str = "REAL",
-    label_type: str = "INTEGER",
-    blob_dtype: str = "",
-    prefix: str = "f",
-) -> Path:
-    """Table ``samples``: columns ``{prefix}0..`` of ``feature_type`` (or one BLOB ``x`` of
-    ``blob_dtype``) and ``label`` of ``label_type`` (INTEGER labels stored as Python ints)."""
-    conn = sqlite3.connect(path)
-    if blob_dtype:
-        conn.execute(f"CREATE TABLE samples (x BLOB, label {label_type})")
-        rows = [
-            (row.astype(blob_dtype).tobytes(), _label(v, label_type))
-            for row, v in zip(x, y, strict=True)
-        ]
-        conn.executemany("INSERT INTO samples VALUES (?, ?)", rows)
-    else:
-        cols = ", ".join(f"{prefix}{i} {feature_type}" for i in range(x.shape[1]))
-        conn.execute(f"CREATE TABLE samples ({cols}, label {label_type})")
-        cast = int if feature_type == "INTEGER" else float
-        rows = [
-            (*[cast(v) for v in row], _label(v, label_type)) for row, v in zip(x, y, strict=True)
-        ]
-        conn.executemany(f"INSERT INTO samples VALUES ({', '.join('?' * (x.shape[1] + 1))})", rows)
-    conn.commit()
-    conn.close()
-    return path
-
-
-def _label(v: float, label_type: str) -> float | int:
-    return int(v) if label_type == "INTEGER" else float(v)
+__all__ = ["FederationResult", "run_federation", "write_table"]
 
 
 @dataclass
@@ -99,19 +65,7 @@ def run_federation(
             raise AssertionError(f"orchestrator exited {code}\n{logs}")
     finally:
         fleet.stop_all()
-    db = sqlite3.connect(db_path)
-    (run_id,) = db.execute("SELECT run_id FROM runs WHERE state='finished'").fetchone()
-    metrics = [
-        json.loads(m)
-        for (m,) in db.execute(
-            "SELECT metrics FROM model_versions WHERE run_id=? ORDER BY version", (run_id,)
-        )
-    ]
-    sizes = [
-        int(n)
-        for (n,) in db.execute(
-            "SELECT bytes FROM updates WHERE run_id=? AND status='accepted'", (run_id,)
-        )
-    ]
-    db.close()
-    return FederationResult(metrics, len(sizes), sizes, logs)
+    report = read_run_report(db_path)
+    if report.state != "finished":
+        raise AssertionError(f"run {report.run_id} is {report.state}, not finished\n{logs}")
+    return FederationResult(report.version_metrics, report.accepted, report.accepted_bytes, logs)
