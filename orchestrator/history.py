@@ -42,28 +42,57 @@ def _fmt(v: Any, width: int, digits: int = 4) -> str:
     return str(v).rjust(width)
 
 
-def _val_accuracy(r: RoundRecord) -> float | None:
-    """Devices' validation accuracy: after training, or of the model in an evaluation round."""
-    return r.metrics.get("val_accuracy", r.metrics.get("fed_val_accuracy"))
+# (header, metric keys in order of preference): the columns a run shows are those of its task
+# (accuracy and F1 / ROC AUC for classifiers, RMSE and MAE for a regression), found in the
+# round metrics themselves, so the table needs no manifest.
+METRIC_COLUMNS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("train_loss", ("train_loss",)),
+    ("val_acc", ("val_accuracy", "fed_val_accuracy")),
+    ("val_rmse", ("val_rmse", "fed_val_rmse")),
+    ("test_acc", ("test_accuracy",)),
+    ("test_f1", ("test_macro_f1",)),
+    ("test_auc", ("test_roc_auc",)),
+    ("test_rmse", ("test_rmse",)),
+    ("test_mae", ("test_mae",)),
+)
+DEFAULT_COLUMNS = ("train_loss", "val_acc", "test_acc")  # a run with no metrics yet
+
+
+def _metric(r: RoundRecord, keys: tuple[str, ...]) -> float | None:
+    return next((r.metrics[k] for k in keys if k in r.metrics), None)
+
+
+def metric_columns(rounds: list[RoundRecord]) -> list[tuple[str, tuple[str, ...]]]:
+    """The task's metric columns: those with a value in some round (train_loss always)."""
+    present = [
+        (head, keys)
+        for head, keys in METRIC_COLUMNS
+        if head == "train_loss" or any(_metric(r, keys) is not None for r in rounds)
+    ]
+    if len(present) == 1:
+        present = [c for c in METRIC_COLUMNS if c[0] in DEFAULT_COLUMNS]
+    return present
 
 
 def history_table(rounds: list[RoundRecord]) -> str:
-    """One line per round: state, counters, the round's main metrics. Federated evaluation
-    rounds have the state ``evaluated`` and show the evaluated model's accuracy."""
+    """One line per round: state, counters, the round's main metrics (the task's: accuracy for
+    a classifier, RMSE/MAE for a regression). Federated evaluation rounds have the state
+    ``evaluated`` and show the evaluated model's metrics."""
+    columns = metric_columns(rounds)
     head = (
         f"{'round':>5} {'ver':>4} {'state':<10} {'rep':>4}/{'goal':<4} {'inv':>4} {'rej':>4} "
         f"{'late':>4} {'dup':>4} {'abrt':>4} {'drop':>4} {'KiB in':>8} {'secs':>6} "
-        f"{'train_loss':>10} {'val_acc':>8} {'test_acc':>8}  note"
+        + " ".join(f"{h:>10}" for h, _ in columns)
+        + "  note"
     )
     lines = [head]
     for r in rounds:
         secs = (r.closed - r.opened) if r.closed else None
+        values = " ".join(_fmt(_metric(r, keys), 10) for _, keys in columns)
         lines.append(
             f"{r.round:>5} {r.model_version:>4} {r.state:<10} {r.reports:>4}/{r.goal or len(r.participants):<4} "
             f"{len(r.participants):>4} {r.rejected:>4} {r.late:>4} {r.duplicates:>4} {r.aborted:>4} "
-            f"{r.dropped:>4} {r.bytes_in / 1024:>8.1f} {_fmt(secs, 6, 1)} "
-            f"{_fmt(r.metrics.get('train_loss'), 10)} {_fmt(_val_accuracy(r), 8)} "
-            f"{_fmt(r.metrics.get('test_accuracy'), 8)}  {r.note}"
+            f"{r.dropped:>4} {r.bytes_in / 1024:>8.1f} {_fmt(secs, 6, 1)} {values}  {r.note}"
         )
     return "\n".join(lines)
 
