@@ -51,3 +51,22 @@ def configure_logging(
     # paho and amqtt are chatty at INFO; keep them at warnings unless debugging.
     for noisy in ("amqtt", "transitions", "paho"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
+    if not verbose:
+        handler.addFilter(OneLineThirdPartyErrors())
+
+
+class OneLineThirdPartyErrors(logging.Filter):
+    """The demo's embedded broker (amqtt) logs a traceback for routine events under load (a
+    client session taken over after a keep-alive timeout): one line with the exception is what
+    a person can follow; ``--verbose`` keeps the whole traceback."""
+
+    PREFIXES = ("amqtt", "transitions")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.name.startswith(self.PREFIXES):
+            exc = record.exc_info[1]
+            record.msg = f"{record.getMessage()} ({type(exc).__name__}: {exc})"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        return True
