@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from fedge.protocol import timeline
 from fedge.protocol.chunks import Chunk
 from fedge.protocol.messages import BlobRef
 from fedge.protocol.transfer import PullTransfer
@@ -58,6 +59,7 @@ class Fetches:
         if transfer is not None and transfer.on_chunk(chunk):
             self.blobs[chunk.sha256] = transfer.result  # type: ignore[assignment]
             del self.transfers[chunk.sha256]
+            timeline.mark("fetched", sha=chunk.sha256[:12])
 
     def tick(self) -> None:
         """Re-request stalled downloads; drop failed ones (the next ``get`` starts afresh)."""

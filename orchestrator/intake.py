@@ -27,6 +27,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from fedge.protocol import timeline
 from fedge.protocol.chunks import Chunk
 from fedge.protocol.errors import TransferError
 from fedge.protocol.messages import (
@@ -249,6 +250,7 @@ class UpdateIntake:
 
     # ---- offers and uploads ----
     def on_offer(self, agent_id: str, offer: UpdateOffer) -> None:
+        timeline.mark("offer_received", round=offer.round, agent=agent_id)
         accepted_sha = self.store.accepted_update(offer.run_id, offer.round, agent_id)
         if accepted_sha is not None:  # counted already: a re-offer after a lost ack, or a duplicate
             if accepted_sha == offer.blob.sha256:
@@ -308,6 +310,7 @@ class UpdateIntake:
         transfer.start()
 
     def _on_upload_complete(self, agent_id: str, offer: UpdateOffer, blob: bytes) -> None:
+        timeline.mark("upload_complete", round=offer.round, agent=agent_id)
         r = self._open_round_for(offer.run_id, offer.round)
         if r is None:
             self.reject(offer, f"round {offer.round} closed during the upload", counter="late")
@@ -335,6 +338,7 @@ class UpdateIntake:
             blob,
         )
         self.rounds.on_accepted(agent_id)
+        timeline.mark("accepted", round=offer.round, agent=agent_id)
         self.metrics.inc("fedge_updates_total", status="accepted")
         self.metrics.inc("fedge_update_bytes_total", len(blob))
         log.info(

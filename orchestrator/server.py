@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, replace
 
+from fedge.protocol import timeline
 from fedge.protocol.blob_server import BlobServer
 from fedge.protocol.bundle import Bundle, load_bundle, pack_bundle
 from fedge.protocol.chunks import Chunk, blob_ref, decode_frame
@@ -315,6 +316,7 @@ class Orchestrator:
             next_round_at=self.rounds.next_round_at,
         )
         self.transport.publish(self.topics.round_current, task.encode(), retain=True)
+        timeline.mark(f"task_{state}", round=task.round)
 
     def _close_round(self, close: CloseRound) -> None:
         live = close.round
@@ -339,6 +341,7 @@ class Orchestrator:
             self._commit(live)
 
     def _commit(self, live: LiveRound) -> None:
+        timeline.mark("closing", round=live.round)
         t_aggregate = time.monotonic()
 
         def stored() -> Iterator[tuple[str, str, int, bytes]]:  # read twice: O(model) memory
@@ -352,6 +355,7 @@ class Orchestrator:
             self.strategy, self.global_params, plan, ((k, d, 1.0) for k, _a, _n, d in stored())
         )
         self.metrics.observe_aggregation(time.monotonic() - t_aggregate)
+        timeline.mark("aggregated", round=live.round)
         if new_params is None:
             self._abandon(live.round, "strategy kept the model")
             return
@@ -366,6 +370,7 @@ class Orchestrator:
             metrics["dp_delta"] = DEFAULT_TARGET_DELTA
         if self.evaluator is not None:
             metrics.update(self.evaluator.evaluate(new_params))
+            timeline.mark("evaluated", round=live.round)
         blob = encode_tensors(new_params)
         state = self.strategy.state_dict()
         self.store.commit_round(
@@ -378,6 +383,7 @@ class Orchestrator:
             keep_deltas=rs.keep_deltas,
             strategy_state=encode_tensors(state) if state else None,
         )
+        timeline.mark("committed", round=live.round)
         self.rounds.on_committed(self._load_global(self.run_id))
         self.metrics.observe_commit(time.monotonic() - t_commit)
         r = self._stored_round(live.round)
@@ -514,6 +520,7 @@ class Orchestrator:
                     sent_before = self.blobs.bytes_sent
                     request = replace(msg, indices=wanted[:allowed])
                     self.blobs.serve(request, self.topics.agent_down(agent_id))
+                    timeline.mark("params_served", agent=agent_id)
                     self.metrics.count_bytes("down", self.blobs.bytes_sent - sent_before)
             elif self.budgets.should_log(agent_id, "fetch"):
                 log.info("%s asked for unknown object %s", agent_id, msg.sha256[:12])
