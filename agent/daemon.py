@@ -408,7 +408,7 @@ class Agent:
         elif step.action is Action.FETCH_PARAMS:
             if task.params.sha256 not in self.fetches.transfers:
                 timeline.mark("params_requested", round=task.round, agent=self.cfg.id)
-            return self.fetches.get(task.params) is not None
+            return self.fetches.get(task.params, pushed=task.params_pushed) is not None
         else:
             self._run_round(task, step)
         return False
@@ -482,8 +482,8 @@ class Agent:
             self.clock.monotonic() - started,
             len(item.blob or b""),
         )
+        self._work_outbox()  # the offer first: the round waits for it, not for the status
         self._publish_status("idle")
-        self._work_outbox()
 
     # ---- outgoing ----
     def _abort(self, task: RoundTask, reason: str) -> None:

@@ -66,6 +66,9 @@ def round_task(
         deadline=live.deadline if live else 0.0,
         config=replace(config, evaluate_only=bool(live and live.kind == "evaluate")),
         retry_after=round(retry_after, 1),
+        # small parameters go to each participant unasked (server._push_params)
+        params_pushed=live is not None and 0 < params.size <= rounds.inline_max_bytes,
+        inline_max_bytes=rounds.inline_max_bytes,
     )
 
 

@@ -12,11 +12,13 @@ from typing import Annotated
 
 from fedge.protocol.errors import ConfigError
 from fedge.protocol.fields import (
+    MAX_INLINE_BYTES,
     MAX_PARTICIPANTS,
     MAX_ROUND,
     MAX_SECONDS,
     NAME,
     Fraction,
+    InlineSize,
     Len,
     NonNegative,
     OneOf,
@@ -76,6 +78,9 @@ class RoundSettings:
     # federated evaluation: after every N committed rounds, one round in which the devices
     # evaluate that model version on their validation rows (0 = never)
     evaluate_every: Annotated[int, Range(0, MAX_ROUND)] = 0
+    # objects up to this size skip the pull round trip: the global parameters are pushed to
+    # each participant with the task, a delta may come inline in its offer (0 = always pull)
+    inline_max_bytes: InlineSize = MAX_INLINE_BYTES
 
     def validate(self) -> None:
         """Combinations that would stall a run or mislead (each key alone is in range)."""

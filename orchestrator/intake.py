@@ -19,6 +19,8 @@ per-message log lines are limited per device and kind, with a periodic summary.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import logging
 import time
@@ -84,6 +86,7 @@ class UpdateIntake:
         omittable: frozenset[str] = frozenset(),  # frozen names an update may leave out
         clock: Callable[[], float] = time.monotonic,
         budgets: DeviceBudgets | None = None,
+        inline_max_bytes: int = 0,  # deltas up to this size are taken inline from the offer
     ) -> None:
         self.store = store
         self.rounds = rounds
@@ -92,6 +95,7 @@ class UpdateIntake:
         self.metrics = metrics
         self._max_norm = max_update_norm
         self._omittable = omittable
+        self._inline_max = inline_max_bytes
         self._clock = clock
         self._recent = RecentIds()
         self.budgets = budgets or DeviceBudgets(metrics=metrics, clock=clock)
@@ -295,6 +299,10 @@ class UpdateIntake:
             if busy[1].blob.sha256 != offer.blob.sha256:  # a second upload at once: refused
                 self.ack(offer, False, "another upload from this device is in progress")
             return
+        if offer.inline and offer.blob.size <= self._inline_max:
+            self._take_inline(agent_id, offer)
+            return
+        # no inline delta, or one over our limit: fetch the blob (the inline text is ignored)
         limit = 4 * sum(int(a.nbytes) for a in self._global_params().values()) + (1 << 20)
 
         def request(indices: list[int], agent: str = agent_id, sha: str = offer.blob.sha256):
@@ -308,6 +316,25 @@ class UpdateIntake:
             return
         self.uploads[agent_id] = (transfer, offer)
         transfer.start()
+
+    def _take_inline(self, agent_id: str, offer: UpdateOffer) -> None:
+        """A small delta carried in the offer: the same size and sha256 checks a fetched one
+        passes, then the same validation."""
+        try:
+            blob = base64.b64decode(offer.inline, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            self.reject(offer, f"inline delta is not valid base64: {exc}")
+            return
+        sha = hashlib.sha256(blob).hexdigest()
+        if len(blob) != offer.blob.size or sha != offer.blob.sha256:
+            self.reject(
+                offer,
+                f"inline delta fails its integrity check: {len(blob)} bytes with sha256 "
+                f"{sha[:12]}, the offer announces {offer.blob.size} bytes with sha256 "
+                f"{offer.blob.sha256[:12]}",
+            )
+            return
+        self._on_upload_complete(agent_id, offer, blob)
 
     def _on_upload_complete(self, agent_id: str, offer: UpdateOffer, blob: bytes) -> None:
         timeline.mark("upload_complete", round=offer.round, agent=agent_id)

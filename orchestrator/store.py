@@ -183,6 +183,30 @@ class Store:
             ]
         )
 
+    def add_version_metrics(self, run_id: str, version: int, metrics: dict[str, Any]) -> None:
+        """Merge ``metrics`` (a later central evaluation) into a committed version's metrics
+        and those of the round that made it: one transaction."""
+        with self._db.transaction("adding evaluation metrics to") as conn:
+            row = conn.execute(
+                "SELECT round, metrics FROM model_versions WHERE run_id=? AND version=?",
+                (run_id, version),
+            ).fetchone()
+            if row is None:
+                raise StoreError(f"run {run_id} has no model version {version}")
+            conn.execute(
+                "UPDATE model_versions SET metrics=? WHERE run_id=? AND version=?",
+                (json.dumps({**json.loads(row[1] or "{}"), **metrics}), run_id, version),
+            )
+            rnd = conn.execute(
+                "SELECT metrics FROM rounds WHERE run_id=? AND round=? AND state='committed'",
+                (run_id, row[0]),
+            ).fetchone()
+            if rnd is not None:
+                conn.execute(
+                    "UPDATE rounds SET metrics=? WHERE run_id=? AND round=?",
+                    (json.dumps({**json.loads(rnd[0] or "{}"), **metrics}), run_id, row[0]),
+                )
+
     def strategy_state(self, run_id: str, version: int) -> bytes | None:
         row = self._db.row(
             "SELECT state FROM strategy_state WHERE run_id=? AND version=?", (run_id, version)
