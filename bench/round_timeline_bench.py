@@ -9,7 +9,8 @@ its own file; the bench merges them and prints, per step, the median over the st
 was published -- for device steps the last device's time (the round waits for it) and the
 median device's.
 
-Baseline, measured in the same run after the federation stops (so nothing competes with it):
+The agents run at nice 0 (their default, 10, leaves a device's cores to its owner; on a shared
+machine it would measure the other jobs). Baseline, measured in the same run after the federation stops (so nothing competes with it):
 the same 10 devices' local training in this one process, ``train_locally`` with the same
 backend, bundle, rows and round config (session load, training, validation; what an agent
 does per round), summed over the devices; median over ``--rounds`` repetitions. The ratio is
@@ -64,6 +65,9 @@ STEPS = [
 ]
 
 
+CPU_SECONDS: list[tuple[float, float]] = []  # per run: CPU s per steady round, agents / orch
+
+
 def export(out: Path, n_features: int, n_classes: int) -> Path:
     from fedge.demo import models
     from fedge.exporter.export import export_bundle
@@ -109,6 +113,7 @@ def run_federation(tmp: Path, fed, bundle: Path, args) -> dict[int, dict[str, li
         )
 
     user = "fedge-orchestrator"
+    samples: list[tuple[float, float, float]] = []  # (time, agents' CPU s, orchestrator's)
     try:
         for i, aid in enumerate(ids):
             start(
@@ -119,6 +124,9 @@ def run_federation(tmp: Path, fed, bundle: Path, args) -> dict[int, dict[str, li
                     "federation": broker.federation,
                     "state_dir": str(tmp / "state" / aid),
                     "backend": "ort-training",
+                    # like the baseline (this process): the agents' default nice 10 would
+                    # measure how the other jobs on a shared machine starve them
+                    "nice": 0,
                     "mqtt": {
                         "url": broker.url,
                         "username": aid,
@@ -154,15 +162,35 @@ def run_federation(tmp: Path, fed, bundle: Path, args) -> dict[int, dict[str, li
                 "evaluation": {"enabled": True, "data": {"path": str(fed.test_path)}},
             },
         )
-        try:
-            procs[-1].wait(timeout=args.timeout)
-        except subprocess.TimeoutExpired:
+        import psutil
+
+        watched = [psutil.Process(p.pid) for p in procs]
+        deadline = time.monotonic() + args.timeout
+        while procs[-1].poll() is None and time.monotonic() < deadline:
+            cpu = []
+            for w in watched:
+                try:
+                    t = w.cpu_times()
+                    cpu.append(t.user + t.system)
+                except psutil.Error:
+                    cpu.append(float("nan"))
+            samples.append((time.time(), sum(cpu[:-1]), cpu[-1]))
+            time.sleep(0.1)
+        if procs[-1].poll() is None:
             print(f"orchestrator still running after {args.timeout:.0f} s: stopping it")
     finally:
         stop_processes(procs)
         broker.stop()
     orch = read_events(files["orchestrator"])
     opens = {e["round"]: e["t"] for e in orch if e["event"] == "task_open"}
+    steady = [r for r in sorted(opens) if r >= 3]
+    if len(steady) >= 2:  # CPU spent between the first and the last steady round's opening
+        t0, t1 = opens[steady[0]], opens[steady[-1]]
+        first = next((s for s in samples if s[0] >= t0), None)
+        last = next((s for s in reversed(samples) if s[0] <= t1), None)
+        if first and last and last[0] > first[0]:
+            n = (last[0] - first[0]) / ((t1 - t0) / (len(steady) - 1))  # rounds in between
+            CPU_SECONDS.append(((last[1] - first[1]) / n, (last[2] - first[2]) / n))
     out: dict[int, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r, t0 in opens.items():
         out[r]["task_open"].append(0.0)
@@ -292,6 +320,13 @@ def main() -> int:
             f"{args.devices} devices {bt * 1000:.0f} ms; ratio {rt / bt:.2f}; goal "
             f"<= {goal * 1000:.0f} ms: {'met' if rt <= goal else 'not met'}"
         )
+        if CPU_SECONDS:
+            agents_cpu = statistics.median(a for a, _o in CPU_SECONDS)
+            orch_cpu = statistics.median(o for _a, o in CPU_SECONDS)
+            print(
+                f"CPU per steady round: all {args.devices} agents {agents_cpu * 1000:.0f} ms, "
+                f"orchestrator {orch_cpu * 1000:.0f} ms (in-process training {bt * 1000:.0f} ms)"
+            )
         print(
             "per run (round, training, ratio): "
             + "; ".join(f"{r * 1000:.0f}/{b * 1000:.0f}/{r / b:.2f}" for r, b in run_medians)

@@ -171,6 +171,7 @@ class Orchestrator:
                 self.poll(0.2)
         finally:
             self.transport.stop()
+            self.registry.flush(everything=True)
             self.store.close()
             if self.metrics_server is not None:
                 self.metrics_server.stop()
@@ -184,7 +185,10 @@ class Orchestrator:
         self.budgets.queue_full(queue_drops - self._queue_drops)
         self._queue_drops = queue_drops
         self.budgets.tick()
+        self.registry.flush()
         self._decide()
+        if self._closed_unannounced:  # no round opened right after the commit
+            self._publish_task("closed")
         self._evaluate_pending()
 
     def _decide(self) -> None:
@@ -313,6 +317,7 @@ class Orchestrator:
         return train_config(self.cfg.rounds, self.strategy)
 
     def _publish_task(self, state: str) -> None:
+        self._closed_unannounced = False
         task = self._task(state)
         self.transport.publish(self.topics.round_current, task.encode(), retain=True)
         timeline.mark(f"task_{state}", round=task.round)
@@ -423,7 +428,9 @@ class Orchestrator:
             ),
         )
         self._event("round_committed", r)
-        self._publish_task("closed")
+        # announced at the end of this turn unless the next round's task replaces it at once
+        # (one retained fan-out to every device saved per round)
+        self._closed_unannounced = True
         if self.evaluator is not None:  # after the next round opens (tick), not before
             self._to_evaluate.append((self.rounds.version, live.round, new_params))
 

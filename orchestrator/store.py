@@ -68,6 +68,14 @@ class Store:
                 conn.execute(sql, args)
 
     # ---- devices ----
+    _UPSERT_DEVICE = (
+        "INSERT INTO devices(agent_id, state, backend, num_samples, eligible, reason, "
+        "version, last_seen) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(agent_id) DO UPDATE "
+        "SET state=excluded.state, backend=excluded.backend, "
+        "num_samples=excluded.num_samples, eligible=excluded.eligible, "
+        "reason=excluded.reason, version=excluded.version, last_seen=excluded.last_seen"
+    )
+
     def upsert_device(
         self,
         agent_id: str,
@@ -78,25 +86,16 @@ class Store:
         reason: str,
         version: str,
     ) -> None:
+        self.upsert_devices([(agent_id, state, backend, num_samples, eligible, reason, version)])
+
+    def upsert_devices(self, rows: list[tuple[str, str, str, int, bool, str, str]]) -> None:
+        """Several devices' rows (agent id, state, backend, samples, eligible, reason,
+        version) in one transaction."""
+        now = time.time()
         self._tx(
             [
-                (
-                    "INSERT INTO devices(agent_id, state, backend, num_samples, eligible, reason, "
-                    "version, last_seen) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(agent_id) DO UPDATE "
-                    "SET state=excluded.state, backend=excluded.backend, "
-                    "num_samples=excluded.num_samples, eligible=excluded.eligible, "
-                    "reason=excluded.reason, version=excluded.version, last_seen=excluded.last_seen",
-                    (
-                        agent_id,
-                        state,
-                        backend,
-                        num_samples,
-                        int(eligible),
-                        reason,
-                        version,
-                        time.time(),
-                    ),
-                )
+                (self._UPSERT_DEVICE, (a, st, b, n, int(e), r, v, now))
+                for a, st, b, n, e, r, v in rows
             ]
         )
 

@@ -1,5 +1,7 @@
-"""Central evaluation is off the round's critical path: the next round opens (its task is
-published) before the last version is evaluated, and the metrics still land on that version.
+"""Between two rounds, nothing waits that need not: the next round's task replaces the
+commit's "closed" one at once, and central evaluation is off the critical path: the next round
+opens (its task is published) before the last version is evaluated, and the metrics still land
+on that version.
 A real Orchestrator and SQLite store on the in-memory transport; the evaluator is a recorder
 (the toy bundle holds no runnable model; the real CentralEvaluator has its integration tests)."""
 
@@ -77,3 +79,36 @@ def test_the_next_round_opens_before_the_evaluation_and_the_metrics_land_on_the_
         (2, 0.7),
     ]
     assert kinds[-1] == "run_finished"
+
+
+def _task_states(watcher) -> list[tuple[str, int]]:
+    out = []
+    while (item := watcher.get(timeout=0)) is not None:
+        task = parse_message(item[1], RoundTask)
+        assert isinstance(task, RoundTask)
+        out.append((task.state, task.round))
+    return out
+
+
+def _watch_tasks(fed: MemoryFederation):
+    watcher = fed.broker.client("task-watcher")
+    watcher.subscribe(fed.orch.topics.round_current)
+    watcher.start()
+    return watcher
+
+
+def test_the_next_task_replaces_the_closed_one_when_it_opens_at_once(tmp_path):
+    fed = MemoryFederation(tmp_path, 2, rounds=2)
+    watcher = _watch_tasks(fed)  # the retained task: round 1 open
+    _train_round(fed, 0.1)
+    _train_round(fed, 0.2)
+    assert _task_states(watcher) == [("open", 1), ("open", 2), ("finished", 0)]
+
+
+def test_a_commit_is_announced_closed_when_no_round_can_open_yet(tmp_path):
+    fed = MemoryFederation(tmp_path, 2, rounds=2)
+    watcher = _watch_tasks(fed)
+    fed.devices[1].status("ineligible")  # round 2 will lack its second device
+    _train_round(fed, 0.1)
+    assert fed.round(1).state == "committed" and fed.orch.current is None
+    assert _task_states(watcher) == [("open", 1), ("closed", 0)]
