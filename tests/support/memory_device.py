@@ -145,7 +145,11 @@ class MemoryDevice:
             blob=blob_ref(blob),
             num_samples=self.samples,
             metrics=metrics or {"train_loss": 1.0},
-            inline=base64.b64encode(blob if inline is True else inline or b"").decode(),
+            **(
+                {"inline": base64.b64encode(blob if inline is True else inline).decode()}
+                if inline
+                else {}
+            ),
         )
         self.send(offer)
         return offer

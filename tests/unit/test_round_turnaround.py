@@ -30,6 +30,9 @@ class RecordingEvaluator:
 
 def _train_round(fed: MemoryFederation, value: float) -> None:
     for d in fed.devices:
+        if d.params is None:  # not pushed (an orchestrator that does not push): pull them
+            d.fetch_params()
+            fed.settle()
         template = d.params
         assert template is not None
         d.offer({n: np.full(a.shape, value, a.dtype) for n, a in template.items()}, inline=True)
