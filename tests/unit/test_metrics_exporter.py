@@ -132,6 +132,7 @@ def test_reason_codes_are_a_closed_set() -> None:
     assert rejection_code("device was not selected for this round") == "not_selected"
     assert rejection_code("update is for model v2, the round trains v3") == "stale_model_version"
     assert rejection_code("object 0123 is 99 bytes; limit 10") == "too_large"
+    assert rejection_code("inline delta fails its integrity check: 5 bytes") == "malformed"
     assert rejection_code("'fc.bias' has shape [3], expected [2]") == "shape_mismatch"
     assert rejection_code("the moon is in the wrong phase") == "other"
     assert abort_code("training failed: RuntimeError: boom") == "training_failed"
