@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from fedge.protocol.bundle import Bundle, load_bundle, unpack_bundle
@@ -20,6 +21,9 @@ from .state import AgentState
 log = logging.getLogger(__name__)
 
 KEEP_BUNDLES = 3
+# a bundle in use is looked up several times a round: while it stays the most recently used
+# one, record its use at most this often (a SQLite commit each; the order is unchanged by it)
+REMEMBER_SECONDS = 60.0
 
 
 def _size(path: Path) -> int:
@@ -43,6 +47,7 @@ class BundleCache:
         self._loaded: dict[str, Bundle] = {}
         self._state = state
         self._keep = keep
+        self._newest: tuple[str, float] = ("", float("-inf"))  # last use recorded (monotonic)
 
     def _load(self, path: Path) -> Bundle:
         return load_bundle(
@@ -53,7 +58,9 @@ class BundleCache:
         """The cached bundle, re-verified; None if absent (a corrupt copy is deleted)."""
         path = self.root / content_hash
         if content_hash in self._loaded:
-            self._remember(content_hash, path)  # the last use orders the pruning
+            newest, at = self._newest
+            if newest != content_hash or time.monotonic() - at >= REMEMBER_SECONDS:
+                self._remember(content_hash, path)  # the last use orders the pruning
             return self._loaded[content_hash]
         if not path.is_dir():
             return None
@@ -78,6 +85,7 @@ class BundleCache:
         disk) must not fail the round: it is logged and the bundle is used all the same."""
         if self._state is None:
             return
+        self._newest = (content_hash, time.monotonic())
         try:
             self._state.remember_bundle(content_hash, _size(path))
         except (FedgeError, OSError) as exc:

@@ -15,6 +15,7 @@ import sqlite3
 import threading
 import time
 
+from fedge.protocol import timeline
 from fedge.protocol.blob_server import BlobServer
 from fedge.protocol.bundle import Bundle
 from fedge.protocol.chunks import decode_frame
@@ -218,6 +219,7 @@ class Agent:
                 if isinstance(msg, FetchRequest):
                     if not self.server.serve(msg, self.topics.agent_up_chunk(me)):
                         log.info("asked for %s, no longer in the outbox", msg.sha256[:12])
+                    timeline.mark("delta_served", agent=me)
                 elif isinstance(msg, Ack):
                     self._on_ack(msg)
                 elif isinstance(msg, RoundTask):  # a slot of an asynchronous run
@@ -238,6 +240,8 @@ class Agent:
         news = round_news(self._seen_task, task, self.cfg.id, self.clock.time())
         if news:
             log.info("%s", news)
+            if task.state == "open" and self.cfg.id in task.participants:
+                timeline.mark("task_received", round=task.round, agent=self.cfg.id)
         self._seen_task = task
         self.task = task
         self.slots.holding = False
@@ -258,6 +262,7 @@ class Agent:
             self._publish(self.topics.agent_up_msg(self.cfg.id), msg.encode())
 
     def _on_ack(self, ack: Ack) -> None:
+        timeline.mark("ack_received", round=ack.round, agent=self.cfg.id)
         if not ack.sha256:  # an evaluation report's ack (reports have no blob)
             if ack.accepted:
                 log.info("round %d: report acked: %s", ack.round, ack.reason or "counted")
@@ -347,6 +352,7 @@ class Agent:
             else:
                 self._publish(self.topics.agent_up_msg(self.cfg.id), item.offer)
                 self._last_offer[item.sha256] = self.clock.monotonic()
+                timeline.mark("offer_sent", round=item.round, agent=self.cfg.id)
 
     def _send_report(self) -> None:
         """Send the open evaluation round's report (again) until the orchestrator acks it."""
@@ -404,7 +410,9 @@ class Agent:
         elif step.action is Action.FETCH_BUNDLE:
             return self._install_bundle(task)
         elif step.action is Action.FETCH_PARAMS:
-            return self.fetches.get(task.params) is not None
+            if task.params.sha256 not in self.fetches.transfers:
+                timeline.mark("params_requested", round=task.round, agent=self.cfg.id)
+            return self.fetches.get(task.params, pushed=task.params_pushed) is not None
         else:
             self._run_round(task, step)
         return False
@@ -454,9 +462,11 @@ class Agent:
     def _train(self, task: RoundTask, bundle: Bundle, params: bytes) -> None:
         started = self.clock.monotonic()
         self.state.set_journal(task.run_id, task.round, "training")
+        timeline.mark("train_start", round=task.round, agent=self.cfg.id)
         samples = self.runner.read_local(bundle, task.standardize)
         self._publish_status("training")
         update = self.runner.train(task, bundle, params, samples)
+        timeline.mark("train_end", round=task.round, agent=self.cfg.id)
         step = after_training(update.problem, stopping=self._stop.is_set())
         if step.action is Action.INTERRUPT:
             log.info(
@@ -479,8 +489,8 @@ class Agent:
             self.clock.monotonic() - started,
             len(item.blob or b""),
         )
+        self._work_outbox()  # the offer first: the round waits for it, not for the status
         self._publish_status("idle")
-        self._work_outbox()
 
     # ---- outgoing ----
     def _abort(self, task: RoundTask, reason: str) -> None:

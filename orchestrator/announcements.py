@@ -73,6 +73,9 @@ def round_task(
         ),
         retry_after=round(retry_after, 1),
         standardize=standardize or Standardization(),
+        # small parameters go to each participant unasked (server._push_params)
+        params_pushed=live is not None and 0 < params.size <= rounds.inline_max_bytes,
+        inline_max_bytes=rounds.inline_max_bytes,
     )
 
 

@@ -148,6 +148,7 @@ class BufferedOrchestrator(Orchestrator):
         self.budgets.queue_full(queue_drops - self._queue_drops)
         self._queue_drops = queue_drops
         self.budgets.tick()
+        self.registry.flush()  # status flips held back (registry.FLIP_SECONDS)
         for agent_id, (transfer, _offer, _slot) in list(self.async_uploads.items()):
             transfer.tick()
             if transfer.failed:

@@ -12,11 +12,13 @@ from typing import Annotated
 
 from fedge.protocol.errors import ConfigError
 from fedge.protocol.fields import (
+    MAX_INLINE_BYTES,
     MAX_PARTICIPANTS,
     MAX_ROUND,
     MAX_SECONDS,
     NAME,
     Fraction,
+    InlineSize,
     Len,
     NonNegative,
     OneOf,
@@ -80,6 +82,9 @@ class RoundSettings:
     # which devices report per-feature count, sum and sum of squares; the run then trains on
     # (x - mean) / std (docs/data.md)
     standardize: bool = False
+    # objects up to this size skip the pull round trip: the global parameters are pushed to
+    # each participant with the task, a delta may come inline in its offer (0 = always pull)
+    inline_max_bytes: InlineSize = MAX_INLINE_BYTES
 
     def validate(self) -> None:
         """Combinations that would stall a run or mislead (each key alone is in range)."""

@@ -19,6 +19,8 @@ per-message log lines are limited per device and kind, with a periodic summary.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import logging
 import time
@@ -27,6 +29,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from fedge.protocol import timeline
 from fedge.protocol.chunks import Chunk
 from fedge.protocol.errors import TransferError
 from fedge.protocol.messages import (
@@ -86,6 +89,7 @@ class UpdateIntake:
         clock: Callable[[], float] = time.monotonic,
         budgets: DeviceBudgets | None = None,
         features: int = 0,  # features per sample (the model input's): statistics reports
+        inline_max_bytes: int = 0,  # deltas up to this size are taken inline from the offer
     ) -> None:
         self.store = store
         self._features = features
@@ -95,6 +99,7 @@ class UpdateIntake:
         self.metrics = metrics
         self._max_norm = max_update_norm
         self._omittable = omittable
+        self._inline_max = inline_max_bytes
         self._clock = clock
         self._recent = RecentIds()
         self.budgets = budgets or DeviceBudgets(metrics=metrics, clock=clock)
@@ -296,6 +301,7 @@ class UpdateIntake:
 
     # ---- offers and uploads ----
     def on_offer(self, agent_id: str, offer: UpdateOffer) -> None:
+        timeline.mark("offer_received", round=offer.round, agent=agent_id)
         accepted_sha = self.store.accepted_update(offer.run_id, offer.round, agent_id)
         if accepted_sha is not None:  # counted already: a re-offer after a lost ack, or a duplicate
             if accepted_sha == offer.blob.sha256:
@@ -341,6 +347,10 @@ class UpdateIntake:
             if busy[1].blob.sha256 != offer.blob.sha256:  # a second upload at once: refused
                 self.ack(offer, False, "another upload from this device is in progress")
             return
+        if offer.inline and offer.blob.size <= self._inline_max:
+            self._take_inline(agent_id, offer)
+            return
+        # no inline delta, or one over our limit: fetch the blob (the inline text is ignored)
         limit = 4 * sum(int(a.nbytes) for a in self._global_params().values()) + (1 << 20)
 
         def request(indices: list[int], agent: str = agent_id, sha: str = offer.blob.sha256):
@@ -355,7 +365,27 @@ class UpdateIntake:
         self.uploads[agent_id] = (transfer, offer)
         transfer.start()
 
+    def _take_inline(self, agent_id: str, offer: UpdateOffer) -> None:
+        """A small delta carried in the offer: the same size and sha256 checks a fetched one
+        passes, then the same validation."""
+        try:
+            blob = base64.b64decode(offer.inline, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            self.reject(offer, f"inline delta is not valid base64: {exc}")
+            return
+        sha = hashlib.sha256(blob).hexdigest()
+        if len(blob) != offer.blob.size or sha != offer.blob.sha256:
+            self.reject(
+                offer,
+                f"inline delta fails its integrity check: {len(blob)} bytes with sha256 "
+                f"{sha[:12]}, the offer announces {offer.blob.size} bytes with sha256 "
+                f"{offer.blob.sha256[:12]}",
+            )
+            return
+        self._on_upload_complete(agent_id, offer, blob)
+
     def _on_upload_complete(self, agent_id: str, offer: UpdateOffer, blob: bytes) -> None:
+        timeline.mark("upload_complete", round=offer.round, agent=agent_id)
         r = self._open_round_for(offer.run_id, offer.round)
         if r is None:
             self.reject(offer, f"round {offer.round} closed during the upload", counter="late")
@@ -383,6 +413,7 @@ class UpdateIntake:
             blob,
         )
         self.rounds.on_accepted(agent_id)
+        timeline.mark("accepted", round=offer.round, agent=agent_id)
         self.metrics.inc("fedge_updates_total", status="accepted")
         self.metrics.inc("fedge_update_bytes_total", len(blob))
         log.info(

@@ -22,6 +22,11 @@ log = logging.getLogger(__name__)
 
 
 REWRITE_SECONDS = 60.0  # an unchanged status is written again at most this often (last_seen)
+# A device flips idle -> training -> idle every round: such a flip (nothing else changed) is
+# written at most this often per device, the latest one by ``flush`` -- a SQLite commit per
+# flip would sit on the round's critical path. Selection reads the memory, never the table.
+FLIP_SECONDS = 1.0
+BUSY_STATES = frozenset({"online", "idle", "training", "uploading"})
 
 
 class DeviceRegistry:
@@ -39,6 +44,8 @@ class DeviceRegistry:
         self._clock = clock
         self._may_log = may_log
         self._written: dict[str, float] = {}  # agent id -> when its status was last stored
+        self._unwritten: set[str] = set()  # flips held back by FLIP_SECONDS
+        self._flushed = clock()  # when flush() last wrote
         self.devices: dict[str, Status] = {}
         self.last_seen: dict[str, float] = {}
         self.offline_since: dict[str, float] = {}
@@ -70,16 +77,38 @@ class DeviceRegistry:
             and self._clock() - self._written.get(agent_id, float("-inf")) < REWRITE_SECONDS
         ):
             return  # the same status again (a re-send, or a flood): no write
-        self._written[agent_id] = self._clock()
-        self.store.upsert_device(
-            agent_id,
-            status.state,
-            status.backend,
-            status.num_samples,
-            status.eligible,
-            status.reason,
-            status.version,
+        if (
+            previous is not None
+            and {previous.state, status.state} <= BUSY_STATES
+            and replace(previous, ts=status.ts, state=status.state) == status
+            and self._clock() - self._written.get(agent_id, float("-inf")) < FLIP_SECONDS
+        ):
+            self._unwritten.add(agent_id)  # written by flush()
+            return
+        self._write(agent_id, status)
+
+    def _write(self, agent_id: str, status: Status) -> None:
+        self._write_many([(agent_id, status)])
+
+    def _write_many(self, items: list[tuple[str, Status]]) -> None:
+        for agent_id, _status in items:
+            self._written[agent_id] = self._clock()
+            self._unwritten.discard(agent_id)
+        self.store.upsert_devices(
+            [
+                (a, s.state, s.backend, s.num_samples, s.eligible, s.reason, s.version)
+                for a, s in items
+            ]
         )
+
+    def flush(self, *, everything: bool = False) -> None:
+        """Write the held-back flips, all in one transaction, at most every FLIP_SECONDS
+        (``everything``: now, e.g. on stop)."""
+        now = self._clock()
+        if not self._unwritten or (not everything and now - self._flushed < FLIP_SECONDS):
+            return
+        self._flushed = now
+        self._write_many([(a, self.devices[a]) for a in sorted(self._unwritten)])
 
     def registered_samples(self, agent_id: str) -> int | None:
         """The sample count the device announced in its status (None if unknown): a ceiling for

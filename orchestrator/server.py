@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, replace
 
+from fedge.protocol import timeline
 from fedge.protocol.blob_server import BlobServer
 from fedge.protocol.bundle import Bundle, load_bundle, pack_bundle
 from fedge.protocol.chunks import Chunk, blob_ref, decode_frame
@@ -28,11 +29,13 @@ from fedge.protocol.messages import (
     FetchRequest,
     Message,
     RoundAbort,
+    RoundTask,
     Standardization,
     StatsReport,
     Status,
     TrainConfig,
     UpdateOffer,
+    new_msg_id,
     parse_message,
 )
 from fedge.protocol.parameter_travel import static_names
@@ -111,12 +114,16 @@ class Orchestrator:
             clock=clock,
             budgets=self.budgets,
             features=check_standardizable(config, self.bundle.manifest),
+            inline_max_bytes=config.rounds.inline_max_bytes,
         )
         self.standardization: Standardization | None = None  # the run's, once combined
         self.bytes_up = 0  # chunk frame bytes received this round (bytes down: self.blobs)
         self._stop = threading.Event()
         self.global_params: dict = {}
         self.global_bytes = b""
+        self._to_evaluate: list[
+            tuple[int, int, dict]
+        ] = []  # (version, round, params)  # committed versions awaiting evaluation
         self._last_wait_log = float("-inf")
         self._last_tick = float("-inf")
         self._queue_drops = 0
@@ -169,18 +176,27 @@ class Orchestrator:
                 self.poll(0.2)
         finally:
             self.transport.stop()
+            self.registry.flush(everything=True)
             self.store.close()
             if self.metrics_server is not None:
                 self.metrics_server.stop()
 
     def tick(self) -> None:
-        """Time-based work: stalled uploads, then the round machine's decisions."""
+        """Time-based work: stalled uploads, the round machine's decisions, then the central
+        evaluation of the versions just committed (after the next round has opened)."""
         self._last_tick = self.clock()
         self.intake.tick()
         queue_drops = int(getattr(self.transport, "dropped", 0))  # MqttLink's full queue
         self.budgets.queue_full(queue_drops - self._queue_drops)
         self._queue_drops = queue_drops
         self.budgets.tick()
+        self.registry.flush()
+        self._decide()
+        if self._closed_unannounced:  # no round opened right after the commit
+            self._publish_task("closed")
+        self._evaluate_pending()
+
+    def _decide(self) -> None:
         for _ in range(3):  # a closed round may be followed at once by the next one
             decision = self.rounds.tick(self.clock(), eligible=self._eligible, offline=self._gone)
             if decision is None:
@@ -346,7 +362,27 @@ class Orchestrator:
         return train_config(self.cfg.rounds, self.strategy)
 
     def _publish_task(self, state: str) -> None:
-        task = round_task(
+        self._closed_unannounced = False
+        task = self._task(state)
+        self.transport.publish(self.topics.round_current, task.encode(), retain=True)
+        timeline.mark(f"task_{state}", round=task.round)
+        if task.params_pushed:
+            self._push_params(task)
+
+    def _push_params(self, task: RoundTask) -> None:
+        """Small parameters travel unasked to each participant's down topic, right behind the
+        task: no request round trip. The same chunk frames (and sha256 checks) as a pull; a
+        device that misses them asks as before."""
+        indices = list(range(task.params.chunks))
+        sent_before = self.blobs.bytes_sent
+        for agent_id in task.participants:
+            push = FetchRequest(new_msg_id(), agent_id, task.params.sha256, indices)
+            self.blobs.serve(push, self.topics.agent_down(agent_id))
+        self.metrics.count_bytes("down", self.blobs.bytes_sent - sent_before)
+        timeline.mark("params_pushed", round=task.round)
+
+    def _task(self, state: str) -> RoundTask:
+        return round_task(
             state=state,
             live=self.rounds.current if state == "open" else None,
             run_id=self.run_id,
@@ -360,7 +396,6 @@ class Orchestrator:
             next_round_at=self.rounds.next_round_at,
             standardize=self.standardization,
         )
-        self.transport.publish(self.topics.round_current, task.encode(), retain=True)
 
     def _close_round(self, close: CloseRound) -> None:
         live = close.round
@@ -387,6 +422,7 @@ class Orchestrator:
             self._commit(live)
 
     def _commit(self, live: LiveRound) -> None:
+        timeline.mark("closing", round=live.round)
         t_aggregate = time.monotonic()
 
         def stored() -> Iterator[tuple[str, str, int, bytes]]:  # read twice: O(model) memory
@@ -400,6 +436,7 @@ class Orchestrator:
             self.strategy, self.global_params, plan, ((k, d, 1.0) for k, _a, _n, d in stored())
         )
         self.metrics.observe_aggregation(time.monotonic() - t_aggregate)
+        timeline.mark("aggregated", round=live.round)
         if new_params is None:
             self._abandon(live.round, "strategy kept the model")
             return
@@ -412,8 +449,6 @@ class Orchestrator:
         if rs.clip_norm > 0 and rs.noise_multiplier > 0:  # privacy budget so far (conservative)
             metrics["dp_epsilon"] = dp_epsilon(rs.noise_multiplier, live.round)
             metrics["dp_delta"] = DEFAULT_TARGET_DELTA
-        if self.evaluator is not None:
-            metrics.update(self.evaluator.evaluate(new_params))
         blob = encode_tensors(new_params)
         state = self.strategy.state_dict()
         self.store.commit_round(
@@ -426,6 +461,7 @@ class Orchestrator:
             keep_deltas=rs.keep_deltas,
             strategy_state=encode_tensors(state) if state else None,
         )
+        timeline.mark("committed", round=live.round)
         self.rounds.on_committed(self._load_global(self.run_id))
         self.metrics.observe_commit(time.monotonic() - t_commit)
         r = self._stored_round(live.round)
@@ -440,7 +476,31 @@ class Orchestrator:
             ),
         )
         self._event("round_committed", r)
-        self._publish_task("closed")
+        # announced at the end of this turn unless the next round's task replaces it at once
+        # (one retained fan-out to every device saved per round)
+        self._closed_unannounced = True
+        if self.evaluator is not None:  # after the next round opens (tick), not before
+            self._to_evaluate.append((self.rounds.version, live.round, new_params))
+
+    def _evaluate_pending(self) -> None:
+        """Central evaluation of the versions committed since the last call, off the round's
+        critical path: the devices already train the next round meanwhile. The metrics land on
+        the version (and its round) they measure, and go out as a ``version_evaluated`` event."""
+        while self._to_evaluate:
+            version, round_no, params = self._to_evaluate.pop(0)
+            metrics = self.evaluator.evaluate(params) if self.evaluator is not None else {}
+            self.store.add_version_metrics(self.run_id, version, metrics)
+            timeline.mark("evaluation_stored", version=version)
+            log.info(
+                "model v%d evaluated: %s",
+                version,
+                ", ".join(
+                    f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if k != "test_samples"
+                ),
+            )
+            r = self._stored_round(round_no)
+            ev = round_event("version_evaluated", self.run_id, version, r, self.clock())
+            self.transport.publish(self.topics.orchestrator_events, ev.encode())
 
     def _round_metrics(self, round_no: int) -> dict[str, float]:
         return training_metrics(self.store.update_metrics(self.run_id, round_no))
@@ -507,6 +567,7 @@ class Orchestrator:
         self._publish_task("closed")
 
     def _finish(self) -> None:
+        self._evaluate_pending()  # the last version's metrics before the run ends
         self.store.finish_run(self.run_id)
         self._publish_task("finished")
         self._event("run_finished", None)
@@ -588,10 +649,12 @@ class Orchestrator:
                     sent_before = self.blobs.bytes_sent
                     request = replace(msg, indices=wanted[:allowed])
                     self.blobs.serve(request, self.topics.agent_down(agent_id))
+                    timeline.mark("params_served", agent=agent_id)
                     self.metrics.count_bytes("down", self.blobs.bytes_sent - sent_before)
             elif self.budgets.should_log(agent_id, "fetch"):
                 log.info("%s asked for unknown object %s", agent_id, msg.sha256[:12])
         elif isinstance(msg, UpdateOffer):
+            self.bytes_up += len(msg.inline)  # a small delta came inline (no chunks)
             self.intake.on_offer(agent_id, msg)
         elif isinstance(msg, RoundAbort):
             self.intake.on_abort(agent_id, msg)

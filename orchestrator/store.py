@@ -68,6 +68,14 @@ class Store:
                 conn.execute(sql, args)
 
     # ---- devices ----
+    _UPSERT_DEVICE = (
+        "INSERT INTO devices(agent_id, state, backend, num_samples, eligible, reason, "
+        "version, last_seen) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(agent_id) DO UPDATE "
+        "SET state=excluded.state, backend=excluded.backend, "
+        "num_samples=excluded.num_samples, eligible=excluded.eligible, "
+        "reason=excluded.reason, version=excluded.version, last_seen=excluded.last_seen"
+    )
+
     def upsert_device(
         self,
         agent_id: str,
@@ -78,25 +86,16 @@ class Store:
         reason: str,
         version: str,
     ) -> None:
+        self.upsert_devices([(agent_id, state, backend, num_samples, eligible, reason, version)])
+
+    def upsert_devices(self, rows: list[tuple[str, str, str, int, bool, str, str]]) -> None:
+        """Several devices' rows (agent id, state, backend, samples, eligible, reason,
+        version) in one transaction."""
+        now = time.time()
         self._tx(
             [
-                (
-                    "INSERT INTO devices(agent_id, state, backend, num_samples, eligible, reason, "
-                    "version, last_seen) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(agent_id) DO UPDATE "
-                    "SET state=excluded.state, backend=excluded.backend, "
-                    "num_samples=excluded.num_samples, eligible=excluded.eligible, "
-                    "reason=excluded.reason, version=excluded.version, last_seen=excluded.last_seen",
-                    (
-                        agent_id,
-                        state,
-                        backend,
-                        num_samples,
-                        int(eligible),
-                        reason,
-                        version,
-                        time.time(),
-                    ),
-                )
+                (self._UPSERT_DEVICE, (a, st, b, n, int(e), r, v, now))
+                for a, st, b, n, e, r, v in rows
             ]
         )
 
@@ -193,6 +192,30 @@ class Store:
                 )
             ]
         )
+
+    def add_version_metrics(self, run_id: str, version: int, metrics: dict[str, Any]) -> None:
+        """Merge ``metrics`` (a later central evaluation) into a committed version's metrics
+        and those of the round that made it: one transaction."""
+        with self._db.transaction("adding evaluation metrics to") as conn:
+            row = conn.execute(
+                "SELECT round, metrics FROM model_versions WHERE run_id=? AND version=?",
+                (run_id, version),
+            ).fetchone()
+            if row is None:
+                raise StoreError(f"run {run_id} has no model version {version}")
+            conn.execute(
+                "UPDATE model_versions SET metrics=? WHERE run_id=? AND version=?",
+                (json.dumps({**json.loads(row[1] or "{}"), **metrics}), run_id, version),
+            )
+            rnd = conn.execute(
+                "SELECT metrics FROM rounds WHERE run_id=? AND round=? AND state='committed'",
+                (run_id, row[0]),
+            ).fetchone()
+            if rnd is not None:
+                conn.execute(
+                    "UPDATE rounds SET metrics=? WHERE run_id=? AND round=?",
+                    (json.dumps({**json.loads(rnd[0] or "{}"), **metrics}), run_id, row[0]),
+                )
 
     def strategy_state(self, run_id: str, version: int) -> bytes | None:
         row = self._db.row(

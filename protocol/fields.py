@@ -34,6 +34,9 @@ MAX_OBJECT_BYTES = 512 * 1024 * 1024  # one chunked object (bundle, parameters, 
 MAX_CHUNKS = MAX_OBJECT_BYTES  # a chunk holds at least one byte; BlobRef also checks <= size
 MAX_TIMESTAMP = 1e10  # seconds since 1970 (year 2286): wall-clock stamps and deadlines
 MAX_SECONDS = 30 * 24 * 3600.0  # one duration (deadline, retry hint, grace): 30 days
+# a small object (global parameters, a delta) travels inline/pushed up to this size, not pulled
+MAX_INLINE_BYTES = 256 * 1024
+MAX_INLINE_B64 = 4 * -(-MAX_INLINE_BYTES // 3)  # its base64 text in a JSON message
 MAX_PARTICIPANTS = 10_000  # invited devices named in one RoundTask (the 64 KiB limit binds first)
 MAX_METRICS = 64  # entries in one metrics object
 # features of one sample that federated standardization covers: a round task carries two
@@ -100,6 +103,10 @@ Name = Annotated[str, Len(0, MAX_NAME)]
 Reason = Annotated[str, Len(0, MAX_REASON)]
 Sha256 = Annotated[str, HEX64]
 AgentId = Annotated[str, NAME]
+InlineSize = Annotated[int, Range(0, MAX_INLINE_BYTES)]
+Base64 = Annotated[
+    str, Len(0, MAX_INLINE_B64), Match(r"[A-Za-z0-9+/]*={0,2}", "base64 (RFC 4648) text")
+]
 Metrics = Annotated[dict[Annotated[str, Len(1, MAX_NAME)], float], Len(0, MAX_METRICS)]
 
 
@@ -195,7 +202,8 @@ def coerce(
         if not isinstance(value, str):
             raise error(f"{where} must be a string, got {_kind(value)}")
         _check_constraints(value, constraints, where, error)  # the declared bound speaks first
-        if max_str is not None and len(value) > max_str:
+        declared = any(isinstance(c, Len) and c.hi is not None for c in constraints)
+        if max_str is not None and not declared and len(value) > max_str:  # the default
             raise error(f"{where} must have at most {max_str} chars, got {len(value)}")
         out = value
     elif origin is list:
@@ -236,8 +244,15 @@ def _finite(value: Any, where: str, error: type[FedgeError]) -> float:
     return out
 
 
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
 def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls, include_extras=True)
+    # resolving string annotations costs ~1 ms a class: once per class, not per message
+    hints = _HINTS.get(cls)
+    if hints is None:
+        hints = _HINTS[cls] = typing.get_type_hints(cls, include_extras=True)
+    return hints
 
 
 def build(

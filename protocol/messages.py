@@ -18,11 +18,14 @@ from .errors import MessageError
 from .fields import (
     MAX_CHUNKS,
     MAX_FEATURES,
+    MAX_INLINE_B64,
     MAX_OBJECT_BYTES,
     MAX_PARTICIPANTS,
     MAX_SAMPLES,
     AgentId,
+    Base64,
     Fraction,
+    InlineSize,
     Len,
     Match,
     Metrics,
@@ -42,6 +45,8 @@ from .fields import (
 )
 
 MAX_CONTROL_BYTES = 64 * 1024  # control messages are small; blobs travel as chunks
+# ... except an offer carrying its small delta inline (base64): still far below MQTT's 2 MB
+MAX_INLINE_MESSAGE_BYTES = MAX_CONTROL_BYTES + MAX_INLINE_B64
 MAX_FETCH_INDICES = 256
 COMPRESSIONS = ("", "int8", "topk")  # = protocol.compression.METHODS (a test keeps them equal)
 STATUS_STATES = ("online", "idle", "training", "uploading", "ineligible", "offline")
@@ -54,6 +59,7 @@ EVENT_KINDS = (
     "round_abandoned",
     "run_finished",
     "version_committed",  # asynchronous runs (protocol/async_messages.py)
+    "version_evaluated",  # central evaluation of a committed version (after the next round opened)
 )
 
 LocalEpochs = Annotated[int, Range(1, 1000)]
@@ -100,6 +106,7 @@ class BlobRef:
 @dataclass(frozen=True)
 class Message:
     TYPE: ClassVar[str] = ""
+    MAX_BYTES: ClassVar[int] = MAX_CONTROL_BYTES  # encoded size limit of this message type
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -108,10 +115,8 @@ class Message:
 
     def encode(self) -> bytes:
         data = json.dumps(self.to_dict(), separators=(",", ":"), sort_keys=True).encode()
-        if len(data) > MAX_CONTROL_BYTES:
-            raise MessageError(
-                f"{self.TYPE} message is {len(data)} bytes; limit {MAX_CONTROL_BYTES}"
-            )
+        if len(data) > self.MAX_BYTES:
+            raise MessageError(f"{self.TYPE} message is {len(data)} bytes; limit {self.MAX_BYTES}")
         return data
 
     def validate(self) -> None:  # overridden where fields have extra rules
@@ -200,6 +205,11 @@ class RoundTask(Message):
     # pace steering: devices not in this round (or done with it) check back after this many s
     retry_after: Seconds = 0.0
     standardize: Standardization = field(default_factory=Standardization)
+    # the orchestrator publishes ``params`` unasked on each participant's down topic (a small
+    # object): a participant waits a moment for it before asking (docs/wire-protocol.md)
+    params_pushed: bool = False
+    # the largest delta (bytes) the orchestrator takes inline in an UpdateOffer; 0: none
+    inline_max_bytes: InlineSize = 0
 
 
 @dataclass(frozen=True)
@@ -218,6 +228,7 @@ class UpdateOffer(Message):
     """Agent -> orchestrator: a finished round's delta is ready to be fetched."""
 
     TYPE: ClassVar[str] = "update"
+    MAX_BYTES: ClassVar[int] = MAX_INLINE_MESSAGE_BYTES
     msg_id: MsgId
     agent: AgentId
     run_id: RunId
@@ -226,6 +237,9 @@ class UpdateOffer(Message):
     blob: BlobRef
     num_samples: ReportSamples
     metrics: Metrics = field(default_factory=dict)
+    # the delta itself (base64) when it is at most the task's ``inline_max_bytes``: no fetch.
+    # Checked against ``blob`` (size, sha256) like a fetched one.
+    inline: Base64 = ""
 
 
 @dataclass(frozen=True)
@@ -330,8 +344,10 @@ def parse_message(payload: bytes, expected: type[Message] | None = None) -> Mess
     Every field is checked against its declared type and bounds (protocol.fields) here, before
     any state or storage sees the value.
     """
-    if len(payload) > MAX_CONTROL_BYTES:
-        raise MessageError(f"control message is {len(payload)} bytes; limit {MAX_CONTROL_BYTES}")
+    if len(payload) > MAX_INLINE_MESSAGE_BYTES:
+        raise MessageError(
+            f"control message is {len(payload)} bytes; limit {MAX_INLINE_MESSAGE_BYTES}"
+        )
     try:
         data = json.loads(payload)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
@@ -346,5 +362,7 @@ def parse_message(payload: bytes, expected: type[Message] | None = None) -> Mess
         raise MessageError(f"unknown message type {kind!r}; known: {sorted(MESSAGE_TYPES)}")
     if expected is not None and cls is not expected:
         raise MessageError(f"expected a {expected.TYPE!r} message here, got {kind!r}")
+    if len(payload) > cls.MAX_BYTES:
+        raise MessageError(f"{kind} message is {len(payload)} bytes; limit {cls.MAX_BYTES}")
     message: Message = build(cls, data, kind, MessageError)
     return message

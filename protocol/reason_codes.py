@@ -51,6 +51,7 @@ ABORT_CODES: tuple[str, ...] = (
 )
 
 _REJECTION_RULES: tuple[tuple[str, str], ...] = (
+    ("inline delta", "malformed"),  # fails its sha256/size check, or not base64
     ("not selected", "not_selected"),
     ("the round trains v", "stale_model_version"),
     ("federated evaluation round", "evaluation_round"),

@@ -274,6 +274,7 @@ def _export_model(opts: DemoOptions, n_features: int, n_classes: int, out_dir: P
 def _follow(opts, watcher, topics, procs, result, echo, started) -> None:
     deadline = time.monotonic() + opts.timeout_seconds
     last_round = time.monotonic()
+    committed: dict[int, tuple[RoundEvent, float]] = {}  # version -> its commit, until evaluated
     while time.monotonic() < deadline:
         result.agent_peak_rss_mb = procs.peak_rss("dev-", result.agent_peak_rss_mb)
         orch = procs.procs["orchestrator"]
@@ -298,15 +299,17 @@ def _follow(opts, watcher, topics, procs, result, echo, started) -> None:
                 f"(weight {m.get('mean_weight', 1.0):.2f}) | "
                 f"test accuracy {m.get('test_accuracy', float('nan')):.4f}"
             )
-        elif ev.kind == "round_committed":
-            m = ev.metrics
-            now = time.monotonic()
+        elif ev.kind == "round_committed":  # its test metrics follow in version_evaluated
+            committed[ev.model_version] = (ev, time.monotonic())
+        elif ev.kind == "version_evaluated" and ev.model_version in committed:
+            done, at = committed.pop(ev.model_version)
+            m = {**done.metrics, **ev.metrics}
             echo(
-                f"  round {ev.model_version:2d}/{opts.rounds} | {ev.reports}/{ev.participants} devices | "
+                f"  round {ev.model_version:2d}/{opts.rounds} | {done.reports}/{done.participants} devices | "
                 f"local loss {m.get('train_loss', float('nan')):.4f} | "
-                f"test accuracy {m.get('test_accuracy', float('nan')):.4f} | {now - last_round:4.1f} s"
+                f"test accuracy {m.get('test_accuracy', float('nan')):.4f} | {at - last_round:4.1f} s"
             )
-            last_round = now
+            last_round = at
         elif ev.kind == "round_abandoned":
             echo(
                 f"  round attempt {ev.round} abandoned ({ev.reports}/{ev.participants} reports); retrying"

@@ -8,7 +8,10 @@ quiet, in one thread and without sleeping.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -65,6 +68,7 @@ class MemoryDevice:
         self._pull: PullTransfer | None = None
         self.acks: list[Ack] = []
         self.frames_received = 0
+        self.fetches_served = 0  # FetchRequests the orchestrator sent for this device's deltas
         self.status("idle")
 
     def status(self, state: str) -> None:
@@ -99,12 +103,17 @@ class MemoryDevice:
                 self.task = parse_message(payload, RoundTask) if payload else None
             elif topic == self.topics.agent_down(self.id):
                 self.frames_received += 1
-                if self._pull is not None and self._pull.on_chunk(decode_frame(payload)):
+                chunk = decode_frame(payload)
+                if self._pull is not None and self._pull.on_chunk(chunk):
                     self.params = decode_tensors(self._pull.result or b"")
                     self._pull = None
+                elif self._pull is None and chunk.count == 1:  # pushed with the task
+                    if hashlib.sha256(chunk.data).hexdigest() == chunk.sha256:
+                        self.params = decode_tensors(chunk.data)
             else:
                 msg = parse_message(payload)
                 if isinstance(msg, FetchRequest):
+                    self.fetches_served += 1
                     self.blobs.serve(msg, self.topics.agent_up_chunk(self.id))
                 elif isinstance(msg, Ack):
                     self.acks.append(msg)
@@ -118,8 +127,10 @@ class MemoryDevice:
         model_version: int | None = None,
         msg_id: str | None = None,
         metrics: dict[str, float] | None = None,
+        inline: bool | bytes = False,
     ) -> UpdateOffer:
-        """Offer ``delta`` for the seen round (or the one given) and serve it when asked."""
+        """Offer ``delta`` for the seen round (or the one given) and serve it when asked.
+        ``inline``: carry it in the offer (True), or carry these other bytes (a forgery)."""
         task = self.task
         if task is None:
             raise RuntimeError(f"{self.id} has seen no round yet")
@@ -134,6 +145,11 @@ class MemoryDevice:
             blob=blob_ref(blob),
             num_samples=self.samples,
             metrics=metrics or {"train_loss": 1.0},
+            **(
+                {"inline": base64.b64encode(blob if inline is True else inline).decode()}
+                if inline
+                else {}
+            ),
         )
         self.send(offer)
         return offer
@@ -162,3 +178,39 @@ def settle(orch: Any, devices: Iterable[MemoryDevice], max_steps: int = 1000) ->
         if not moved and not orch.transport.pending():
             return
     raise RuntimeError(f"messages still moving after {max_steps} steps")
+
+
+class MemoryFederation:
+    """A real Orchestrator (SQLite store, toy bundle, robust weighting off: exact FedAvg) with
+    ``devices`` scripted devices on one in-memory broker and a fake clock."""
+
+    def __init__(self, tmp_path: Path, devices: int = 2, **rounds: object) -> None:
+        from fedge.orchestrator.config import OrchestratorConfig, RobustSettings, RoundSettings
+        from fedge.orchestrator.server import Orchestrator
+        from fedge.protocol.bundle import load_bundle
+
+        from .toy_bundle import write_toy_bundle
+
+        self.broker = InMemoryBroker()
+        self.clock = FakeClock()
+        bundle = load_bundle(write_toy_bundle(tmp_path / "bundle"))
+        settings = {"rounds": 1, "min_devices": devices, "deadline_seconds": 60.0} | rounds
+        robust = RobustSettings(sample_cap_multiple=0, max_claimed_samples=0, norm_multiple=0)
+        cfg = OrchestratorConfig(
+            database=str(tmp_path / "o.db"), rounds=RoundSettings(**settings), robust=robust
+        )
+        self.devices = [MemoryDevice(self.broker, f"dev-{i}") for i in range(devices)]
+        self.orch = Orchestrator(
+            cfg, transport=self.broker.client("fedge-orchestrator"), bundle=bundle, clock=self.clock
+        )
+        self.orch.start()
+        self.settle()
+
+    def settle(self) -> None:
+        settle(self.orch, self.devices)
+
+    def version(self, v: int) -> dict[str, np.ndarray]:
+        return decode_tensors(self.orch.store.version_params(self.orch.run_id, v))
+
+    def round(self, n: int = 1):
+        return self.orch.store.get_round(self.orch.run_id, n)

@@ -3,6 +3,7 @@ Agent over the in-memory transport (tests/unit/test_agent_rounds.py)."""
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable
 from pathlib import Path
 
@@ -160,7 +161,11 @@ class ScriptedOrchestrator:
             self.server.serve(msg, self.topics.agent_down(agent_id))
         elif isinstance(msg, UpdateOffer):
             self.offers.append(msg)
-            if self.auto_fetch and msg.blob.sha256 not in self.deltas:
+            if msg.inline:  # a small delta carried in the offer: no fetch
+                self.deltas[msg.blob.sha256] = base64.b64decode(msg.inline)
+                if self.auto_ack:
+                    self.ack(agent_id, msg, accepted=True)
+            elif self.auto_fetch and msg.blob.sha256 not in self.deltas:
                 self.fetch(agent_id, msg)
         elif isinstance(msg, RoundAbort):
             self.aborts.append(msg)
@@ -168,6 +173,17 @@ class ScriptedOrchestrator:
             self.reports.append(msg)
         elif isinstance(msg, StatsReport):
             self.stats.append(msg)
+
+    def push(self, agent_id: str, ref, frame: bytes | None = None) -> None:
+        """Publish an object's frames unasked on the device's down topic (or this frame)."""
+        if frame is not None:
+            self.link.publish(self.topics.agent_down(agent_id), frame)
+            return
+        indices = list(range(ref.chunks))
+        self.server.serve(
+            FetchRequest(new_msg_id(), agent_id, ref.sha256, indices),
+            self.topics.agent_down(agent_id),
+        )
 
     def fetch(self, agent_id: str, offer: UpdateOffer) -> None:
         def request(indices: list[int]) -> None:

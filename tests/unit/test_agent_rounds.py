@@ -9,6 +9,7 @@ are about the round logic, not about the numbers.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import time
@@ -23,7 +24,8 @@ from fedge.agent.config import AgentConfig
 from fedge.agent.daemon import Agent
 from fedge.agent.eligibility import EligibilitySettings
 from fedge.demo.data import write_samples_sqlite
-from fedge.protocol.chunks import blob_ref
+from fedge.protocol.chunks import blob_ref, encode_frame
+from fedge.protocol.fields import MAX_INLINE_BYTES
 from fedge.protocol.messages import Ack, TrainConfig, new_msg_id
 from fedge.protocol.sqlite_samples import DataSource
 from fedge.protocol.tensors import decode_tensors
@@ -360,3 +362,70 @@ def test_a_stop_request_cuts_a_cpu_budget_rest_short(world):
     started = time.monotonic()
     agent.runner._sleep(30.0)  # the rest DutyCycle takes between batches
     assert time.monotonic() - started < 1.0
+
+
+# ---- small objects: parameters pushed with the task, a delta inline in the offer ----
+
+
+def test_pushed_parameters_are_used_without_a_fetch(world):
+    _, _, orch, make_agent, _ = world
+    agent = make_agent()
+    orch.publish_task(orch.task(params_pushed=True))
+    orch.push("dev-0", orch.params_ref)
+    pump(agent, orch)
+    assert fetched(orch, orch.params_ref) == 0 and fetched(orch, orch.bundle_ref) == 1
+    assert len(orch.offers) == 1 and agent.state.journal_status("run-1", 1) == "acked"
+
+
+def test_parameters_pushed_before_their_task_are_held_for_it(world):
+    _, _, orch, make_agent, _ = world
+    agent = make_agent()
+    orch.push("dev-0", orch.params_ref)  # overtakes the task (another topic)
+    pump(agent, orch)
+    assert orch.params_ref.sha256 in agent.fetches.pushed
+    orch.publish_task(orch.task(params_pushed=True))
+    pump(agent, orch)
+    assert fetched(orch, orch.params_ref) == 0 and len(orch.offers) == 1
+
+
+def test_a_corrupt_push_is_dropped_and_the_parameters_are_asked_for_after_the_grace(world, caplog):
+    _, clock, orch, make_agent, _ = world
+    agent = make_agent()
+    orch.publish_task(orch.task(params_pushed=True))
+    pump(agent, orch)  # the bundle arrives; the parameters are awaited, not asked for
+    assert fetched(orch, orch.params_ref) == 0 and not orch.offers
+    real = orch.server._find(orch.params_ref.sha256)[0]
+    forged = bytes([real[0] ^ 1]) + real[1:]  # same size, its own chunk hash, wrong object
+    ref = orch.params_ref
+    with caplog.at_level(logging.WARNING):
+        orch.push("dev-0", ref, frame=encode_frame(ref, 0, forged))
+        pump(agent, orch)
+    assert "fails its sha256" in caplog.text and not orch.offers
+    clock.advance(2.5)  # PUSH_GRACE_SECONDS: then it is pulled as before
+    pump(agent, orch)
+    assert fetched(orch, orch.params_ref) == 1 and len(orch.offers) == 1
+    delta = decode_tensors(orch.deltas[orch.offers[0].blob.sha256])
+    np.testing.assert_allclose(delta["fc.weight"], np.full((2, 3), -4 * STEP), atol=1e-5)
+
+
+def test_a_small_delta_travels_inline_in_the_offer(world):
+    _, _, orch, make_agent, _ = world
+    agent = make_agent()
+    orch.publish_task(orch.task(inline_max_bytes=MAX_INLINE_BYTES))
+    pump(agent, orch)
+    (offer,) = orch.offers
+    blob = base64.b64decode(offer.inline)
+    assert blob_ref(blob) == offer.blob  # the same sha256 and size as the blob path
+    assert not orch._pulls  # nothing fetched
+    assert agent.state.journal_status("run-1", 1) == "acked" and not agent.state.has_outbox()
+
+
+def test_a_delta_over_the_tasks_inline_limit_is_offered_as_a_blob(world):
+    _, _, orch, make_agent, _ = world
+    agent = make_agent()
+    orch.publish_task(orch.task(inline_max_bytes=10))
+    pump(agent, orch)
+    (offer,) = orch.offers
+    assert offer.inline == "" and offer.blob.size > 10
+    assert offer.blob.sha256 in orch._pulls and offer.blob.sha256 in orch.deltas  # fetched
+    assert agent.state.journal_status("run-1", 1) == "acked"

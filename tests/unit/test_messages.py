@@ -8,6 +8,7 @@ from fedge.protocol.async_messages import AsyncAnnounce, SlotRequest
 from fedge.protocol.errors import MessageError
 from fedge.protocol.messages import (
     MAX_CONTROL_BYTES,
+    MAX_INLINE_MESSAGE_BYTES,
     Ack,
     BlobRef,
     EvalReport,
@@ -117,7 +118,11 @@ def test_non_finite_metric_is_refused():
 
 def test_oversize_and_wrong_type_refused():
     with pytest.raises(MessageError, match="limit"):
-        parse_message(b"{" + b" " * MAX_CONTROL_BYTES + b"}")
+        parse_message(b"{" + b" " * MAX_INLINE_MESSAGE_BYTES + b"}")
+    # only an update offer (which may carry its delta inline) is allowed past 64 KiB
+    padded = b'{"type":"status","agent":"dev-0","state":"idle"' + b" " * MAX_CONTROL_BYTES + b"}"
+    with pytest.raises(MessageError, match=f"status message is .* limit {MAX_CONTROL_BYTES}"):
+        parse_message(padded)
     with pytest.raises(MessageError, match="expected a 'round'"):
         parse_message(Status(agent="dev-0", state="online").encode(), RoundTask)
 
@@ -209,6 +214,9 @@ OUT_OF_BOUNDS = [
     ("round", "standardize", {"mean": [1.0], "std": []}, "1 means but 0 stds"),
     ("round", "deadline", 1e11, "round.deadline must be <= "),
     ("round", "retry_after", 1e9, "round.retry_after must be <= "),
+    ("round", "params_pushed", "yes", "round.params_pushed must be true or false"),
+    ("round", "inline_max_bytes", 2**20, "round.inline_max_bytes must be <= 262144"),
+    ("round", "inline_max_bytes", -1, "round.inline_max_bytes must be >= 0"),
     ("fetch", "msg_id", "", "fetch.msg_id must have at least 1"),
     ("fetch", "msg_id", LONG, "fetch.msg_id must have at most 64"),
     ("fetch", "agent", "+", "fetch.agent must be 1-64"),
@@ -229,6 +237,8 @@ OUT_OF_BOUNDS = [
     ("update", "metrics", {"x" * 65: 1.0}, "update.metrics key .* must have at most 64"),
     ("update", "metrics", {"": 1.0}, "update.metrics key .* must have at least 1"),
     ("update", "metrics", {"loss": "low"}, "update.metrics.loss must be a number"),
+    ("update", "inline", "A" * 349_532, "update.inline must have at most 349528"),
+    ("update", "inline", "not base64!", "update.inline must be base64"),
     ("ack", "msg_id", "", "ack.msg_id must have at least 1"),
     ("ack", "agent", "-x", "ack.agent must be 1-64"),
     ("ack", "run_id", LONG, "ack.run_id must have at most 128"),
@@ -392,3 +402,15 @@ def test_shared_limits_agree_with_their_users():
     sources = Path(server.__file__).parent.glob("*.py")
     emitted = {k for p in sources for k in re.findall(r'_event\(\s*"(\w+)"', p.read_text())}
     assert emitted and emitted <= set(EVENT_KINDS), emitted - set(EVENT_KINDS)
+
+
+def test_an_offer_carries_an_inline_delta_up_to_the_inline_limit():
+    import base64
+
+    from fedge.protocol.fields import MAX_INLINE_BYTES
+
+    blob = bytes(range(256)) * (MAX_INLINE_BYTES // 256)
+    offer = dataclasses.replace(OFFER, inline=base64.b64encode(blob).decode())
+    data = offer.encode()
+    assert MAX_CONTROL_BYTES < len(data) <= MAX_INLINE_MESSAGE_BYTES < 2_000_000
+    assert parse_message(data) == offer  # a declared bound beats the default string limit

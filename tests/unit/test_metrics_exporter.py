@@ -86,6 +86,7 @@ def test_device_states_always_sum_to_the_known_devices(orchestrator: Orchestrato
         assert sum(devices.values()) == known, (agent, state, devices)
         for row in o.store.devices():
             assert devices[row["state"]] >= 1
+    o.registry.flush(everything=True)  # a round's idle/training flips are written within 1 s
     assert family(o.metrics.render(), "fedge_devices", "state") == {
         "idle": 3.0,
         "ineligible": 0.0,
@@ -131,6 +132,7 @@ def test_reason_codes_are_a_closed_set() -> None:
     assert rejection_code("device was not selected for this round") == "not_selected"
     assert rejection_code("update is for model v2, the round trains v3") == "stale_model_version"
     assert rejection_code("object 0123 is 99 bytes; limit 10") == "too_large"
+    assert rejection_code("inline delta fails its integrity check: 5 bytes") == "malformed"
     assert rejection_code("'fc.bias' has shape [3], expected [2]") == "shape_mismatch"
     assert rejection_code("the moon is in the wrong phase") == "other"
     assert abort_code("training failed: RuntimeError: boom") == "training_failed"
