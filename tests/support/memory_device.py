@@ -93,6 +93,14 @@ class MemoryDevice:
         self._pull = PullTransfer(self.task.params, request)
         self._pull.start()
 
+    def _is_pushed_params(self, chunk) -> bool:  # noqa: ANN001 - a protocol Chunk
+        """The round's parameters pushed with the task (a single-chunk bundle is not)."""
+        return (
+            self.task is not None
+            and chunk.sha256 == self.task.params.sha256
+            and hashlib.sha256(chunk.data).hexdigest() == chunk.sha256
+        )
+
     def pump(self) -> int:
         """Handle every queued message; returns how many there were."""
         n = 0
@@ -107,9 +115,8 @@ class MemoryDevice:
                 if self._pull is not None and self._pull.on_chunk(chunk):
                     self.params = decode_tensors(self._pull.result or b"")
                     self._pull = None
-                elif self._pull is None and chunk.count == 1:  # pushed with the task
-                    if hashlib.sha256(chunk.data).hexdigest() == chunk.sha256:
-                        self.params = decode_tensors(chunk.data)
+                elif self._pull is None and chunk.count == 1 and self._is_pushed_params(chunk):
+                    self.params = decode_tensors(chunk.data)
             else:
                 msg = parse_message(payload)
                 if isinstance(msg, FetchRequest):
