@@ -16,8 +16,8 @@ ROOT=${1:-/tmp/pi-root}
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 PY=${HOST_PY:-$REPO/.venv/bin/python}
 SCRIPT=$REPO/deploy/pi-emulation/zoo_round.py
-ZOO=${ZOO_DIR:-$(mktemp -d /tmp/fedge-pi-zoo.XXXX)/zoo}
-WORK=$(dirname "$ZOO")
+WORK=$(mktemp -d /tmp/fedge-pi-zoo.XXXX)   # both machines' results
+ZOO=${ZOO_DIR:-$WORK/zoo}
 DEV=$ROOT/srv/fedge-zoo   # seen as /srv/fedge-zoo inside the root
 t0=$(date +%s.%N)
 stamp() { printf '[%6.1f s] %s\n' "$(echo "$(date +%s.%N) - $t0" | bc)" "$*"; }

@@ -222,7 +222,8 @@ def compare(host: Path, pi: Path) -> int:
             if set(hp.files) != set(pp.files):
                 why = "parameter names differ"
             else:
-                diff = max(float(np.abs(hp[n] - pp[n]).max()) for n in hp.files)
+                diffs = {n: float(np.abs(hp[n] - pp[n]).max()) for n in hp.files}
+                diff = max(diffs.values())
                 loss_diff = abs(h["loss"] - p["loss"])
                 if not p["finite"]:
                     why = "non-finite loss or parameters on aarch64"
@@ -231,7 +232,7 @@ def compare(host: Path, pi: Path) -> int:
                 elif p["steps"] != h["steps"]:
                     why = f"steps differ: {h['steps']} vs {p['steps']}"
                 elif not diff <= TOLERANCE or not loss_diff <= TOLERANCE:
-                    why = f"param diff {diff:.2e}, loss diff {loss_diff:.2e} > {TOLERANCE:g}"
+                    why = _beyond_tolerance(diffs, loss_diff)
         bad += bool(why)
         rows.append((name, h, p, diff, why))
     runtimes = {h.get("runtime", "?") for _, h, _, _, _ in rows}
@@ -250,6 +251,17 @@ def compare(host: Path, pi: Path) -> int:
         )
     print(f"{len(rows) - bad}/{len(rows)} OK")
     return 1 if bad or not rows else 0
+
+
+def _beyond_tolerance(diffs: dict[str, float], loss_diff: float) -> str:
+    """Which parameters disagree, by how much, and how close the rest are."""
+    over = sorted((n for n in diffs if not diffs[n] <= TOLERANCE), key=lambda n: -diffs[n])
+    rest = [d for n, d in diffs.items() if n not in over]
+    parts = [", ".join(f"{n} {diffs[n]:.2e}" for n in over) or "no parameter"]
+    if rest:
+        parts.append(f"other parameters <= {max(rest):.1e}")
+    parts.append(f"loss diff {loss_diff:.1e} (tolerance {TOLERANCE:g})")
+    return "; ".join(parts)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -50,8 +50,8 @@ def test_agreeing_results_are_ok(tmp_path: Path, capsys) -> None:
 @pytest.mark.parametrize(
     ("pi_params", "pi_record", "why"),
     [
-        ({"w": W["w"] + np.float32(2e-4)}, {}, "param diff 2.00e-04"),
-        (W, {"loss": 1.01}, "param diff 0.00e+00, loss diff 1.00e-02"),
+        ({"w": W["w"] + np.float32(2e-4)}, {}, "w 2.00e-04; loss diff 0.0e+00 (tolerance 0.0001)"),
+        (W, {"loss": 1.01}, "no parameter; other parameters <= 0.0e+00; loss diff 1.0e-02"),
         (W, {"changed": 0.0}, "parameters did not change on aarch64"),
         (W, {"finite": False}, "non-finite loss or parameters on aarch64"),
         (W, {"steps": 11}, "steps differ: 12 vs 11"),
@@ -68,6 +68,18 @@ def test_each_failure_is_named_and_fails_the_run(
     assert _module().compare(tmp_path / "h", tmp_path / "p") == 1
     rows = _rows(capsys)
     assert "FAIL: " + why in rows["mlp"] and rows["cnn"].endswith("| OK |")
+
+
+def test_the_disagreeing_parameters_are_named_apart_from_the_rest(tmp_path: Path, capsys) -> None:
+    _result(tmp_path / "h", "cnn", {"bias": np.zeros(3, np.float32), "w": np.ones(2, np.float32)})
+    far = {
+        "bias": np.array([0, 0.1, 0], np.float32),
+        "w": np.ones(2, np.float32) + np.float32(2**-22),
+    }
+    _result(tmp_path / "p", "cnn", far)
+    assert _module().compare(tmp_path / "h", tmp_path / "p") == 1
+    row = _rows(capsys)["cnn"]
+    assert "| 1.0e-01 | FAIL: bias 1.00e-01; other parameters <= 2.4e-07; loss diff" in row
 
 
 def test_a_model_missing_from_the_emulated_run_fails(tmp_path: Path, capsys) -> None:
