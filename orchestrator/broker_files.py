@@ -105,6 +105,7 @@ def render_acl(
         f"pattern write {prefix}/agent/%u/up/#",
         f"pattern read {prefix}/agent/%u/cmd",
         f"pattern read {prefix}/agent/%u/down",
+        f"pattern read {prefix}/agent/%u/invite",
         f"pattern read {prefix}/round/#",
         f"pattern read {prefix}/orchestrator/#",
         "",

@@ -45,6 +45,11 @@ class LiveRound:
     accepted: set[str] = field(default_factory=set)  # participants whose report counts
     refused: set[str] = field(default_factory=set)  # participants refused, or who aborted
     ignored: int = 0  # messages for this round from devices that were not invited
+    # the participants as a set: every message of a 10,000-device round asks ``invited``
+    invited_set: frozenset[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.invited_set = frozenset(self.participants)
 
     @classmethod
     def resumed(cls, rec: RoundRecord, updates: list[dict[str, Any]]) -> LiveRound:
@@ -90,7 +95,7 @@ class LiveRound:
         return self.accepted | self.refused
 
     def invited(self, agent_id: str) -> bool:
-        return agent_id in self.participants
+        return agent_id in self.invited_set
 
     @property
     def goal_reached(self) -> bool:
@@ -224,7 +229,7 @@ class RoundMachine:
         r = self.current
         if r is None:
             return None
-        invited = set(r.participants)
+        invited = r.invited_set
         answered = r.answered & invited
         gone = {p for p in invited - answered if offline(p)}
         if r.goal_reached:

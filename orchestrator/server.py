@@ -22,6 +22,7 @@ from dataclasses import asdict, replace
 from fedge.protocol.blob_server import BlobServer
 from fedge.protocol.bundle import Bundle, load_bundle, pack_bundle
 from fedge.protocol.chunks import Chunk, blob_ref, decode_frame
+from fedge.protocol.compression import decode_delta
 from fedge.protocol.errors import CodecError, MessageError, TransferError
 from fedge.protocol.messages import (
     EvalReport,
@@ -36,18 +37,18 @@ from fedge.protocol.messages import (
 from fedge.protocol.parameter_travel import static_names
 from fedge.protocol.privacy import DEFAULT_TARGET_DELTA, dp_epsilon
 from fedge.protocol.signing import load_trusted_keys
-from fedge.protocol.tensors import decode_tensors, encode_tensors
+from fedge.protocol.tensors import decode_tensors, encode_tensors, l2_norm
 from fedge.protocol.topics import Topics
 from fedge.protocol.transport import Transport
 
-from .announcements import round_event, round_task, train_config
+from .announcements import invitations, round_event, round_task, train_config
 from .config import OrchestratorConfig
 from .device_budget import DeviceBudgets
 from .evaluation import CentralEvaluator
 from .intake import UpdateIntake
 from .metrics_exporter import Metrics, MetricsServer
 from .registry import DeviceRegistry
-from .robust_aggregation import aggregate_stored, robust_weighting, weigh_stored
+from .robust_aggregation import aggregate_stored, robust_weighting, weigh_norms
 from .round_machine import CloseRound, Finish, LiveRound, OpenRound, RoundMachine, Wait
 from .round_metrics import federated_metrics, training_metrics
 from .store import RoundRecord, Store
@@ -266,6 +267,8 @@ class Orchestrator:
                 live.round,
                 live.reports,
             )
+            # the broker keeps them retained, unless it lost them too (no persistence)
+            self._invite(live, skip=live.answered)
             self._publish_task("open")
         else:
             self._publish_task("closed")
@@ -285,6 +288,7 @@ class Orchestrator:
         self.bytes_up = 0
         self.blobs.bytes_sent = 0
         self.metrics.set("fedge_current_round", live.round)
+        self._invite(live)
         self._publish_task("open")
         self._event("round_started", rec)
         log.info(
@@ -296,6 +300,12 @@ class Orchestrator:
             live.goal,
             live.deadline - live.opened,
         )
+
+    def _invite(self, live: LiveRound, skip: set[str] | None = None) -> None:
+        """One retained invitation per participant, each on that device's own topic (before the
+        task, so an invited device usually holds its invitation when the task arrives)."""
+        for agent, payload in invitations(live, skip):
+            self.transport.publish(self.topics.agent_invite(agent), payload, retain=True)
 
     def train_config(self) -> TrainConfig:
         return train_config(self.cfg.rounds, self.strategy)
@@ -341,15 +351,15 @@ class Orchestrator:
     def _commit(self, live: LiveRound) -> None:
         t_aggregate = time.monotonic()
 
-        def stored() -> Iterator[tuple[str, str, int, bytes]]:  # read twice: O(model) memory
-            for agent, claimed, delta in self.store.accepted_deltas(self.run_id, live.round):
-                yield agent, agent, claimed, delta
-
-        plan = weigh_stored(
-            self.robust, stored(), self.registry.registered_samples, f"round {live.round}"
+        plan = weigh_norms(
+            self.robust,
+            self._stored_norms(live.round),
+            self.registry.registered_samples,
+            f"round {live.round}",
         )
+        deltas = self.store.accepted_deltas(self.run_id, live.round)  # one at a time: O(model)
         new_params = aggregate_stored(
-            self.strategy, self.global_params, plan, ((k, d, 1.0) for k, _a, _n, d in stored())
+            self.strategy, self.global_params, plan, ((a, d, 1.0) for a, _n, d in deltas)
         )
         self.metrics.observe_aggregation(time.monotonic() - t_aggregate)
         if new_params is None:
@@ -393,6 +403,17 @@ class Orchestrator:
         )
         self._event("round_committed", r)
         self._publish_task("closed")
+
+    def _stored_norms(self, round_no: int) -> Iterator[tuple[str, str, int, float]]:
+        """(agent, agent, claimed samples, delta norm) of the round's accepted updates: norms
+        kept at intake, or read from the stored delta (accepted before a restart)."""
+        kept = self.intake.norms(self.run_id, round_no)
+        for agent, claimed in self.store.accepted_claims(self.run_id, round_no):
+            norm = kept.get(agent)
+            if norm is None:
+                blob = self.store.accepted_delta(self.run_id, round_no, agent) or b""
+                norm = l2_norm(decode_delta(blob))
+            yield agent, agent, claimed, norm
 
     def _round_metrics(self, round_no: int) -> dict[str, float]:
         return training_metrics(self.store.update_metrics(self.run_id, round_no))

@@ -164,7 +164,11 @@ class RoundTask(Message):
     bundle_hash: ContentHash
     bundle: BlobRef
     params: BlobRef
+    # Synchronous rounds name no one here (each invited device gets an Invitation on its own
+    # topic, protocol/invitations.py) and say only how many are invited; a slot task of an
+    # asynchronous run, sent to one device's cmd topic, names that device.
     participants: Annotated[list[AgentId], Len(0, MAX_PARTICIPANTS)] = field(default_factory=list)
+    invited: Count = 0
     config: TrainConfig = field(default_factory=TrainConfig)
     deadline: Timestamp = 0.0
     # pace steering: devices not in this round (or done with it) check back after this many s

@@ -25,6 +25,7 @@ def test_acl_has_device_patterns_and_orchestrator_prefix() -> None:
         f"pattern write {p}/agent/%u/up/#",
         f"pattern read {p}/agent/%u/cmd",
         f"pattern read {p}/agent/%u/down",
+        f"pattern read {p}/agent/%u/invite",
         f"pattern read {p}/round/#",
         f"pattern read {p}/orchestrator/#",
         "user orch",
