@@ -60,6 +60,7 @@ log = logging.getLogger(__name__)
 Send = Callable[[str, bytes], None]  # (agent id, payload) -> published on that agent's cmd topic
 FLUSH_UPDATES = 1000  # accepted updates waiting for one transaction, at most
 FLUSH_BYTES = 64 << 20  # ... and delta bytes
+STALL_CHECK_SECONDS = 0.5  # how often uploads in flight are checked for stalls
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,7 @@ class UpdateIntake:
         self.ignored: Counter[str] = Counter()  # message kind -> count, devices not invited
         self._pending: dict[str, _Accepted] = {}  # agent id -> validated, not yet written
         self._pending_bytes = 0
+        self._last_stall_check = float("-inf")
         # L2 norms of the open round's accepted deltas (robust weighting at the close)
         self._norms_of: tuple[str, int] = ("", 0)
         self._norms: dict[str, float] = {}
@@ -162,6 +164,10 @@ class UpdateIntake:
 
     def tick(self) -> None:
         self.flush()
+        now = self._clock()
+        if now - self._last_stall_check < STALL_CHECK_SECONDS:
+            return  # a transfer stalls after 5 s: checking thousands of them every tick is waste
+        self._last_stall_check = now
         for agent_id, (transfer, _offer) in list(self.uploads.items()):
             transfer.tick()
             if transfer.failed:
@@ -317,7 +323,11 @@ class UpdateIntake:
             offer.round,
         ):
             return  # validated, written with its group soon: the ack follows then
-        accepted_sha = self.store.accepted_update(offer.run_id, offer.round, agent_id)
+        open_round = self._open_round_for(offer.run_id, offer.round)
+        if open_round is not None and agent_id not in open_round.accepted:
+            accepted_sha = None  # ``accepted`` mirrors the stored rows (rebuilt on restart)
+        else:
+            accepted_sha = self.store.accepted_update(offer.run_id, offer.round, agent_id)
         if accepted_sha is not None:  # counted already: a re-offer after a lost ack, or a duplicate
             if accepted_sha == offer.blob.sha256:
                 if self._recent.first_time(f"dup/{offer.msg_id}") and self._may_record(

@@ -2,6 +2,11 @@
 
 Fed by the agents' retained status messages; the broker publishes an agent's Last Will
 (``offline``) when its connection dies, so a crashed device drops out of selection.
+Decisions read the in-memory view; with ``batch_writes`` (the orchestrator's) the ``devices``
+table (for `fedge status`, metrics) is written in one transaction per burst (``flush``, called
+at every orchestrator tick): 10,000
+statuses after a broker restart were 10,000 fsyncs otherwise. The table is a report, rebuilt
+from the retained statuses after a restart, so a status not yet flushed by a crash is not lost.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ class DeviceRegistry:
         *,
         clock: Callable[[], float] = time.monotonic,
         may_log: Callable[[str, str], bool] = lambda _agent, _kind: True,
+        batch_writes: bool = False,
     ) -> None:
         self.store = store
         self._clock = clock
@@ -42,6 +48,8 @@ class DeviceRegistry:
         self.devices: dict[str, Status] = {}
         self.last_seen: dict[str, float] = {}
         self.offline_since: dict[str, float] = {}
+        self._dirty: dict[str, Status] = {}  # statuses to write at the next flush()
+        self._batch = batch_writes  # False: every status is written at once (no flush needed)
 
     def on_status(self, agent_id: str, status: Status) -> None:
         if status.agent != agent_id:
@@ -71,15 +79,20 @@ class DeviceRegistry:
         ):
             return  # the same status again (a re-send, or a flood): no write
         self._written[agent_id] = self._clock()
-        self.store.upsert_device(
-            agent_id,
-            status.state,
-            status.backend,
-            status.num_samples,
-            status.eligible,
-            status.reason,
-            status.version,
-        )
+        self._dirty[agent_id] = status
+        if not self._batch:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the statuses received since the last flush, in one transaction."""
+        if not self._dirty:
+            return
+        rows = [
+            (a, s.state, s.backend, s.num_samples, s.eligible, s.reason, s.version)
+            for a, s in self._dirty.items()
+        ]
+        self._dirty.clear()
+        self.store.upsert_devices(rows)
 
     def registered_samples(self, agent_id: str) -> int | None:
         """The sample count the device announced in its status (None if unknown): a ceiling for

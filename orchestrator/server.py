@@ -94,7 +94,9 @@ class Orchestrator:
             metrics=self.metrics,
             clock=clock,
         )
-        self.registry = DeviceRegistry(self.store, clock=clock, may_log=self.budgets.should_log)
+        self.registry = DeviceRegistry(
+            self.store, clock=clock, may_log=self.budgets.should_log, batch_writes=True
+        )
         self.rounds = RoundMachine(config.rounds, self._select)
         self.blobs = BlobServer(lambda topic, frame: self.transport.publish(topic, frame))
         self.bundle_ref = self.blobs.offer(self.archive)
@@ -172,13 +174,19 @@ class Orchestrator:
     def tick(self) -> None:
         """Time-based work: stalled uploads, then the round machine's decisions."""
         self._last_tick = self.clock()
+        self.registry.flush()
         self.intake.tick()
         queue_drops = int(getattr(self.transport, "dropped", 0))  # MqttLink's full queue
         self.budgets.queue_full(queue_drops - self._queue_drops)
         self._queue_drops = queue_drops
         self.budgets.tick()
         for _ in range(3):  # a closed round may be followed at once by the next one
-            decision = self.rounds.tick(self.clock(), eligible=self._eligible, offline=self._gone)
+            decision = self.rounds.tick(
+                self.clock(),
+                eligible=self._eligible,
+                offline=self._gone,
+                offline_ids=lambda: list(self.registry.offline_since),
+            )
             if decision is None:
                 return
             if isinstance(decision, Wait):

@@ -78,6 +78,12 @@ class Store:
         reason: str,
         version: str,
     ) -> None:
+        self.upsert_devices([(agent_id, state, backend, num_samples, eligible, reason, version)])
+
+    def upsert_devices(self, rows: list[tuple[str, str, str, int, bool, str, str]]) -> None:
+        """Several devices' (agent_id, state, backend, num_samples, eligible, reason, version),
+        in one transaction."""
+        now = time.time()
         self._tx(
             [
                 (
@@ -86,17 +92,9 @@ class Store:
                     "SET state=excluded.state, backend=excluded.backend, "
                     "num_samples=excluded.num_samples, eligible=excluded.eligible, "
                     "reason=excluded.reason, version=excluded.version, last_seen=excluded.last_seen",
-                    (
-                        agent_id,
-                        state,
-                        backend,
-                        num_samples,
-                        int(eligible),
-                        reason,
-                        version,
-                        time.time(),
-                    ),
+                    (a, state, backend, num_samples, int(eligible), reason, version, now),
                 )
+                for a, state, backend, num_samples, eligible, reason, version in rows
             ]
         )
 
