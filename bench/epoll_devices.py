@@ -92,8 +92,10 @@ class EpollDevice:
         else:
             return  # acks: nothing to do
         t = self.task
-        if t is None or t.state != "open" or not invites(self.invitation, t, self.id):
+        if t is None or t.state != "open":
             return
+        if self.id not in t.participants and not invites(self.invitation, t, self.id):
+            return  # (a participant list: the baseline orchestrator, before invitations)
         self.invited_seen.setdefault(t.round, time.time())
         if (t.run_id, t.round) in self.answered:
             return

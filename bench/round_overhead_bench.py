@@ -161,6 +161,11 @@ def main() -> int:
     ap.add_argument("--poll", type=float, default=0.01, help="worker loop sleep, seconds")
     ap.add_argument("--profile", default="", help="cProfile the orchestrator into this file")
     ap.add_argument(
+        "--orchestrator-python",
+        default=sys.executable,
+        help="the interpreter that runs the orchestrator (another checkout's venv: a baseline)",
+    )
+    ap.add_argument(
         "--epoll",
         action="store_true",
         help="devices on one epoll loop per worker (bench/epoll_devices.py): thousands a process",
@@ -260,7 +265,7 @@ def main() -> int:
             sampler.start()
             orch = subprocess.Popen(
                 [
-                    sys.executable,
+                    args.orchestrator_python,
                     str(ROOT / "bench" / "timed_orchestrator.py"),
                     "--config",
                     str(cfg),

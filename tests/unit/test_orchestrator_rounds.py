@@ -466,3 +466,21 @@ def test_robust_weighting_after_a_restart_uses_the_stored_deltas_norms(tmp_path,
     v0, v1 = fed.version(0), fed.version(1)
     for name in v0:
         np.testing.assert_allclose(v1[name] - v0[name], (0.1 + 0.2 + 0.3) / 3, atol=1e-6)
+
+
+def test_a_burst_of_statuses_is_written_in_one_transaction(tmp_path, monkeypatch):
+    fed = Federation(tmp_path, 20)
+    orch = fed.orch
+    writes = []
+    real = orch.store.upsert_devices
+    monkeypatch.setattr(
+        orch.store, "upsert_devices", lambda rows: writes.append(rows) or real(rows)
+    )
+    for d in fed.devices.values():
+        d.status("training")
+    while (item := orch.transport.get(timeout=0)) is not None:
+        orch.handle(*item)
+    assert writes == [] and orch.registry.counts() == {"training": 20}  # decisions see it now
+    orch.tick()
+    assert len(writes) == 1 and {r[0] for r in writes[0]} == set(fed.devices)
+    assert {row["state"] for row in orch.store.devices()} == {"training"}
