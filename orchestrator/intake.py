@@ -61,6 +61,7 @@ Send = Callable[[str, bytes], None]  # (agent id, payload) -> published on that 
 FLUSH_UPDATES = 1000  # accepted updates waiting for one transaction, at most
 FLUSH_BYTES = 64 << 20  # ... and delta bytes
 STALL_CHECK_SECONDS = 0.5  # how often uploads in flight are checked for stalls
+BACKLOG_STALL_CHECK_SECONDS = 30.0  # ... while our own receive queue is not empty
 
 
 @dataclass(frozen=True)
@@ -162,11 +163,20 @@ class UpdateIntake:
             (r.goal or len(r.participants)) if r is not None else 0,
         )
 
-    def tick(self) -> None:
+    def tick(self, backlog: int = 0) -> None:
+        """Write the waiting accepted updates; check the uploads in flight for stalls.
+
+        ``backlog``: messages waiting in our own receive queue. While there are some, the
+        chunks a stalled-looking upload waits for may be among them: asking the devices again
+        then only doubles the traffic of an overloaded orchestrator (10,000 devices answering
+        at once), so stalls are checked only when the queue is empty, or every 30 s at least.
+        """
         self.flush()
         now = self._clock()
         if now - self._last_stall_check < STALL_CHECK_SECONDS:
             return  # a transfer stalls after 5 s: checking thousands of them every tick is waste
+        if backlog and now - self._last_stall_check < BACKLOG_STALL_CHECK_SECONDS:
+            return
         self._last_stall_check = now
         for agent_id, (transfer, _offer) in list(self.uploads.items()):
             transfer.tick()

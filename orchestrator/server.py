@@ -175,7 +175,7 @@ class Orchestrator:
         """Time-based work: stalled uploads, then the round machine's decisions."""
         self._last_tick = self.clock()
         self.registry.flush()
-        self.intake.tick()
+        self.intake.tick(backlog=self.transport.pending())
         queue_drops = int(getattr(self.transport, "dropped", 0))  # MqttLink's full queue
         self.budgets.queue_full(queue_drops - self._queue_drops)
         self._queue_drops = queue_drops

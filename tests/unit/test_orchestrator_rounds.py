@@ -484,3 +484,29 @@ def test_a_burst_of_statuses_is_written_in_one_transaction(tmp_path, monkeypatch
     orch.tick()
     assert len(writes) == 1 and {r[0] for r in writes[0]} == set(fed.devices)
     assert {row["state"] for row in orch.store.devices()} == {"training"}
+
+
+def test_an_upload_is_not_asked_again_while_its_chunks_may_wait_in_our_own_queue(tmp_path):
+    """10,000 answers at once: chunks waited >5 s in the orchestrator's receive queue, every
+    transfer looked stalled and was asked again, doubling the traffic it was drowning in."""
+    fed = Federation(tmp_path, 2)
+    orch = fed.orch
+    a, _b = fed.invited()
+    a.offer(delta(fed.version(0), 0.1))
+    while (item := orch.transport.get(timeout=0)) is not None:  # the offer: a fetch goes out
+        orch.handle(*item)
+    cmd = orch.topics.agent_cmd(a.id)
+
+    def fetches() -> int:
+        return sum(
+            1
+            for _s, topic, payload, _r in fed.broker.published
+            if topic == cmd and isinstance(parse_message(payload), FetchRequest)
+        )
+
+    assert fetches() == 1
+    fed.clock.advance(6)  # past the 5 s stall timeout
+    orch.intake.tick(backlog=500)
+    assert fetches() == 1  # its chunk may be among the 500 queued messages
+    orch.intake.tick(backlog=0)
+    assert fetches() == 2  # the queue is drained and still nothing: ask again
