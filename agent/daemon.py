@@ -20,6 +20,7 @@ from fedge.protocol.blob_server import BlobServer
 from fedge.protocol.bundle import Bundle
 from fedge.protocol.chunks import decode_frame
 from fedge.protocol.errors import CodecError, FedgeError, MessageError, TransferError
+from fedge.protocol.invitations import Invitation, as_seen_by, invites
 from fedge.protocol.messages import (
     Ack,
     FetchRequest,
@@ -114,6 +115,8 @@ class Agent:
         self._status = "online"
         self._was_connected = False
         self._seen_task: RoundTask | None = None  # the last task received (for the log)
+        self._broadcast: RoundTask | None = None  # round/current as published (names no one)
+        self._invitation: Invitation | None = None  # the last one on agent/<id>/invite
         self._link_problem = ""
         self.slots = AsyncSlots(config.id)  # asynchronous runs (docs/async.md)
 
@@ -143,6 +146,7 @@ class Agent:
             self.topics.round_async,
             self.topics.agent_cmd(me),
             self.topics.agent_down(me),
+            self.topics.agent_invite(me),
         ):
             self.transport.subscribe(topic)
         self.transport.start()
@@ -214,6 +218,8 @@ class Agent:
                 self._on_task(payload)
             elif topic == self.topics.round_async:
                 self.slots.on_announce(payload)
+            elif topic == self.topics.agent_invite(me):
+                self._on_invitation(payload)
             elif topic == self.topics.agent_cmd(me):
                 msg = parse_message(payload)
                 if isinstance(msg, FetchRequest):
@@ -231,12 +237,17 @@ class Agent:
 
     def _on_task(self, payload: bytes) -> None:
         if not payload:
+            self._broadcast = None
             if not self.slots.holding:  # an asynchronous run clears round/current
                 self.task = None
             return
-        task = parse_message(payload, RoundTask)
-        if not isinstance(task, RoundTask):  # pragma: no cover - parse_message checked it
+        broadcast = parse_message(payload, RoundTask)
+        if not isinstance(broadcast, RoundTask):  # pragma: no cover - parse_message checked it
             raise MessageError("expected a round task")
+        self._broadcast = broadcast
+        task = as_seen_by(broadcast, self._invitation, self.cfg.id)
+        if task is None:  # pragma: no cover - as_seen_by returns a task for a task
+            return
         news = round_news(self._seen_task, task, self.cfg.id, self.clock.time())
         if news:
             log.info("%s", news)
@@ -245,6 +256,30 @@ class Agent:
         self._seen_task = task
         self.task = task
         self.slots.holding = False
+
+    def _on_invitation(self, payload: bytes) -> None:
+        """An invitation (retained on this device's own topic) to the open round, or to the
+        next one when it arrives before the task."""
+        if not payload:
+            self._invitation = None
+            return
+        invitation = parse_message(payload, Invitation)
+        if not isinstance(invitation, Invitation) or invitation.agent != self.cfg.id:
+            raise MessageError(f"an invitation on {self.cfg.id}'s topic names another device")
+        self._invitation = invitation
+        task = self._broadcast
+        if self.slots.holding or task is None or not invites(invitation, task, self.cfg.id):
+            return
+        if (
+            task.state == "open"
+            and self.task is not None
+            and self.cfg.id not in self.task.participants
+        ):
+            log.info(
+                "invited to round %d of run %s (one of %d)", task.round, task.run_id, task.invited
+            )
+        self.task = as_seen_by(task, invitation, self.cfg.id)
+        self._seen_task = self.task
 
     def _request_slot(self) -> None:
         task = self.task

@@ -196,14 +196,14 @@ def round_news(seen: RoundTask | None, task: RoundTask, agent_id: str, now: floa
     if seen is not None and not task_changed(seen, task):
         return ""
     if task.state == "open":
+        invited = task.invited or len(task.participants)  # invitations travel per device
         if agent_id in task.participants:
             return (
                 f"round {task.round} of run {task.run_id} open: this device is one of "
-                f"{len(task.participants)} invited (deadline in {task.deadline - now:.0f} s)"
+                f"{invited} invited (deadline in {task.deadline - now:.0f} s)"
             )
         return (
-            f"round {task.round} of run {task.run_id} open without this device "
-            f"({len(task.participants)} invited)"
+            f"round {task.round} of run {task.run_id} open without this device ({invited} invited)"
         )
     if task.state == "closed":
         if seen is not None and seen.state == "open" and seen.run_id == task.run_id:

@@ -22,6 +22,7 @@ import numpy as np
 from fedge.agent.backends import create_backend
 from fedge.protocol.async_messages import AsyncAnnounce, SlotRequest
 from fedge.protocol.chunks import blob_ref, chunk_bytes, decode_frame, encode_frame
+from fedge.protocol.invitations import Invitation, as_seen_by
 from fedge.protocol.messages import (
     Ack,
     FetchRequest,
@@ -82,6 +83,8 @@ class SimDevice:
         self.next_flip = 0.0
         self.back_at = 0.0
         self.task: RoundTask | None = None
+        self.broadcast: RoundTask | None = None  # round/current (synchronous runs)
+        self.invitation: Invitation | None = None
         self.announce: AsyncAnnounce | None = None
         self.done: set[tuple[str, int]] = set()  # (run, round or slot) already handled
         self.pull: PullTransfer | None = None
@@ -104,6 +107,7 @@ class SimDevice:
             self.topics.round_async,
             self.topics.agent_cmd(self.id),
             self.topics.agent_down(self.id),
+            self.topics.agent_invite(self.id),
         ):
             self.link.subscribe(t)
         self.link.start()
@@ -181,7 +185,16 @@ class SimDevice:
         if isinstance(msg, AsyncAnnounce):
             self.announce = msg
         elif isinstance(msg, RoundTask):
-            self._on_task(msg)
+            if topic == self.topics.round_current:
+                self.broadcast = msg
+            task = as_seen_by(msg, self.invitation, self.id)
+            if task is not None:
+                self._on_task(task)
+        elif isinstance(msg, Invitation):
+            self.invitation = msg
+            task = as_seen_by(self.broadcast, msg, self.id)
+            if task is not None:
+                self._on_task(task)
         elif isinstance(msg, FetchRequest):
             blob = self.offered.get(msg.sha256)
             if blob is not None:

@@ -10,6 +10,11 @@ descriptors above 1023, and each client holds three (socket + wake-up pair), so 
 tops out near 330 clients. Each worker connects its clients in parallel.
 Loopback only; stops by itself (``--timeout``). Median over the round changes (>= 5).
 
+Scale columns (docs/benchmarks.md, "10,000 devices on one Mosquitto"): each round's open ->
+close (every device answering at once), the fan-out (round opened -> the last device holds
+both the task and its own invitation), the orchestrator's CPU seconds and peak RSS per round
+(bench/timed_orchestrator.py) and Mosquitto's RSS (sampled from /proc every 0.2 s).
+
 Usage: python bench/round_overhead_bench.py [--agents 100] [--rounds 6] [--per-worker 100]
 """
 
@@ -27,6 +32,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -35,10 +41,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
+from epoll_devices import epoll_worker  # noqa: E402
 from support.fake_agent import FakeAgent  # noqa: E402
 from support.mosquitto import MosquittoBroker, find_mosquitto, make_users  # noqa: E402
 
 from fedge.protocol.bundle import load_bundle  # noqa: E402
+from fedge.protocol.tensors import encode_tensors  # noqa: E402
 from fedge.protocol.toml_writer import write_toml  # noqa: E402
 
 
@@ -60,6 +68,7 @@ def agent_worker(
     ready: mp.Queue,
     stop: mp.Event,
     results: mp.Queue,
+    poll: float = 0.01,
 ) -> None:
     """Run ``creds`` agents in this process: connect all at once, answer rounds until ``stop``."""
     raise_open_files()
@@ -84,18 +93,45 @@ def agent_worker(
             a.pump(0)
             t = a.task
             if t and t.state == "open" and (a.id, t.round) not in answered:
-                if a.id in t.participants:
+                if a.invited:  # the task and this device's own invitation name the round
                     answered.add((a.id, t.round))
                     a.offer(delta)
-        time.sleep(0.01)
+        time.sleep(poll)
     seen: dict[str, list[float]] = {}
     for a in agents:
-        for (rnd, state), ts in a.task_seen.items():
-            if state == "open":
-                seen.setdefault(str(rnd), []).append(ts)
+        for rnd, ts in a.invited_seen.items():
+            seen.setdefault(str(rnd), []).append(ts)
     results.put(seen)
     for a in agents:
         a.stop()
+
+
+def rss_kib(pid: int | None) -> int:
+    """VmRSS of a process in KiB (0 if it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+class RssSampler(threading.Thread):
+    """(time.time(), VmRSS KiB) of one process every 0.2 s, until ``stop`` is set."""
+
+    def __init__(self, pid: int | None) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.stop = threading.Event()
+        self.samples: list[tuple[float, int]] = []
+
+    def run(self) -> None:
+        while not self.stop.wait(0.2):
+            self.samples.append((time.time(), rss_kib(self.pid)))
+
+    def peak(self, lo: float, hi: float) -> int:
+        return max((kib for t, kib in self.samples if lo <= t <= hi), default=0)
 
 
 def load_timings(path: Path) -> list[dict]:
@@ -122,6 +158,18 @@ def main() -> int:
     ap.add_argument("--per-worker", type=int, default=100, help="agents per worker process")
     ap.add_argument("--connect-timeout", type=float, default=120.0)
     ap.add_argument("--timeout", type=float, default=900.0, help="whole run, seconds")
+    ap.add_argument("--poll", type=float, default=0.01, help="worker loop sleep, seconds")
+    ap.add_argument("--profile", default="", help="cProfile the orchestrator into this file")
+    ap.add_argument(
+        "--orchestrator-python",
+        default=sys.executable,
+        help="the interpreter that runs the orchestrator (another checkout's venv: a baseline)",
+    )
+    ap.add_argument(
+        "--epoll",
+        action="store_true",
+        help="devices on one epoll loop per worker (bench/epoll_devices.py): thousands a process",
+    )
     args = ap.parse_args()
     nofile = raise_open_files()
     import paho.mqtt
@@ -184,25 +232,25 @@ def main() -> int:
         n_workers = math.ceil(args.agents / args.per_worker)
         workers = []
         orch = None
+        sampler: RssSampler | None = None
         seen: dict[str, list[float]] = {}
         try:
             t0 = time.monotonic()
             for w in range(n_workers):
                 creds = [(i, broker.users[i]) for i in ids[w::n_workers]]
-                p = ctx.Process(
-                    target=agent_worker,
-                    args=(
-                        broker.url,
-                        creds,
-                        delta,
-                        args.connect_timeout,
-                        args.timeout,
-                        ready,
-                        stop,
-                        results,
-                    ),
-                    daemon=True,
-                )
+                common = (args.connect_timeout, args.timeout, ready, stop, results)
+                if args.epoll:
+                    p = ctx.Process(
+                        target=epoll_worker,
+                        args=(broker.url, creds, encode_tensors(delta), *common),
+                        daemon=True,
+                    )
+                else:
+                    p = ctx.Process(
+                        target=agent_worker,
+                        args=(broker.url, creds, delta, *common, args.poll),
+                        daemon=True,
+                    )
                 p.start()
                 workers.append(p)
             for _ in workers:
@@ -211,16 +259,19 @@ def main() -> int:
                     raise RuntimeError(f"agents did not connect: {detail}")
             print(
                 f"{args.agents} agents in {n_workers} worker processes connected in "
-                f"{time.monotonic() - t0:.1f} s"
+                f"{time.monotonic() - t0:.1f} s; Mosquitto RSS {rss_kib(broker.pid) / 1024:.0f} MiB"
             )
+            sampler = RssSampler(broker.pid)
+            sampler.start()
             orch = subprocess.Popen(
                 [
-                    sys.executable,
+                    args.orchestrator_python,
                     str(ROOT / "bench" / "timed_orchestrator.py"),
                     "--config",
                     str(cfg),
                     "--timings",
                     str(timings_path),
+                    *(["--profile", args.profile] if args.profile else []),
                 ]
             )
             try:
@@ -242,6 +293,8 @@ def main() -> int:
                 p.join(10)
                 if p.is_alive():
                     p.kill()
+            if sampler is not None:
+                sampler.stop.set()
             broker.stop()
         con = sqlite3.connect(db)
         rounds = con.execute(
@@ -309,6 +362,24 @@ def main() -> int:
             if got:
                 cols["first_agent"].append(got[0] - lin)
                 cols["all_agents"].append(got[-1] - lin)
+        scale: dict[str, list[float]] = {
+            k: [] for k in ("open_close", "fanout", "cpu", "rss", "mq")
+        }
+        by_round = {
+            r: (o, c) for r, o, c in zip((x[0] for x in rounds), opens, closes, strict=False)
+        }
+        for r, (o, c) in by_round.items():
+            if r == rounds[0][0]:
+                continue  # the first round also pays for start-up (connections, caches)
+            scale["open_close"].append(c["end"] - o["start"])
+            got = seen.get(str(r), [])
+            if len(got) == args.agents:
+                scale["fanout"].append(max(got) - o["start"])
+            if "cpu" in c and "cpu_start" in o:
+                scale["cpu"].append(c["cpu"] - o["cpu_start"])
+                scale["rss"].append(c["hwm_kib"] / 1024)
+            if sampler is not None:
+                scale["mq"].append(sampler.peak(o["start"], c["end"]) / 1024)
         n = len(cols["opened_db"])
         print(
             f"{args.agents} agents, {len(rounds)} rounds, all with {args.agents} reports; "
@@ -322,11 +393,11 @@ def main() -> int:
             "close_publish": "  publish 'closed' task + event",
             "gap": "  close -> open (main loop turn, eligibility query)",
             "select": "  select participants",
-            "open_rest": "  record the new round in SQLite",
+            "open_rest": "  record the new round in SQLite + publish the invitations",
             "open_publish": "  publish 'open' task + event",
             "opened_db": "last report in -> round row opened (previous metric)",
-            "first_agent": "last report in -> first agent has the new task",
-            "all_agents": "last report in -> every agent has the new task",
+            "first_agent": "last report in -> first agent has the new task + invitation",
+            "all_agents": "last report in -> every agent has the new task + invitation",
             "duration": "round duration open -> close (all answering at once), s",
         }
         for key, label in labels.items():
@@ -338,6 +409,23 @@ def main() -> int:
                     else ms(vals)
                 )
                 print(f"{label}: {text}")
+        scale_labels = {
+            "open_close": "round open -> closed and committed, all answering at once, s",
+            "fanout": "fan-out: round opened -> last device holds task + its invitation, s",
+            "cpu": "orchestrator CPU per round (all threads), s",
+            "rss": "orchestrator peak RSS during a round, MiB",
+            "mq": "Mosquitto peak RSS during a round, MiB",
+        }
+        print(
+            f"per round, median (min-max) over {len(scale['open_close'])} rounds after the first:"
+        )
+        for key, label in scale_labels.items():
+            vals = scale[key]
+            if vals:
+                med, lo, hi = statistics.median(vals), min(vals), max(vals)
+                print(f"{label}: {med:.2f} ({lo:.2f}-{hi:.2f})")
+            else:
+                print(f"{label}: not measured")
     return 0
 
 

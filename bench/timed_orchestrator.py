@@ -5,6 +5,12 @@ methods of one ``Orchestrator`` instance (no change to the library) and appends 
 per call to ``--timings``: ``{"step", "start", "end"}`` in ``time.time()`` seconds (the clock
 the orchestrator's database uses). A method that no longer exists is skipped with a warning.
 
+The ``open`` and ``close`` lines also carry the process's CPU seconds so far (``cpu``, all
+threads) and its peak RSS in KiB since the previous ``open`` (``hwm_kib``: Linux's VmHWM, reset
+at every open through /proc/self/clear_refs), so a round's CPU and peak memory can be read off.
+``--per-message`` also times every ``handle`` and ``tick`` (one line per message: costly at
+thousands of devices, so off by default).
+
 Usage: python bench/timed_orchestrator.py --config o.toml --timings timings.jsonl
 """
 
@@ -27,6 +33,25 @@ from fedge.protocol.settings import load_settings
 log = logging.getLogger("timed_orchestrator")
 
 
+def _peak_rss_kib(reset: bool = False) -> int:
+    """VmHWM of this process (KiB); ``reset`` starts a new peak (Linux >= 4.0)."""
+    try:
+        text = open("/proc/self/status").read()
+        hwm = int(next(line.split()[1] for line in text.splitlines() if line.startswith("VmHWM")))
+        if reset:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        return hwm
+    except (OSError, StopIteration, ValueError):
+        return 0
+
+
+def _resources(step: str) -> dict[str, float]:
+    if step not in ("open", "close"):
+        return {}
+    return {"cpu": time.process_time(), "hwm_kib": _peak_rss_kib(reset=step == "open")}
+
+
 def _wrap(obj: Any, name: str, step: str, out: IO[str], label: Callable[..., str] | None = None):
     fn = getattr(obj, name, None)
     if fn is None:
@@ -34,12 +59,15 @@ def _wrap(obj: Any, name: str, step: str, out: IO[str], label: Callable[..., str
         return
 
     def timed(*args: Any, **kwargs: Any) -> Any:
-        start = time.time()
+        start, cpu_start = time.time(), time.process_time()
         try:
             return fn(*args, **kwargs)
         finally:
             tag = f"{step}:{label(*args, **kwargs)}" if label else step
-            out.write(json.dumps({"step": tag, "start": start, "end": time.time()}) + "\n")
+            line = {"step": tag, "start": start, "end": time.time()} | _resources(step)
+            if "cpu" in line:
+                line["cpu_start"] = cpu_start
+            out.write(json.dumps(line) + "\n")
 
     setattr(obj, name, timed)
 
@@ -48,6 +76,8 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", required=True)
     ap.add_argument("--timings", required=True)
+    ap.add_argument("--per-message", action="store_true", help="also time handle() and tick()")
+    ap.add_argument("--profile", default="", help="write cProfile stats of the run here")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     config = load_settings(OrchestratorConfig, args.config)
@@ -64,9 +94,20 @@ def main() -> int:
         _wrap(orch.store, "open_round", "store_open", out)
         _wrap(orch.strategy, "configure_round", "select", out)
         _wrap(orch.registry, "eligible", "eligible", out)
-        _wrap(orch, "handle", "dispatch", out)
-        _wrap(orch, "tick", "step", out)
-        orch.run()
+        _wrap(orch.intake, "flush", "flush", out)
+        if args.per_message:
+            _wrap(orch, "handle", "dispatch", out)
+            _wrap(orch, "tick", "step", out)
+        if not args.profile:
+            orch.run()
+            return 0
+        import cProfile
+
+        profiler = cProfile.Profile()
+        try:
+            profiler.runcall(orch.run)
+        finally:
+            profiler.dump_stats(args.profile)
     return 0
 
 

@@ -1,7 +1,8 @@
 """What the orchestrator tells the fleet, built as plain values (the server publishes them).
 
 The retained round task says which round is open (or that none is, or that the run finished)
-and how devices should pace themselves; the round event is the progress line a person or the
+and how devices should pace themselves; each invited device gets its own retained invitation
+(it names no other device: protocol/invitations.py); the round event is the progress line a person or the
 demo follows. Building them here keeps the server's code to "decide, store, publish".
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from fedge.protocol.invitations import Invitation
 from fedge.protocol.messages import BlobRef, RoundEvent, RoundTask, Standardization, TrainConfig
 
 from .config import RoundSettings
@@ -64,7 +66,7 @@ def round_task(
         bundle_hash=bundle_hash,
         bundle=bundle,
         params=params,
-        participants=list(live.participants) if live else [],
+        invited=len(live.participants) if live else 0,
         deadline=live.deadline if live else 0.0,
         config=replace(
             config,
@@ -77,6 +79,16 @@ def round_task(
         params_pushed=live is not None and 0 < params.size <= rounds.inline_max_bytes,
         inline_max_bytes=rounds.inline_max_bytes,
     )
+
+
+def invitations(live: LiveRound, skip: set[str] | None = None) -> list[tuple[str, bytes]]:
+    """(agent id, encoded Invitation) for every participant of ``live`` not in ``skip``."""
+    skip = skip or set()
+    return [
+        (agent, Invitation(run_id=live.run_id, round=live.round, agent=agent).encode())
+        for agent in live.participants
+        if agent not in skip
+    ]
 
 
 def round_event(

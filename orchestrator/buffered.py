@@ -144,6 +144,7 @@ class BufferedOrchestrator(Orchestrator):
 
     def tick(self) -> None:
         self._last_tick = self.clock()
+        self.registry.flush()
         queue_drops = int(getattr(self.transport, "dropped", 0))  # MqttLink's full queue
         self.budgets.queue_full(queue_drops - self._queue_drops)
         self._queue_drops = queue_drops

@@ -182,11 +182,17 @@ class DeviceBudgets:
         )
 
     # ---- messages ----
-    def admit(self, agent_id: str, *, chunk: bool = False) -> bool:
-        """Spend one token of the device's message (or chunk) bucket; False: drop it unread."""
+    def admit(self, agent_id: str, *, chunk: bool = False, introduced: bool = False) -> bool:
+        """Spend one token of the device's message (or chunk) bucket; False: drop it unread.
+
+        ``introduced``: the broker's retained status of the device, which does not spend the
+        budget shared by unknown ids (there is one per status topic: after a restart of the
+        orchestrator, 10,000 of them arrive at once and none is ever sent again)."""
         entry, now = self._entry(agent_id), self._clock()
         bucket = entry.chunks if chunk else entry.messages
-        if bucket.take(now) and (agent_id in self._devices or self._strangers.messages.take(now)):
+        if bucket.take(now) and (
+            introduced or agent_id in self._devices or self._strangers.messages.take(now)
+        ):
             return True
         self._count_drop(entry, "rate_limit")
         return False
@@ -210,7 +216,7 @@ class DeviceBudgets:
         (``uploading``); everything else spends a token of the device's budget.
         """
         if kind == "status":
-            return "admit" if payload and self.admit(agent_id) else "drop"
+            return "admit" if payload and self.admit(agent_id, introduced=retained) else "drop"
         if not payload:
             if self._clears.get(topic):  # our own clear, echoed back: not the device's doing
                 self._clears[topic] -= 1

@@ -2,6 +2,11 @@
 
 Fed by the agents' retained status messages; the broker publishes an agent's Last Will
 (``offline``) when its connection dies, so a crashed device drops out of selection.
+Decisions read the in-memory view; with ``batch_writes`` (the orchestrator's) the ``devices``
+table (for `fedge status`, metrics) is written in one transaction per burst (``flush``, called
+at every orchestrator tick): 10,000
+statuses after a broker restart were 10,000 fsyncs otherwise. The table is a report, rebuilt
+from the retained statuses after a restart, so a status not yet flushed by a crash is not lost.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ class DeviceRegistry:
         *,
         clock: Callable[[], float] = time.monotonic,
         may_log: Callable[[str, str], bool] = lambda _agent, _kind: True,
+        batch_writes: bool = False,
     ) -> None:
         self.store = store
         self._clock = clock
@@ -49,6 +55,8 @@ class DeviceRegistry:
         self.devices: dict[str, Status] = {}
         self.last_seen: dict[str, float] = {}
         self.offline_since: dict[str, float] = {}
+        self._dirty: dict[str, Status] = {}  # statuses to write at the next flush()
+        self._batch = batch_writes  # False: every status is written at once (no flush needed)
 
     def on_status(self, agent_id: str, status: Status) -> None:
         if status.agent != agent_id:
@@ -77,38 +85,43 @@ class DeviceRegistry:
             and self._clock() - self._written.get(agent_id, float("-inf")) < REWRITE_SECONDS
         ):
             return  # the same status again (a re-send, or a flood): no write
-        if (
+        flip = (
             previous is not None
             and {previous.state, status.state} <= BUSY_STATES
             and replace(previous, ts=status.ts, state=status.state) == status
-            and self._clock() - self._written.get(agent_id, float("-inf")) < FLIP_SECONDS
-        ):
-            self._unwritten.add(agent_id)  # written by flush()
-            return
-        self._write(agent_id, status)
-
-    def _write(self, agent_id: str, status: Status) -> None:
-        self._write_many([(agent_id, status)])
-
-    def _write_many(self, items: list[tuple[str, Status]]) -> None:
-        for agent_id, _status in items:
-            self._written[agent_id] = self._clock()
-            self._unwritten.discard(agent_id)
-        self.store.upsert_devices(
-            [
-                (a, s.state, s.backend, s.num_samples, s.eligible, s.reason, s.version)
-                for a, s in items
-            ]
         )
+        if flip and self._clock() - self._written.get(agent_id, float("-inf")) < FLIP_SECONDS:
+            self._unwritten.add(agent_id)  # written by flush() within FLIP_SECONDS
+            self._dirty.pop(agent_id, None)
+            return
+        self._unwritten.discard(agent_id)
+        self._written[agent_id] = self._clock()
+        self._dirty[agent_id] = status
+        if not self._batch:
+            self._write_dirty()
 
     def flush(self, *, everything: bool = False) -> None:
-        """Write the held-back flips, all in one transaction, at most every FLIP_SECONDS
-        (``everything``: now, e.g. on stop)."""
+        """Write the statuses received since the last flush in one transaction; the held-back
+        idle/training flips at most every FLIP_SECONDS (``everything``: all of them now, e.g.
+        on stop)."""
         now = self._clock()
-        if not self._unwritten or (not everything and now - self._flushed < FLIP_SECONDS):
+        if self._unwritten and (everything or now - self._flushed >= FLIP_SECONDS):
+            self._flushed = now
+            for agent_id in sorted(self._unwritten):
+                self._dirty[agent_id] = self.devices[agent_id]
+                self._written[agent_id] = now
+            self._unwritten.clear()
+        self._write_dirty()
+
+    def _write_dirty(self) -> None:
+        if not self._dirty:
             return
-        self._flushed = now
-        self._write_many([(a, self.devices[a]) for a in sorted(self._unwritten)])
+        rows = [
+            (a, s.state, s.backend, s.num_samples, s.eligible, s.reason, s.version)
+            for a, s in self._dirty.items()
+        ]
+        self._dirty.clear()
+        self.store.upsert_devices(rows)
 
     def registered_samples(self, agent_id: str) -> int | None:
         """The sample count the device announced in its status (None if unknown): a ceiling for

@@ -4,6 +4,8 @@ Synchronous rounds and asynchronous buffers (orchestrator/buffered.py) both aggr
 kept in SQLite: a first pass reads each delta's norm and claimed sample count and decides its
 weight and scale (orchestrator/robust_weighting.py), a second pass adds ``scale * delta`` with that
 weight to the strategy's aggregator. Only one decoded delta is in memory at a time (O(model)).
+Synchronous rounds keep each delta's norm as it is validated (orchestrator/intake.py) and weigh
+from those (``weigh_norms``), so their close reads every delta once.
 """
 
 from __future__ import annotations
@@ -46,10 +48,24 @@ def weigh_stored(
     label: str,
 ) -> RoundWeights:
     """First pass: every delta's norm and claim, weighed; one log line if anything was cut."""
+    norms = (
+        (key, agent, claimed, l2_norm(decode_delta(blob))) for key, agent, claimed, blob in deltas
+    )
+    return weigh_norms(robust, norms, registered, label)
+
+
+def weigh_norms(
+    robust: RobustWeighting,
+    updates: Iterable[tuple[str, str, int, float]],
+    registered: Callable[[str], int | None],
+    label: str,
+) -> RoundWeights:
+    """The weighing from (key, agent id, claimed samples, delta norm) alone: when the norms
+    were kept as the deltas arrived, no delta is read for it."""
     plan = robust.weigh(
         [
-            RoundUpdate(key, claimed, registered(agent), l2_norm(decode_delta(blob)))
-            for key, agent, claimed, blob in deltas
+            RoundUpdate(key, claimed, registered(agent), norm)
+            for key, agent, claimed, norm in updates
         ]
     )
     if any(w.capped or w.clipped or not w.accepted for w in plan.updates):

@@ -38,7 +38,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -92,12 +92,17 @@ class RoundWeights:
     median_samples: int  # lower median of the counts after caps (a) and (b); 0 if none
     median_norm: float  # lower median of the recent norms the bound came from
     norm_bound: float  # updates above this were scaled down to it (inf = clipping off)
+    # agent id -> decision: a 10,000-update round looks each one up once (no list scans)
+    _index: dict[str, UpdateWeight] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_index", {u.agent_id: u for u in self.updates})
 
     def get(self, agent_id: str) -> UpdateWeight:
-        for u in self.updates:
-            if u.agent_id == agent_id:
-                return u
-        raise KeyError(f"no weighting decision for agent {agent_id!r} in this round")
+        u = self._index.get(agent_id)
+        if u is None:
+            raise KeyError(f"no weighting decision for agent {agent_id!r} in this round")
+        return u
 
     def accepted(self) -> list[UpdateWeight]:
         return [u for u in self.updates if u.accepted]

@@ -15,7 +15,7 @@ update rows on restart.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +47,11 @@ class LiveRound:
     accepted: set[str] = field(default_factory=set)  # participants whose report counts
     refused: set[str] = field(default_factory=set)  # participants refused, or who aborted
     ignored: int = 0  # messages for this round from devices that were not invited
+    # the participants as a set: every message of a 10,000-device round asks ``invited``
+    invited_set: frozenset[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.invited_set = frozenset(self.participants)
 
     @classmethod
     def resumed(cls, rec: RoundRecord, updates: list[dict[str, Any]]) -> LiveRound:
@@ -92,7 +97,7 @@ class LiveRound:
         return self.accepted | self.refused
 
     def invited(self, agent_id: str) -> bool:
-        return agent_id in self.participants
+        return agent_id in self.invited_set
 
     @property
     def goal_reached(self) -> bool:
@@ -180,17 +185,20 @@ class RoundMachine:
         *,
         eligible: Callable[[], list[DeviceInfo]],
         offline: Callable[[str], bool],
+        offline_ids: Callable[[], Iterable[str]] | None = None,
     ) -> Decision | None:
         """The time-based decision, or None when nothing is to be done now.
 
         ``eligible`` is asked only when no round is open; ``offline(agent)`` is True for a
-        device offline longer than the grace.
+        device offline longer than the grace. ``offline_ids``, when given, names every device
+        that may be offline (a superset): only those are asked, not every participant at every
+        tick (10,000 calls a tick in a 10,000-device round).
         """
         if self.finished:
             return None
         if self.current is None:
             return self._maybe_open(now, eligible)
-        return self._maybe_close(now, offline)
+        return self._maybe_close(now, offline, offline_ids)
 
     def statistics_due(self) -> bool:
         """Federated standardization: one statistics round before the first training round
@@ -237,13 +245,19 @@ class RoundMachine:
         self.last_round = round_no
         return OpenRound(live)
 
-    def _maybe_close(self, now: float, offline: Callable[[str], bool]) -> CloseRound | None:
+    def _maybe_close(
+        self,
+        now: float,
+        offline: Callable[[str], bool],
+        offline_ids: Callable[[], Iterable[str]] | None = None,
+    ) -> CloseRound | None:
         r = self.current
         if r is None:
             return None
-        invited = set(r.participants)
+        invited = r.invited_set
         answered = r.answered & invited
-        gone = {p for p in invited - answered if offline(p)}
+        candidates = invited - answered if offline_ids is None else offline_ids()
+        gone = {p for p in candidates if p in invited and p not in answered and offline(p)}
         if r.goal_reached:
             why = "goal"
         elif len(answered | gone) >= len(invited):

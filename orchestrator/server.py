@@ -23,6 +23,7 @@ from fedge.protocol import timeline
 from fedge.protocol.blob_server import BlobServer
 from fedge.protocol.bundle import Bundle, load_bundle, pack_bundle
 from fedge.protocol.chunks import Chunk, blob_ref, decode_frame
+from fedge.protocol.compression import decode_delta
 from fedge.protocol.errors import CodecError, ConfigError, FedgeError, MessageError, TransferError
 from fedge.protocol.messages import (
     EvalReport,
@@ -41,18 +42,18 @@ from fedge.protocol.messages import (
 from fedge.protocol.parameter_travel import static_names
 from fedge.protocol.privacy import DEFAULT_TARGET_DELTA, dp_epsilon
 from fedge.protocol.signing import load_trusted_keys
-from fedge.protocol.tensors import decode_tensors, encode_tensors
+from fedge.protocol.tensors import decode_tensors, encode_tensors, l2_norm
 from fedge.protocol.topics import Topics
 from fedge.protocol.transport import Transport
 
-from .announcements import round_event, round_task, train_config
+from .announcements import invitations, round_event, round_task, train_config
 from .config import OrchestratorConfig
 from .device_budget import DeviceBudgets
 from .evaluation import CentralEvaluator
 from .intake import UpdateIntake
 from .metrics_exporter import Metrics, MetricsServer
 from .registry import DeviceRegistry
-from .robust_aggregation import aggregate_stored, robust_weighting, weigh_stored
+from .robust_aggregation import aggregate_stored, robust_weighting, weigh_norms
 from .round_machine import CloseRound, Finish, LiveRound, OpenRound, RoundMachine, Wait
 from .round_metrics import federated_metrics, training_metrics
 from .standardization_round import check_standardizable, combine_reports
@@ -99,7 +100,9 @@ class Orchestrator:
             metrics=self.metrics,
             clock=clock,
         )
-        self.registry = DeviceRegistry(self.store, clock=clock, may_log=self.budgets.should_log)
+        self.registry = DeviceRegistry(
+            self.store, clock=clock, may_log=self.budgets.should_log, batch_writes=True
+        )
         self.rounds = RoundMachine(config.rounds, self._select)
         self.blobs = BlobServer(lambda topic, frame: self.transport.publish(topic, frame))
         self.bundle_ref = self.blobs.offer(self.archive)
@@ -127,6 +130,7 @@ class Orchestrator:
         self._last_wait_log = float("-inf")
         self._last_tick = float("-inf")
         self._queue_drops = 0
+        self._closed_unannounced = False  # a round committed and no next one opened yet
 
     @property
     def run_id(self) -> str:
@@ -185,12 +189,12 @@ class Orchestrator:
         """Time-based work: stalled uploads, the round machine's decisions, then the central
         evaluation of the versions just committed (after the next round has opened)."""
         self._last_tick = self.clock()
-        self.intake.tick()
+        self.registry.flush()
+        self.intake.tick(backlog=self.transport.pending())
         queue_drops = int(getattr(self.transport, "dropped", 0))  # MqttLink's full queue
         self.budgets.queue_full(queue_drops - self._queue_drops)
         self._queue_drops = queue_drops
         self.budgets.tick()
-        self.registry.flush()
         self._decide()
         if self._closed_unannounced:  # no round opened right after the commit
             self._publish_task("closed")
@@ -198,7 +202,12 @@ class Orchestrator:
 
     def _decide(self) -> None:
         for _ in range(3):  # a closed round may be followed at once by the next one
-            decision = self.rounds.tick(self.clock(), eligible=self._eligible, offline=self._gone)
+            decision = self.rounds.tick(
+                self.clock(),
+                eligible=self._eligible,
+                offline=self._gone,
+                offline_ids=lambda: list(self.registry.offline_since),
+            )
             if decision is None:
                 return
             if isinstance(decision, Wait):
@@ -291,6 +300,8 @@ class Orchestrator:
                 live.round,
                 live.reports,
             )
+            # the broker keeps them retained, unless it lost them too (no persistence)
+            self._invite(live, skip=live.answered)
             self._publish_task("open")
         else:
             self._publish_task("closed")
@@ -344,6 +355,7 @@ class Orchestrator:
         self.bytes_up = 0
         self.blobs.bytes_sent = 0
         self.metrics.set("fedge_current_round", live.round)
+        self._invite(live)
         self._publish_task("open")
         self._event("round_started", rec)
         log.info(
@@ -357,6 +369,12 @@ class Orchestrator:
             live.goal,
             live.deadline - live.opened,
         )
+
+    def _invite(self, live: LiveRound, skip: set[str] | None = None) -> None:
+        """One retained invitation per participant, each on that device's own topic (before the
+        task, so an invited device usually holds its invitation when the task arrives)."""
+        for agent, payload in invitations(live, skip):
+            self.transport.publish(self.topics.agent_invite(agent), payload, retain=True)
 
     def train_config(self) -> TrainConfig:
         return train_config(self.cfg.rounds, self.strategy)
@@ -373,9 +391,12 @@ class Orchestrator:
         """Small parameters travel unasked to each participant's down topic, right behind the
         task: no request round trip. The same chunk frames (and sha256 checks) as a pull; a
         device that misses them asks as before."""
+        live = self.rounds.current
+        if live is None:
+            return
         indices = list(range(task.params.chunks))
         sent_before = self.blobs.bytes_sent
-        for agent_id in task.participants:
+        for agent_id in live.participants:  # the task names no one (invitations)
             push = FetchRequest(new_msg_id(), agent_id, task.params.sha256, indices)
             self.blobs.serve(push, self.topics.agent_down(agent_id))
         self.metrics.count_bytes("down", self.blobs.bytes_sent - sent_before)
@@ -425,15 +446,15 @@ class Orchestrator:
         timeline.mark("closing", round=live.round)
         t_aggregate = time.monotonic()
 
-        def stored() -> Iterator[tuple[str, str, int, bytes]]:  # read twice: O(model) memory
-            for agent, claimed, delta in self.store.accepted_deltas(self.run_id, live.round):
-                yield agent, agent, claimed, delta
-
-        plan = weigh_stored(
-            self.robust, stored(), self.registry.registered_samples, f"round {live.round}"
+        plan = weigh_norms(
+            self.robust,
+            self._stored_norms(live.round),
+            self.registry.registered_samples,
+            f"round {live.round}",
         )
+        deltas = self.store.accepted_deltas(self.run_id, live.round)  # one at a time: O(model)
         new_params = aggregate_stored(
-            self.strategy, self.global_params, plan, ((k, d, 1.0) for k, _a, _n, d in stored())
+            self.strategy, self.global_params, plan, ((a, d, 1.0) for a, _n, d in deltas)
         )
         self.metrics.observe_aggregation(time.monotonic() - t_aggregate)
         timeline.mark("aggregated", round=live.round)
@@ -501,6 +522,17 @@ class Orchestrator:
             r = self._stored_round(round_no)
             ev = round_event("version_evaluated", self.run_id, version, r, self.clock())
             self.transport.publish(self.topics.orchestrator_events, ev.encode())
+
+    def _stored_norms(self, round_no: int) -> Iterator[tuple[str, str, int, float]]:
+        """(agent, agent, claimed samples, delta norm) of the round's accepted updates: norms
+        kept at intake, or read from the stored delta (accepted before a restart)."""
+        kept = self.intake.norms(self.run_id, round_no)
+        for agent, claimed in self.store.accepted_claims(self.run_id, round_no):
+            norm = kept.get(agent)
+            if norm is None:
+                blob = self.store.accepted_delta(self.run_id, round_no, agent) or b""
+                norm = l2_norm(decode_delta(blob))
+            yield agent, agent, claimed, norm
 
     def _round_metrics(self, round_no: int) -> dict[str, float]:
         return training_metrics(self.store.update_metrics(self.run_id, round_no))

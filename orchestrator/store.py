@@ -333,8 +333,17 @@ class Store:
         metrics: dict[str, float],
         delta: bytes,
     ) -> None:
-        self._tx(
-            [
+        self.accept_updates([(run_id, round_no, agent_id, sha, num_samples, metrics, delta)])
+
+    def accept_updates(
+        self, updates: list[tuple[str, int, str, str, int, dict[str, float], bytes]]
+    ) -> None:
+        """Record several accepted updates, (run_id, round, agent_id, sha256, num_samples,
+        metrics, delta) each, in one transaction (one fsync for a whole burst of answers)."""
+        now = time.time()
+        stmts: Statements = []
+        for run_id, round_no, agent_id, sha, num_samples, metrics, delta in updates:
+            stmts.append(
                 (
                     "INSERT INTO updates(run_id, round, agent_id, sha256, status, num_samples, "
                     "metrics, bytes, received, delta) VALUES (?,?,?,?,?,?,?,?,?,?)",
@@ -347,18 +356,39 @@ class Store:
                         num_samples,
                         json.dumps(metrics),
                         len(delta),
-                        time.time(),
+                        now,
                         delta,
                     ),
-                ),
+                )
+            )
+            stmts.append(
                 (
                     "UPDATE rounds SET reports=reports+1, bytes_in=bytes_in+? "
                     "WHERE run_id=? AND round=?",
                     (len(delta), run_id, round_no),
-                ),
-            ],
-            "saving an update to",
+                )
+            )
+        self._tx(stmts, "saving updates to")
+
+    def accepted_claims(self, run_id: str, round_no: int) -> list[tuple[str, int]]:
+        """(agent_id, num_samples) of a round's accepted updates, without the deltas."""
+        return [
+            (r[0], r[1])
+            for r in self._db.rows(
+                "SELECT agent_id, num_samples FROM updates WHERE run_id=? AND round=? "
+                "AND status='accepted' ORDER BY id",
+                (run_id, round_no),
+            )
+        ]
+
+    def accepted_delta(self, run_id: str, round_no: int, agent_id: str) -> bytes | None:
+        """One accepted update's delta (None if it has none, e.g. after the commit)."""
+        row = self._db.row(
+            "SELECT delta FROM updates WHERE run_id=? AND round=? AND agent_id=? "
+            "AND status='accepted'",
+            (run_id, round_no, agent_id),
         )
+        return row[0] if row else None
 
     def reject_update(
         self,

@@ -1,7 +1,8 @@
 """MQTT topic layout of one federation: ``fedge/v1/<federation>/...``.
 
 Each agent writes only under ``agent/<its id>/`` (the broker ACL's ``%u`` patterns enforce it);
-the orchestrator writes ``round/``, ``orchestrator/`` and the agents' ``cmd``/``down`` topics.
+the orchestrator writes ``round/``, ``orchestrator/`` and the agents' ``cmd``/``down``/``invite``
+topics.
 """
 
 from __future__ import annotations
@@ -65,6 +66,11 @@ class Topics:
 
     def agent_down(self, agent_id: str) -> str:
         return f"{self.prefix}/agent/{agent_id}/down"
+
+    def agent_invite(self, agent_id: str) -> str:
+        """Retained ``Invitation`` to the open round (fedge.protocol.invitations); the ACL
+        lets only this agent read it."""
+        return f"{self.prefix}/agent/{agent_id}/invite"
 
     def agent_up_msg(self, agent_id: str) -> str:
         return f"{self.prefix}/agent/{agent_id}/up/msg"

@@ -8,11 +8,21 @@ would have arrived already.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from support.mosquitto import MosquittoBroker
 from support.mqtt_peer import Peer
+from support.toy_bundle import write_toy_bundle
+
+from fedge.orchestrator.config import OrchestratorConfig, RoundSettings
+from fedge.orchestrator.server import Orchestrator
+from fedge.protocol.bundle import load_bundle
+from fedge.protocol.invitations import Invitation
+from fedge.protocol.messages import RoundTask, Status, parse_message
+from fedge.protocol.mqtt_link import MqttLink, MqttSettings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
 
@@ -107,3 +117,64 @@ def test_retained_message_survives_restart(
     dev2.subscribe(f"{mosquitto.prefix}/round/#")
     msg = dev2.messages.get(timeout=WAIT_S)
     assert (msg.topic, msg.payload, msg.retain) == (topic, b'{"round": 7}', True)
+
+
+def test_each_device_reads_only_its_own_invitation(
+    mosquitto: MosquittoBroker, connect: Callable[..., Peer], tmp_path: Path
+) -> None:
+    """A real orchestrator opens a round for 2 of 4 devices: every device subscribes to every
+    device's invitation topic, and the broker hands each only its own. Invitations precede the
+    round task (one publisher, in order), so a device that has the open task would have had
+    any other device's invitation already. A device that connects later gets its own again."""
+    p = mosquitto.prefix
+    peers = {}
+    for i in range(4):
+        dev = connect(f"dev-{i}")
+        dev.subscribe(f"{p}/agent/+/invite")
+        dev.subscribe(f"{p}/round/current")
+        status = Status(agent=f"dev-{i}", state="idle", backend="fake", num_samples=10)
+        dev.publish(f"{p}/agent/dev-{i}/status", status.encode(), retain=True)
+        peers[f"dev-{i}"] = dev
+    user = mosquitto.orchestrator_user
+    cfg = OrchestratorConfig(
+        federation=mosquitto.federation,
+        client_id=user,
+        database=str(tmp_path / "o.db"),
+        mqtt=MqttSettings(url=mosquitto.url, username=user, password=mosquitto.users[user]),
+        rounds=RoundSettings(rounds=1, min_devices=4, devices_per_round=2, deadline_seconds=60),
+    )
+    bundle = load_bundle(write_toy_bundle(tmp_path / "bundle"))
+    orch = Orchestrator(cfg, transport=MqttLink(cfg.mqtt, client_id=user), bundle=bundle)
+    orch.start()
+    try:
+        end = time.monotonic() + 10
+        while orch.current is None:
+            assert time.monotonic() < end, "the orchestrator opened no round"
+            orch.poll(0.05)
+        invited = sorted(orch.current.participants)
+        assert len(invited) == 2
+        for agent, dev in peers.items():
+            got = _invitations_until_open_task(dev)
+            assert [inv.agent for inv in got] == ([agent] if agent in invited else []), agent
+        peers[invited[0]].close()
+        again = connect(invited[0])  # a restarted device: both retained messages come back
+        again.subscribe(f"{p}/agent/+/invite")
+        again.subscribe(f"{p}/round/current")
+        assert [inv.agent for inv in _invitations_until_open_task(again)] == [invited[0]]
+    finally:
+        orch.transport.stop()
+        orch.store.close()
+
+
+def _invitations_until_open_task(dev: Peer) -> list[Invitation]:
+    """The invitations a device receives before it holds the open round task."""
+    got: list[Invitation] = []
+    while True:
+        msg = dev.messages.get(timeout=WAIT_S)
+        parsed = parse_message(msg.payload)
+        if isinstance(parsed, Invitation):
+            assert msg.topic.endswith(f"/agent/{parsed.agent}/invite")
+            got.append(parsed)
+        elif isinstance(parsed, RoundTask) and parsed.state == "open":
+            assert parsed.participants == [] and parsed.invited == 2
+            return got

@@ -1,6 +1,7 @@
 """A scripted MQTT agent (no training) for orchestrator tests and benchmarks.
 
-It speaks the real protocol through ``MqttLink``: a retained status with a Last Will, offers
+It speaks the real protocol through ``MqttLink``: a retained status with a Last Will, the
+round task and its own invitation (``invited``), offers
 (``UpdateOffer``) and serves the offered delta in chunks when the orchestrator asks.
 """
 
@@ -11,6 +12,7 @@ import time
 import numpy as np
 
 from fedge.protocol.chunks import blob_ref, chunk_bytes, encode_frame
+from fedge.protocol.invitations import Invitation, invites
 from fedge.protocol.messages import (
     Ack,
     FetchRequest,
@@ -47,6 +49,9 @@ class FakeAgent:
         self.task: RoundTask | None = None
         # (round, state) -> time.time() when that RoundTask first arrived (benchmarks).
         self.task_seen: dict[tuple[int, str], float] = {}
+        self.invitation: Invitation | None = None
+        # round -> time.time() when this device first held both the open task and its invitation
+        self.invited_seen: dict[int, float] = {}
         self.blobs: dict[str, bytes] = {}
         self.acks: list[Ack] = []
 
@@ -57,7 +62,11 @@ class FakeAgent:
 
     def begin(self) -> None:
         """Start connecting in the background (so a fleet can connect in parallel)."""
-        for t in (self.topics.round_current, self.topics.agent_cmd(self.id)):
+        for t in (
+            self.topics.round_current,
+            self.topics.agent_cmd(self.id),
+            self.topics.agent_invite(self.id),
+        ):
             self.link.subscribe(t)
         self.link.start()
 
@@ -68,6 +77,14 @@ class FakeAgent:
         status = Status(agent=self.id, state="idle", backend="fake", num_samples=self.samples)
         self.link.publish(self.topics.agent_status(self.id), status.encode(), retain=True)
         return self
+
+    @property
+    def invited(self) -> bool:
+        """Whether the open round includes this device (its invitation names the round)."""
+        t = self.task
+        if t is None or t.state != "open":
+            return False
+        return self.id in t.participants or invites(self.invitation, t, self.id)
 
     def stop(self) -> None:
         self.link.stop()
@@ -83,6 +100,12 @@ class FakeAgent:
             if topic == self.topics.round_current and payload:
                 self.task = parse_message(payload, RoundTask)
                 self.task_seen.setdefault((self.task.round, self.task.state), time.time())
+                self._note_invited()
+                continue
+            if topic == self.topics.agent_invite(self.id):
+                invitation = parse_message(payload, Invitation) if payload else None
+                self.invitation = invitation if isinstance(invitation, Invitation) else None
+                self._note_invited()
                 continue
             msg = parse_message(payload)
             if isinstance(msg, FetchRequest) and msg.sha256 in self.blobs:
@@ -93,6 +116,10 @@ class FakeAgent:
                     self.link.publish(self.topics.agent_up_chunk(self.id), frame)
             elif isinstance(msg, Ack):
                 self.acks.append(msg)
+
+    def _note_invited(self) -> None:
+        if self.invited and self.task is not None:
+            self.invited_seen.setdefault(self.task.round, time.time())
 
     def offer(
         self,

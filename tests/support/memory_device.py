@@ -1,6 +1,7 @@
 """A scripted device on an ``InMemoryBroker`` (no training) for orchestrator unit tests.
 
-It speaks the real protocol: a retained Status, the retained RoundTask, a pull of the global
+It speaks the real protocol: a retained Status, the retained RoundTask and its own retained
+invitation (``invited`` holds when the two name the same round), a pull of the global
 parameters (``PullTransfer``), offers of a delta served in chunks by ``BlobServer``, aborts.
 ``settle`` moves every queued message between an orchestrator and its devices until all are
 quiet, in one thread and without sleeping.
@@ -18,6 +19,7 @@ import numpy as np
 
 from fedge.protocol.blob_server import BlobServer
 from fedge.protocol.chunks import blob_ref, decode_frame
+from fedge.protocol.invitations import Invitation, invites
 from fedge.protocol.messages import (
     Ack,
     FetchRequest,
@@ -59,11 +61,13 @@ class MemoryDevice:
             self.topics.round_current,
             self.topics.agent_cmd(agent_id),
             self.topics.agent_down(agent_id),
+            self.topics.agent_invite(agent_id),
         ):
             self.link.subscribe(t)
         self.link.start()
         self.blobs = BlobServer(self.link.publish)
         self.task: RoundTask | None = None
+        self.invitation: Invitation | None = None
         self.params: dict[str, np.ndarray] | None = None
         self._pull: PullTransfer | None = None
         self.acks: list[Ack] = []
@@ -78,7 +82,9 @@ class MemoryDevice:
     @property
     def invited(self) -> bool:
         t = self.task
-        return t is not None and t.state == "open" and self.id in t.participants
+        if t is None or t.state != "open":
+            return False
+        return self.id in t.participants or invites(self.invitation, t, self.id)
 
     def fetch_params(self) -> None:
         """Start pulling the round's global parameters (they arrive as ``pump`` runs)."""
@@ -109,6 +115,9 @@ class MemoryDevice:
             topic, payload = item
             if topic == self.topics.round_current:
                 self.task = parse_message(payload, RoundTask) if payload else None
+            elif topic == self.topics.agent_invite(self.id):
+                invitation = parse_message(payload, Invitation) if payload else None
+                self.invitation = invitation if isinstance(invitation, Invitation) else None
             elif topic == self.topics.agent_down(self.id):
                 self.frames_received += 1
                 chunk = decode_frame(payload)

@@ -13,6 +13,7 @@ from fedge.agent.backends.base import EvalResult, TrainingBackend
 from fedge.protocol.blob_server import BlobServer
 from fedge.protocol.bundle import load_bundle, pack_bundle
 from fedge.protocol.chunks import decode_frame
+from fedge.protocol.invitations import Invitation
 from fedge.protocol.messages import (
     Ack,
     EvalReport,
@@ -141,6 +142,12 @@ class ScriptedOrchestrator:
         payload = task.encode()
         self.link.publish(self.topics.round_current, payload, retain=True)
         return payload
+
+    def invite(self, agent_id: str, round_no: int = 1, run_id: str = "run-1") -> None:
+        """A retained invitation on ``agent_id``'s own topic, as the real orchestrator sends
+        with a task that names no one (``task(participants=[], invited=n)``)."""
+        inv = Invitation(run_id=run_id, round=round_no, agent=agent_id)
+        self.link.publish(self.topics.agent_invite(agent_id), inv.encode(), retain=True)
 
     def process(self) -> bool:
         """Handle everything received; True if anything was."""

@@ -26,6 +26,7 @@ from fedge.agent.eligibility import EligibilitySettings
 from fedge.demo.data import write_samples_sqlite
 from fedge.protocol.chunks import blob_ref, encode_frame
 from fedge.protocol.fields import MAX_INLINE_BYTES
+from fedge.protocol.invitations import Invitation
 from fedge.protocol.messages import Ack, TrainConfig, new_msg_id
 from fedge.protocol.sqlite_samples import DataSource
 from fedge.protocol.tensors import decode_tensors
@@ -429,3 +430,58 @@ def test_a_delta_over_the_tasks_inline_limit_is_offered_as_a_blob(world):
     assert offer.inline == "" and offer.blob.size > 10
     assert offer.blob.sha256 in orch._pulls and offer.blob.sha256 in orch.deltas  # fetched
     assert agent.state.journal_status("run-1", 1) == "acked"
+
+
+@pytest.mark.parametrize("invitation_first", [True, False])
+def test_a_device_trains_when_its_own_invitation_names_the_open_round(world, invitation_first):
+    """The real orchestrator's task names no one: the device's retained invitation (before
+    or after the task) makes it a participant."""
+    _, _, orch, make_agent, _ = world
+    agent = make_agent()
+    task = orch.task(participants=[], invited=1000)
+    if invitation_first:
+        orch.invite("dev-0")
+    orch.publish_task(task)
+    pump(agent, orch)
+    if not invitation_first:
+        assert orch.offers == [] and agent.state.journal_status("run-1", 1) == ""
+        orch.invite("dev-0")
+        pump(agent, orch)
+    (offer,) = orch.offers
+    assert (offer.agent, offer.round) == ("dev-0", 1)
+    assert agent.state.journal_status("run-1", 1) == "acked"
+
+
+def test_an_invitation_to_another_round_or_run_does_nothing(world):
+    broker, _, orch, make_agent, _ = world
+    backend = FakeBackend()
+    agent = make_agent(backend)
+    orch.invite("dev-0", round_no=1)  # left over from round 1
+    orch.publish_task(orch.task(2, participants=[], invited=5))
+    pump(agent, orch)
+    orch.invite("dev-0", round_no=2, run_id="another-run")
+    pump(agent, orch)
+    assert orch.requests == [] and orch.offers == [] and backend.loads == 0
+    assert agent.state.journal_status("run-1", 2) == ""
+
+
+def test_an_invitation_naming_another_device_is_refused(world, caplog):
+    _, _, orch, make_agent, _ = world
+    agent = make_agent()
+    forged = Invitation(run_id="run-1", round=1, agent="dev-1")
+    orch.link.publish(orch.topics.agent_invite("dev-0"), forged.encode(), retain=True)
+    orch.publish_task(orch.task(participants=[], invited=2))
+    with caplog.at_level(logging.WARNING):
+        pump(agent, orch)
+    assert orch.offers == [] and "names another device" in caplog.text
+
+
+def test_a_restarted_agent_learns_its_invitation_again_from_the_retained_message(world):
+    _, _, orch, make_agent, _ = world
+    first = make_agent()
+    orch.invite("dev-0")
+    orch.publish_task(orch.task(participants=[], invited=3))
+    first.close()  # stopped before it handled either message; nothing is sent again
+    again = make_agent()
+    pump(again, orch)
+    assert [o.agent for o in orch.offers] == ["dev-0"]

@@ -25,6 +25,7 @@ def test_acl_has_device_patterns_and_orchestrator_prefix() -> None:
         f"pattern write {p}/agent/%u/up/#",
         f"pattern read {p}/agent/%u/cmd",
         f"pattern read {p}/agent/%u/down",
+        f"pattern read {p}/agent/%u/invite",
         f"pattern read {p}/round/#",
         f"pattern read {p}/orchestrator/#",
         "user orch",
@@ -104,3 +105,23 @@ def test_missing_mosquitto_passwd_is_a_config_error(
 def test_bad_password_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="dev-0"):
         write_broker_files(tmp_path, port=18830, users={"dev-0": ""})
+
+
+def test_a_password_file_for_many_devices_is_hashed_by_one_process(tmp_path, monkeypatch) -> None:
+    """10,000 devices took one mosquitto_passwd process each, each rewriting the whole file."""
+    import subprocess
+
+    from fedge.orchestrator.broker_files import write_password_file
+
+    calls = []
+    real = subprocess.run
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    users = {f"dev-{i}": f"secret-{i}" for i in range(300)}
+    path = write_password_file(tmp_path / "passwd", users)
+    lines = path.read_text().splitlines()
+    assert [line.split(":")[0] for line in lines] == list(users)
+    assert all(line.split(":", 1)[1].startswith("$") for line in lines)  # hashed, none plain
+    assert len(calls) == 1 and not any("secret" in str(arg) for arg in calls[0])
+    assert path.stat().st_mode & 0o777 == 0o600
+    with pytest.raises(ConfigError, match="must not contain ':'"):
+        write_password_file(tmp_path / "p2", {"dev-0": "a:b"})

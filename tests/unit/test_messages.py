@@ -6,6 +6,7 @@ import pytest
 
 from fedge.protocol.async_messages import AsyncAnnounce, SlotRequest
 from fedge.protocol.errors import MessageError
+from fedge.protocol.invitations import Invitation
 from fedge.protocol.messages import (
     MAX_CONTROL_BYTES,
     MAX_INLINE_MESSAGE_BYTES,
@@ -169,6 +170,8 @@ VALID: dict[str, dict] = {
     # asynchronous runs (protocol/async_messages.py registers them)
     "async": json.loads(AsyncAnnounce("r", 1, "open", SHA, slots_free=2).encode()),
     "slot_request": json.loads(SlotRequest("m", "a", "r").encode()),
+    # per-device invitations to a synchronous round (protocol/invitations.py registers them)
+    "invite": json.loads(Invitation(run_id="r", round=1, agent="dev-0").encode()),
 }
 LONG = "x" * 5000
 
@@ -196,6 +199,8 @@ OUT_OF_BOUNDS = [
     ("round", "params.size", -1, "round.params.size must be >= 0"),
     ("round", "participants", ["d"] * 10_001, "round.participants must have at most 10000"),
     ("round", "participants", ["a/b"], r"round.participants\[0\] must be 1-64"),
+    ("round", "invited", -1, "round.invited must be >= 0"),
+    ("round", "invited", HUGE, "round.invited must be <= 1000000000"),
     ("round", "config.local_epochs", 0, "round.config.local_epochs must be >= 1"),
     ("round", "config.local_epochs", HUGE, "round.config.local_epochs must be <= 1000"),
     ("round", "config.batch_size", 0, "round.config.batch_size must be >= 1"),
@@ -289,6 +294,11 @@ OUT_OF_BOUNDS = [
     ("slot_request", "msg_id", "", "slot_request.msg_id must have at least 1"),
     ("slot_request", "agent", "a/b", "slot_request.agent must be 1-64"),
     ("slot_request", "run_id", LONG, "slot_request.run_id must have at most 128"),
+    ("invite", "run_id", LONG, "invite.run_id must have at most 128"),
+    ("invite", "round", 2**70, "invite.round must be <= 1000000000"),
+    ("invite", "round", -1, "invite.round must be >= 0"),
+    ("invite", "agent", "a/b", "invite.agent must be 1-64"),
+    ("invite", "agent", "", "invite.agent must be 1-64"),
 ]
 
 

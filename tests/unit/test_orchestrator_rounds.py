@@ -16,7 +16,8 @@ from fedge.orchestrator.device_budget import DeviceLimits
 from fedge.orchestrator.server import Orchestrator
 from fedge.protocol.bundle import load_bundle
 from fedge.protocol.errors import ConfigError
-from fedge.protocol.messages import EvalReport, FetchRequest, new_msg_id
+from fedge.protocol.invitations import Invitation
+from fedge.protocol.messages import EvalReport, FetchRequest, RoundTask, new_msg_id, parse_message
 from fedge.protocol.tensors import decode_tensors
 from fedge.protocol.transport import InMemoryBroker
 
@@ -422,3 +423,165 @@ def test_continue_without_a_finished_run_says_so(tmp_path):
     fed2.cfg.database = str(tmp_path / "empty.db")
     with pytest.raises(ConfigError, match="no finished run of bundle"):
         fed2.new_orchestrator()
+
+
+# ---- per-device invitations (protocol/invitations.py) ----
+def _retained_invitations(fed: Federation) -> dict[str, Invitation]:
+    topics = fed.orch.topics
+    found = {}
+    for topic, payload in fed.broker.retained.items():
+        if topic.endswith("/invite"):
+            inv = parse_message(payload, Invitation)
+            assert isinstance(inv, Invitation) and topic == topics.agent_invite(inv.agent)
+            found[inv.agent] = inv
+    return found
+
+
+def test_the_task_names_no_one_and_each_invited_device_holds_its_own_invitation(tmp_path):
+    fed = Federation(tmp_path, 30, devices_per_round=12)
+    payload = fed.broker.retained[fed.orch.topics.round_current]
+    task = parse_message(payload, RoundTask)
+    assert isinstance(task, RoundTask) and task.state == "open"
+    assert task.participants == [] and task.invited == 12
+    assert b"dev-" not in payload  # it named every participant, to every device
+    invitations = _retained_invitations(fed)
+    assert sorted(invitations) == sorted(fed.orch.current.participants)
+    assert {(i.run_id, i.round) for i in invitations.values()} == {(task.run_id, 1)}
+    assert sorted(d.id for d in fed.invited()) == sorted(invitations)
+
+
+def test_a_device_that_comes_back_after_the_round_opened_learns_its_invitation(tmp_path):
+    fed = Federation(tmp_path, 3, devices_per_round=2)
+    a, b = fed.invited()
+    (outsider,) = fed.outsiders()
+    # the devices restart: new connections, nothing re-sent by the orchestrator
+    for d in (a, b, outsider):
+        d.link.stop()
+        fed.devices[d.id] = MemoryDevice(fed.broker, d.id)
+    fed.settle()
+    a2, b2, outsider2 = (fed.devices[d.id] for d in (a, b, outsider))
+    assert a2.invited and b2.invited and not outsider2.invited
+    fed.train(a2, 0.1)
+    fed.train(b2, 0.3)
+    assert fed.round().state == "committed"
+
+
+def test_a_restarted_orchestrator_invites_again_those_that_have_not_answered(tmp_path):
+    fed = Federation(tmp_path, 3)
+    a, b, c = fed.invited()
+    fed.train(a, 0.1)
+    fed.orch.transport.stop()
+    fed.orch.store.close()
+    for topic in [t for t in fed.broker.retained if t.endswith("/invite")]:
+        del fed.broker.retained[topic]  # a broker that lost its retained messages
+    fed.new_orchestrator()
+    assert sorted(_retained_invitations(fed)) == sorted([b.id, c.id])  # not a: it answered
+
+
+def test_a_forged_invitation_does_not_make_an_outsider_a_participant(tmp_path):
+    """The orchestrator's own list decides (a device cannot write another's invitation on a
+    real broker; tests/integration/test_mosquitto_acl.py)."""
+    fed = Federation(tmp_path, 3, devices_per_round=2)
+    a, b = fed.invited()
+    (outsider,) = fed.outsiders()
+    outsider.invitation = replace(a.invitation, agent=outsider.id)
+    assert outsider.invited  # in its own eyes
+    outsider.offer(delta(fed.version(0), 100.0))
+    fed.settle()
+    assert fed.orch.intake.ignored == {"offer": 1} and fed.round().reports == 0
+    fed.train(a, 0.1)
+    fed.train(b, 0.3)
+    assert_moved_by(fed, 0.2)
+
+
+# ---- group commit of accepted updates ----
+def test_updates_are_written_in_one_transaction_and_acked_only_after_it(tmp_path, monkeypatch):
+    fed = Federation(tmp_path, 4)
+    orch = fed.orch
+    devices = fed.invited()
+    for d in devices:
+        d.fetch_params()
+    fed.settle()
+    writes = []
+    real = orch.store.accept_updates
+    monkeypatch.setattr(
+        orch.store, "accept_updates", lambda batch: writes.append(batch) or real(batch)
+    )
+    for i, d in enumerate(devices):
+        d.offer(delta(d.params, 0.1 * (i + 1)))
+    for _ in range(20):  # offers, fetches and chunks, but no tick (no round decision)
+        while (item := orch.transport.get(timeout=0)) is not None:
+            orch.handle(*item)
+        for d in devices:
+            d.pump()
+    assert writes == [] and not any(d.acks for d in devices)
+    assert orch.store.updates(orch.run_id, 1) == [] and orch.current.reports == 0
+    fed.settle()  # the next tick writes them, then acks and counts
+    assert len(writes) == 1 and len(writes[0]) == 4
+    assert all(d.acks[-1].accepted for d in devices)
+    assert (fed.round().state, fed.round().reports) == ("committed", 4)
+    assert_moved_by(fed, 0.25)
+
+
+@pytest.mark.parametrize("restart", [False, True])
+def test_robust_weighting_after_a_restart_uses_the_stored_deltas_norms(tmp_path, restart):
+    """Norms are kept as updates arrive; a restarted orchestrator computes the lost ones from
+    the stored deltas, and the committed model is the same."""
+    fed = Federation(tmp_path, 3, robust=RobustSettings(norm_window=1))
+    a, b, c = fed.invited()
+    fed.train(a, 0.1)
+    fed.train(b, 0.2)
+    if restart:
+        fed.orch.transport.stop()
+        fed.orch.store.close()
+        fed.new_orchestrator()
+        assert fed.orch.intake.norms(fed.orch.run_id, 1) == {}
+    fed.train(c, 1.0)  # clipped to 1.5x the median norm (0.2's)
+    assert fed.round().state == "committed"
+    v0, v1 = fed.version(0), fed.version(1)
+    for name in v0:
+        np.testing.assert_allclose(v1[name] - v0[name], (0.1 + 0.2 + 0.3) / 3, atol=1e-6)
+
+
+def test_a_burst_of_statuses_is_written_in_one_transaction(tmp_path, monkeypatch):
+    fed = Federation(tmp_path, 20)
+    orch = fed.orch
+    writes = []
+    real = orch.store.upsert_devices
+    monkeypatch.setattr(
+        orch.store, "upsert_devices", lambda rows: writes.append(rows) or real(rows)
+    )
+    for d in fed.devices.values():  # going offline: more than an idle/training flip, which
+        d.status("offline")  # the registry holds back up to FLIP_SECONDS (written later)
+    while (item := orch.transport.get(timeout=0)) is not None:
+        orch.handle(*item)
+    assert writes == [] and orch.registry.counts() == {"offline": 20}  # decisions see it now
+    orch.tick()
+    assert len(writes) == 1 and {r[0] for r in writes[0]} == set(fed.devices)
+    assert {row["state"] for row in orch.store.devices()} == {"offline"}
+
+
+def test_an_upload_is_not_asked_again_while_its_chunks_may_wait_in_our_own_queue(tmp_path):
+    """10,000 answers at once: chunks waited >5 s in the orchestrator's receive queue, every
+    transfer looked stalled and was asked again, doubling the traffic it was drowning in."""
+    fed = Federation(tmp_path, 2)
+    orch = fed.orch
+    a, _b = fed.invited()
+    a.offer(delta(fed.version(0), 0.1))
+    while (item := orch.transport.get(timeout=0)) is not None:  # the offer: a fetch goes out
+        orch.handle(*item)
+    cmd = orch.topics.agent_cmd(a.id)
+
+    def fetches() -> int:
+        return sum(
+            1
+            for _s, topic, payload, _r in fed.broker.published
+            if topic == cmd and isinstance(parse_message(payload), FetchRequest)
+        )
+
+    assert fetches() == 1
+    fed.clock.advance(6)  # past the 5 s stall timeout
+    orch.intake.tick(backlog=500)
+    assert fetches() == 1  # its chunk may be among the 500 queued messages
+    orch.intake.tick(backlog=0)
+    assert fetches() == 2  # the queue is drained and still nothing: ask again

@@ -89,7 +89,7 @@ def test_the_statistics_round_combines_numpy_mean_and_std_over_all_rows(tmp_path
     task = fed.devices[0].task
     assert task is not None and task.state == "open" and task.round == 1
     assert task.config.statistics_only and not task.config.evaluate_only
-    assert sorted(task.participants) == ["dev-0", "dev-1", "dev-2"]
+    assert sorted(d.id for d in fed.devices if d.invited) == ["dev-0", "dev-1", "dev-2"]
     assert not task.standardize.enabled  # nothing combined yet
     data = [rows(i, n) for i, n in enumerate((40, 7, 113))]
     for device, x in zip(fed.devices, data, strict=True):
@@ -148,7 +148,7 @@ def test_a_device_that_joins_later_trains_with_the_stored_statistics(tmp_path):
         device.offer(encode_tensors({"fc.weight": np.zeros((2, 3), np.float32)}))
         fed.settle()
     task = late.task
-    assert task.round == 3 and "dev-late" in task.participants
+    assert task.round == 3 and late.invited
     assert not task.config.statistics_only  # no second statistics round for a newcomer
     assert (task.standardize.mean, task.standardize.std) == kept
     assert [r.kind for r in fed.orch.store.rounds(fed.orch.run_id)] == [
