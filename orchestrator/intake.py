@@ -35,6 +35,7 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -311,22 +312,7 @@ class UpdateIntake:
         if agent_id in r.answered:  # a re-send, or aborted
             self._ack_eval(msg, True, "this device already answered the round")
             return
-        if not self.store.add_eval_report(
-            msg.run_id, r.round, agent_id, msg.num_samples, msg.metrics
-        ):
-            self._ack_eval(msg, True, "already counted")
-            return
-        self.rounds.on_accepted(agent_id)
-        self.metrics.inc("fedge_updates_total", status="evaluated")
-        log.info(
-            "round %d: evaluation from %s counted (%d/%d, %d samples)",
-            r.round,
-            agent_id,
-            r.reports,
-            len(r.participants),
-            msg.num_samples,
-        )
-        self._ack_eval(msg, True)
+        self._count_report(msg, r, agent_id, msg.metrics, "evaluation", "samples")
 
     def on_stats_report(self, agent_id: str, msg: StatsReport) -> None:
         """Count a device's feature statistics once per (run, round, device); a report that
@@ -356,18 +342,32 @@ class UpdateIntake:
             self._ack_eval(msg, False, problem)
             return
         values = {"count": msg.count, "sum": msg.sum, "sumsq": msg.sumsq}
+        self._count_report(msg, r, agent_id, values, "statistics", "rows")
+
+    def _count_report(
+        self,
+        msg: EvalReport | StatsReport,
+        r: LiveRound,
+        agent_id: str,
+        values: dict[str, Any],
+        what: str,
+        unit: str,
+    ) -> None:
+        """Store an evaluation or statistics report once, count it, ack it."""
         if not self.store.add_eval_report(msg.run_id, r.round, agent_id, msg.num_samples, values):
             self._ack_eval(msg, True, "already counted")
             return
         self.rounds.on_accepted(agent_id)
         self.metrics.inc("fedge_updates_total", status="evaluated")
         log.info(
-            "round %d: statistics from %s counted (%d/%d, %d rows)",
+            "round %d: %s from %s counted (%d/%d, %d %s)",
             r.round,
+            what,
             agent_id,
             r.reports,
             len(r.participants),
             msg.num_samples,
+            unit,
         )
         self._ack_eval(msg, True)
 
