@@ -39,6 +39,12 @@ class FeatureStats:
         return len(self.count)
 
 
+# A device's mean square per feature at most this (values up to ~1e100): the sums of up to
+# 10,000 devices of up to 10^9 rows each then stay finite when the orchestrator adds them up,
+# so one device's near-overflow report cannot turn the federation's mean into inf / NaN.
+MAX_MEAN_SQUARE = 1e200
+
+
 def local_stats(x: np.ndarray) -> FeatureStats:
     """The statistics of rows ``x`` (``[n, ...]``; each sample flattened to its features).
 
@@ -53,7 +59,7 @@ def local_stats(x: np.ndarray) -> FeatureStats:
     with np.errstate(over="ignore", invalid="ignore"):
         s = flat.sum(axis=0)
         q = np.square(flat).sum(axis=0)
-    bad = np.flatnonzero(~(np.isfinite(s) & np.isfinite(q)))
+    bad = np.flatnonzero(~(np.isfinite(s) & np.isfinite(q) & (q <= MAX_MEAN_SQUARE * len(flat))))
     if len(bad):
         raise StatisticsError(
             f"the feature statistics are not finite for feature {int(bad[0])} "
@@ -78,10 +84,19 @@ def report_problem(stats: FeatureStats, features: int, num_samples: int) -> str:
         return "statistics are not finite"
     if (n > num_samples).any() or (n <= 0).any():
         return f"a feature count is outside 1..{num_samples} (the report's rows)"
-    # Cauchy-Schwarz: s^2 <= n q for any real rows (a little slack for rounding)
-    if (s * s > n * q * (1 + 1e-9) + 1e-300).any():
-        i = int(np.flatnonzero(s * s > n * q * (1 + 1e-9) + 1e-300)[0])
-        return f"feature {i}: the sum of squares is smaller than real rows allow"
+    mean_square = q / n
+    too_large = np.flatnonzero(mean_square > MAX_MEAN_SQUARE)
+    if len(too_large):
+        return (
+            f"feature {int(too_large[0])}: values too large to standardize (mean square above "
+            f"{MAX_MEAN_SQUARE:g}); rescale them with data.feature_scale"
+        )
+    # Cauchy-Schwarz: (s/n)^2 <= q/n for any real rows (a little slack for rounding); in means,
+    # so a forged sum near the float64 limit cannot overflow its way past the check
+    with np.errstate(over="ignore"):
+        impossible = np.flatnonzero((s / n) ** 2 > mean_square * (1 + 1e-9) + 1e-300)
+    if len(impossible):
+        return f"feature {int(impossible[0])}: the sum of squares is smaller than real rows allow"
     return ""
 
 

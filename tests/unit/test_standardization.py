@@ -183,3 +183,18 @@ def test_worst_case_statistics_messages_fit_a_control_message():
         standardize=Standardization([worst] * MAX_FEATURES, [-worst] * MAX_FEATURES),
     )  # fmt: skip
     assert len(task.encode()) < MAX_CONTROL_BYTES
+
+
+def test_a_forged_report_near_the_float64_limit_is_refused_not_combined():
+    # Found by trying it: sums of 1e308 overflowed the Cauchy-Schwarz check (inf > inf is
+    # False), so the report was counted and the run's mean became inf.
+    from fedge.protocol.standardization import FeatureStats, report_problem
+
+    honest = FeatureStats([3, 3], [3.0, 21.0], [3.0, 155.0])
+    assert report_problem(honest, 2, 3) == ""
+    huge = FeatureStats([3, 3], [1e308, 1e308], [1e308, 1e308])
+    assert "feature 0: values too large to standardize" in report_problem(huge, 2, 3)
+    forged_sum = FeatureStats([3, 3], [3.0, 1e300], [3.0, 155.0])
+    assert "feature 1: the sum of squares is smaller" in report_problem(forged_sum, 2, 3)
+    with pytest.raises(StatisticsError, match="feature 0.*data.feature_scale"):
+        local_stats(np.array([[2e100], [3e100]]))  # squares finite, but above the bound
