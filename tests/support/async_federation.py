@@ -15,7 +15,7 @@ from fedge.protocol.tensors import decode_tensors
 from fedge.protocol.transport import InMemoryBroker
 
 from .async_memory_device import AsyncMemoryDevice
-from .memory_device import FakeClock, settle
+from .memory_device import FakeClock, settle, start_orchestrator
 from .toy_bundle import write_toy_bundle
 
 
@@ -39,14 +39,14 @@ class AsyncFederation:
         self.orch = self.new_orchestrator()
 
     def new_orchestrator(self) -> BufferedOrchestrator:
-        self.orch = BufferedOrchestrator(
+        self.orch = start_orchestrator(
+            BufferedOrchestrator,
             self.cfg,
-            transport=self.broker.client("fedge-orchestrator"),
-            bundle=self.bundle,
-            clock=self.clock,
+            self.broker,
+            self.bundle,
+            self.clock,
+            self.devices.values(),
         )
-        self.orch.start()
-        self.settle()
         return self.orch
 
     def settle(self) -> None:

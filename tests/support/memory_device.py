@@ -181,6 +181,24 @@ class MemoryDevice:
         self.link.publish(self.topics.agent_up_msg(self.id), msg.encode())
 
 
+def start_orchestrator(
+    orchestrator_class: Any,
+    cfg: Any,
+    broker: InMemoryBroker,
+    bundle: Any,
+    clock: FakeClock,
+    devices: Iterable[MemoryDevice],
+) -> Any:
+    """An orchestrator of ``orchestrator_class`` on ``broker``'s in-memory transport, started
+    and settled with ``devices``: the set-up every in-memory federation of the tests shares."""
+    orch = orchestrator_class(
+        cfg, transport=broker.client(cfg.client_id), bundle=bundle, clock=clock
+    )
+    orch.start()
+    settle(orch, devices)
+    return orch
+
+
 def settle(orch: Any, devices: Iterable[MemoryDevice], max_steps: int = 1000) -> None:
     """Deliver messages back and forth (and tick the orchestrator) until nothing moves."""
     devices = list(devices)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support.memory_device import FakeClock, MemoryDevice, settle
+from support.memory_device import FakeClock, MemoryDevice, settle, start_orchestrator
 from support.toy_bundle import write_toy_bundle
 
 from fedge.orchestrator.config import OrchestratorConfig, RoundSettings
@@ -139,14 +139,9 @@ class Fleet:
         self.orch = self.start_orchestrator()
 
     def start_orchestrator(self) -> Orchestrator:
-        self.orch = Orchestrator(
-            self.cfg,
-            transport=self.broker.client("fedge-orchestrator"),
-            bundle=self.bundle,
-            clock=self.clock,
+        self.orch = start_orchestrator(
+            Orchestrator, self.cfg, self.broker, self.bundle, self.clock, self.devices
         )
-        self.orch.start()
-        self.settle()
         return self.orch
 
     def settle(self) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support.memory_device import FakeClock, MemoryDevice, settle
+from support.memory_device import FakeClock, MemoryDevice, settle, start_orchestrator
 from support.toy_bundle import write_toy_bundle
 
 from fedge.orchestrator.config import OrchestratorConfig, RobustSettings, RoundSettings
@@ -46,16 +46,10 @@ class Federation:
         self.orch = self.new_orchestrator()
 
     def new_orchestrator(self) -> Orchestrator:
-        orch = Orchestrator(
-            self.cfg,
-            transport=self.broker.client("fedge-orchestrator"),
-            bundle=self.bundle,
-            clock=self.clock,
+        self.orch = start_orchestrator(
+            Orchestrator, self.cfg, self.broker, self.bundle, self.clock, self.devices.values()
         )
-        orch.start()
-        self.orch = orch
-        self.settle()
-        return orch
+        return self.orch
 
     def settle(self) -> None:
         settle(self.orch, self.devices.values())

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support.memory_device import FakeClock, MemoryDevice, settle
+from support.memory_device import FakeClock, MemoryDevice, settle, start_orchestrator
 from support.toy_bundle import PARAMS, toy_manifest, write_toy_bundle
 
 from fedge.orchestrator.config import OrchestratorConfig, RobustSettings, RoundSettings
@@ -66,14 +66,9 @@ class Federation:
         self.orch = self.new_orchestrator()
 
     def new_orchestrator(self) -> Orchestrator:
-        self.orch = Orchestrator(
-            self.cfg,
-            transport=self.broker.client("fedge-orchestrator"),
-            bundle=self.bundle,
-            clock=self.clock,
+        self.orch = start_orchestrator(
+            Orchestrator, self.cfg, self.broker, self.bundle, self.clock, self.devices
         )
-        self.orch.start()
-        self.settle()
         return self.orch
 
     def settle(self) -> None:
