@@ -24,6 +24,8 @@ from pathlib import Path
 
 from fedge.protocol.errors import ConfigError
 
+from .site_bridge import BridgeSettings, render_bridge, render_site_acl
+
 log = logging.getLogger(__name__)
 
 TOPIC_ROOT = "fedge/v1"
@@ -335,13 +337,15 @@ def write_broker_files(
     run_as_user: str | None = None,
     pid_file: str | Path | None = None,
     mtls: TlsSettings | None = None,
+    bridge: BridgeSettings | None = None,
 ) -> BrokerFiles:
     """Write ``mosquitto.conf``, ``passwd`` and ``acl`` for one federation into ``out_dir``.
 
     ``users`` maps username to password (the orchestrator and every device id).
     ``run_as_user`` sets Mosquitto's ``user`` option: when started as root, Mosquitto
     otherwise switches to the ``mosquitto`` user, which must then be able to read these
-    files and write the persistence directory.
+    files and write the persistence directory. ``bridge`` makes it a site broker: a bridge
+    to the central broker carrying the site's own device topics (orchestrator/site_bridge.py).
     """
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -368,6 +372,9 @@ def write_broker_files(
         pid_file=Path(pid_file).resolve() if pid_file else None,
         mtls=mtls,
     )
+    if bridge is not None:
+        conf_text += render_bridge(bridge)
+        acl_text += render_site_acl(bridge.site_id, bridge.central_federation)
     write_password_file(files.passwd_path, dict(users or {}))
     if persistence:
         files.persistence_dir.mkdir(exist_ok=True)

@@ -19,6 +19,7 @@ EXAMPLE = """Example:
   fedge orchestrator --config orch.toml
   fedge orchestrator --config orch.toml --set rounds.rounds=20 --set strategy=fedadam
   fedge orchestrator --config orch.toml --continue --set rounds.rounds=30   # 10 more rounds
+  fedge orchestrator --role site --config site.toml   # a site aggregator (docs/sites.md)
 
 Every setting can also come from the environment: FEDGE_MQTT_PASSWORD=... for mqtt.password."""
 
@@ -54,6 +55,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="train the latest finished run of this bundle on from its last version, up to "
         "rounds.rounds versions (same as --set continue_run=true)",
+    )
+    p.add_argument(
+        "--role",
+        choices=["central", "site"],
+        default="central",
+        help="site: a site aggregator beside a site's own broker, one device of the central "
+        "federation whose rounds are site rounds of its devices (docs/sites.md)",
     )
     p.set_defaults(func=run_orchestrator)
 
@@ -150,6 +158,8 @@ def run_orchestrator(args: argparse.Namespace) -> int:
     from .buffered import create_orchestrator
     from .config import OrchestratorConfig
 
+    if getattr(args, "role", "central") == "site":
+        return run_site(args)
     config = load_settings(OrchestratorConfig, args.config, overrides=args.set)
     config.continue_run = config.continue_run or args.continue_run
     config.buffered.validate()
@@ -170,6 +180,30 @@ def run_orchestrator(args: argparse.Namespace) -> int:
         orch.run()
     except KeyboardInterrupt:
         orch.stop()
+    return 0
+
+
+def run_site(args: argparse.Namespace) -> int:
+    from fedge.protocol.settings import load_settings
+
+    from .site_aggregator import SiteAggregator
+    from .site_config import SiteConfig
+
+    config = load_settings(SiteConfig, args.config, overrides=args.set)
+    site = SiteAggregator(config)
+    signal.signal(signal.SIGTERM, lambda *_: site.stop())
+    log.info(
+        "site aggregator %s of federation %s: its devices' federation %s, bundle %s, broker %s",
+        config.site.id,
+        config.site.federation,
+        config.federation,
+        site.orch.bundle.content_hash[:12],
+        config.mqtt.url,
+    )
+    try:
+        site.run()
+    except KeyboardInterrupt:
+        site.stop()
     return 0
 
 

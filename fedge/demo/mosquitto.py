@@ -25,6 +25,7 @@ from fedge.orchestrator.broker_files import (
     federation_prefix,
     write_broker_files,
 )
+from fedge.orchestrator.site_bridge import BridgeSettings
 from fedge.protocol.errors import ConfigError, FedgeError
 
 INSTALL_HINT = "install mosquitto (apt-get install mosquitto)"
@@ -75,6 +76,8 @@ class LocalMosquitto:
         port: int | None = None,
         persistence: bool = True,
         start_timeout: float = 10.0,
+        bridge: BridgeSettings | None = None,
+        sys_interval: int = 0,
     ) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -84,6 +87,8 @@ class LocalMosquitto:
         self.host = "127.0.0.1"
         self.persistence = persistence
         self.start_timeout = start_timeout
+        self.bridge = bridge  # a site broker's bridge to the central one (docs/sites.md)
+        self.sys_interval = sys_interval  # $SYS topics every N s (0: Mosquitto's default)
         self.log_path = self.workdir / "mosquitto.log"
         self._fixed_port = port is not None
         self._port = port if port is not None else free_port(self.host)
@@ -176,7 +181,7 @@ class LocalMosquitto:
         return f"{type(self).__name__}({self.url}, pid={self.pid}, workdir={str(self.workdir)!r})"
 
     def _write_files(self) -> BrokerFiles:
-        return write_broker_files(
+        files = write_broker_files(
             self.workdir,
             port=self._port,
             federation=self.federation,
@@ -186,7 +191,12 @@ class LocalMosquitto:
             # As root, Mosquitto would switch to the `mosquitto` user, which cannot write
             # private tmp dirs (pytest's, the examples'); as anyone else it is ignored.
             run_as_user=pwd.getpwuid(os.geteuid()).pw_name,
+            bridge=self.bridge,
         )
+        if self.sys_interval:
+            head, _, rest = files.conf_path.read_text().partition("\n")  # a general option:
+            files.conf_path.write_text(f"{head}\nsys_interval {self.sys_interval}\n{rest}")
+        return files
 
     def _spawn(self, binary: str) -> None:
         with open(self.log_path, "ab") as log_file:
