@@ -380,6 +380,8 @@ def write_broker_files(
         files.persistence_dir.mkdir(exist_ok=True)
     files.acl_path.write_text(acl_text)
     files.conf_path.write_text(conf_text)
+    if bridge is not None:  # it holds the site's central password
+        os.chmod(files.conf_path, 0o600)
     log.info("wrote Mosquitto files for federation %s to %s (port %d)", federation, out, port)
     return files
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
-from fedge.protocol.errors import ConfigError
+from fedge.protocol.errors import ConfigError, MessageError
+from fedge.protocol.topics import validate_name
 
 TOPIC_ROOT = "fedge/v1"
 
@@ -58,6 +59,11 @@ def bridged_topics(site_id: str, central_federation: str) -> list[tuple[str, str
 
 def render_bridge(bridge: BridgeSettings) -> str:
     """The ``connection`` section appended to the site's ``mosquitto.conf``."""
+    for what, name in (("site id", bridge.site_id), ("federation", bridge.central_federation)):
+        try:
+            validate_name(name, what)
+        except MessageError as exc:
+            raise ConfigError(str(exc)) from None
     host, port, tls = bridge.address()
     if not bridge.password or "\n" in bridge.password:
         raise ConfigError("the site's central password must be one non-empty line")

@@ -30,6 +30,7 @@ from fedge.protocol.topics import validate_name
 
 from .certs import make_ca, make_crl, make_server_cert, write_pem
 from .layout import BrokerDir, BrokerRecord, write_secret
+from .site_init import install_central_files, read_central_login, site_toml
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ def init_broker(
     run_as_user: str | None = None,
     orchestrator_user: str = DEFAULT_ORCHESTRATOR_USER,
     mtls_port: int | None = None,
+    site: str | Path | None = None,
 ) -> BrokerDir:
     """Create a broker directory at ``root`` (see ``fedge.provision.layout``) and return it.
 
@@ -59,11 +61,19 @@ def init_broker(
     device configs' ``mqtts://`` URL. The plain listener (``plain_port``) stays on 127.0.0.1.
     ``mtls_port`` adds a mutual-TLS listener for devices with client certificates (``fedge
     device add NAME --cert``), with an (empty) CRL that ``fedge device revoke`` extends.
+    ``site``: the folder ``fedge device add SITE`` wrote on the central broker host; the
+    broker becomes that site's, bridged to the central one (provision/site_init.py).
     """
     try:
         validate_name(federation, "federation")
     except MessageError as exc:
         raise ConfigError(str(exc)) from None
+    login = read_central_login(site) if site is not None else None
+    if login is not None and login.federation == federation:
+        raise ConfigError(
+            f"--federation {federation!r} is the central federation's name: the site's devices "
+            f"need their own (e.g. {federation}-{login.site_id})"
+        )
     d = BrokerDir(root)
     if d.record.exists():
         raise ConfigError(f"{d.root} is already a broker directory ({d.record} exists)")
@@ -88,11 +98,17 @@ def init_broker(
         )
 
     orch_password = secrets.token_urlsafe(24)
+    users = {orchestrator_user: orch_password}
+    bridge = None
+    if login is not None:
+        central_ca, _pub = install_central_files(login, d)
+        bridge = login.bridge(central_ca)
+        users[login.site_id] = secrets.token_urlsafe(24)  # the site aggregator's upstream face
     write_broker_files(
         d.mosquitto_dir,
         port=plain_port,
         federation=federation,
-        users={orchestrator_user: orch_password},
+        users=users,
         orchestrator_user=orchestrator_user,
         bind_address="127.0.0.1",
         tls=TlsSettings(
@@ -105,6 +121,7 @@ def init_broker(
         run_as_user=run_as_user or default_run_as(),
         pid_file=d.pid_file,
         mtls=mtls,
+        bridge=bridge,
     )
     _give_to_broker_user(d, run_as_user or default_run_as())
     record = BrokerRecord(
@@ -116,7 +133,11 @@ def init_broker(
         mtls_port=mtls_port or 0,
     )
     d.save_record(record)
-    write_secret(d.orchestrator_toml, _orchestrator_toml(d, record, orch_password))
+    if login is not None:
+        text = site_toml(d, record, login, orch_password, users[login.site_id])
+        write_secret(d.site_toml, text)
+    else:
+        write_secret(d.orchestrator_toml, _orchestrator_toml(d, record, orch_password))
     log.info(
         "broker directory %s ready for federation %s (hosts %s)", d.root, federation, all_hosts
     )

@@ -57,7 +57,9 @@ def _register_broker(sub: Any) -> None:
         "for the host names, mosquitto.conf / passwd / acl, the orchestrator's credentials, "
         "the bundle signing key pair and orchestrator.toml. Never overwrites.",
         epilog="Example:\n  fedge broker init /etc/fedge-broker --host broker.lan --host 192.168.1.10\n"
-        "  mosquitto -c /etc/fedge-broker/mosquitto/mosquitto.conf",
+        "  mosquitto -c /etc/fedge-broker/mosquitto/mosquitto.conf\n"
+        "A site broker (on the central host first: fedge device add hospital-a --dir CENTRAL):\n"
+        "  fedge broker init /etc/fedge-site --host site.lan --site ./hospital-a",
         formatter_class=_FMT,
     )
     init.add_argument("dir", help="directory to create (or an empty one)")
@@ -68,7 +70,11 @@ def _register_broker(sub: Any) -> None:
         help="name or IP devices use for the broker (repeatable; default: this host's name); "
         "localhost and 127.0.0.1 are always added",
     )
-    init.add_argument("--federation", default="demo")
+    init.add_argument(
+        "--federation",
+        default=None,
+        help="the federation's name (default: demo; with --site: CENTRAL-SITE, the site's own)",
+    )
     init.add_argument("--tls-port", type=int, default=8883)
     init.add_argument("--plain-port", type=int, default=1883, help="loopback-only plain listener")
     init.add_argument("--bind", default="0.0.0.0", help="address of the TLS listener")
@@ -81,6 +87,13 @@ def _register_broker(sub: Any) -> None:
     )
     init.add_argument(
         "--run-as", default=None, help="Mosquitto's `user` (default: you, or mosquitto as root)"
+    )
+    init.add_argument(
+        "--site",
+        default=None,
+        metavar="DEVICE_FOLDER",
+        help="make this a site broker bridged to the central one: the folder `fedge device add "
+        "SITE --dir CENTRAL_DIR` wrote for the site on the central host (docs/sites.md)",
     )
     init.set_defaults(func=_broker_init)
 
@@ -153,10 +166,17 @@ def _broker_init(args: argparse.Namespace) -> int:
     from .broker_init import init_broker
 
     hosts = args.host or [socket.gethostname()]
+    federation = args.federation
+    if federation is None and args.site:
+        from .site_init import read_central_login
+
+        login = read_central_login(args.site)
+        federation = f"{login.federation}-{login.site_id}"
     d = init_broker(
         args.dir,
         hosts=hosts,
-        federation=args.federation,
+        federation=federation or "demo",
+        site=args.site,
         tls_port=args.tls_port,
         plain_port=args.plain_port,
         bind_address=args.bind,
@@ -169,8 +189,15 @@ def _broker_init(args: argparse.Namespace) -> int:
     print(f"  TLS cert:      {d.broker_cert} for {', '.join(record.hosts)}")
     print(f"  mosquitto:     mosquitto -c {d.mosquitto_conf}")
     print(f"  devices use:   {record.url}")
-    print(f"  signing key:   {d.signing_key} (sign bundles: fedge export ... --sign-key)")
-    print(f"  orchestrator:  fedge orchestrator --config {d.orchestrator_toml}")
+    if args.site:
+        print(f"  trusted key:   {d.signing_pub} (the central one: bundles are signed there)")
+    else:
+        print(f"  signing key:   {d.signing_key} (sign bundles: fedge export ... --sign-key)")
+    if args.site:
+        print(f"  bridge:        to the central broker, in {d.mosquitto_conf}")
+        print(f"  site:          fedge orchestrator --role site --config {d.site_toml}")
+    else:
+        print(f"  orchestrator:  fedge orchestrator --config {d.orchestrator_toml}")
     print(f"next: fedge device add NAME --dir {d.root}")
     return 0
 

@@ -8,7 +8,9 @@
     DIR/broker/crl.pem           revoked client certificates (with --mtls-port)
     DIR/mosquitto/               mosquitto.conf, passwd, acl, data/, mosquitto.pid
     DIR/keys/signing.key, .pub   the bundle signing key pair (sign with `fedge export --sign-key`)
-    DIR/orchestrator/            orchestrator.toml (credentials, CA, trusted key)
+    DIR/orchestrator/            orchestrator.toml (credentials, CA, trusted key); a site
+                                 broker (--site): site.toml instead
+    DIR/central/ca.crt           a site broker's copy of the central CA (its bridge's TLS)
     DIR/devices/NAME/            agent.toml, ca.crt, signing.pub: copy this folder to the device
 """
 
@@ -75,6 +77,7 @@ class BrokerDir:
     signing_pub = property(lambda self: self.keys_dir / "signing.pub")
     orchestrator_dir = property(lambda self: self.root / "orchestrator")
     orchestrator_toml = property(lambda self: self.orchestrator_dir / "orchestrator.toml")
+    site_toml = property(lambda self: self.orchestrator_dir / "site.toml")  # broker init --site
 
     def device_dir(self, name: str) -> Path:
         return self.root / "devices" / name

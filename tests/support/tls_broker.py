@@ -38,7 +38,7 @@ def fedge_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[st
 class ProvisionedBroker:
     """``fedge broker init DIR`` on free loopback ports, then ``mosquitto -c`` on its config."""
 
-    def __init__(self, root: Path, *, federation: str = "demo") -> None:
+    def __init__(self, root: Path, *, federation: str = "demo", site: Path | None = None) -> None:
         self.dir = BrokerDir(root)
         self.tls_port = free_port()
         self.plain_port = free_port()
@@ -55,6 +55,7 @@ class ProvisionedBroker:
             # As root, Mosquitto would switch to the `mosquitto` user, which cannot read
             # pytest's private tmp dirs.
             "--run-as", pwd.getpwuid(os.geteuid()).pw_name,
+            *(["--site", str(site)] if site is not None else []),
         )  # fmt: skip
 
     @property

@@ -125,3 +125,26 @@ def test_a_password_file_for_many_devices_is_hashed_by_one_process(tmp_path, mon
     assert path.stat().st_mode & 0o777 == 0o600
     with pytest.raises(ConfigError, match="must not contain ':'"):
         write_password_file(tmp_path / "p2", {"dev-0": "a:b"})
+
+
+def test_site_bridge_carries_only_the_sites_own_topics() -> None:
+    from fedge.orchestrator.site_bridge import BridgeSettings, render_bridge, render_site_acl
+
+    text = render_bridge(BridgeSettings("site-a", "farm", "mqtt://central.lan:1883", "pw"))
+    topics = [line for line in text.splitlines() if line.startswith("topic ")]
+    me = "fedge/v1/farm/agent/site-a"
+    assert topics == [
+        f"topic {me}/status out 1",
+        f"topic {me}/up/# out 1",
+        f"topic {me}/cmd in 1",
+        f"topic {me}/down in 1",
+        f"topic {me}/invite in 1",
+        "topic fedge/v1/farm/round/# in 1",
+        "topic fedge/v1/farm/orchestrator/# in 1",
+    ]
+    assert "address central.lan:1883" in text and "remote_username site-a" in text
+    assert "user site-a" in render_site_acl("site-a", "farm")
+    with pytest.raises(ConfigError, match="central CA"):
+        render_bridge(BridgeSettings("site-a", "farm", "mqtts://central.lan:8883", "pw"))
+    with pytest.raises(ConfigError, match="not mqtt://"):
+        render_bridge(BridgeSettings("site-a", "farm", "http://central.lan", "pw"))
