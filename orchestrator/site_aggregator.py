@@ -53,16 +53,16 @@ class SiteRunner(RoundRunner):
     def __init__(self, site: SiteAggregator, agent: Agent) -> None:
         super().__init__(
             agent.cfg,
-            agent.backend,  # type: ignore[arg-type]  # SiteBackend: never trains
+            agent.backend,  # a SiteBackend: never trains
             agent.state,
             agent.policy,
             agent.clock,
-            stopping=agent._stop.is_set,
+            stopping=lambda: agent.stopping,
             on_decision=lambda _decision: None,
         )
         self.site = site
 
-    @property  # type: ignore[override]
+    @property
     def num_samples(self) -> int:
         """The site's rows as its status announces them: its devices' announced samples (the
         central orchestrator's ceiling on what the site may claim)."""

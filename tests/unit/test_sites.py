@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from support.memory_device import FakeClock, MemoryDevice, settle, start_orchestrator
 from support.toy_bundle import write_toy_bundle
 
@@ -151,3 +152,17 @@ def test_a_restarted_site_keeps_its_counted_update_and_answers_once(tmp_path: Pa
     for n in g:
         np.testing.assert_array_equal(again.delta[n], result.delta[n])
     assert [r["run_id"] for r in site.orch.store.runs()] == [run_id]  # no second site round
+
+
+def test_site_config_refuses_one_federation_for_both_sides(tmp_path: Path) -> None:
+    from fedge.protocol.errors import ConfigError
+    from fedge.protocol.settings import load_settings
+
+    path = tmp_path / "site.toml"
+    path.write_text('federation = "clinics"\n[site]\nid = "site-a"\nfederation = "clinics"\n')
+    with pytest.raises(ConfigError, match="need a federation name of their own"):
+        load_settings(SiteConfig, path)
+    path.write_text('federation = "a-local"\n[site]\nid = "site-a"\nfederation = "clinics"\n')
+    with pytest.raises(ConfigError, match="must be the site id"):
+        load_settings(SiteConfig, path, overrides=["site.mqtt.username=someone"])
+    assert load_settings(SiteConfig, path).site.federation == "clinics"
