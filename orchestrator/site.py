@@ -110,6 +110,8 @@ class SiteOrchestrator(Orchestrator):
         self._retire_other_runs(run_id)
         # a fresh strategy per site round (a server momentum would mix central rounds)
         self.strategy = create_strategy(self.cfg.strategy, self.cfg.strategy_options)
+        if self.store.run_exists(run_id) and self.store.active_run() is None:
+            self.store.reopen_run(run_id)  # retired unanswered, and asked again: resume it
         self.cfg.rounds.deadline_seconds = max(
             1.0, min(self._deadline_cap, request.deadline_seconds)
         )
