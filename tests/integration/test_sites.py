@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -134,8 +135,11 @@ def _run_sites(tmp: Path, data, bundle) -> dict:
 
 
 def test_two_bridged_sites_train_like_one_flat_federation(data, bundle, tmp_path):
-    flat = _run_flat(tmp_path / "flat", data, bundle)
-    sites = _run_sites(tmp_path / "sites", data, bundle)
+    # the two federations are independent (own brokers, files, ports): run them side by side
+    with ThreadPoolExecutor(2) as pool:
+        flat_run = pool.submit(_run_flat, tmp_path / "flat", data, bundle)
+        sites_run = pool.submit(_run_sites, tmp_path / "sites", data, bundle)
+        flat, sites = flat_run.result(), sites_run.result()
     print(f"flat:  accuracy {flat['accuracy']}, bytes_up/round {flat['bytes_up']}")
     print(f"sites: accuracy {sites['accuracy']}, bytes_up/round {sites['bytes_up']}")
     print(f"central broker bytes received: flat {flat['received']}, sites {sites['received']}")
