@@ -27,7 +27,7 @@ def register(sub: Any) -> None:
         formatter_class=_FMT,
     )
     p.add_argument("--config", help="agent or orchestrator TOML file")
-    p.add_argument("--role", choices=["auto", "agent", "orchestrator"], default="auto")
+    p.add_argument("--role", choices=["auto", "agent", "orchestrator", "site"], default="auto")
     p.add_argument(  # the same option as `fedge agent` / `fedge orchestrator`
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting"
     )

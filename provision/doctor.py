@@ -315,7 +315,7 @@ def diagnose(
     login: bool = False,
     overrides: list[str] | None = None,
 ) -> tuple[str, list[Check]]:
-    """Run the checks for ``role`` (agent, orchestrator, or auto from the config file) on the
+    """Run the checks for ``role`` (agent, orchestrator, site, or auto from the config file) on the
     settings the process would run with: the file, ``FEDGE_*`` variables and ``overrides``
     (``--set key=value`` items)."""
     from fedge.protocol.settings import load_settings
@@ -332,12 +332,21 @@ def diagnose(
         except ConfigError as exc:
             if role == "agent" or "unknown setting" not in str(exc):
                 return role, [*checks, Check("config", FAIL, str(exc), "fix the config file")]
-    if cfg is None:
+    if cfg is None and role in ("auto", "orchestrator"):
         from fedge.orchestrator.config import OrchestratorConfig
 
         try:
             cfg = load_settings(OrchestratorConfig, config_path, overrides=overrides)
             role = "orchestrator"
+        except ConfigError as exc:
+            if role == "orchestrator" or "unknown setting 'site" not in str(exc):
+                return role, [*checks, Check("config", FAIL, str(exc), "fix the config file")]
+    if cfg is None:  # a site aggregator's site.toml (docs/sites.md)
+        from fedge.orchestrator.site_config import SiteConfig
+
+        try:
+            cfg = load_settings(SiteConfig, config_path, overrides=overrides)
+            role = "site"
         except ConfigError as exc:
             return role, [*checks, Check("config", FAIL, str(exc), "fix the config file")]
     checks.append(Check("config", OK, f"{config_path or '(defaults)'} read as {role} config"))
@@ -369,6 +378,8 @@ def diagnose(
         checks.append(check_file("ca file", cfg.mqtt.ca_file, "copy the fleet's ca.crt here"))
     checks.append(check_clock())
     checks += check_broker(cfg.mqtt, client_id, login=login)
+    if role == "site":  # its second login: the central federation's topics, bridged
+        checks += check_broker(cfg.site.mqtt, cfg.site.id, login=login)
     if skipped is not None:
         checks.append(skipped)
     return role, checks

@@ -52,3 +52,16 @@ def test_doctor_checks_the_overridden_settings(tmp_path: Path) -> None:
     bad = _doctor("--config", str(config), "--role", "agent", "--set", "data.nope=1")
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     assert re.search(r"FAIL +config .*unknown setting 'data.nope'", bad.stdout), bad.stdout
+
+
+def test_doctor_reads_a_site_config_and_checks_both_logins(tmp_path: Path) -> None:
+    config = tmp_path / "site.toml"
+    url = f"mqtt://127.0.0.1:{_free_port()}"
+    config.write_text(
+        f'federation = "clinics-a"\nbundle = "{tmp_path / "bundle.fedge"}"\n'
+        f'[mqtt]\nurl = "{url}"\n[site]\nid = "site-a"\nfederation = "clinics"\n'
+        f'[site.mqtt]\nurl = "{url}"\n'
+    )
+    out = _doctor("--config", str(config)).stdout
+    assert "fedge doctor (site)" in out and "read as site config" in out
+    assert out.count(url.removeprefix("mqtt://")) >= 2, out  # the orchestrator's and the site's
