@@ -294,3 +294,18 @@ def test_what_stays_different_mqtt_5_and_client_id_takeover(rabbitmq, connect) -
     finally:
         intruder.disconnect()
         intruder.loop_stop()
+
+
+def test_a_device_added_with_rabbitmqctl_gets_the_same_rules(rabbitmq, connect) -> None:
+    """The rabbitmqctl commands of docs/brokers.md (``RabbitMQBroker.add_user``) on a running
+    node: the new device writes its own status and cannot write another's."""
+    if "dev-9" not in rabbitmq.users:
+        rabbitmq.add_user("dev-9", "pw-of-dev-9")
+    p = rabbitmq.prefix
+    orch = connect("fedge-orchestrator")
+    orch.subscribe(f"{p}/agent/+/status")
+    dev9 = connect("dev-9")
+    dev9.publish(f"{p}/agent/dev-9/status", b"dev-9 online")
+    assert orch.receive_until(b"dev-9 online") == [(f"{p}/agent/dev-9/status", b"dev-9 online")]
+    dev9.client.publish(f"{p}/agent/dev-0/status", b"forged", qos=1)
+    assert dev9.disconnected.wait(WAIT_S), "dev-9 wrote dev-0's status"
