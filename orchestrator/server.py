@@ -155,6 +155,11 @@ class Orchestrator:
         for topic in (self.topics.all_agent_status, self.topics.all_agent_up):
             self.transport.subscribe(topic)
         self.transport.start()
+        # The wildcard subscription replays every retained status on Mosquitto, none on
+        # RabbitMQ 3.x: ask for the devices this database knows by their exact topics too
+        # (a duplicate on Mosquitto; the registry ignores a status it already has).
+        known = [self.topics.agent_status(d["agent_id"]) for d in self.store.devices()]
+        self.transport.fetch_retained(known)
         if not self.transport.wait_connected(30):
             log.warning("broker %s not reachable yet; still trying", self.cfg.mqtt.url)
         self._resume_or_create_run()

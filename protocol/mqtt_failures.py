@@ -87,7 +87,10 @@ def takeover_message(client_id: str) -> str:
     return (
         f"another process is using device {client_id}'s credentials: the broker keeps one "
         "connection per device and the two take the session from each other; stop the "
-        "other agent (or give it its own device with `fedge device add`)"
+        "other agent (or give it its own device with `fedge device add`); or the broker "
+        "refuses one of our topics: RabbitMQ closes the connection then (Mosquitto drops the "
+        "message), so check the user's topic permissions and the federation name "
+        "(docs/brokers.md)"
     )
 
 

@@ -98,6 +98,7 @@ class MqttLink:
         self._queue_lock = threading.Lock()
         self.dropped = 0  # messages refused because the receive queue was full
         self._subscriptions: dict[str, int] = {}
+        self._fetches: list[str] = []  # fetch_retained topics not sent yet (not connected)
         self._lock = threading.Lock()
         self._unacked: deque[Any] = deque()  # QoS 1 publishes not yet acknowledged, in order
         self._connected = threading.Event()
@@ -160,6 +161,7 @@ class MqttLink:
             subscriptions = list(self._subscriptions.items())
         for topic, qos in subscriptions:
             self._subscribe(topic, qos)
+        self._send_fetches()
         self._connected.set()
 
     def _on_disconnect(
@@ -239,6 +241,15 @@ class MqttLink:
         else:
             self._client.subscribe(topic, qos)
 
+    def _send_fetches(self) -> None:
+        with self._lock:
+            topics, self._fetches = self._fetches, []
+        for topic in topics:
+            # The broker sends a topic's retained message while it handles the SUBSCRIBE,
+            # before it reads the UNSUBSCRIBE behind it: this is "get the retained copy".
+            self._subscribe(topic, 1)
+            self._client.unsubscribe(topic)
+
     # --- owner API ---
     def start(self) -> None:
         """Begin connecting in the background (retries until stop())."""
@@ -274,6 +285,19 @@ class MqttLink:
             self._subscriptions[topic] = qos
         if self._connected.is_set():
             self._subscribe(topic, qos)
+
+    def fetch_retained(self, topics: list[str]) -> None:
+        """Receive once the retained messages on these exact topics: subscribe to each and
+        unsubscribe again (now, or right after the next connect). For brokers that replay
+        retained messages only to exact-topic subscriptions, not to wildcard filters
+        (RabbitMQ 3.x); on others the retained copies arrive twice, once per subscription."""
+        for topic in topics:
+            if "+" in topic or "#" in topic:
+                raise MessageError(f"fetch_retained takes topics, not filters: {topic!r}")
+        with self._lock:
+            self._fetches.extend(topics)
+        if self._connected.is_set():
+            self._send_fetches()
 
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
         """Queue a message (sent now, or after the reconnect); refuse oversize payloads."""

@@ -9,6 +9,10 @@ Will's job on a real broker). A receiver can ask whether the message ``get()`` r
 came from the retained store (``last_was_retained``): MQTT sets the flag on the copies it
 delivers on subscribe, and on live copies too for MQTT 5 subscriptions with
 retain-as-published, which ``MqttLink`` makes and ``InMemoryBroker`` models.
+
+Some brokers replay retained messages only to subscriptions naming the exact topic, not to
+wildcard filters (RabbitMQ 3.x's MQTT plugin; ``InMemoryBroker(wildcard_retained=False)``
+models it): ``fetch_retained`` asks for the retained messages of known topics that way.
 """
 
 from __future__ import annotations
@@ -39,6 +43,11 @@ class Transport(Protocol):
 
     def subscribe(self, topic: str, qos: int = 1) -> None:
         """Receive messages on ``topic`` (a filter with + and #), now and after reconnects."""
+        ...
+
+    def fetch_retained(self, topics: list[str]) -> None:
+        """Receive once the retained messages on these exact topics (no wildcards), also from
+        a broker that replays none to wildcard subscriptions; now, or when connected."""
         ...
 
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
@@ -75,9 +84,13 @@ def topic_matches(topic_filter: str, topic: str) -> bool:
 
 
 class InMemoryBroker:
-    """A process-local bus with MQTT's retained-message and wildcard semantics."""
+    """A process-local bus with MQTT's retained-message and wildcard semantics.
 
-    def __init__(self) -> None:
+    ``wildcard_retained=False``: retained messages are replayed only to exact-topic
+    subscriptions, as RabbitMQ 3.x does."""
+
+    def __init__(self, *, wildcard_retained: bool = True) -> None:
+        self.wildcard_retained = wildcard_retained
         self._lock = threading.Lock()
         self._clients: list[InMemoryTransport] = []
         self.retained: dict[str, bytes] = {}
@@ -98,6 +111,8 @@ class InMemoryBroker:
                 self._clients.remove(client)
 
     def _deliver_retained(self, client: InMemoryTransport, topic_filter: str) -> None:
+        if not self.wildcard_retained and ("+" in topic_filter or "#" in topic_filter):
+            return
         with self._lock:
             matching = [(t, p) for t, p in self.retained.items() if topic_matches(topic_filter, t)]
         for topic, payload in matching:
@@ -129,6 +144,7 @@ class InMemoryTransport:
         self._inbox: queue.Queue[tuple[str, bytes, bool]] = queue.Queue()
         self._connected = False
         self._last_retained = False
+        self._fetches: list[str] = []  # fetch_retained topics waiting for start()
 
     @property
     def connected(self) -> bool:
@@ -139,6 +155,8 @@ class InMemoryTransport:
         self.broker._attach(self)
         for topic_filter in self.subscriptions:
             self.broker._deliver_retained(self, topic_filter)
+        fetches, self._fetches = self._fetches, []
+        self.fetch_retained(fetches)
 
     def wait_connected(self, timeout: float) -> bool:
         return self._connected
@@ -148,6 +166,13 @@ class InMemoryTransport:
             self.subscriptions.append(topic)
             if self._connected:
                 self.broker._deliver_retained(self, topic)
+
+    def fetch_retained(self, topics: list[str]) -> None:
+        if not self._connected:
+            self._fetches.extend(topics)
+            return
+        for topic in topics:
+            self.broker._deliver_retained(self, topic)
 
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
         self.broker.publish(self.client_id, topic, payload, retain)

@@ -7,6 +7,7 @@ import queue
 import pytest
 from support.mqtt_peer import Peer
 
+from fedge.protocol.errors import MessageError
 from fedge.protocol.mqtt_link import MqttLink, MqttSettings
 
 pytestmark = pytest.mark.integration
@@ -38,3 +39,42 @@ def test_stop_flushes_queued_qos1_messages(mosquitto):
         assert got == sent, f"{len(got)} of {len(sent)} delivered"
     finally:
         watcher.close()
+
+
+@pytest.mark.parametrize("before_connect", [True, False])
+def test_fetch_retained_gets_the_retained_copies_once(mosquitto, before_connect):
+    """``fetch_retained`` subscribes and unsubscribes: the retained message arrives (flagged),
+    later live messages on that topic do not. Asked before the connection, it waits for it."""
+    p = mosquitto.prefix
+    devices = ["dev-1", "dev-2"]
+    topics = [f"{p}/agent/{d}/status" for d in devices]
+    user = "fedge-orchestrator"
+    peers = [Peer(mosquitto.host, mosquitto.port, d, mosquitto.users[d]) for d in devices]
+    link = MqttLink(
+        MqttSettings(url=mosquitto.url, username=user, password=mosquitto.users[user]),
+        client_id=user,
+    )
+    try:
+        for peer, topic in zip(peers, topics, strict=True):
+            assert not peer.wait_connack().is_failure
+            peer.publish(topic, topic.encode(), retain=True)
+        if before_connect:
+            link.fetch_retained(topics)
+        link.start()
+        assert link.wait_connected(10)
+        if not before_connect:
+            link.fetch_retained(topics)
+        got = []
+        for _ in topics:
+            item = link.get(5)
+            assert item is not None, f"retained copies missing; got {got}"
+            got.append((item[0], link.last_was_retained()))
+        assert sorted(got) == [(t, True) for t in topics]
+        peers[0].publish(topics[0], b"live")  # unsubscribed by now: not delivered
+        assert link.get(1.0) is None
+        with pytest.raises(MessageError, match="not filters"):
+            link.fetch_retained([f"{p}/agent/+/status"])
+    finally:
+        link.stop()
+        for peer in peers:
+            peer.close()

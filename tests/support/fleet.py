@@ -70,7 +70,7 @@ def agent_config(agent_id: str, broker, data_path: Path, state_dir: Path, **extr
             "url": broker.url,
             "username": agent_id,
             "password": broker.users[agent_id],
-            "protocol": "5",
+            "protocol": getattr(broker, "mqtt_protocol", "5"),  # RabbitMQ: "3.1.1"
         },
         "data": {"path": str(data_path), "table": "samples"},
     }
@@ -91,7 +91,7 @@ def orchestrator_config(
             "url": broker.url,
             "username": user,
             "password": broker.users[user],
-            "protocol": "5",
+            "protocol": getattr(broker, "mqtt_protocol", "5"),  # RabbitMQ: "3.1.1"
         },
         "rounds": rounds,
     }

@@ -27,6 +27,8 @@ def find_mosquitto() -> str:
 class MosquittoBroker(LocalMosquitto):
     """``LocalMosquitto`` whose startup failures fail the test (with the broker's log tail)."""
 
+    mqtt_protocol = "5"  # what fedge processes speak to it (RabbitMQBroker: "3.1.1")
+
     def start(self) -> MosquittoBroker:
         try:
             super().start()
