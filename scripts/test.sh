@@ -87,7 +87,7 @@ bash "$ROOT/scripts/setup-venv.sh" dev
 
 cd "$ROOT"
 if [ "$#" -eq 0 ]; then
-    set -- -q
+    set -- -q --durations=15  # the slowest tests, so CI time is visible where it goes
 fi
 say "running: .venv/bin/python -m pytest $*"
 set +e
