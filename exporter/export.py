@@ -76,7 +76,7 @@ def export_bundle(
     portable: bool = True,
     torch_loss: Any = None,
     lora: LoraOptions | None = None,
-    inputs: Sequence[InputArg] | None = None,
+    inputs: Sequence[InputArg | tuple[str, str, Sequence[int]]] | None = None,
 ) -> Path:
     """Export ``model`` to a training bundle at ``out_dir`` and return its path.
 

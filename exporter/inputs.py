@@ -55,7 +55,9 @@ def parse_input(text: str) -> InputArg:
 
 
 def input_specs(
-    input_shape: Sequence[int] | None, input_dtype: str, inputs: Sequence[InputArg] | None
+    input_shape: Sequence[int] | None,
+    input_dtype: str,
+    inputs: Sequence[InputArg | tuple[str, str, Sequence[int]]] | None,
 ) -> tuple[TensorSpec, ...]:
     """The manifest's ``inputs``: ``input`` from ``input_shape``, or one spec per ``inputs``."""
     if inputs and input_shape is not None:
@@ -70,7 +72,8 @@ def input_specs(
         return (TensorSpec(INPUT_NAME, input_dtype, (None, *map(int, input_shape))),)
     seen: set[str] = set()
     specs = []
-    for arg in inputs:
+    for given in inputs:  # InputArg, or a plain (name, dtype, shape) tuple
+        arg = given if isinstance(given, InputArg) else InputArg(*given)
         if not _NAME.fullmatch(arg.name):
             raise ExportError(
                 f"input name {arg.name!r} must be a letter or _ then letters, digits or _ "
@@ -85,7 +88,7 @@ def input_specs(
             raise ExportError(f"input {arg.name!r} is given twice")
         seen.add(arg.name)
         preflight.torch_dtype(arg.dtype)
-        specs.append(TensorSpec(arg.name, arg.dtype, (None, *arg.shape)))
+        specs.append(TensorSpec(arg.name, arg.dtype, (None, *map(int, arg.shape))))
     return tuple(specs)
 
 
