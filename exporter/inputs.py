@@ -73,7 +73,11 @@ def input_specs(
     seen: set[str] = set()
     specs = []
     for given in inputs:  # InputArg, or a plain (name, dtype, shape) tuple
-        arg = given if isinstance(given, InputArg) else InputArg(*given)
+        if isinstance(given, InputArg):
+            arg = given
+        else:
+            name, dtype, shape = given
+            arg = InputArg(name, dtype, tuple(int(d) for d in shape))
         if not _NAME.fullmatch(arg.name):
             raise ExportError(
                 f"input name {arg.name!r} must be a letter or _ then letters, digits or _ "

@@ -220,6 +220,9 @@ def conform_samples(
     ``standardization`` (the run's per-feature mean and std) is applied before the cast,
     in float64; never to an integer input (token ids are not measurements)."""
     require_fit(samples, manifest, src)
+    if samples.input_names and len(manifest.inputs) == 1:  # [data.inputs.input] alone
+        name = manifest.input.name
+        return conform_samples(samples.input(name), manifest, src.for_input(name), standardization)
     if samples.input_names:
         return _conform_inputs(samples, manifest, standardization)
     spec = manifest.input
@@ -244,8 +247,8 @@ def _conform_inputs(
     manifest: Manifest,
     standardization: tuple[list[float], list[float]] | None,
 ) -> Samples:
-    """Samples mapped input by input: cast and shaped per input, in the manifest's order (one
-    input mapped through [data.inputs.NAME] gives one array, like the plain config)."""
+    """Samples of a model with several inputs: cast and shaped per input, in the manifest's
+    order."""
     if standardization is not None and standardization[0]:
         raise DataError(
             f"the run standardizes features but the model has {len(manifest.inputs)} inputs "
@@ -260,8 +263,6 @@ def _conform_inputs(
     y = np.asarray(samples.y, dtype=np.float64).astype(manifest.label.dtype, copy=False)
     names = tuple(s.name for s in manifest.inputs)
     columns = tuple(samples.input(n).feature_columns for n in names)
-    if len(arrays) == 1:
-        return Samples(arrays[0], y, columns[0])
     return Samples(tuple(arrays), y, sum(columns, ()), names, columns)
 
 

@@ -5,7 +5,8 @@ Features come from numeric columns (listed, or matched by a glob such as ``f*``)
 BLOB column holding a little-endian array (float32, float64, uint8, int8, int32, int64) of a
 declared shape. A model with several inputs (token ids and a mask) maps each input to its own
 columns or BLOB (``inputs``: ``[data.inputs.<name>]``), read from the same rows; its samples'
-``x`` is then a tuple, one array per input, in ``input_names`` order. The file is opened with ``mode=ro``: fedge never writes to a user's database.
+``x`` is then a tuple, one array per input, in ``input_names`` order. The file is opened with
+``mode=ro``: fedge never writes to a user's database.
 ``read_samples`` gives float32 features by default; ``dtype=None`` keeps the stored values as
 they are (column values as float64, which holds every int64 token id below 2**53 exactly; a
 BLOB in its own dtype), for ``fedge.protocol.data_contract`` to check and cast to what the
@@ -22,7 +23,7 @@ from typing import Annotated, Any
 
 import numpy as np
 
-from .errors import FedgeError
+from .errors import ConfigError, FedgeError
 from .fields import Len, OneOf, Range
 from .sqlite_db import read_only_uri
 
@@ -85,8 +86,6 @@ class DataSource:
 
     def validate(self) -> None:
         """Each ``[data.inputs.NAME]`` names its columns or its BLOB, not both, not neither."""
-        from .errors import ConfigError
-
         if len(self.inputs) > MAX_INPUTS:
             raise ConfigError(f"data.inputs has {len(self.inputs)} inputs; at most {MAX_INPUTS}")
         for name, ic in self.inputs.items():
@@ -264,7 +263,7 @@ def _features(
     if not rows:
         return np.zeros((0, expected_features or 0), dtype or np.float32)
     if src.blob_column:
-        x = _decode_blobs(rows, src)
+        x = _decode_blobs(rows, src, what)
     else:
         try:
             x = np.array(rows, dtype=np.float64)
@@ -290,7 +289,7 @@ def _features(
     return x.astype(dtype, copy=False) if dtype else x
 
 
-def _decode_blobs(rows: list[tuple[Any, ...]], src: DataSource) -> np.ndarray:
+def _decode_blobs(rows: list[tuple[Any, ...]], src: DataSource, what: str = "") -> np.ndarray:
     if src.blob_dtype not in BLOB_DTYPES:
         raise DataError(
             f"blob_dtype {src.blob_dtype!r} unsupported; use one of {', '.join(BLOB_DTYPES)}"
@@ -301,11 +300,12 @@ def _decode_blobs(rows: list[tuple[Any, ...]], src: DataSource) -> np.ndarray:
     out = []
     for i, (blob, *_rest) in enumerate(rows):
         if not isinstance(blob, bytes):
-            raise DataError(f"row {i + 1}: column '{src.blob_column}' is not a BLOB")
+            raise DataError(f"row {i + 1}: column '{src.blob_column}'{what} is not a BLOB")
         arr = np.frombuffer(blob, dtype=dtype)
         if size is not None and arr.size != size:
             raise DataError(
-                f"row {i + 1}: blob holds {arr.size} {dtype.name} values, expected {size} for shape {list(shape)}"
+                f"row {i + 1}: blob{what} holds {arr.size} {dtype.name} values, expected {size} "
+                f"for shape {list(shape)}"
             )
         out.append(arr.reshape(shape) if shape else arr)
     return np.stack(out).astype(dtype.newbyteorder("="))

@@ -153,6 +153,10 @@ def test_one_input_mapped_through_an_inputs_table_gives_one_array(tmp_path):
     manifest["inputs"][0]["shape"] = [None, SEQ]
     samples = read_for_bundle(src, Manifest.from_dict(manifest, draft=True))
     assert isinstance(samples.x, np.ndarray) and samples.x.shape == (12, SEQ)
+    # ... which standardizes like the plain config
+    stats = ([0.5] * SEQ, [0.5] * SEQ)
+    standardized = read_for_bundle(src, Manifest.from_dict(manifest, draft=True), stats)
+    np.testing.assert_allclose(standardized.x, (samples.x - 0.5) / 0.5)
 
 
 def test_data_check_reports_each_input_and_names_its_problems(tmp_path):
