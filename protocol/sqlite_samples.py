@@ -16,6 +16,7 @@ bundle's input declares.
 from __future__ import annotations
 
 import fnmatch
+import re
 import sqlite3
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -89,6 +90,11 @@ class DataSource:
         if len(self.inputs) > MAX_INPUTS:
             raise ConfigError(f"data.inputs has {len(self.inputs)} inputs; at most {MAX_INPUTS}")
         for name, ic in self.inputs.items():
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", name):
+                raise ConfigError(
+                    f"data.inputs.{name[:80]}: an input name is a letter or _ then letters, "
+                    "digits or _ (at most 64), as the bundle's inputs are named"
+                )
             if bool(ic.features) == bool(ic.blob_column):
                 raise ConfigError(
                     f"data.inputs.{name} needs either 'features' (columns) or 'blob_column' "

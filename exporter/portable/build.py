@@ -52,10 +52,11 @@ def add_portable_step(
     loss: str,
     optimizer: OptimizerSpec,
     trainable: list[str],
-    input_specs: tuple[TensorSpec, ...],
     label_spec: TensorSpec,
     num_classes: int | None,
     verify: bool = True,
+    input_specs: tuple[TensorSpec, ...] = (),
+    input_spec: TensorSpec | None = None,
 ) -> tuple[PortableStep, dict[str, Any]]:
     """Write the portable step into ``bundle_dir``; return the manifest's ``portable`` section
     and the numbers for ``verification.portable``.
@@ -63,7 +64,12 @@ def add_portable_step(
     Never fails the export: a model the step cannot express, or whose step disagrees with
     PyTorch beyond tolerance, is recorded without the ``ort-portable`` backend, with the
     reason (stage, module path and type, operator or numbers) in ``portable.reason``.
+    ``input_specs`` are the model's inputs in ``forward`` order (``input_spec``: its one input).
     """
+    if not input_specs:
+        if input_spec is None:
+            raise ExportError("add_portable_step needs input_specs (or input_spec)")
+        input_specs = (input_spec,)
     batches = _batches(input_specs, label_spec, loss, num_classes)
     try:
         layout, initial = _write_step(
