@@ -102,7 +102,7 @@ def export_bundle(
         raise ExportError(f"opset {opset} is out of range; ONNX Runtime 1.19 supports 7..21")
     _check_destination(out)
     specs = input_specs(input_shape, input_dtype, inputs)
-    names = [s.name for s in specs]
+    model_inputs = [s.name for s in specs]
 
     preflight.check_supported_layers(model)
     plain_model, lora_spec = model, None
@@ -138,10 +138,10 @@ def export_bundle(
             example,
             training=True,
             opset=opset,
-            input_names=names,
+            input_names=model_inputs,
             output_name=output_name,
         )
-        _check_graph_inputs(train_proto, names)
+        _check_graph_inputs(train_proto, model_inputs)
         all_names = train_names + frozen_names + stat_names
         onnx_graph.require_initializers(train_proto, all_names, "training graph")
         params = _state_tensors(model, stat_names)
@@ -184,7 +184,7 @@ def export_bundle(
             example,
             training=False,
             opset=opset,
-            input_names=names,
+            input_names=model_inputs,
             output_name=output_name,
         )
         onnx_graph.restore_initializers(infer_proto, params)
@@ -200,7 +200,7 @@ def export_bundle(
                 merged_path,
                 _state_tensors(plain_model, stat_names),
                 opset=opset,
-                input_names=names,
+                input_names=model_inputs,
                 output_name=output_name,
             )
             merge_diff = lora_merge.merge_parity(
@@ -218,9 +218,10 @@ def export_bundle(
             )
         if custom_loss:
             label_spec = replace(
-                label_spec, name=artifacts.graph_io(work / "training_model.onnx")[0][len(names)]
+                label_spec,
+                name=artifacts.graph_io(work / "training_model.onnx")[0][len(model_inputs)],
             )
-        _check_label_input(work, names, label_spec)
+        _check_label_input(work, model_inputs, label_spec)
 
         parity.check_checkpoint(work, params, train_names)
         numbers = _verification(
