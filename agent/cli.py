@@ -25,6 +25,9 @@ The training rows: [data] in agent.toml (read-only SQLite; every key with exampl
   label          the label column (default label)
   where          SQL condition selecting the rows (default none)
   feature_scale  multiply every feature, e.g. 0.003921569 = 1/255 (default 1.0)
+  inputs         a model with several inputs (tokens + mask): one [data.inputs.NAME] table
+                 per input with its features or blob_column/blob_dtype/blob_shape,
+                 feature_scale (default {} = one input, from the keys above)
 and at the top level:
   validation_fraction  rows held back from training in every round to measure the model
                        (default 0.1: a tenth of every device's rows; 0 = train on all)

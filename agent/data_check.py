@@ -18,6 +18,7 @@ from fedge.protocol.manifest import Manifest
 from fedge.protocol.sqlite_samples import (
     DataError,
     DataSource,
+    Samples,
     _connect_read_only,
     read_samples,
     resolve_feature_columns,
@@ -100,7 +101,18 @@ class DataReport:
 def _null_scan(
     conn: sqlite3.Connection, src: DataSource, columns: list[str], described: str
 ) -> list[str]:
-    """Rows with a NULL label or feature; unknown feature or blob columns by name."""
+    """Rows with a NULL label or feature; unknown feature or blob columns by name (for each
+    ``[data.inputs.NAME]`` of a model with several inputs, each problem naming the input)."""
+    if src.inputs:
+        problems: list[str] = []
+        for name in src.inputs:
+            for problem in _null_scan(conn, src.for_input(name), columns, described):
+                if " rows have a NULL label in column " in problem:  # the same for every input
+                    if problem not in problems:
+                        problems.append(problem)
+                else:
+                    problems.append(f"data.inputs.{name}: {problem}")
+        return problems[:MAX_PROBLEMS]
     source = f"({src.query})" if src.query else f'"{src.table}"'
     where = f"({src.where}) AND " if src.where else ""
     where_from = f"table '{src.table}'" if not src.query else "the query"
@@ -205,10 +217,7 @@ def check_data(
     if len(samples) == 0:
         report.problems.append("no rows match the data source (check `table`/`query`/`where`)")
         return report
-    dtype = manifest.input.dtype if manifest else "float32"
-    report.features = f"{list(samples.x.shape[1:])} {dtype} per sample"
-    if samples.feature_columns and not src.blob_column:
-        report.features += f" (columns {_listed(samples.feature_columns)})"
+    report.features = _features_line(samples, src, manifest)
     if manifest is not None:
         report.problems.extend(check_samples(samples, manifest, src)[:MAX_PROBLEMS])
         if manifest.task.kind == "regression":  # a histogram of real values says nothing
@@ -221,6 +230,28 @@ def check_data(
     if len(counts) < 2:
         report.problems.append(f"only one label value ({next(iter(counts))}) in the data")
     return report
+
+
+def _features_line(samples: Samples, src: DataSource, manifest: Manifest | None) -> str:
+    """``[3] float32 per sample (columns a, b, c)``; with several inputs, one entry each:
+    ``tokens [16] int64 (blob ids); mask [16] float32 (columns m0, ..., m15)``."""
+    dtypes = {s.name: s.dtype for s in manifest.inputs} if manifest else {}
+    if not samples.input_names:
+        dtype = manifest.input.dtype if manifest else "float32"
+        line = f"{list(samples.array.shape[1:])} {dtype} per sample"
+        if samples.feature_columns and not src.blob_column:
+            line += f" (columns {_listed(samples.feature_columns)})"
+        return line
+    parts = []
+    for name in samples.input_names:
+        one, part = samples.input(name), src.for_input(name)
+        where = (
+            f"blob {part.blob_column}"
+            if part.blob_column
+            else f"columns {_listed(one.feature_columns)}"
+        )
+        parts.append(f"{name} {list(one.array.shape[1:])} {dtypes.get(name, 'float32')} ({where})")
+    return "; ".join(parts) + " per sample"
 
 
 def _listed(names: tuple[str, ...]) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from fedge.protocol.bundle import Bundle
-from fedge.protocol.sqlite_samples import Samples, split_train_validation
+from fedge.protocol.sqlite_samples import Features, Samples, split_train_validation
 
 from .backends import TrainingBackend
 
@@ -13,6 +13,14 @@ from .backends import TrainingBackend
 def input_shape(bundle: Bundle) -> list[int]:
     """The model input's shape without the batch dimension, from the bundle's manifest."""
     return list(bundle.manifest.input.sample_shape)
+
+
+def shaped(x: Features, bundle: Bundle) -> Features:
+    """``x`` as the backend feeds it: one array reshaped to ``[n, *input shape]``; several
+    inputs (a tuple) come shaped per input from ``conform_samples``."""
+    if isinstance(x, tuple):
+        return x
+    return x.reshape([len(x)] + input_shape(bundle))
 
 
 def evaluate_global(
@@ -32,7 +40,7 @@ def evaluate_global(
         val = samples
     backend.load(bundle)
     backend.set_parameters(global_params)
-    ev = backend.evaluate(val.x.reshape([len(val)] + input_shape(bundle)), val.y)
+    ev = backend.evaluate(shaped(val.x, bundle), val.y)
     metrics = {"val_loss": float(ev.loss)}
     metrics.update({f"val_{k}": float(v) for k, v in ev.metrics.items()})
     if ev.accuracy is not None:

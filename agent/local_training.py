@@ -15,11 +15,11 @@ import numpy as np
 from fedge.protocol.errors import CodecError
 from fedge.protocol.messages import TrainConfig
 from fedge.protocol.privacy import privatize_delta
-from fedge.protocol.sqlite_samples import Samples, split_train_validation
+from fedge.protocol.sqlite_samples import Samples, split_train_validation, take_rows
 from fedge.protocol.tensors import check_finite
 
 from .backends import TrainingBackend
-from .local_evaluation import input_shape
+from .local_evaluation import shaped
 
 
 @dataclass
@@ -52,8 +52,8 @@ def train_locally(
     started = time.monotonic()
     train, val = split_train_validation(samples, validation_fraction, seed=0)
     if config.max_samples and len(train) > config.max_samples:
-        train.x, train.y = train.x[: config.max_samples], train.y[: config.max_samples]
-    shape = input_shape(bundle)
+        cap = slice(0, config.max_samples)
+        train.x, train.y = take_rows(train.x, cap), train.y[cap]
     check_finite(global_params)
     backend.load(bundle, learning_rate=config.learning_rate or None)
     backend.set_parameters(global_params)
@@ -61,7 +61,7 @@ def train_locally(
     train_started = time.monotonic()
     try:
         result = backend.train(
-            train.x.reshape([len(train)] + shape),
+            shaped(train.x, bundle),
             train.y,
             epochs=config.local_epochs,
             batch_size=config.batch_size,
@@ -89,7 +89,7 @@ def train_locally(
         ).delta
     metrics = {"train_loss": result.loss, "train_seconds": time.monotonic() - started}
     if len(val):
-        ev = backend.evaluate(val.x.reshape([len(val)] + shape), val.y)
+        ev = backend.evaluate(shaped(val.x, bundle), val.y)
         metrics["val_loss"] = ev.loss
         if ev.accuracy is not None:
             metrics["val_accuracy"] = ev.accuracy

@@ -184,6 +184,11 @@ class RoundRunner:
                 "of unbounded raw features cannot be noised with a known sensitivity"
             )
         spec = bundle.manifest.input
+        if len(bundle.manifest.inputs) > 1:
+            raise DataError(
+                f"refusing a statistics round: the model has {len(bundle.manifest.inputs)} "
+                "inputs and federated standardization covers one"
+            )
         if np.dtype(spec.dtype).kind != "f":
             raise DataError(
                 f"refusing a statistics round: the model's input '{spec.name}' takes "
@@ -194,7 +199,9 @@ class RoundRunner:
         if len(samples) == 0:
             raise DataError(f"no rows in {self.cfg.data.path} match the data source")
         self.num_samples = len(samples)
-        stats = local_stats(samples.x)  # StatisticsError (a FedgeError): overflowing values
+        if isinstance(samples.x, tuple):  # one input mapped through [data.inputs.NAME]
+            samples = samples.input(samples.input_names[0])
+        stats = local_stats(samples.array)  # StatisticsError (a FedgeError): overflowing values
         log.info(
             "round %d: feature statistics of %d rows (%d features)",
             task.round,

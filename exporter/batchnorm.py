@@ -81,7 +81,7 @@ def batchnorm_modules(model: nn.Module) -> list[tuple[str, nn.modules.batchnorm.
     return found
 
 
-def find_layers(model: nn.Module, example: torch.Tensor) -> list[BatchNormLayer]:
+def find_layers(model: nn.Module, example: tuple[torch.Tensor, ...]) -> list[BatchNormLayer]:
     """Describe the model's BatchNorm layers (input rank taken from one eval forward pass)."""
     modules = batchnorm_modules(model)
     if not modules:
@@ -97,7 +97,7 @@ def find_layers(model: nn.Module, example: torch.Tensor) -> list[BatchNormLayer]
     try:
         model.eval()
         with torch.no_grad():
-            model(example)
+            model(*example)
     finally:
         model.train(was_training)
         for hook in hooks:

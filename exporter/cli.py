@@ -39,17 +39,30 @@ def _register_export(subparsers: Any) -> None:
         "  fedge export model.py:build --input-shape 8 --loss losses.py:SmoothL1Loss "
         "--torch-loss torch.nn.functional:smooth_l1_loss --out bundles/huber\n"
         "  fedge export text.py:build --input-shape 16 --input-dtype int64 --lora 4 "
-        "--lora-targets 'encoder.*' --trainable 'head.*' --out bundles/text-lora",
+        "--lora-targets 'encoder.*' --trainable 'head.*' --out bundles/text-lora\n"
+        "  fedge export text.py:build --input tokens:int64:16 --input mask:float32:16 "
+        "--num-classes 2 --out bundles/text-mask   # forward(self, tokens, mask)",
         formatter_class=_RAW,
     )
     p.add_argument("model", help="package.module:factory or path/to/file.py:factory")
     p.add_argument(
         "--input-shape",
-        required=True,
+        default=None,
         type=_shape,
-        help="one sample's shape without the batch axis, e.g. 64 or 3,32,32",
+        help="one sample's shape without the batch axis, e.g. 64 or 3,32,32 (a model with "
+        "one input, named 'input')",
     )
     p.add_argument("--input-dtype", default="float32", help="input dtype (default: float32)")
+    p.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        dest="inputs",
+        metavar="NAME:DTYPE:SHAPE",
+        help="one model input (repeatable, in forward()'s argument order) instead of "
+        "--input-shape, e.g. --input tokens:int64:16 --input mask:float32:16; the agent maps "
+        "each to its columns in [data.inputs.NAME]",
+    )
     p.add_argument(
         "--label-dtype",
         default=None,
@@ -187,6 +200,7 @@ def _export(args: argparse.Namespace) -> int:
 
     from .errors import ExportError
     from .export import export_bundle
+    from .inputs import input_specs, parse_input
     from .loading import load_loss, load_model, load_object
     from .lora import LoraOptions
 
@@ -202,9 +216,12 @@ def _export(args: argparse.Namespace) -> int:
         if args.lora is not None
         else None
     )
+    inputs = [parse_input(text) for text in args.inputs]
+    input_specs(args.input_shape, args.input_dtype, inputs or None)  # before importing the model
     model = load_model(args.model)
     path = export_bundle(
         model,
+        inputs=inputs or None,
         input_shape=args.input_shape,
         out_dir=out,
         model_name=name,

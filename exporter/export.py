@@ -41,12 +41,13 @@ from fedge.protocol.tensors import encode_tensors
 from . import artifacts, batchnorm, lora_merge, onnx_graph, preflight
 from . import verify as parity
 from .errors import ExportError
+from .inputs import INPUT_NAME, InputArg, input_specs, sample_examples
 from .lora import LoraOptions, apply_lora, trainable_names
 from .portable import add_portable_step
 
 log = logging.getLogger(__name__)
 
-INPUT_NAME = "input"
+__all__ = ["INPUT_NAME", "InputArg", "export_bundle"]
 VERIFY_BATCH = 8
 VERIFY_SEED = 1234
 
@@ -54,7 +55,7 @@ VERIFY_SEED = 1234
 def export_bundle(
     model: nn.Module,
     *,
-    input_shape: Sequence[int],
+    input_shape: Sequence[int] | None = None,
     out_dir: str | os.PathLike,
     model_name: str = "model",
     input_dtype: str = "float32",
@@ -75,11 +76,14 @@ def export_bundle(
     portable: bool = True,
     torch_loss: Any = None,
     lora: LoraOptions | None = None,
+    inputs: Sequence[InputArg | tuple[str, str, Sequence[int]]] | None = None,
 ) -> Path:
     """Export ``model`` to a training bundle at ``out_dir`` and return its path.
 
     ``out_dir`` ending in ``.fedge`` produces a single archive file; otherwise a directory
-    (which must not exist or be empty). ``input_shape`` excludes the batch axis. Label dtype
+    (which must not exist or be empty). ``input_shape`` excludes the batch axis; a model with
+    several inputs (``forward(self, tokens, mask)``) gives ``inputs`` instead, one
+    ``InputArg(name, dtype, shape)`` per argument in order (exporter/inputs.py). Label dtype
     and shape default to what the loss needs (int64 class ids for cross entropy, the output's
     dtype and shape otherwise). ``frozen``/``trainable`` are globs over parameter names.
     ``portable=False`` leaves out the portable training step (ort-training backend only).
@@ -97,6 +101,8 @@ def export_bundle(
     if not 7 <= opset <= 21:
         raise ExportError(f"opset {opset} is out of range; ONNX Runtime 1.19 supports 7..21")
     _check_destination(out)
+    specs = input_specs(input_shape, input_dtype, inputs)
+    model_inputs = [s.name for s in specs]
 
     preflight.check_supported_layers(model)
     plain_model, lora_spec = model, None
@@ -108,7 +114,7 @@ def export_bundle(
         model, frozen=frozen, trainable=trainable
     )
     gen = torch.Generator().manual_seed(VERIFY_SEED)
-    example = preflight.sample_inputs(input_shape, input_dtype, batch=VERIFY_BATCH, generator=gen)
+    example = sample_examples(specs, batch=VERIFY_BATCH, generator=gen)
     output = preflight.trial_forward(model, example)
     bn_layers = batchnorm.find_layers(model, example)
     stat_names = batchnorm.running_stat_names(bn_layers)
@@ -132,9 +138,10 @@ def export_bundle(
             example,
             training=True,
             opset=opset,
-            input_name=INPUT_NAME,
+            input_names=model_inputs,
             output_name=output_name,
         )
+        _check_graph_inputs(train_proto, model_inputs)
         all_names = train_names + frozen_names + stat_names
         onnx_graph.require_initializers(train_proto, all_names, "training graph")
         params = _state_tensors(model, stat_names)
@@ -177,7 +184,7 @@ def export_bundle(
             example,
             training=False,
             opset=opset,
-            input_name=INPUT_NAME,
+            input_names=model_inputs,
             output_name=output_name,
         )
         onnx_graph.restore_initializers(infer_proto, params)
@@ -193,7 +200,7 @@ def export_bundle(
                 merged_path,
                 _state_tensors(plain_model, stat_names),
                 opset=opset,
-                input_name=INPUT_NAME,
+                input_names=model_inputs,
                 output_name=output_name,
             )
             merge_diff = lora_merge.merge_parity(
@@ -211,9 +218,10 @@ def export_bundle(
             )
         if custom_loss:
             label_spec = replace(
-                label_spec, name=artifacts.graph_io(work / "training_model.onnx")[0][1]
+                label_spec,
+                name=artifacts.graph_io(work / "training_model.onnx")[0][len(model_inputs)],
             )
-        _check_label_input(work, label_spec)
+        _check_label_input(work, model_inputs, label_spec)
 
         parity.check_checkpoint(work, params, train_names)
         numbers = _verification(
@@ -232,7 +240,6 @@ def export_bundle(
         if lora_spec is not None and verify:
             numbers["lora_merge_max_abs_diff"] = merge_diff
         training_proto = onnx.load(str(work / "training_model.onnx"), load_external_data=False)
-        input_spec = TensorSpec(INPUT_NAME, input_dtype, (None, *map(int, input_shape)))
         if custom_loss:
             portable_step: PortableStep | None = PortableStep(
                 False, reason="a custom onnxblock loss has no portable equivalent"
@@ -244,7 +251,7 @@ def export_bundle(
                 loss=loss,
                 optimizer=opt,
                 trainable=train_names,
-                input_spec=input_spec,
+                input_specs=specs,
                 label_spec=label_spec,
                 num_classes=classes,
                 verify=verify,
@@ -254,7 +261,7 @@ def export_bundle(
         manifest = Manifest(
             model_name=model_name,
             task=task,
-            inputs=(input_spec,),
+            inputs=specs,
             outputs=(TensorSpec(output_name, _dtype(output), (None, *output.shape[1:])),),
             label=label_spec,
             loss=(
@@ -342,18 +349,30 @@ def _check_num_classes(loss: str, output: torch.Tensor, given: int | None) -> No
         raise ExportError(f"--num-classes {given} but the model outputs {found} logits")
 
 
-def _check_label_input(work: Path, label_spec: TensorSpec) -> None:
-    inputs = artifacts.graph_io(work / "training_model.onnx")[0][:2]
-    if inputs != [INPUT_NAME, label_spec.name]:
+def _check_label_input(work: Path, names: list[str], label_spec: TensorSpec) -> None:
+    want = [*names, label_spec.name]
+    inputs = artifacts.graph_io(work / "training_model.onnx")[0][: len(want)]
+    if inputs != want:
+        raise ExportError(f"training graph inputs are {inputs}, expected {want}")
+
+
+def _check_graph_inputs(proto: onnx.ModelProto, names: list[str]) -> None:
+    """Every declared input must reach the graph (the TorchScript exporter drops unused ones)."""
+    inits = {i.name for i in proto.graph.initializer}
+    found = [i.name for i in proto.graph.input if i.name not in inits]
+    missing = [n for n in names if n not in found]
+    if missing:
         raise ExportError(
-            f"training graph inputs are {inputs}, expected {[INPUT_NAME, label_spec.name]}"
+            f"the exported graph has no input {', '.join(map(repr, missing))}: the model's "
+            f"forward() does not use it; graph inputs are {found}. Declare only the inputs "
+            "forward() reads, in its argument order"
         )
 
 
 def _verification(
     model: nn.Module,
     work: Path,
-    example: torch.Tensor,
+    example: tuple[torch.Tensor, ...],
     loss: Any,
     opt: artifacts.OptimizerSpec,
     train_names: list[str],

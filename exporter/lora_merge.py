@@ -11,6 +11,7 @@ make any merge look right): both graphs on the same batch, parameters fed as gra
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -29,17 +30,22 @@ _SEED = 2024
 
 def write_merged_inference(
     plain: nn.Module,
-    example: torch.Tensor,
+    example: tuple[torch.Tensor, ...],
     path: Path,
     params: dict[str, np.ndarray],
     *,
     opset: int,
-    input_name: str,
+    input_names: Sequence[str],
     output_name: str,
 ) -> None:
     """Export ``plain`` (the model before wrapping) in eval mode; ``params`` are its tensors."""
     proto = onnx_graph.export_onnx(
-        plain, example, training=False, opset=opset, input_name=input_name, output_name=output_name
+        plain,
+        example,
+        training=False,
+        opset=opset,
+        input_names=input_names,
+        output_name=output_name,
     )
     onnx_graph.restore_initializers(proto, params)
     onnx_graph.require_initializers(proto, list(params), "merged inference graph")
@@ -52,7 +58,7 @@ def merge_parity(
     adapter_graph: Path,
     merged_graph: Path,
     params: dict[str, np.ndarray],
-    example: torch.Tensor,
+    example: tuple[torch.Tensor, ...],
 ) -> float:
     """Max |adapter model - merged model| with random non-zero ``B``; ExportError past 1e-4."""
     rng = np.random.default_rng(_SEED)
@@ -60,7 +66,7 @@ def merge_parity(
     for a in spec.adapters:
         b = trial[a.lora_b]
         trial[a.lora_b] = rng.normal(0.0, 0.5, size=b.shape).astype(b.dtype)
-    x = example.numpy()
+    x = [t.numpy() for t in example]
     with_adapters = _run(adapter_graph, x, trial)
     merged = _run(merged_graph, x, merge_parameters(spec, trial))
     diff = float(np.max(np.abs(with_adapters.astype(np.float64) - merged)))
@@ -72,18 +78,18 @@ def merge_parity(
     return diff
 
 
-def _run(path: Path, x: np.ndarray, params: dict[str, np.ndarray]) -> np.ndarray:
+def _run(path: Path, x: list[np.ndarray], params: dict[str, np.ndarray]) -> np.ndarray:
     ort = import_onnxruntime(block_torch=False)
     session = ort.InferenceSession(
         str(path), single_thread_session_options(ort), providers=["CPUExecutionProvider"]
     )
     # Parameters are overridable initializers (onnx_graph.initializers_as_inputs), which
     # get_inputs() leaves out; every one must be fed, or the merge would go unchecked.
-    first = session.get_inputs()[0].name
+    names = [i.name for i in session.get_inputs()][: len(x)]
     overridable = {i.name for i in session.get_overridable_initializers()}
     missing = sorted(set(params) - overridable)
     if missing:
         raise ExportError(f"{path.name} does not take parameters {missing[:5]} as inputs")
-    feed = {first: x, **params}
+    feed = {**dict(zip(names, x, strict=True)), **params}
     out: np.ndarray = session.run(None, feed)[0]
     return out

@@ -12,7 +12,7 @@ import copy
 import io
 import logging
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -31,14 +31,15 @@ BATCH_AXIS = "batch"
 
 def export_onnx(
     model: nn.Module,
-    example: torch.Tensor,
+    example: tuple[torch.Tensor, ...],
     *,
     training: bool,
     opset: int,
-    input_name: str,
+    input_names: Sequence[str],
     output_name: str,
 ) -> onnx.ModelProto:
-    """Export a deep copy of ``model`` (train or eval mode) with a dynamic batch axis."""
+    """Export a deep copy of ``model`` (train or eval mode) with a dynamic batch axis;
+    ``example`` has one tensor per name in ``input_names`` (``forward``'s arguments, in order)."""
     clone = copy.deepcopy(model)
     clone.train(training)
     mode = torch.onnx.TrainingMode.TRAINING if training else torch.onnx.TrainingMode.EVAL
@@ -48,15 +49,18 @@ def export_onnx(
             warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice
             torch.onnx.export(
                 clone,
-                (example,),
+                tuple(example),
                 buffer,
                 dynamo=False,
                 training=mode,
                 do_constant_folding=False,
                 opset_version=opset,
-                input_names=[input_name],
+                input_names=list(input_names),
                 output_names=[output_name],
-                dynamic_axes={input_name: {0: BATCH_AXIS}, output_name: {0: BATCH_AXIS}},
+                dynamic_axes={
+                    **{name: {0: BATCH_AXIS} for name in input_names},
+                    output_name: {0: BATCH_AXIS},
+                },
             )
     except Exception as exc:  # torch raises many types; report its message as is
         raise ExportError(f"torch.onnx.export failed ({type(exc).__name__}): {exc}") from exc

@@ -99,28 +99,41 @@ def sample_inputs(
     return torch.randint(0, 2, shape, generator=generator, dtype=kind)
 
 
-def trial_forward(model: nn.Module, example: torch.Tensor) -> torch.Tensor:
-    """Run the model once in eval mode; failing to run on ``example`` raises ExportError."""
+def trial_forward(model: nn.Module, example: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Run the model once in eval mode on ``example`` (one tensor per input); failing raises
+    ExportError."""
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            output = model(example)
+            output = model(*example)
     except Exception as exc:  # any failure inside user code is reported, not re-raised raw
-        raise ExportError(
-            f"the model does not run on an input of shape {tuple(example.shape)} "
-            f"(batch {example.shape[0]} + --input-shape {tuple(example.shape[1:])}, "
-            f"dtype {str(example.dtype).removeprefix('torch.')}): {exc}"
-        ) from exc
+        raise ExportError(f"the model does not run on {_describe(example)}: {exc}") from exc
     finally:
         model.train(was_training)
     if not isinstance(output, torch.Tensor):
         raise ExportError(f"the model must return one tensor; it returned {type(output).__name__}")
-    if output.dim() < 1 or output.shape[0] != example.shape[0]:
+    if output.dim() < 1 or output.shape[0] != example[0].shape[0]:
         raise ExportError(
             f"the model's output shape {tuple(output.shape)} has no batch dimension first"
         )
     return output
+
+
+def _describe(example: tuple[torch.Tensor, ...]) -> str:
+    """``an input of shape (8, 64) (batch 8 + --input-shape (64,), dtype float32)``."""
+
+    def dtype(t: torch.Tensor) -> str:
+        return str(t.dtype).removeprefix("torch.")
+
+    if len(example) == 1:
+        (x,) = example
+        return (
+            f"an input of shape {tuple(x.shape)} (batch {x.shape[0]} + --input-shape "
+            f"{tuple(x.shape[1:])}, dtype {dtype(x)})"
+        )
+    shown = ", ".join(f"{tuple(t.shape)} {dtype(t)}" for t in example)
+    return f"{len(example)} inputs ({shown}; batch {example[0].shape[0]} first)"
 
 
 def attention_dropout_hint(model: nn.Module) -> str:

@@ -40,17 +40,21 @@ _TORCH_LOSSES = {
 }
 
 
-def forward_parity(model: nn.Module, inference_path: Path, example: torch.Tensor) -> float:
-    """Max abs difference between ``inference.onnx`` and the model (eval mode) on ``example``."""
+def forward_parity(
+    model: nn.Module, inference_path: Path, example: tuple[torch.Tensor, ...]
+) -> float:
+    """Max abs difference between ``inference.onnx`` and the model (eval mode) on ``example``
+    (one tensor per input, in the graph's input order)."""
     ort = import_onnxruntime(block_torch=False)
     session = ort.InferenceSession(
         str(inference_path), single_thread_session_options(ort), providers=["CPUExecutionProvider"]
     )
-    input_name = session.get_inputs()[0].name
-    (ort_out,) = session.run(None, {input_name: example.numpy()})
+    names = [i.name for i in session.get_inputs()][: len(example)]
+    feeds = {n: t.numpy() for n, t in zip(names, example, strict=True)}
+    (ort_out,) = session.run(None, feeds)
     clone = copy.deepcopy(model).eval()
     with torch.no_grad():
-        torch_out = clone(example).numpy()
+        torch_out = clone(*example).numpy()
     return _max_abs_diff(torch_out, ort_out)
 
 
@@ -74,7 +78,7 @@ def step_parity(
     model: nn.Module,
     bundle_dir: Path,
     *,
-    inputs: torch.Tensor,
+    inputs: tuple[torch.Tensor, ...],
     labels: torch.Tensor,
     loss: str,
     optimizer: OptimizerSpec,
@@ -212,7 +216,7 @@ def _training_api() -> Any:
 
 def _ort_step(
     bundle_dir: Path,
-    inputs: torch.Tensor,
+    inputs: tuple[torch.Tensor, ...],
     labels: torch.Tensor,
     optimizer: OptimizerSpec,
     running_stats: Sequence[dict[str, str]],
@@ -231,7 +235,7 @@ def _ort_step(
     opt.set_learning_rate(optimizer.lr)
     before = {n: np.array(p.data, copy=True) for n, p in state.parameters}
     module.train()
-    outputs = module(inputs.numpy(), labels.numpy())
+    outputs = module(*(t.numpy() for t in inputs), labels.numpy())
     opt.step()
     module.lazy_reset_grad()
     loss = write_back_running_stats(state, outputs, running_stats)
@@ -241,7 +245,7 @@ def _ort_step(
 
 def _torch_step(
     model: nn.Module,
-    inputs: torch.Tensor,
+    inputs: tuple[torch.Tensor, ...],
     labels: torch.Tensor,
     loss_fn: Any,
     optimizer: OptimizerSpec,
@@ -253,7 +257,7 @@ def _torch_step(
     for name, param in params.items():
         param.requires_grad_(name in trainable)
     opt = torch_optimizer([params[n] for n in trainable], optimizer)
-    value = loss_fn(clone(inputs), labels)
+    value = loss_fn(clone(*inputs), labels)
     opt.zero_grad()
     value.backward()
     grads = {  # per element: AdamW's noise rule applies element by element

@@ -14,7 +14,7 @@ import numpy as np
 from fedge.protocol.bundle import Bundle
 from fedge.protocol.data_contract import conform_samples
 from fedge.protocol.inference import InferenceRunner
-from fedge.protocol.sqlite_samples import DataError, DataSource, read_samples
+from fedge.protocol.sqlite_samples import DataError, DataSource, read_samples, take_rows
 from fedge.protocol.task_metrics import mean_loss, task_metrics
 
 
@@ -50,7 +50,7 @@ class CentralEvaluator:
         runner = InferenceRunner(self.bundle, params)
         outputs = np.concatenate(
             [
-                runner.run(self.x[i : i + self.batch_size])
+                runner.run(take_rows(self.x, slice(i, i + self.batch_size)))
                 for i in range(0, len(self.y), self.batch_size)
             ]
         )

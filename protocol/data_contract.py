@@ -1,7 +1,9 @@
 """Rows checked against the bundle that will train or evaluate on them, in one place.
 
-The bundle's typed manifest says what one sample must be: the input's dtype and shape, the
-label's, the task kind and its width. ``check_samples`` lists every way the rows break that
+The bundle's typed manifest says what one sample must be: each input's dtype and shape, the
+label's, the task kind and its width. A model with several inputs (token ids and a mask) needs
+each mapped to its own columns or BLOB (``[data.inputs.<name>]``); every input is checked on
+its own and each problem names the input. ``check_samples`` lists every way the rows break that
 (labels outside the task's range, a feature count the input cannot take, fractional values for
 an integer input), each problem a line naming the fix; ``conform_samples`` returns the rows cast
 to the input's and the label's dtypes and shaped to one sample's shape, or raises ``DataError``
@@ -99,24 +101,27 @@ def label_problems(y: np.ndarray, manifest: Manifest) -> list[str]:
     return problems
 
 
-def feature_problems(samples: Samples, spec: TensorSpec, src: DataSource) -> list[str]:
-    """What is wrong with the features for the bundle's input ``spec`` (empty: nothing)."""
+def feature_problems(
+    samples: Samples, spec: TensorSpec, src: DataSource, key: str = "data"
+) -> list[str]:
+    """What is wrong with the features for the bundle's input ``spec`` (empty: nothing);
+    ``key`` is the config table the fixes name (``data.inputs.mask`` for one of several)."""
     need = math.prod(spec.sample_shape)
     n = len(samples)
-    have = int(samples.x.reshape(n, -1).shape[1]) if n else len(samples.feature_columns)
+    have = int(samples.array.reshape(n, -1).shape[1]) if n else len(samples.feature_columns)
     if src.blob_column:
         if n and have != need:
             return [
                 f"blob column '{src.blob_column}' holds {have} {src.blob_dtype} values per row "
                 f"but the model's input '{spec.name}' needs {need} "
-                f"(shape {list(spec.sample_shape)}): check data.blob_shape and data.blob_dtype"
+                f"(shape {list(spec.sample_shape)}): check {key}.blob_shape and {key}.blob_dtype"
             ]
     elif have != need:
         cols = samples.feature_columns
         listed = ", ".join(cols[:6]) + (", ..." if len(cols) > 6 else "")
         return [
             f"features match {have} column{'s' if have != 1 else ''} ({listed}) but the "
-            f"model's input '{spec.name}' needs {need}: check data.features"
+            f"model's input '{spec.name}' needs {need}: check {key}.features"
         ]
     if not n or np.dtype(spec.dtype).kind not in "iu":
         return []
@@ -124,9 +129,9 @@ def feature_problems(samples: Samples, spec: TensorSpec, src: DataSource) -> lis
     if src.feature_scale != 1.0:
         problems.append(
             f"the model's input '{spec.name}' takes {spec.dtype} values (token or category "
-            f"ids): data.feature_scale must be 1, not {src.feature_scale}"
+            f"ids): {key}.feature_scale must be 1, not {src.feature_scale}"
         )
-    flat = samples.x.reshape(n, -1)
+    flat = samples.array.reshape(n, -1)
     if flat.dtype.kind == "f":
         bad = np.flatnonzero((flat != np.round(flat)).any(axis=1))
         if len(bad):
@@ -150,18 +155,47 @@ def feature_problems(samples: Samples, spec: TensorSpec, src: DataSource) -> lis
 def check_samples(samples: Samples, manifest: Manifest, src: DataSource) -> list[str]:
     """Every problem of ``samples`` (as ``read_samples(src, dtype=None)`` gives them) for the
     bundle described by ``manifest``; empty when they fit."""
-    problems = _input_problems(manifest.inputs)
+    problems = mapping_problems(manifest.inputs, samples.input_names)
     if not problems:
-        problems.extend(feature_problems(samples, manifest.input, src))
+        if not samples.input_names:
+            problems.extend(feature_problems(samples, manifest.input, src))
+        for spec in manifest.inputs if samples.input_names else ():
+            problems.extend(
+                feature_problems(
+                    samples.input(spec.name),
+                    spec,
+                    src.for_input(spec.name),
+                    f"data.inputs.{spec.name}",
+                )
+            )
     problems.extend(label_problems(samples.y, manifest))
     return problems
 
 
-def _input_problems(inputs: Sequence[TensorSpec]) -> list[str]:
-    if len(inputs) == 1:
-        return []
-    names = ", ".join(f"'{s.name}'" for s in inputs)
-    return [f"the model has {len(inputs)} inputs ({names}); fedge feeds one input per sample"]
+def mapping_problems(inputs: Sequence[TensorSpec], mapped: Sequence[str]) -> list[str]:
+    """What is wrong with the ``[data.inputs.NAME]`` tables (``mapped``: their names, empty
+    for the one-input config) for the model's ``inputs`` (empty: nothing)."""
+    if not mapped:
+        if len(inputs) == 1:
+            return []
+        names = ", ".join(f"'{s.name}'" for s in inputs)
+        tables = ", ".join(f"[data.inputs.{s.name}]" for s in inputs)
+        return [
+            f"the model has {len(inputs)} inputs ({names}): map each to its columns or BLOB "
+            f"in {tables} (docs/data.md)"
+        ]
+    want = [s.name for s in inputs]
+    problems = [
+        f"the model's input '{n}' has no [data.inputs.{n}] table (its inputs: {', '.join(want)})"
+        for n in want
+        if n not in mapped
+    ]
+    problems += [
+        f"[data.inputs.{n}] names no input of the model (its inputs: {', '.join(want)})"
+        for n in mapped
+        if n not in want
+    ]
+    return problems
 
 
 def require_fit(samples: Samples, manifest: Manifest, src: DataSource) -> None:
@@ -186,8 +220,13 @@ def conform_samples(
     ``standardization`` (the run's per-feature mean and std) is applied before the cast,
     in float64; never to an integer input (token ids are not measurements)."""
     require_fit(samples, manifest, src)
+    if samples.input_names and len(manifest.inputs) == 1:  # [data.inputs.input] alone
+        name = manifest.input.name
+        return conform_samples(samples.input(name), manifest, src.for_input(name), standardization)
+    if samples.input_names:
+        return _conform_inputs(samples, manifest, standardization)
     spec = manifest.input
-    values = samples.x
+    values = samples.array
     if standardization is not None and standardization[0]:
         if np.dtype(spec.dtype).kind != "f":
             raise DataError(
@@ -201,6 +240,30 @@ def conform_samples(
     x = values.reshape([len(samples), *spec.sample_shape]).astype(spec.dtype, copy=False)
     y = np.asarray(samples.y, dtype=np.float64).astype(manifest.label.dtype, copy=False)
     return Samples(x, y, samples.feature_columns)
+
+
+def _conform_inputs(
+    samples: Samples,
+    manifest: Manifest,
+    standardization: tuple[list[float], list[float]] | None,
+) -> Samples:
+    """Samples of a model with several inputs: cast and shaped per input, in the manifest's
+    order."""
+    if standardization is not None and standardization[0]:
+        raise DataError(
+            f"the run standardizes features but the model has {len(manifest.inputs)} inputs "
+            f"mapped by [data.inputs]; standardization covers one input: turn "
+            "rounds.standardize off for this model"
+        )
+    arrays = []
+    for spec in manifest.inputs:
+        values = samples.input(spec.name).array
+        shape = [len(samples), *spec.sample_shape]
+        arrays.append(values.reshape(shape).astype(spec.dtype, copy=False))
+    y = np.asarray(samples.y, dtype=np.float64).astype(manifest.label.dtype, copy=False)
+    names = tuple(s.name for s in manifest.inputs)
+    columns = tuple(samples.input(n).feature_columns for n in names)
+    return Samples(tuple(arrays), y, sum(columns, ()), names, columns)
 
 
 def read_for_bundle(

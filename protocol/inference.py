@@ -8,6 +8,7 @@ import numpy as np
 
 from fedge.protocol.bundle import Bundle
 from fedge.protocol.ort_runtime import import_onnxruntime, single_thread_session_options
+from fedge.protocol.sqlite_samples import DataError, Features, input_arrays
 
 
 class InferenceRunner:
@@ -29,14 +30,26 @@ class InferenceRunner:
         self._session = ort.InferenceSession(
             str(bundle.file("inference.onnx")), sess_options=so, providers=["CPUExecutionProvider"]
         )
-        first = self._session.get_inputs()[0]
-        self._input = first.name
-        self._dtype = _ORT_TYPES.get(first.type, np.float32)  # Embedding models take int64
+        # the model's inputs, in graph order (token ids and a mask: two); parameters are
+        # overridable initializers, which get_inputs() leaves out
+        self._inputs = [
+            (i.name, _ORT_TYPES.get(i.type, np.float32))  # Embedding models take int64
+            for i in self._session.get_inputs()
+        ]
 
-    def run(self, x: np.ndarray) -> np.ndarray:
-        out: np.ndarray = self._session.run(
-            None, {self._input: np.ascontiguousarray(x, dtype=self._dtype)}
-        )[0]
+    def run(self, x: Features) -> np.ndarray:
+        """Outputs for ``x``: one array, or one per model input in the graph's order."""
+        arrays = input_arrays(x)
+        if len(arrays) != len(self._inputs):
+            names = ", ".join(n for n, _ in self._inputs)
+            raise DataError(
+                f"the model takes {len(self._inputs)} inputs ({names}), got {len(arrays)}"
+            )
+        feeds = {
+            name: np.ascontiguousarray(a, dtype=dtype)
+            for (name, dtype), a in zip(self._inputs, arrays, strict=True)
+        }
+        out: np.ndarray = self._session.run(None, feeds)[0]
         return out
 
 

@@ -417,7 +417,11 @@ def _portable(r: FieldReader) -> PortableStep:
         file=r.name("file"),
         buffers_file=r.text("buffers_file"),
         state=tuple(_slot(s, f"portable.state[{i}]") for i, s in enumerate(r.array("state"))),
-        input_name=names.name("input"),
+        input_names=(
+            tuple(_strings(names.array("model", nonempty=True), "portable.inputs.model"))
+            if names.has("model")
+            else (names.name("input"),)
+        ),
         label_name=names.name("label"),
         lr_name=names.name("lr"),
         seed_name=names.text("seed"),
@@ -455,6 +459,13 @@ def _check_portable(m: Manifest, *, draft: bool) -> None:
         raise BundleError(
             "manifest lists backend 'ort-portable' but has no available portable step"
         )
+    if m.portable_available and m.portable is not None:
+        want = tuple(s.name for s in m.inputs)
+        if m.portable.input_names != want:
+            raise BundleError(
+                f"manifest 'portable.inputs' names the model inputs {list(m.portable.input_names)}"
+                f", but 'inputs' are {list(want)}"
+            )
     if m.portable is None or not m.portable.available or draft:
         return
     for name in (m.portable.file, m.portable.buffers_file):

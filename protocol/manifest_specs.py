@@ -173,7 +173,7 @@ class PortableStep:
     file: str = ""
     buffers_file: str | None = None
     state: tuple[StateSlot, ...] = ()
-    input_name: str = ""
+    input_names: tuple[str, ...] = ()  # the model's inputs, in the manifest's order
     label_name: str = ""
     lr_name: str = ""
     seed_name: str | None = None  # int64 dropout seed input (models with dropout)
@@ -182,16 +182,27 @@ class PortableStep:
     opset: int = 0
     ir_version: int = 0
 
+    @property
+    def input_name(self) -> str:
+        """The model's (first) input."""
+        return self.input_names[0] if self.input_names else ""
+
     def to_dict(self) -> dict[str, Any]:
         if not self.available:
             return {"available": False, "reason": self.reason}
+        # one input keeps format 2's "input" key (and its content hash); several: "model"
+        model = (
+            {"input": self.input_name}
+            if len(self.input_names) <= 1
+            else {"model": list(self.input_names)}
+        )
         return {
             "available": True,
             "file": self.file,
             "buffers_file": self.buffers_file,
             "state": [s.to_dict() for s in self.state],
             "inputs": {
-                "input": self.input_name,
+                **model,
                 "label": self.label_name,
                 "lr": self.lr_name,
                 **({"seed": self.seed_name} if self.seed_name else {}),

@@ -109,6 +109,29 @@ def _convert(text: str, hint: Any, key: str) -> Any:
     return text
 
 
+def _table_class(obj: Any, key: str) -> type | None:
+    """The dataclass of a ``dict[str, SomeDataclass]`` field (``data.inputs``), else None."""
+    hint = _plain(typing.get_type_hints(type(obj)).get(key))
+    if typing.get_origin(hint) is not dict:
+        return None
+    value_t = _plain(typing.get_args(hint)[1])
+    return value_t if isinstance(value_t, type) and dataclasses.is_dataclass(value_t) else None
+
+
+def _tables(cls: type, value: Any, full: str) -> dict[str, Any]:
+    """``{name: cls}`` from a table of tables (``[data.inputs.tokens]``); unknown keys refused."""
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"setting '{full}' must be a table of tables, e.g. [{full}.NAME]")
+    out = {}
+    for name, table in value.items():
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"setting '{full}.{name}' must be a table")
+        item = cls()
+        _apply(item, table, f"{full}.{name}.")
+        out[name] = item
+    return out
+
+
 def _apply(obj: Any, data: Mapping[str, Any], where: str) -> None:
     names = {f.name for f in dataclasses.fields(obj)}
     for key, value in data.items():
@@ -116,10 +139,13 @@ def _apply(obj: Any, data: Mapping[str, Any], where: str) -> None:
         if key not in names:
             raise ConfigError(f"unknown setting '{full}'; known here: {', '.join(sorted(names))}")
         current = getattr(obj, key)
+        table = _table_class(obj, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, Mapping):
                 raise ConfigError(f"setting '{full}' must be a table")
             _apply(current, value, f"{full}.")
+        elif table is not None:
+            setattr(obj, key, _tables(table, value, full))
         else:
             setattr(obj, key, value)  # type and bounds: check_settings, after every source
 
@@ -137,10 +163,24 @@ def check_settings(settings: Any) -> None:
 def _set_path(obj: Any, dotted: str, text: str) -> None:
     parts = dotted.split(".")
     target = obj
-    for part in parts[:-1]:
+    i = 0
+    while i < len(parts) - 1:
+        part = parts[i]
         if not dataclasses.is_dataclass(target) or not hasattr(target, part):
             raise ConfigError(f"unknown setting '{dotted}'")
+        table = _table_class(target, part)
+        if table is not None:  # data.inputs.tokens.blob_column: the entry, made if missing
+            if i + 2 >= len(parts):
+                raise ConfigError(
+                    f"setting '{dotted}' is a table: set one of its keys, e.g. "
+                    f"'{'.'.join(parts[: i + 1])}.tokens.blob_column=ids'"
+                )
+            entries = getattr(target, part)
+            target = entries.setdefault(parts[i + 1], table())
+            i += 2
+            continue
         target = getattr(target, part)
+        i += 1
     hints = typing.get_type_hints(type(target))
     if parts[-1] not in hints or dataclasses.is_dataclass(getattr(target, parts[-1])):
         raise ConfigError(f"unknown setting '{dotted}'")
@@ -155,6 +195,8 @@ def _env_keys(obj: Any, prefix: str) -> dict[str, str]:
         if dataclasses.is_dataclass(value):
             for env, dotted in _env_keys(value, f"{prefix}{f.name.upper()}_").items():
                 out[env] = f"{f.name}.{dotted}"
+        elif _table_class(obj, f.name) is not None:
+            continue  # per-entry tables (data.inputs.NAME) come from the file or --set
         else:
             out[f"{prefix}{f.name.upper()}"] = f.name
     return out

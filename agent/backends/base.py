@@ -11,6 +11,7 @@ import numpy as np
 from fedge.protocol.bundle import Bundle
 from fedge.protocol.errors import FedgeError
 from fedge.protocol.manifest import TensorSpec
+from fedge.protocol.sqlite_samples import Features, take_rows
 
 Params = dict[str, np.ndarray]
 
@@ -58,7 +59,7 @@ class TrainingBackend(ABC):
 
     def train(
         self,
-        x: np.ndarray,
+        x: Features,
         y: np.ndarray,
         *,
         epochs: int,
@@ -69,6 +70,8 @@ class TrainingBackend(ABC):
         anchor: Params | None = None,
     ) -> TrainResult:
         """Run optimizer steps over shuffled mini-batches; ``should_stop`` is polled per batch.
+
+        ``x`` is one array, or a tuple of one array per model input (in the manifest's order).
 
         With ``proximal_mu > 0`` (FedProx) every step is followed by a step on the proximal
         term ``mu/2 * ||w - anchor||^2`` for the trainable parameters (see ``proximal_pull``).
@@ -83,7 +86,7 @@ class TrainingBackend(ABC):
                 reason = should_stop()
                 if reason:
                     return TrainResult(total / max(steps, 1), steps, seen, stopped=reason)
-                total += self._train_step(x[idx], y[idx])
+                total += self._train_step(take_rows(x, idx), y[idx])
                 for name in pull:
                     value = proximal_pull(self._parameter(name), anchor[name], lr, proximal_mu)
                     self._set_parameter(name, value)
@@ -100,7 +103,7 @@ class TrainingBackend(ABC):
         them from it."""
 
     @abstractmethod
-    def _train_step(self, x: np.ndarray, y: np.ndarray) -> float:
+    def _train_step(self, x: Features, y: np.ndarray) -> float:
         """One optimizer step on one batch; returns the batch loss."""
 
     @abstractmethod
@@ -120,7 +123,7 @@ class TrainingBackend(ABC):
         """Overwrite one parameter."""
 
     @abstractmethod
-    def evaluate(self, x: np.ndarray, y: np.ndarray, *, batch_size: int = 256) -> EvalResult:
+    def evaluate(self, x: Features, y: np.ndarray, *, batch_size: int = 256) -> EvalResult:
         """Loss and the task's metrics without changing any parameter."""
 
 

@@ -20,6 +20,7 @@ from fedge.protocol.errors import FedgeError
 from fedge.protocol.manifest import PortableStep
 from fedge.protocol.ort_runtime import import_onnxruntime, single_thread_session_options
 from fedge.protocol.portable_seed import step_seed
+from fedge.protocol.sqlite_samples import Features, input_arrays, take_rows
 from fedge.protocol.task_metrics import mean_loss, task_metrics
 from fedge.protocol.tensors import decode_tensors
 
@@ -129,13 +130,16 @@ class OrtPortableBackend(TrainingBackend):
         self._infer = None
         self._round_seed, self._steps = seed, 0
 
-    def _train_step(self, x: np.ndarray, y: np.ndarray) -> float:
+    def _train_step(self, x: Features, y: np.ndarray) -> float:
         section = self._section
         manifest = self._loaded().manifest
         inputs = {
-            section.input_name: np.ascontiguousarray(x, dtype=manifest.input.dtype),
-            section.label_name: np.ascontiguousarray(shape_labels(y, manifest.label)),
+            name: np.ascontiguousarray(a, dtype=spec.dtype)
+            for name, a, spec in zip(
+                section.input_names, input_arrays(x), manifest.inputs, strict=True
+            )
         }
+        inputs[section.label_name] = np.ascontiguousarray(shape_labels(y, manifest.label))
         if section.seed_name:  # dropout masks: reproducible from the round's seed
             inputs[section.seed_name] = np.array(
                 step_seed(self._round_seed, self._steps), dtype=np.int64
@@ -155,20 +159,21 @@ class OrtPortableBackend(TrainingBackend):
     def _set_parameter(self, name: str, value: np.ndarray) -> None:
         self._bound().assign(name, value)
 
-    def evaluate(self, x: np.ndarray, y: np.ndarray, *, batch_size: int = 256) -> EvalResult:
+    def evaluate(self, x: Features, y: np.ndarray, *, batch_size: int = 256) -> EvalResult:
         if len(y) == 0:
             return EvalResult(float("nan"), None, 0)
         manifest = self._loaded().manifest
         total, outputs = 0.0, []
         for i in range(0, len(y), batch_size):
-            xb, yb = x[i : i + batch_size], shape_labels(y[i : i + batch_size], manifest.label)
+            xb = take_rows(x, slice(i, i + batch_size))
+            yb = shape_labels(y[i : i + batch_size], manifest.label)
             out = self._forward(xb)
             total += mean_loss(manifest.loss.type, out, yb) * len(yb)
             outputs.append(out)
         metrics = task_metrics(manifest.task, np.concatenate(outputs), y)
         return EvalResult(total / len(y), metrics.get("accuracy"), len(y), metrics)
 
-    def _forward(self, xb: np.ndarray) -> np.ndarray:
+    def _forward(self, xb: Features) -> np.ndarray:
         if self._infer is None:
             self._infer = _EvalSession(self._ort, self._loaded(), self._eval_state(), self._threads)
         return self._infer.run(xb)
@@ -200,8 +205,15 @@ class _EvalSession:
         self._session = ort.InferenceSession(
             str(bundle.file("inference.onnx")), sess_options=so, providers=["CPUExecutionProvider"]
         )
-        self._input = self._session.get_inputs()[0].name
-        self._dtype = np.dtype(bundle.manifest.input.dtype)
+        # the model's inputs in graph order (parameters are overridable initializers, which
+        # get_inputs() leaves out), each in the manifest's dtype
+        names = [i.name for i in self._session.get_inputs()]
+        dtypes = [np.dtype(s.dtype) for s in bundle.manifest.inputs]
+        self._inputs = list(zip(names, dtypes, strict=True))
 
-    def run(self, x: np.ndarray) -> np.ndarray:
-        return self._session.run(None, {self._input: np.ascontiguousarray(x, dtype=self._dtype)})[0]
+    def run(self, x: Features) -> np.ndarray:
+        feeds = {
+            name: np.ascontiguousarray(a, dtype=dtype)
+            for (name, dtype), a in zip(self._inputs, input_arrays(x), strict=True)
+        }
+        return self._session.run(None, feeds)[0]

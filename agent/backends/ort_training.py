@@ -10,6 +10,7 @@ import numpy as np
 from fedge.protocol.bundle import Bundle
 from fedge.protocol.errors import FedgeError
 from fedge.protocol.ort_runtime import import_training_api, single_thread_session_options
+from fedge.protocol.sqlite_samples import Features, input_arrays, take_rows
 from fedge.protocol.task_metrics import task_metrics
 
 from .base import EvalResult, Params, TrainingBackend, shape_labels
@@ -85,8 +86,9 @@ class OrtTrainingBackend(TrainingBackend):
         self._module.train()
         self._infer = None
 
-    def _train_step(self, x: np.ndarray, y: np.ndarray) -> float:
-        outputs = self._module(x, shape_labels(y, self._loaded().manifest.label))
+    def _train_step(self, x: Features, y: np.ndarray) -> float:
+        # the training graph takes every model input, then the labels
+        outputs = self._module(*input_arrays(x), shape_labels(y, self._loaded().manifest.label))
         self._optimizer.step()
         self._module.lazy_reset_grad()
         return self._loss_after_step(outputs)
@@ -103,7 +105,7 @@ class OrtTrainingBackend(TrainingBackend):
     def _set_parameter(self, name: str, value: np.ndarray) -> None:
         self._state.parameters[name] = value
 
-    def evaluate(self, x: np.ndarray, y: np.ndarray, *, batch_size: int = 256) -> EvalResult:
+    def evaluate(self, x: Features, y: np.ndarray, *, batch_size: int = 256) -> EvalResult:
         if len(y) == 0:
             return EvalResult(float("nan"), None, 0)
         module = self._module
@@ -111,8 +113,9 @@ class OrtTrainingBackend(TrainingBackend):
         manifest = self._loaded().manifest
         losses, outputs = [], []
         for i in range(0, len(y), batch_size):
-            xb, yb = x[i : i + batch_size], shape_labels(y[i : i + batch_size], manifest.label)
-            losses.append(float(module(xb, yb)) * len(yb))
+            xb = take_rows(x, slice(i, i + batch_size))
+            yb = shape_labels(y[i : i + batch_size], manifest.label)
+            losses.append(float(module(*input_arrays(xb), yb)) * len(yb))
             outputs.append(self._logits(xb))
         module.train()
         metrics = task_metrics(manifest.task, np.concatenate(outputs), y)
@@ -129,7 +132,7 @@ class OrtTrainingBackend(TrainingBackend):
             self._state.parameters[spec.param] = np.ascontiguousarray(value)
         return float(loss)
 
-    def _logits(self, xb: np.ndarray) -> np.ndarray:
+    def _logits(self, xb: Features) -> np.ndarray:
         from fedge.protocol.inference import InferenceRunner
 
         if self._infer is None:

@@ -52,10 +52,11 @@ def add_portable_step(
     loss: str,
     optimizer: OptimizerSpec,
     trainable: list[str],
-    input_spec: TensorSpec,
     label_spec: TensorSpec,
     num_classes: int | None,
     verify: bool = True,
+    input_specs: tuple[TensorSpec, ...] = (),
+    input_spec: TensorSpec | None = None,
 ) -> tuple[PortableStep, dict[str, Any]]:
     """Write the portable step into ``bundle_dir``; return the manifest's ``portable`` section
     and the numbers for ``verification.portable``.
@@ -63,13 +64,18 @@ def add_portable_step(
     Never fails the export: a model the step cannot express, or whose step disagrees with
     PyTorch beyond tolerance, is recorded without the ``ort-portable`` backend, with the
     reason (stage, module path and type, operator or numbers) in ``portable.reason``.
+    ``input_specs`` are the model's inputs in ``forward`` order (``input_spec``: its one input).
     """
-    batches = _batches(input_spec, label_spec, loss, num_classes)
+    if not input_specs:
+        if input_spec is None:
+            raise ExportError("add_portable_step needs input_specs (or input_spec)")
+        input_specs = (input_spec,)
+    batches = _batches(input_specs, label_spec, loss, num_classes)
     try:
         layout, initial = _write_step(
-            model, bundle_dir, loss, optimizer, trainable, input_spec, label_spec, batches[0]
+            model, bundle_dir, loss, optimizer, trainable, input_specs, label_spec, batches[0]
         )
-        fresh = _batches(input_spec, label_spec, loss, num_classes)  # same values
+        fresh = _batches(input_specs, label_spec, loss, num_classes)  # same values
         numbers = _check(model, bundle_dir, layout, initial, fresh, loss, optimizer, verify)
     except PortableUnsupported as exc:
         log.warning("no portable training step for this model: %s", exc)
@@ -88,7 +94,7 @@ def add_portable_step(
         state=tuple(
             StateSlot(s.name, s.kind, tuple(s.shape), s.dtype, s.output) for s in layout.slots
         ),
-        input_name=layout.input_name,
+        input_names=layout.model_inputs,
         label_name=layout.label_name,
         lr_name=LR_NAME,
         seed_name=SEED_NAME if layout.seeded else None,
@@ -105,7 +111,7 @@ def _check(
     bundle_dir: Path,
     layout: StepLayout,
     initial: dict[str, np.ndarray],
-    batches: list[tuple[torch.Tensor, torch.Tensor]],
+    batches: list[tuple[tuple[torch.Tensor, ...], torch.Tensor]],
     loss: str,
     optimizer: OptimizerSpec,
     verify: bool,
@@ -150,9 +156,9 @@ def _write_step(
     loss: str,
     optimizer: OptimizerSpec,
     trainable: list[str],
-    input_spec: TensorSpec,
+    input_specs: tuple[TensorSpec, ...],
     label_spec: TensorSpec,
-    example: tuple[torch.Tensor, torch.Tensor],
+    example: tuple[tuple[torch.Tensor, ...], torch.Tensor],
 ) -> tuple[StepLayout, dict[str, np.ndarray]]:
     if loss not in LOSS_FUNCTIONS:
         raise PortableUnsupported(f"loss {loss!r} has no portable implementation")
@@ -165,7 +171,7 @@ def _write_step(
         trainable=trainable,
         buffers={n: (tuple(a.shape), a.dtype.name) for n, a in buffers.items()},
         optimizer=optimizer.type,
-        input_name=input_spec.name,
+        input_name=tuple(s.name for s in input_specs),
         label_name=label_spec.name,
         seeded=needs_seed(model),
     )
@@ -173,10 +179,10 @@ def _write_step(
     for slot in layout.slots:
         if slot.kind == "optimizer":
             initial[slot.name] = np.zeros(slot.shape, dtype=slot.dtype)
-    x, y = example
+    xs, y = example
     # Every slot gets its own tensor: aliased example tensors would become one graph input.
     args = [torch.from_numpy(initial[s.name].copy()) for s in layout.slots]
-    args += [x, y, torch.tensor(optimizer.lr, dtype=torch.float32)]
+    args += [*xs, y, torch.tensor(optimizer.lr, dtype=torch.float32)]
     if layout.seeded:
         args.append(torch.tensor(SEED, dtype=torch.int64))
     step = make_step(model, layout, loss=loss, optimizer=optimizer)
@@ -186,7 +192,7 @@ def _write_step(
             args,
             input_names=layout.input_names,
             output_names=layout.output_names,
-            batch_inputs=(layout.input_name, layout.label_name),
+            batch_inputs=(*layout.model_inputs, layout.label_name),
         )
     except StepLoweringError as exc:
         where = step.caller_of(exc.operator)
@@ -217,14 +223,15 @@ def _write_step(
 
 
 def _batches(
-    input_spec: TensorSpec, label_spec: TensorSpec, loss: str, num_classes: int | None
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Reproducible parity batches (8, 8, 5) shaped like the bundle's input and labels."""
+    input_specs: tuple[TensorSpec, ...], label_spec: TensorSpec, loss: str, num_classes: int | None
+) -> list[tuple[tuple[torch.Tensor, ...], torch.Tensor]]:
+    """Reproducible parity batches (8, 8, 5) shaped like the bundle's inputs and labels."""
     gen = torch.Generator().manual_seed(SEED)
     out = []
     for size in BATCH_SIZES:
-        x = preflight.sample_inputs(
-            input_spec.sample_shape, input_spec.dtype, batch=size, generator=gen
+        x = tuple(
+            preflight.sample_inputs(s.sample_shape, s.dtype, batch=size, generator=gen)
+            for s in input_specs
         )
         y = parity.sample_labels(
             loss, label_spec.sample_shape, batch=size, num_classes=num_classes, generator=gen

@@ -52,13 +52,22 @@ class StepLayout:
     """Slots plus the names of the batch inputs."""
 
     slots: tuple[Slot, ...]
-    input_name: str
+    model_inputs: tuple[str, ...]  # the model's inputs, in forward() order (a str: one)
     label_name: str
     seeded: bool = False  # a dropout_seed input after lr
 
+    def __post_init__(self) -> None:
+        if isinstance(self.model_inputs, str):
+            object.__setattr__(self, "model_inputs", (self.model_inputs,))
+
+    @property
+    def input_name(self) -> str:
+        """The model's first input."""
+        return self.model_inputs[0]
+
     @property
     def input_names(self) -> list[str]:
-        names = [s.name for s in self.slots] + [self.input_name, self.label_name, LR_NAME]
+        names = [s.name for s in self.slots] + [*self.model_inputs, self.label_name, LR_NAME]
         return names + [SEED_NAME] if self.seeded else names
 
     @property
@@ -75,7 +84,7 @@ def build_layout(
     trainable: list[str],
     buffers: dict[str, tuple[tuple[int, ...], str]],
     optimizer: str,
-    input_name: str,
+    input_name: str | tuple[str, ...],
     label_name: str,
     seeded: bool = False,
 ) -> StepLayout:
@@ -87,4 +96,5 @@ def build_layout(
         for moment in ("exp_avg", "exp_avg_sq"):
             slots += [Slot(f"adamw/{moment}/{n}", "optimizer", *parameters[n]) for n in trainable]
         slots.append(Slot("adamw/step", "optimizer", (), "float32"))
-    return StepLayout(tuple(slots), input_name, label_name, seeded)
+    names = (input_name,) if isinstance(input_name, str) else tuple(input_name)
+    return StepLayout(tuple(slots), names, label_name, seeded)

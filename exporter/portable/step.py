@@ -86,7 +86,9 @@ class TrainingStep:
         with torch.enable_grad():
             with self._tracker, seeded_dropout(seed):
                 out = functional_call(
-                    self._module, {**state, **new_buffers}, (values[layout.input_name],)
+                    self._module,
+                    {**state, **new_buffers},
+                    tuple(values[n] for n in layout.model_inputs),
                 )
             value = self._loss_fn(out, values[layout.label_name])
             grads = torch.autograd.grad(value, params)

@@ -26,6 +26,7 @@ from .step import LOSS_FUNCTIONS
 TOLERANCE = 1e-4
 BATCH_SIZES = (8, 8, 5)  # the last, short batch exercises the dynamic batch axis
 PARITY_SEED = 77  # the round seed the check's dropout masks are derived from
+Inputs = torch.Tensor | tuple[torch.Tensor, ...]  # a batch: one tensor per model input
 
 
 def step_parity(
@@ -33,7 +34,7 @@ def step_parity(
     step_path: Path,
     layout: StepLayout,
     initial: dict[str, np.ndarray],
-    batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    batches: Sequence[tuple[Inputs, torch.Tensor]],
     *,
     loss: str,
     optimizer: OptimizerSpec,
@@ -104,12 +105,11 @@ class _OnnxStep:
         self._lr = np.array(lr, dtype=np.float32)
         self.state = {s.name: initial[s.name] for s in layout.slots}
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor, seed: int | None = None) -> float:
+    def __call__(self, x: Inputs, y: torch.Tensor, seed: int | None = None) -> float:
         layout = self._layout
         feeds = dict(self.state)
-        feeds.update(
-            {layout.input_name: x.numpy(), layout.label_name: y.numpy(), LR_NAME: self._lr}
-        )
+        feeds.update({n: t.numpy() for n, t in zip(layout.model_inputs, _tuple(x), strict=True)})
+        feeds.update({layout.label_name: y.numpy(), LR_NAME: self._lr})
         if seed is not None:
             feeds[SEED_NAME] = np.array(seed, dtype=np.int64)
         outputs = layout.output_names
@@ -150,12 +150,12 @@ class _TorchStep:
         self._loss = LOSS_FUNCTIONS[loss]
 
     def __call__(
-        self, x: torch.Tensor, y: torch.Tensor, seed: int | None = None
+        self, x: Inputs, y: torch.Tensor, seed: int | None = None
     ) -> tuple[float, dict[str, np.ndarray]]:
         """One step; the loss and every trainable parameter's absolute gradient."""
         masks = None if seed is None else torch.tensor(seed, dtype=torch.int64)
         with seeded_dropout(masks):
-            value = self._loss(self._model(x), y)
+            value = self._loss(self._model(*_tuple(x)), y)
         self._opt.zero_grad()
         value.backward()
         grads = {}
@@ -178,6 +178,10 @@ class _TorchStep:
             for key in ("exp_avg", "exp_avg_sq")
             if key in state
         }
+
+
+def _tuple(x: Inputs) -> tuple[torch.Tensor, ...]:
+    return x if isinstance(x, tuple) else (x,)
 
 
 def _max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:

@@ -226,6 +226,13 @@ def test_standardize_is_refused_with_client_dp_and_for_id_inputs(tmp_path):
     write_manifest(root, manifest)
     with pytest.raises(ConfigError, match="takes int64 values .* not standardized"):
         Federation(tmp_path, 1, bundle=root)
+    # a model with two inputs (token ids + a mask): statistics cover one input
+    root = write_toy_bundle(tmp_path / "two")
+    manifest = toy_manifest()
+    manifest["inputs"].append({"name": "mask", "dtype": "float32", "shape": [None, 3]})
+    write_manifest(root, manifest)
+    with pytest.raises(ConfigError, match="the model has 2 inputs; federated standardization"):
+        Federation(tmp_path, 1, bundle=root)
 
 
 def _bundle_with_real_inference(root: Path) -> Path:
