@@ -33,7 +33,9 @@ def _register_export(subparsers: Any) -> None:
         help="export a PyTorch model to a verified training bundle",
         description="Export a PyTorch model to a training bundle, checked against PyTorch.",
         epilog="Example:\n  fedge export fedge.demo.models:digits_mlp --input-shape 64 "
-        "--num-classes 10 --optimizer adamw --lr 0.001 --out bundles/digits\n"
+        "--num-classes 10 --lr 0.001 --out bundles/digits\n"
+        "  fedge export fedge.demo.models:digits_mlp --input-shape 64 --optimizer sgd "
+        "--out bundles/digits-sgd\n"
         "  fedge export my_model.py:build --input-shape 3,32,32 --frozen 'features.*' "
         "--out digits.fedge --sign-key keys/signing.key\n"
         "  fedge export model.py:build --input-shape 8 --loss losses.py:SmoothL1Loss "
@@ -73,7 +75,20 @@ def _register_export(subparsers: Any) -> None:
         metavar="MODULE:FN",
         help="PyTorch twin of a custom loss, fn(output, labels), for the training-step check",
     )
-    p.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd"])
+    choice = p.add_mutually_exclusive_group()
+    choice.add_argument(
+        "--optimizers",
+        default="adamw,sgd",
+        metavar="LIST",
+        help="optimizers the bundle carries, comma-separated, the first is the default "
+        "(default: adamw,sgd; the orchestrator chooses per run with [rounds] optimizer)",
+    )
+    choice.add_argument(
+        "--optimizer",
+        choices=["adamw", "sgd"],
+        default=None,
+        help="export this optimizer only (same as --optimizers NAME)",
+    )
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default: 0.001)")
     p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay")
     p.add_argument("--betas", type=float, nargs=2, default=(0.9, 0.999), metavar=("B1", "B2"))
@@ -213,7 +228,7 @@ def _export(args: argparse.Namespace) -> int:
         label_shape=args.label_shape,
         loss=load_loss(args.loss),
         torch_loss=load_object(args.torch_loss, "torch loss") if args.torch_loss else None,
-        optimizer=args.optimizer,
+        optimizer=args.optimizer or args.optimizers,
         lr=args.lr,
         weight_decay=args.weight_decay,
         betas=tuple(args.betas),
@@ -282,11 +297,13 @@ def _print_summary(bundle: Bundle, path: Path, *, details: bool = False) -> None
     specs = bundle.parameter_specs
     n_train = sum(_numel(s.shape) for s in specs if s.trainable)
     n_frozen = sum(_numel(s.shape) for s in specs if not s.trainable)
-    opt = m.optimizer
-    hyper = ", ".join(
-        f"{k}={list(v) if isinstance(v, tuple) else v}"
-        for k, v in sorted({"lr": opt.lr, **opt.hyperparameters}.items())
-    )
+
+    def hyper(opt: Any) -> str:
+        return ", ".join(
+            f"{k}={list(v) if isinstance(v, tuple) else v}"
+            for k, v in sorted({"lr": opt.lr, **opt.hyperparameters}.items())
+        )
+
     print(f"bundle:        {path}")
     print(f"model:         {m.model_name} ({_task(m.task)})")
     print(f"content hash:  {bundle.content_hash}")
@@ -294,7 +311,10 @@ def _print_summary(bundle: Bundle, path: Path, *, details: bool = False) -> None
     print(f"label:         {_spec(m.label)}")
     print("outputs:       " + ", ".join(_spec(s) for s in m.outputs))
     print(f"loss:          {m.loss.type}")
-    print(f"optimizer:     {opt.type} ({hyper})")
+    for i, opt in enumerate(m.optimizers):
+        label = "optimizer:" if len(m.optimizers) == 1 else ("optimizers:" if not i else "")
+        default = " [default]" if len(m.optimizers) > 1 and not i else ""
+        print(f"{label:<15}{opt.type} ({hyper(opt)}){default}")
     print(
         f"parameters:    {len(specs)} tensors, {n_train:,} trainable + {n_frozen:,} frozen values"
     )

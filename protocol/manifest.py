@@ -134,8 +134,41 @@ class Manifest:
 
     @property
     def optimizer(self) -> OptimizerSpec:
-        """The optimizer the training artifacts and the portable step run."""
+        """The default optimizer: the first the bundle carries (what runs unless a round
+        task names another)."""
         return self.optimizers[0]
+
+    @property
+    def optimizer_types(self) -> tuple[str, ...]:
+        """The optimizers the bundle carries, default first."""
+        return tuple(o.type for o in self.optimizers)
+
+    def optimizer_named(self, kind: str | None) -> OptimizerSpec:
+        """The optimizer ``kind`` (empty or None: the default); BundleError if not carried."""
+        if not kind:
+            return self.optimizer
+        for spec in self.optimizers:
+            if spec.type == kind:
+                return spec
+        raise BundleError(
+            f"bundle '{self.model_name}' carries {', '.join(self.optimizer_types)}; got "
+            f"{kind!r} (choose one it carries, or re-export it with "
+            f"--optimizers {','.join((*self.optimizer_types, kind))})"
+        )
+
+    def optimizer_file(self, spec: OptimizerSpec, backend: str) -> str:
+        """The file holding ``spec`` for ``backend`` (ort-training or ort-portable)."""
+        if backend in spec.files:
+            return spec.files[backend]
+        if spec.files or spec is not self.optimizers[0]:
+            raise BundleError(
+                f"bundle '{self.model_name}' has no {backend} file for optimizer {spec.type!r}"
+            )
+        if backend == "ort-training":
+            return "optimizer_model.onnx"
+        if self.portable is None or not self.portable.available:
+            raise BundleError(f"bundle '{self.model_name}' has no portable training step")
+        return self.portable.file
 
     @property
     def trainable_names(self) -> list[str]:
@@ -255,6 +288,7 @@ def _parse(data: Mapping[str, Any], *, draft: bool) -> Manifest:
     r.done()
     check_task(manifest.task, loss.type, manifest.output, label)
     _check_portable(manifest, draft=draft)
+    _check_optimizer_files(manifest, draft=draft)
     if manifest.lora is not None and not draft and manifest.lora.merged_inference not in files:
         raise BundleError(
             f"manifest 'lora' names file {manifest.lora.merged_inference!r}, which 'files' "
@@ -295,21 +329,34 @@ def _loss(r: FieldReader) -> LossSpec:
 
 
 def _optimizers(items: list[Any]) -> tuple[OptimizerSpec, ...]:
-    if len(items) != 1:
-        raise BundleError(
-            f"manifest field 'optimizers' lists {len(items)} optimizers; this fedge trains with "
-            "exactly one"
-        )
-    out = []
+    out: list[OptimizerSpec] = []
     for i, item in enumerate(items):
         r = FieldReader(item, f"optimizers[{i}]")
         kind = r.name("type", choices=OPTIMIZER_TYPES)
+        if any(o.type == kind for o in out):
+            raise BundleError(f"manifest field 'optimizers' lists {kind!r} twice")
         lr = r.positive_number("lr")
         hyper: dict[str, Hyperparameter] = {}
         for key, value in r.mapping("hyperparameters").items():
             hyper[key] = _hyperparameter(value, f"optimizers[{i}].hyperparameters.{key}")
+        files: dict[str, str] = {}
+        if r.has("files"):
+            for backend, name in r.mapping("files").items():
+                where = f"optimizers[{i}].files.{backend}"
+                if backend not in BACKENDS:
+                    raise BundleError(
+                        f"manifest field '{where}' names backend {backend!r}; known: "
+                        f"{list(BACKENDS)}"
+                    )
+                if not isinstance(name, str) or not FILE_NAME_RE.match(name):
+                    raise BundleError(f"manifest field '{where}' must be a bundle file name")
+                files[backend] = name
         r.done()
-        out.append(OptimizerSpec(kind, lr, hyper))
+        out.append(OptimizerSpec(kind, lr, hyper, files))
+    if len(out) > 1 and not all(o.files for o in out):
+        raise BundleError(
+            "manifest field 'optimizers' lists several optimizers; each needs its 'files'"
+        )
     return tuple(out)
 
 
@@ -421,6 +468,7 @@ def _portable(r: FieldReader) -> PortableStep:
         label_name=names.name("label"),
         lr_name=names.name("lr"),
         seed_name=names.text("seed"),
+        weight_decay_name=names.text("weight_decay"),
         outputs=tuple(_strings(r.array("outputs", nonempty=True), "portable.outputs")),
         dynamic_batch=r.flag("dynamic_batch"),
         opset=r.integer("opset", minimum=1),
@@ -462,3 +510,16 @@ def _check_portable(m: Manifest, *, draft: bool) -> None:
             raise BundleError(
                 f"manifest 'portable' names file {name!r}, which 'files' does not list"
             )
+
+
+def _check_optimizer_files(m: Manifest, *, draft: bool) -> None:
+    """Every optimizer's files are bundle files (listed, so the hash and signature cover them)."""
+    if draft:
+        return
+    for i, spec in enumerate(m.optimizers):
+        for backend, name in spec.files.items():
+            if name not in m.files:
+                raise BundleError(
+                    f"manifest field 'optimizers[{i}].files.{backend}' names {name!r}, which "
+                    "'files' does not list"
+                )

@@ -5,6 +5,11 @@ proves ONNX Runtime loads it, checks it against PyTorch, and returns the manifes
 section and the numbers for ``verification.portable`` (the exporter adds the backend). A
 model the portable step cannot express still exports (for ``ort-training`` only); the
 manifest says why.
+
+One step graph per optimizer (``layout.step_file``): the optimizer update is part of the traced
+function, so each optimizer is its own trace and export (the ONNX export, most of the cost, is
+cached per graph by ``trace_cache``). If any optimizer's step fails, the bundle has no portable
+step: an agent must be able to run whichever optimizer the round names.
 """
 
 from __future__ import annotations
@@ -25,7 +30,16 @@ from .. import verify as parity
 from ..artifacts import OptimizerSpec
 from ..errors import ExportError
 from .failure import describe, location_of_slot
-from .layout import BUFFERS_FILE, LR_NAME, SEED_NAME, STEP_FILE, StepLayout, build_layout
+from .layout import (
+    BUFFERS_FILE,
+    LR_NAME,
+    SEED_NAME,
+    WD_NAME,
+    StepLayout,
+    build_layout,
+    step_file,
+    union_slots,
+)
 from .seeded_dropout import RANDOM_ONNX_OPS, needs_seed
 from .step import LOSS_FUNCTIONS, make_step
 from .trace import BakedBatch, StepLoweringError, check_loads, export_step
@@ -50,49 +64,58 @@ def add_portable_step(
     model: nn.Module,
     bundle_dir: Path,
     loss: str,
-    optimizer: OptimizerSpec,
+    optimizers: list[OptimizerSpec],
     trainable: list[str],
     input_spec: TensorSpec,
     label_spec: TensorSpec,
     num_classes: int | None,
     verify: bool = True,
-) -> tuple[PortableStep, dict[str, Any]]:
-    """Write the portable step into ``bundle_dir``; return the manifest's ``portable`` section
-    and the numbers for ``verification.portable``.
+) -> tuple[PortableStep, dict[str, dict[str, Any]]]:
+    """Write one portable step per optimizer into ``bundle_dir``; return the manifest's
+    ``portable`` section and, per optimizer type, the numbers for its verification.
 
     Never fails the export: a model the step cannot express, or whose step disagrees with
     PyTorch beyond tolerance, is recorded without the ``ort-portable`` backend, with the
     reason (stage, module path and type, operator or numbers) in ``portable.reason``.
     """
-    batches = _batches(input_spec, label_spec, loss, num_classes)
+    layouts: list[StepLayout] = []
+    numbers: dict[str, dict[str, Any]] = {}
+    files = [step_file(o.type, i) for i, o in enumerate(optimizers)]
     try:
-        layout, initial = _write_step(
-            model, bundle_dir, loss, optimizer, trainable, input_spec, label_spec, batches[0]
-        )
-        fresh = _batches(input_spec, label_spec, loss, num_classes)  # same values
-        numbers = _check(model, bundle_dir, layout, initial, fresh, loss, optimizer, verify)
+        for optimizer, name in zip(optimizers, files, strict=True):
+            batches = _batches(input_spec, label_spec, loss, num_classes)
+            layout, initial = _write_step(
+                model, bundle_dir, name, loss, optimizer, trainable, input_spec, label_spec,
+                batches[0],
+            )  # fmt: skip
+            fresh = _batches(input_spec, label_spec, loss, num_classes)  # same values
+            numbers[optimizer.type] = _check(
+                model, bundle_dir / name, layout, initial, fresh, loss, optimizer, verify
+            )
+            layouts.append(layout)
     except PortableUnsupported as exc:
-        log.warning("no portable training step for this model: %s", exc)
-        for name in (STEP_FILE, BUFFERS_FILE):
+        reason = str(exc) if len(optimizers) == 1 else f"{optimizer.type} step: {exc}"
+        log.warning("no portable training step for this model: %s", reason)
+        for name in (*files, BUFFERS_FILE):
             (bundle_dir / name).unlink(missing_ok=True)
-        return PortableStep(False, reason=str(exc)), {
-            "skipped": True,
-            "reason": str(exc),
-            **exc.numbers,
-        }
-    proto = _load(bundle_dir / STEP_FILE)
+        failed = {"skipped": True, "reason": reason, **exc.numbers}
+        return PortableStep(False, reason=reason), {o.type: failed for o in optimizers}
+    proto = _load(bundle_dir / files[0])
+    first = layouts[0]
     section = PortableStep(
         available=True,
-        file=STEP_FILE,
-        buffers_file=BUFFERS_FILE if layout.names("buffer") else None,
+        file=files[0],
+        buffers_file=BUFFERS_FILE if first.names("buffer") else None,
         state=tuple(
-            StateSlot(s.name, s.kind, tuple(s.shape), s.dtype, s.output) for s in layout.slots
+            StateSlot(s.name, s.kind, tuple(s.shape), s.dtype, s.output)
+            for s in union_slots(layouts)
         ),
-        input_name=layout.input_name,
-        label_name=layout.label_name,
+        input_name=first.input_name,
+        label_name=first.label_name,
         lr_name=LR_NAME,
-        seed_name=SEED_NAME if layout.seeded else None,
-        outputs=tuple(layout.output_names),
+        seed_name=SEED_NAME if first.seeded else None,
+        weight_decay_name=WD_NAME if any(lay.decayed for lay in layouts) else None,
+        outputs=tuple(first.output_names),
         dynamic_batch=True,
         opset=onnx_graph.opset_of(proto),
         ir_version=int(proto.ir_version),
@@ -102,7 +125,7 @@ def add_portable_step(
 
 def _check(
     model: nn.Module,
-    bundle_dir: Path,
+    step_path: Path,
     layout: StepLayout,
     initial: dict[str, np.ndarray],
     batches: list[tuple[torch.Tensor, torch.Tensor]],
@@ -116,7 +139,7 @@ def _check(
     try:
         numbers = step_parity(
             model,
-            bundle_dir / STEP_FILE,
+            step_path,
             layout,
             initial,
             batches,
@@ -147,6 +170,7 @@ def _check(
 def _write_step(
     model: nn.Module,
     bundle_dir: Path,
+    file_name: str,
     loss: str,
     optimizer: OptimizerSpec,
     trainable: list[str],
@@ -177,6 +201,8 @@ def _write_step(
     # Every slot gets its own tensor: aliased example tensors would become one graph input.
     args = [torch.from_numpy(initial[s.name].copy()) for s in layout.slots]
     args += [x, y, torch.tensor(optimizer.lr, dtype=torch.float32)]
+    if layout.decayed:
+        args.append(torch.tensor(optimizer.weight_decay, dtype=torch.float32))
     if layout.seeded:
         args.append(torch.tensor(SEED, dtype=torch.int64))
     step = make_step(model, layout, loss=loss, optimizer=optimizer)
@@ -204,9 +230,9 @@ def _write_step(
             f"({', '.join(random_ops)}): a portable step must be reproducible from the round's "
             "seed; use nn.Dropout / F.dropout for dropout, or train with backend ort-training"
         )
-    onnx_graph.save_model(proto, bundle_dir / STEP_FILE)
+    onnx_graph.save_model(proto, bundle_dir / file_name)
     try:
-        check_loads(str(bundle_dir / STEP_FILE))
+        check_loads(str(bundle_dir / file_name))
     except Exception as exc:
         raise PortableUnsupported(
             describe("loading the portable step in ONNX Runtime", exc, None)

@@ -18,7 +18,7 @@ from torch.func import functional_call
 
 from ..artifacts import OptimizerSpec
 from .failure import Location, ModuleTracker
-from .layout import SEED_NAME, StepLayout
+from .layout import SEED_NAME, WD_NAME, StepLayout
 from .seeded_dropout import seeded_dropout
 
 LOSS_FUNCTIONS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
@@ -125,7 +125,7 @@ def _adamw(
     new_params, avgs, avg_sqs = [], [], []
     for name, p, g in zip(names, params, grads, strict=True):
         m, v = values[f"adamw/exp_avg/{name}"], values[f"adamw/exp_avg_sq/{name}"]
-        p = p * (1.0 - lr * opt.weight_decay)
+        p = p * (1.0 - lr * values[WD_NAME])  # a graph input: the round may choose it
         m = m + (1.0 - beta1) * (g - m)  # torch's lerp for weights < 0.5
         v = v * beta2 + (1.0 - beta2) * g * g
         denom = torch.sqrt(v) / bias2_sqrt + opt.eps

@@ -63,7 +63,9 @@ class FakeBackend(TrainingBackend):
         self.loads = 0
         self.on_step = on_step
 
-    def load(self, bundle, *, learning_rate: float | None = None) -> None:
+    def load(
+        self, bundle, *, learning_rate: float | None = None, optimizer: str = "", weight_decay=None
+    ) -> None:
         self.loads += 1
         self.trainable = bundle.trainable_names
 
