@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 
 from fedge.protocol.errors import BundleError, ConfigError
+from fedge.protocol.fields import OPTIMIZER_NAMES
 from fedge.protocol.manifest import Manifest, OptimizerSpec
 
 from .config import RoundSettings
@@ -22,11 +23,16 @@ def check_optimizer(rounds: RoundSettings, manifest: Manifest) -> OptimizerSpec:
     try:
         spec = manifest.optimizer_named(rounds.optimizer)
     except BundleError:
+        carried = ", ".join(manifest.optimizer_types)
+        hint = (
+            "re-export the bundle with it: fedge export --optimizers "
+            f"{','.join(manifest.optimizer_types)},{rounds.optimizer}"
+            if rounds.optimizer in OPTIMIZER_NAMES
+            else f"fedge knows {', '.join(OPTIMIZER_NAMES)}"
+        )
         raise ConfigError(
-            f"rounds.optimizer: bundle '{manifest.model_name}' carries "
-            f"{', '.join(manifest.optimizer_types)}; got {rounds.optimizer!r} (choose one of "
-            "them, or re-export the bundle with that optimizer: fedge export --optimizers "
-            f"{','.join(manifest.optimizer_types)},{rounds.optimizer})"
+            f"rounds.optimizer: bundle '{manifest.model_name}' carries {carried}; got "
+            f"{rounds.optimizer!r} (choose one it carries, or {hint})"
         ) from None
     decay = rounds.weight_decay
     if spec.type == "sgd" and decay > 0:

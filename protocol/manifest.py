@@ -150,10 +150,14 @@ class Manifest:
         for spec in self.optimizers:
             if spec.type == kind:
                 return spec
+        hint = (
+            f"re-export it with --optimizers {','.join((*self.optimizer_types, kind))}"
+            if kind in OPTIMIZER_TYPES
+            else f"fedge knows {', '.join(OPTIMIZER_TYPES)}"
+        )
         raise BundleError(
             f"bundle '{self.model_name}' carries {', '.join(self.optimizer_types)}; got "
-            f"{kind!r} (choose one it carries, or re-export it with "
-            f"--optimizers {','.join((*self.optimizer_types, kind))})"
+            f"{kind!r} (choose one it carries, or {hint})"
         )
 
     def optimizer_file(self, spec: OptimizerSpec, backend: str) -> str:

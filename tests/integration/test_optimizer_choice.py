@@ -85,6 +85,35 @@ def test_the_second_optimizers_files_are_covered_by_the_content_hash(bundle_dir,
         load_bundle(copy_dir)
 
 
+def test_a_signed_bundle_covers_both_optimizers_and_inspect_lists_them(
+    bundle_dir, tmp_path, capsys
+):
+    import argparse
+    import shutil
+
+    from fedge.exporter import cli
+    from fedge.protocol import signing
+
+    signed = tmp_path / "signed"
+    shutil.copytree(bundle_dir, signed)
+    key, pub = signing.write_keypair(tmp_path / "keys")
+    signing.sign_bundle(signed, signing.load_private_key(key))
+    parser = argparse.ArgumentParser(prog="fedge")
+    cli.register(parser.add_subparsers())
+    args = parser.parse_args(["inspect", str(signed), "--public-key", str(pub)])
+    assert args.func(args) == 0
+    text = capsys.readouterr().out
+    assert "signature:     verified:" in text
+    lines = text.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("optimizers:"))
+    assert "adamw (" in lines[first] and lines[first].endswith("[default]")
+    assert lines[first + 1].lstrip().startswith("sgd (lr=0.05, momentum=0.0, weight_decay=0.0)")
+    step = signed / "portable_step_sgd.onnx"
+    step.write_bytes(step.read_bytes()[:-1])
+    with pytest.raises(BundleError, match="portable_step_sgd.onnx"):
+        load_bundle(signed, trusted_public_keys=[pub.read_bytes()], require_signature=True)
+
+
 def torch_reference(x, y, *, kind, lr, weight_decay, epochs, batch_size, seed):
     """What the backend does, in PyTorch with torch.optim: the same shuffled batches."""
     model = copy.deepcopy(mlp()).train()
