@@ -333,6 +333,14 @@ def _print_summary(bundle: Bundle, path: Path, *, details: bool = False) -> None
             f"verification:  forward max|diff| {forward or 0.0:.2e}, step max|diff| "
             + (f"{step:.2e}" if step is not None else f"skipped ({ver.step_skipped})")
         )
+        extras = ver.values.get("optimizers")
+        for kind, numbers in (extras if isinstance(extras, dict) else {}).items():
+            value = numbers.get("step_max_abs_diff") if isinstance(numbers, dict) else None
+            portable = numbers.get("portable") if isinstance(numbers, dict) else None
+            line = f"{kind} step max|diff| " + (f"{value:.2e}" if value is not None else "skipped")
+            if isinstance(portable, dict) and portable.get("step_max_abs_diff") is not None:
+                line += f", portable {portable['step_max_abs_diff']:.2e}"
+            print(f"{'':<15}{line}")
     print(f"signature:     {bundle.signature_status}")
     print(f"backends:      {', '.join(m.backends)}" + _portable_note(m))
     if not details:

@@ -108,6 +108,7 @@ def test_a_signed_bundle_covers_both_optimizers_and_inspect_lists_them(
     first = next(i for i, line in enumerate(lines) if line.startswith("optimizers:"))
     assert "adamw (" in lines[first] and lines[first].endswith("[default]")
     assert lines[first + 1].lstrip().startswith("sgd (lr=0.05, momentum=0.0, weight_decay=0.0)")
+    assert any(line.lstrip().startswith("sgd step max|diff| ") for line in lines)
     step = signed / "portable_step_sgd.onnx"
     step.write_bytes(step.read_bytes()[:-1])
     with pytest.raises(BundleError, match="portable_step_sgd.onnx"):
