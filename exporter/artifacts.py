@@ -67,6 +67,23 @@ def optimizer_file(spec: OptimizerSpec, index: int) -> str:
     return OPTIMIZER_FILE if index == 0 else f"optimizer_model_{spec.type}.onnx"
 
 
+def manifest_optimizers(
+    opts: Sequence[OptimizerSpec], portable_files: Sequence[str] | None
+) -> tuple[ManifestOptimizer, ...]:
+    """Each optimizer with its files (``portable_files``: its step files, None without a
+    portable step). A single optimizer keeps the old layout (no ``files``: the default names),
+    so its bundle hashes as before."""
+    if len(opts) == 1:
+        return (opts[0].to_manifest(),)
+    out = []
+    for i, spec in enumerate(opts):
+        files = {"ort-training": optimizer_file(spec, i)}
+        if portable_files is not None:
+            files["ort-portable"] = portable_files[i]
+        out.append(spec.to_manifest(files))
+    return tuple(out)
+
+
 def parse_optimizers(text: str | Sequence[str]) -> tuple[str, ...]:
     """``"adamw,sgd"`` (or a sequence) -> ("adamw", "sgd"); ExportError naming the bad one."""
     names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text)]

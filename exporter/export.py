@@ -302,7 +302,12 @@ def export_bundle(
                 if custom_loss
                 else LossSpec(loss, reduction="mean")
             ),
-            optimizers=_manifest_optimizers(opts, portable_step),
+            optimizers=artifacts.manifest_optimizers(
+                opts,
+                [step_file(o.type, i) for i, o in enumerate(opts)]
+                if portable_step is not None and portable_step.available
+                else None,
+            ),
             parameters=tuple(
                 ParameterSpec(n, tuple(a.shape), a.dtype.name, n in train_names)
                 for n, a in params.items()
@@ -331,22 +336,6 @@ def export_bundle(
         if archive or (created and not succeeded):  # leave no half-written bundle behind
             shutil.rmtree(work, ignore_errors=True)
     return out
-
-
-def _manifest_optimizers(
-    opts: list[artifacts.OptimizerSpec], portable_step: PortableStep | None
-) -> tuple[Any, ...]:
-    """Each optimizer with its files; a single optimizer keeps the old layout (no ``files``:
-    the default names), so its bundle hashes as before."""
-    if len(opts) == 1:
-        return (opts[0].to_manifest(),)
-    out = []
-    for i, spec in enumerate(opts):
-        files = {"ort-training": artifacts.optimizer_file(spec, i)}
-        if portable_step is not None and portable_step.available:
-            files["ort-portable"] = step_file(spec.type, i)
-        out.append(spec.to_manifest(files))
-    return tuple(out)
 
 
 def _check_destination(out: Path) -> None:

@@ -26,6 +26,12 @@ from .manifest_json import (
     manifest_bytes,
 )
 from .manifest_lora import LoraSpec, parse_lora
+from .manifest_optimizers import (
+    BACKENDS,
+    OPTIMIZER_TYPES,
+    check_optimizer_files,
+    parse_optimizers,
+)
 from .manifest_specs import (
     FileEntry,
     Hyperparameter,
@@ -82,8 +88,6 @@ REQUIRED_FILES = (
     "parameters.safetensors",
 )
 LOSS_TYPES = ("cross_entropy", "mse", "bce_with_logits", "l1", "custom")
-OPTIMIZER_TYPES = ("sgd", "adamw")
-BACKENDS = ("ort-training", "ort-portable")
 SLOT_KINDS = ("parameter", "frozen", "buffer", "optimizer")
 # Bundle member names are flat: no folders, nothing hidden, nothing a shell would misread.
 FILE_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
@@ -274,7 +278,7 @@ def _parse(data: Mapping[str, Any], *, draft: bool) -> Manifest:
         outputs=outputs,
         label=label,
         loss=loss,
-        optimizers=_optimizers(r.array("optimizers", nonempty=True)),
+        optimizers=parse_optimizers(r.array("optimizers", nonempty=True), _hyperparameter),
         parameters=parameters,
         opset=r.integer("opset", minimum=1),
         ir_version=r.integer("ir_version", minimum=1),
@@ -292,7 +296,8 @@ def _parse(data: Mapping[str, Any], *, draft: bool) -> Manifest:
     r.done()
     check_task(manifest.task, loss.type, manifest.output, label)
     _check_portable(manifest, draft=draft)
-    _check_optimizer_files(manifest, draft=draft)
+    if not draft:
+        check_optimizer_files(manifest.optimizers, manifest.files)
     if manifest.lora is not None and not draft and manifest.lora.merged_inference not in files:
         raise BundleError(
             f"manifest 'lora' names file {manifest.lora.merged_inference!r}, which 'files' "
@@ -330,38 +335,6 @@ def _loss(r: FieldReader) -> LossSpec:
         spec = LossSpec(kind, reduction=r.name("reduction", choices=("mean",)))
     r.done()
     return spec
-
-
-def _optimizers(items: list[Any]) -> tuple[OptimizerSpec, ...]:
-    out: list[OptimizerSpec] = []
-    for i, item in enumerate(items):
-        r = FieldReader(item, f"optimizers[{i}]")
-        kind = r.name("type", choices=OPTIMIZER_TYPES)
-        if any(o.type == kind for o in out):
-            raise BundleError(f"manifest field 'optimizers' lists {kind!r} twice")
-        lr = r.positive_number("lr")
-        hyper: dict[str, Hyperparameter] = {}
-        for key, value in r.mapping("hyperparameters").items():
-            hyper[key] = _hyperparameter(value, f"optimizers[{i}].hyperparameters.{key}")
-        files: dict[str, str] = {}
-        if r.has("files"):
-            for backend, name in r.mapping("files").items():
-                where = f"optimizers[{i}].files.{backend}"
-                if backend not in BACKENDS:
-                    raise BundleError(
-                        f"manifest field '{where}' names backend {backend!r}; known: "
-                        f"{list(BACKENDS)}"
-                    )
-                if not isinstance(name, str) or not FILE_NAME_RE.match(name):
-                    raise BundleError(f"manifest field '{where}' must be a bundle file name")
-                files[backend] = name
-        r.done()
-        out.append(OptimizerSpec(kind, lr, hyper, files))
-    if len(out) > 1 and not all(o.files for o in out):
-        raise BundleError(
-            "manifest field 'optimizers' lists several optimizers; each needs its 'files'"
-        )
-    return tuple(out)
 
 
 def _hyperparameter(value: Any, where: str) -> Hyperparameter:
@@ -514,16 +487,3 @@ def _check_portable(m: Manifest, *, draft: bool) -> None:
             raise BundleError(
                 f"manifest 'portable' names file {name!r}, which 'files' does not list"
             )
-
-
-def _check_optimizer_files(m: Manifest, *, draft: bool) -> None:
-    """Every optimizer's files are bundle files (listed, so the hash and signature cover them)."""
-    if draft:
-        return
-    for i, spec in enumerate(m.optimizers):
-        for backend, name in spec.files.items():
-            if name not in m.files:
-                raise BundleError(
-                    f"manifest field 'optimizers[{i}].files.{backend}' names {name!r}, which "
-                    "'files' does not list"
-                )
