@@ -6,6 +6,7 @@ Pure of MQTT and the agent's state: the daemon journals, aborts and offers what 
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ from fedge.protocol.tensors import check_finite
 
 from .backends import TrainingBackend
 from .local_evaluation import shaped
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -55,7 +58,20 @@ def train_locally(
         cap = slice(0, config.max_samples)
         train.x, train.y = take_rows(train.x, cap), train.y[cap]
     check_finite(global_params)
-    backend.load(bundle, learning_rate=config.learning_rate or None)
+    backend.load(
+        bundle,
+        learning_rate=config.learning_rate or None,
+        optimizer=config.optimizer,
+        weight_decay=config.weight_decay if config.weight_decay >= 0 else None,
+    )
+    choice = getattr(backend, "optimizer_choice", None)
+    if choice is not None:
+        log.info(
+            "training with %s (lr %g, weight decay %g)",
+            choice.type,
+            choice.learning_rate,
+            choice.weight_decay,
+        )
     backend.set_parameters(global_params)
     seed = int.from_bytes(hashlib.sha256(seed_key.encode()).digest()[:4], "big")
     train_started = time.monotonic()

@@ -7,6 +7,7 @@ names, our hyperparameters, and the fixes that make the output byte-stable and P
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,8 @@ LOSSES = {
     "l1": ("L1Loss", "target"),
 }
 OPTIMIZERS = ("sgd", "adamw")
+DEFAULT_OPTIMIZERS = ("adamw", "sgd")  # what a bundle carries unless told; the first is default
+OPTIMIZER_FILE = "optimizer_model.onnx"  # the default optimizer's graph (ORT's own name)
 
 
 @dataclass(frozen=True)
@@ -44,17 +47,55 @@ class OptimizerSpec:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
 
-    def to_manifest(self) -> ManifestOptimizer:
-        """The manifest's entry for this optimizer."""
+    def to_manifest(self, files: dict[str, str] | None = None) -> ManifestOptimizer:
+        """The manifest's entry for this optimizer (``files``: backend -> its bundle file)."""
         if self.type == "sgd":
-            return ManifestOptimizer("sgd", self.lr, {"momentum": 0.0, "weight_decay": 0.0})
+            return ManifestOptimizer(
+                "sgd", self.lr, {"momentum": 0.0, "weight_decay": 0.0}, dict(files or {})
+            )
         hyper: dict[str, Hyperparameter] = {
             "betas": tuple(self.betas),
             "eps": self.eps,
             "weight_decay": self.weight_decay,
             "bias_correction": True,
         }
-        return ManifestOptimizer("adamw", self.lr, hyper)
+        return ManifestOptimizer("adamw", self.lr, hyper, dict(files or {}))
+
+
+def optimizer_file(spec: OptimizerSpec, index: int) -> str:
+    """The ORT optimizer graph's file: ORT's own name for the default, suffixed for the rest."""
+    return OPTIMIZER_FILE if index == 0 else f"optimizer_model_{spec.type}.onnx"
+
+
+def manifest_optimizers(
+    opts: Sequence[OptimizerSpec], portable_files: Sequence[str] | None
+) -> tuple[ManifestOptimizer, ...]:
+    """Each optimizer with its files (``portable_files``: its step files, None without a
+    portable step). A single optimizer keeps the old layout (no ``files``: the default names),
+    so its bundle hashes as before."""
+    if len(opts) == 1:
+        return (opts[0].to_manifest(),)
+    out = []
+    for i, spec in enumerate(opts):
+        files = {"ort-training": optimizer_file(spec, i)}
+        if portable_files is not None:
+            files["ort-portable"] = portable_files[i]
+        out.append(spec.to_manifest(files))
+    return tuple(out)
+
+
+def parse_optimizers(text: str | Sequence[str]) -> tuple[str, ...]:
+    """``"adamw,sgd"`` (or a sequence) -> ("adamw", "sgd"); ExportError naming the bad one."""
+    names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text)]
+    names = [n for n in names if n]
+    if not names:
+        raise ExportError(f"no optimizer given; choose from {list(OPTIMIZERS)}")
+    for name in names:
+        if name not in OPTIMIZERS:
+            raise ExportError(f"unknown optimizer {name!r}; choose from {list(OPTIMIZERS)}")
+    if len(set(names)) != len(names):
+        raise ExportError(f"optimizer listed twice in {','.join(names)}")
+    return tuple(names)
 
 
 def check_loss(loss: Any) -> bool:
@@ -114,15 +155,7 @@ def generate(
         loss_block = stable_bce_with_logits()
     else:
         loss_block = getattr(onnxblock.loss, LOSSES[loss][0])()
-    if optimizer.type == "adamw":
-        optim_block = onnxblock.optim.AdamW(
-            bias_correction=True,
-            betas=tuple(optimizer.betas),
-            eps=optimizer.eps,
-            weight_decay=optimizer.weight_decay,
-        )
-    else:
-        optim_block = onnxblock.optim.SGD()
+    optim_block = _optimizer_block(onnxblock, optimizer)
     # onnxblock names generated nodes from a process-wide counter, so a second export in the
     # same process would get different names (and bytes). Restart it for every export.
     _graph_utils._GRAPH_TOKEN = 0
@@ -154,18 +187,63 @@ def generate(
             raise ExportError(f"ONNX Runtime did not write {name}")
     for name in ("training_model.onnx", "eval_model.onnx", "optimizer_model.onnx"):
         rewrite_deterministically(out_dir / name)
-    patches: list[dict[str, str]] = []
+    return _adamw_patches(optimizer, out_dir / OPTIMIZER_FILE)
+
+
+def generate_optimizer(
+    model: onnx.ModelProto, *, trainable: list[str], optimizer: OptimizerSpec, path: Path
+) -> list[dict[str, str]]:
+    """Write one more optimizer graph for the same trainable parameters; return its patches.
+
+    ``generate_artifacts`` writes one optimizer graph; its optimizer block reads nothing of
+    the training graph but the trainable parameters' element type, so a second optimizer is
+    built the way ``generate_artifacts`` builds its own (an onnxblock over an empty base at
+    the model's opset) without building the training graphs again.
+    """
+    import_onnxruntime(block_torch=False)
+    from onnxruntime.training import onnxblock
+    from onnxruntime.training.onnxblock import _graph_utils
+
+    inits = {i.name: i for i in model.graph.initializer}
+    params: tuple[list[onnx.TensorProto], list[onnx.TensorProto]] = (
+        [inits[n] for n in trainable],
+        [],
+    )
+    opset = next((d.version for d in model.opset_import if d.domain in ("", "ai.onnx")), None)
+    block = _optimizer_block(onnxblock, optimizer)
+    _graph_utils._GRAPH_TOKEN = 0  # deterministic node names, as in generate()
+    with onnxblock.empty_base(opset_version=opset):
+        block(params)
+        proto = block.to_model_proto()
+    onnx.save(proto, str(path))
+    rewrite_deterministically(path)
+    return _adamw_patches(optimizer, path)
+
+
+def _optimizer_block(onnxblock: Any, optimizer: OptimizerSpec) -> Any:
     if optimizer.type == "adamw":
-        count = patch_adamw_torch_mode(out_dir / "optimizer_model.onnx")
-        if count:
-            patches.append(
-                {
-                    "what": f"optimizer_model.onnx: AdamWOptimizer adam_mode 1 -> 0 ({count} node)",
-                    "why": "onnxblock's AdamW uses the Hugging Face variant (adam_mode=1), which "
-                    "differs from torch.optim.AdamW by ~2e-4 per step; mode 0 is PyTorch's",
-                }
-            )
-    return patches
+        return onnxblock.optim.AdamW(
+            bias_correction=True,
+            betas=tuple(optimizer.betas),
+            eps=optimizer.eps,
+            weight_decay=optimizer.weight_decay,
+        )
+    return onnxblock.optim.SGD()
+
+
+def _adamw_patches(optimizer: OptimizerSpec, path: Path) -> list[dict[str, str]]:
+    if optimizer.type != "adamw":
+        return []
+    count = patch_adamw_torch_mode(path)
+    if not count:
+        return []
+    return [
+        {
+            "what": f"{path.name}: AdamWOptimizer adam_mode 1 -> 0 ({count} node)",
+            "why": "onnxblock's AdamW uses the Hugging Face variant (adam_mode=1), which "
+            "differs from torch.optim.AdamW by ~2e-4 per step; mode 0 is PyTorch's",
+        }
+    ]
 
 
 def _quiet_session_options(ort: Any) -> Any:

@@ -33,7 +33,9 @@ def _register_export(subparsers: Any) -> None:
         help="export a PyTorch model to a verified training bundle",
         description="Export a PyTorch model to a training bundle, checked against PyTorch.",
         epilog="Example:\n  fedge export fedge.demo.models:digits_mlp --input-shape 64 "
-        "--num-classes 10 --optimizer adamw --lr 0.001 --out bundles/digits\n"
+        "--num-classes 10 --lr 0.001 --out bundles/digits\n"
+        "  fedge export fedge.demo.models:digits_mlp --input-shape 64 --optimizer sgd "
+        "--out bundles/digits-sgd\n"
         "  fedge export my_model.py:build --input-shape 3,32,32 --frozen 'features.*' "
         "--out digits.fedge --sign-key keys/signing.key\n"
         "  fedge export model.py:build --input-shape 8 --loss losses.py:SmoothL1Loss "
@@ -86,7 +88,20 @@ def _register_export(subparsers: Any) -> None:
         metavar="MODULE:FN",
         help="PyTorch twin of a custom loss, fn(output, labels), for the training-step check",
     )
-    p.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd"])
+    choice = p.add_mutually_exclusive_group()
+    choice.add_argument(
+        "--optimizers",
+        default="adamw,sgd",
+        metavar="LIST",
+        help="optimizers the bundle carries, comma-separated, the first is the default "
+        "(default: adamw,sgd; the orchestrator chooses per run with [rounds] optimizer)",
+    )
+    choice.add_argument(
+        "--optimizer",
+        choices=["adamw", "sgd"],
+        default=None,
+        help="export this optimizer only (same as --optimizers NAME)",
+    )
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default: 0.001)")
     p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay")
     p.add_argument("--betas", type=float, nargs=2, default=(0.9, 0.999), metavar=("B1", "B2"))
@@ -230,7 +245,7 @@ def _export(args: argparse.Namespace) -> int:
         label_shape=args.label_shape,
         loss=load_loss(args.loss),
         torch_loss=load_object(args.torch_loss, "torch loss") if args.torch_loss else None,
-        optimizer=args.optimizer,
+        optimizer=args.optimizer or args.optimizers,
         lr=args.lr,
         weight_decay=args.weight_decay,
         betas=tuple(args.betas),
@@ -299,11 +314,13 @@ def _print_summary(bundle: Bundle, path: Path, *, details: bool = False) -> None
     specs = bundle.parameter_specs
     n_train = sum(_numel(s.shape) for s in specs if s.trainable)
     n_frozen = sum(_numel(s.shape) for s in specs if not s.trainable)
-    opt = m.optimizer
-    hyper = ", ".join(
-        f"{k}={list(v) if isinstance(v, tuple) else v}"
-        for k, v in sorted({"lr": opt.lr, **opt.hyperparameters}.items())
-    )
+
+    def hyper(opt: Any) -> str:
+        return ", ".join(
+            f"{k}={list(v) if isinstance(v, tuple) else v}"
+            for k, v in sorted({"lr": opt.lr, **opt.hyperparameters}.items())
+        )
+
     print(f"bundle:        {path}")
     print(f"model:         {m.model_name} ({_task(m.task)})")
     print(f"content hash:  {bundle.content_hash}")
@@ -311,7 +328,10 @@ def _print_summary(bundle: Bundle, path: Path, *, details: bool = False) -> None
     print(f"label:         {_spec(m.label)}")
     print("outputs:       " + ", ".join(_spec(s) for s in m.outputs))
     print(f"loss:          {m.loss.type}")
-    print(f"optimizer:     {opt.type} ({hyper})")
+    for i, opt in enumerate(m.optimizers):
+        label = "optimizer:" if len(m.optimizers) == 1 else ("optimizers:" if not i else "")
+        default = " [default]" if len(m.optimizers) > 1 and not i else ""
+        print(f"{label:<15}{opt.type} ({hyper(opt)}){default}")
     print(
         f"parameters:    {len(specs)} tensors, {n_train:,} trainable + {n_frozen:,} frozen values"
     )
@@ -330,6 +350,14 @@ def _print_summary(bundle: Bundle, path: Path, *, details: bool = False) -> None
             f"verification:  forward max|diff| {forward or 0.0:.2e}, step max|diff| "
             + (f"{step:.2e}" if step is not None else f"skipped ({ver.step_skipped})")
         )
+        extras = ver.values.get("optimizers")
+        for kind, numbers in (extras if isinstance(extras, dict) else {}).items():
+            value = numbers.get("step_max_abs_diff") if isinstance(numbers, dict) else None
+            portable = numbers.get("portable") if isinstance(numbers, dict) else None
+            line = f"{kind} step max|diff| " + (f"{value:.2e}" if value is not None else "skipped")
+            if isinstance(portable, dict) and portable.get("step_max_abs_diff") is not None:
+                line += f", portable {portable['step_max_abs_diff']:.2e}"
+            print(f"{'':<15}{line}")
     print(f"signature:     {bundle.signature_status}")
     print(f"backends:      {', '.join(m.backends)}" + _portable_note(m))
     if not details:

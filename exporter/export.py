@@ -44,6 +44,7 @@ from .errors import ExportError
 from .inputs import INPUT_NAME, InputArg, input_specs, sample_examples
 from .lora import LoraOptions, apply_lora, trainable_names
 from .portable import add_portable_step
+from .portable.layout import step_file
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ def export_bundle(
     label_dtype: str | None = None,
     label_shape: Sequence[int] | None = None,
     loss: str | Any = "cross_entropy",
-    optimizer: str = "adamw",
+    optimizer: str | Sequence[str] = artifacts.DEFAULT_OPTIMIZERS,
     lr: float = 1e-3,
     weight_decay: float = 0.01,
     betas: tuple[float, float] = (0.9, 0.999),
@@ -90,14 +91,23 @@ def export_bundle(
     ``loss`` may be an ``onnxruntime.training.onnxblock.Block`` instance (a custom loss, see
     docs/exporter.md); ``torch_loss(output, labels)`` is then its PyTorch twin for the step
     check (without it the step check is skipped and says so).
+    ``optimizer`` names one optimizer or several (``("adamw", "sgd")``, the default): the
+    bundle carries a graph (and a portable step) for each, verified each; the first is the
+    default, the orchestrator may choose another per run (``[rounds] optimizer``). ``lr`` is
+    every optimizer's default learning rate, ``weight_decay``/``betas``/``eps`` AdamW's.
     ``lora`` wraps the chosen Linear layers of a copy of ``model`` with low-rank adapters; then
     only the adapters and the parameters ``trainable`` names train (docs/exporter.md, LoRA).
     """
     out = Path(out_dir)
     archive = out.suffix == ARCHIVE_SUFFIX
     custom_loss = artifacts.check_loss(loss)
-    opt = artifacts.OptimizerSpec(optimizer, float(lr), float(weight_decay), tuple(betas), eps)
-    artifacts.validate_optimizer(opt)
+    opts = [
+        artifacts.OptimizerSpec(kind, float(lr), float(weight_decay), tuple(betas), eps)
+        for kind in artifacts.parse_optimizers(optimizer)
+    ]
+    for spec in opts:
+        artifacts.validate_optimizer(spec)
+    opt = opts[0]
     if not 7 <= opset <= 21:
         raise ExportError(f"opset {opset} is out of range; ONNX Runtime 1.19 supports 7..21")
     _check_destination(out)
@@ -160,6 +170,13 @@ def export_bundle(
             )
         except ExportError as exc:
             raise ExportError(f"{exc}{preflight.attention_dropout_hint(model)}") from exc
+        for i, extra in enumerate(opts[1:], start=1):
+            patches += artifacts.generate_optimizer(
+                train_proto,
+                trainable=train_names,
+                optimizer=extra,
+                path=work / artifacts.optimizer_file(extra, i),
+            )
         patches += _batchnorm_patches(work, running_stats)
         if avg_pools:
             patches.append(
@@ -237,6 +254,25 @@ def export_bundle(
             running_stats,
             torch_loss,
         )
+        if verify and len(opts) > 1:
+            numbers["optimizers"] = {
+                extra.type: _verification(
+                    model,
+                    work,
+                    example,
+                    loss,
+                    extra,
+                    train_names,
+                    label_spec.sample_shape,
+                    classes,
+                    verify,
+                    running_stats,
+                    torch_loss,
+                    optimizer_file=artifacts.optimizer_file(extra, i),
+                    step_only=True,
+                )
+                for i, extra in enumerate(opts[1:], start=1)
+            }
         if lora_spec is not None and verify:
             numbers["lora_merge_max_abs_diff"] = merge_diff
         training_proto = onnx.load(str(work / "training_model.onnx"), load_external_data=False)
@@ -245,17 +281,21 @@ def export_bundle(
                 False, reason="a custom onnxblock loss has no portable equivalent"
             )
         elif portable:
-            portable_step, numbers["portable"] = add_portable_step(
+            portable_step, per_optimizer = add_portable_step(
                 model=model,
                 bundle_dir=work,
                 loss=loss,
-                optimizer=opt,
+                optimizers=opts,
                 trainable=train_names,
                 input_specs=specs,
                 label_spec=label_spec,
                 num_classes=classes,
                 verify=verify,
             )
+            numbers["portable"] = per_optimizer[opt.type]
+            for extra in opts[1:]:
+                if verify:
+                    numbers["optimizers"][extra.type]["portable"] = per_optimizer[extra.type]
         else:
             portable_step = None
         manifest = Manifest(
@@ -269,7 +309,12 @@ def export_bundle(
                 if custom_loss
                 else LossSpec(loss, reduction="mean")
             ),
-            optimizers=(opt.to_manifest(),),
+            optimizers=artifacts.manifest_optimizers(
+                opts,
+                [step_file(o.type, i) for i, o in enumerate(opts)]
+                if portable_step is not None and portable_step.available
+                else None,
+            ),
             parameters=tuple(
                 ParameterSpec(n, tuple(a.shape), a.dtype.name, n in train_names)
                 for n, a in params.items()
@@ -381,16 +426,24 @@ def _verification(
     enabled: bool,
     running_stats: list[dict[str, str]],
     torch_loss: Any,
+    *,
+    optimizer_file: str = artifacts.OPTIMIZER_FILE,
+    step_only: bool = False,
 ) -> dict[str, Any]:
+    """The parity numbers; ``step_only``: just the training step (another optimizer's)."""
     if not enabled:
         return {"skipped": True}
-    numbers: dict[str, Any] = {
-        "batch_size": VERIFY_BATCH,
-        "seed": VERIFY_SEED,
-        "forward_tolerance": parity.FORWARD_TOLERANCE,
-        "step_tolerance": parity.STEP_TOLERANCE,
-        "forward_max_abs_diff": parity.forward_parity(model, work / "inference.onnx", example),
-    }
+    numbers: dict[str, Any] = (
+        {"step_tolerance": parity.STEP_TOLERANCE}
+        if step_only
+        else {
+            "batch_size": VERIFY_BATCH,
+            "seed": VERIFY_SEED,
+            "forward_tolerance": parity.FORWARD_TOLERANCE,
+            "step_tolerance": parity.STEP_TOLERANCE,
+            "forward_max_abs_diff": parity.forward_parity(model, work / "inference.onnx", example),
+        }
+    )
     if preflight.has_active_dropout(model):
         numbers["step_max_abs_diff"] = None
         numbers["step_skipped"] = "dropout makes a training step random"
@@ -413,9 +466,15 @@ def _verification(
                 trainable=train_names,
                 running_stats=running_stats,
                 torch_loss=torch_loss,
+                optimizer_file=optimizer_file,
             )
         )
-    parity.check_tolerances(numbers)
+    try:
+        parity.check_tolerances(numbers)
+    except ExportError as exc:
+        if step_only:
+            raise ExportError(f"optimizer {opt.type}: {exc}") from exc
+        raise
     return numbers
 
 

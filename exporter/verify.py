@@ -85,6 +85,7 @@ def step_parity(
     trainable: Sequence[str],
     running_stats: Sequence[dict[str, str]] = (),
     torch_loss: Any = None,
+    optimizer_file: str = "optimizer_model.onnx",
 ) -> dict[str, float]:
     """One training step in ORT and in PyTorch from the same weights; return the differences.
 
@@ -94,7 +95,7 @@ def step_parity(
     backend does, see ``write_back_running_stats``).
     """
     ort_before, ort_after, ort_loss = _ort_step(
-        bundle_dir, inputs, labels, optimizer, running_stats
+        bundle_dir, inputs, labels, optimizer, running_stats, optimizer_file
     )
     stats = {s["param"] for s in running_stats}
     torch_after, torch_loss, grads = _torch_step(
@@ -220,6 +221,7 @@ def _ort_step(
     labels: torch.Tensor,
     optimizer: OptimizerSpec,
     running_stats: Sequence[dict[str, str]],
+    optimizer_file: str,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], float]:
     api = _training_api()
     ort = import_onnxruntime(block_torch=False)
@@ -231,7 +233,7 @@ def _ort_step(
         device="cpu",
         session_options=single_thread_session_options(ort),
     )
-    opt = api.Optimizer(str(bundle_dir / "optimizer_model.onnx"), module)
+    opt = api.Optimizer(str(bundle_dir / optimizer_file), module)
     opt.set_learning_rate(optimizer.lr)
     before = {n: np.array(p.data, copy=True) for n, p in state.parameters}
     module.train()

@@ -27,6 +27,8 @@ def train_config(rounds: RoundSettings, strategy: Strategy) -> TrainConfig:
         max_samples=rounds.max_samples,
         seed=rounds.seed,
         learning_rate=rounds.learning_rate,
+        optimizer=rounds.optimizer,
+        weight_decay=rounds.weight_decay,
         compression=rounds.compression,
         topk_fraction=rounds.topk_fraction,
         clip_norm=rounds.clip_norm,

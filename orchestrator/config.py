@@ -13,6 +13,7 @@ from typing import Annotated
 from fedge.protocol.errors import ConfigError
 from fedge.protocol.fields import (
     MAX_INLINE_BYTES,
+    MAX_NAME,
     MAX_PARTICIPANTS,
     MAX_ROUND,
     MAX_SECONDS,
@@ -26,6 +27,7 @@ from fedge.protocol.fields import (
     Range,
     Samples,
     Seconds,
+    WeightDecay,
 )
 from fedge.protocol.messages import (
     BatchSize,
@@ -66,6 +68,10 @@ class RoundSettings:
     batch_size: BatchSize = 32
     max_samples: Samples = 0  # 0 = all local rows
     learning_rate: LearningRate = 0.0  # 0 = the bundle's own
+    # the client optimizer, one the bundle carries ("" = its default, the first it lists);
+    # checked against the bundle at start (optimizer_check.py)
+    optimizer: Annotated[str, Len(0, MAX_NAME)] = ""
+    weight_decay: WeightDecay = -1.0  # -1 = the bundle's own; AdamW only (SGD has none)
     compression: Compression = ""  # "" | "int8" | "topk": how agents encode deltas
     topk_fraction: Fraction = 0.0
     clip_norm: NonNegative = 0.0  # client-level DP clipping on the device (0 = off)
@@ -109,6 +115,11 @@ class RoundSettings:
                 "rounds.standardize cannot be combined with client-level DP (rounds.clip_norm "
                 "> 0): the statistics of raw features have no known bound, so no noise scale "
                 "would protect them; standardize the stored features instead, or turn DP off"
+            )
+        if self.weight_decay < 0 and self.weight_decay != -1:
+            raise ConfigError(
+                f"rounds.weight_decay must be >= 0, or -1 for the bundle's own; got "
+                f"{self.weight_decay}"
             )
         if self.noise_multiplier > 0 and self.clip_norm <= 0:
             raise ConfigError(

@@ -52,6 +52,7 @@ from .device_budget import DeviceBudgets
 from .evaluation import CentralEvaluator
 from .intake import UpdateIntake
 from .metrics_exporter import Metrics, MetricsServer
+from .optimizer_check import check_optimizer
 from .registry import DeviceRegistry
 from .robust_aggregation import aggregate_stored, robust_weighting, weigh_norms
 from .round_machine import CloseRound, Finish, LiveRound, OpenRound, RoundMachine, Wait
@@ -83,6 +84,7 @@ class Orchestrator:
         self.bundle = bundle or load_bundle(
             config.bundle, trusted_public_keys=keys or None, require_signature=bool(keys)
         )
+        check_optimizer(config.rounds, self.bundle.manifest)
         self.archive = pack_bundle(self.bundle.root)
         self.store = Store(config.database)
         self.strategy = create_strategy(config.strategy, config.strategy_options)

@@ -108,6 +108,12 @@ InlineSize = Annotated[int, Range(0, MAX_INLINE_BYTES)]
 Base64 = Annotated[
     str, Len(0, MAX_INLINE_B64), Match(r"[A-Za-z0-9+/]*={0,2}", "base64 (RFC 4648) text")
 ]
+# The client optimizer a round task names ("": the bundle's default, its first) and its weight
+# decay (-1: the bundle's own value). The optimizer must be one the bundle carries.
+OPTIMIZER_NAMES = ("sgd", "adamw")
+OptimizerName = Annotated[str, OneOf("", *OPTIMIZER_NAMES)]
+MAX_WEIGHT_DECAY = 10.0  # decoupled decay shrinks weights by lr x this per step
+WeightDecay = Annotated[float, Range(-1, MAX_WEIGHT_DECAY)]
 Metrics = Annotated[dict[Annotated[str, Len(1, MAX_NAME)], float], Len(0, MAX_METRICS)]
 
 

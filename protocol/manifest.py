@@ -26,6 +26,12 @@ from .manifest_json import (
     manifest_bytes,
 )
 from .manifest_lora import LoraSpec, parse_lora
+from .manifest_optimizers import (
+    BACKENDS,
+    OPTIMIZER_TYPES,
+    check_optimizer_files,
+    parse_optimizers,
+)
 from .manifest_specs import (
     FileEntry,
     Hyperparameter,
@@ -82,8 +88,6 @@ REQUIRED_FILES = (
     "parameters.safetensors",
 )
 LOSS_TYPES = ("cross_entropy", "mse", "bce_with_logits", "l1", "custom")
-OPTIMIZER_TYPES = ("sgd", "adamw")
-BACKENDS = ("ort-training", "ort-portable")
 SLOT_KINDS = ("parameter", "frozen", "buffer", "optimizer")
 # Bundle member names are flat: no folders, nothing hidden, nothing a shell would misread.
 FILE_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
@@ -134,8 +138,45 @@ class Manifest:
 
     @property
     def optimizer(self) -> OptimizerSpec:
-        """The optimizer the training artifacts and the portable step run."""
+        """The default optimizer: the first the bundle carries (what runs unless a round
+        task names another)."""
         return self.optimizers[0]
+
+    @property
+    def optimizer_types(self) -> tuple[str, ...]:
+        """The optimizers the bundle carries, default first."""
+        return tuple(o.type for o in self.optimizers)
+
+    def optimizer_named(self, kind: str | None) -> OptimizerSpec:
+        """The optimizer ``kind`` (empty or None: the default); BundleError if not carried."""
+        if not kind:
+            return self.optimizer
+        for spec in self.optimizers:
+            if spec.type == kind:
+                return spec
+        hint = (
+            f"re-export it with --optimizers {','.join((*self.optimizer_types, kind))}"
+            if kind in OPTIMIZER_TYPES
+            else f"fedge knows {', '.join(OPTIMIZER_TYPES)}"
+        )
+        raise BundleError(
+            f"bundle '{self.model_name}' carries {', '.join(self.optimizer_types)}; got "
+            f"{kind!r} (choose one it carries, or {hint})"
+        )
+
+    def optimizer_file(self, spec: OptimizerSpec, backend: str) -> str:
+        """The file holding ``spec`` for ``backend`` (ort-training or ort-portable)."""
+        if backend in spec.files:
+            return spec.files[backend]
+        if spec.files or spec is not self.optimizers[0]:
+            raise BundleError(
+                f"bundle '{self.model_name}' has no {backend} file for optimizer {spec.type!r}"
+            )
+        if backend == "ort-training":
+            return "optimizer_model.onnx"
+        if self.portable is None or not self.portable.available:
+            raise BundleError(f"bundle '{self.model_name}' has no portable training step")
+        return self.portable.file
 
     @property
     def trainable_names(self) -> list[str]:
@@ -237,7 +278,7 @@ def _parse(data: Mapping[str, Any], *, draft: bool) -> Manifest:
         outputs=outputs,
         label=label,
         loss=loss,
-        optimizers=_optimizers(r.array("optimizers", nonempty=True)),
+        optimizers=parse_optimizers(r.array("optimizers", nonempty=True), _hyperparameter),
         parameters=parameters,
         opset=r.integer("opset", minimum=1),
         ir_version=r.integer("ir_version", minimum=1),
@@ -255,6 +296,8 @@ def _parse(data: Mapping[str, Any], *, draft: bool) -> Manifest:
     r.done()
     check_task(manifest.task, loss.type, manifest.output, label)
     _check_portable(manifest, draft=draft)
+    if not draft:
+        check_optimizer_files(manifest.optimizers, manifest.files)
     if manifest.lora is not None and not draft and manifest.lora.merged_inference not in files:
         raise BundleError(
             f"manifest 'lora' names file {manifest.lora.merged_inference!r}, which 'files' "
@@ -292,25 +335,6 @@ def _loss(r: FieldReader) -> LossSpec:
         spec = LossSpec(kind, reduction=r.name("reduction", choices=("mean",)))
     r.done()
     return spec
-
-
-def _optimizers(items: list[Any]) -> tuple[OptimizerSpec, ...]:
-    if len(items) != 1:
-        raise BundleError(
-            f"manifest field 'optimizers' lists {len(items)} optimizers; this fedge trains with "
-            "exactly one"
-        )
-    out = []
-    for i, item in enumerate(items):
-        r = FieldReader(item, f"optimizers[{i}]")
-        kind = r.name("type", choices=OPTIMIZER_TYPES)
-        lr = r.positive_number("lr")
-        hyper: dict[str, Hyperparameter] = {}
-        for key, value in r.mapping("hyperparameters").items():
-            hyper[key] = _hyperparameter(value, f"optimizers[{i}].hyperparameters.{key}")
-        r.done()
-        out.append(OptimizerSpec(kind, lr, hyper))
-    return tuple(out)
 
 
 def _hyperparameter(value: Any, where: str) -> Hyperparameter:
@@ -425,6 +449,7 @@ def _portable(r: FieldReader) -> PortableStep:
         label_name=names.name("label"),
         lr_name=names.name("lr"),
         seed_name=names.text("seed"),
+        weight_decay_name=names.text("weight_decay"),
         outputs=tuple(_strings(r.array("outputs", nonempty=True), "portable.outputs")),
         dynamic_batch=r.flag("dynamic_batch"),
         opset=r.integer("opset", minimum=1),

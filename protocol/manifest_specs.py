@@ -70,10 +70,23 @@ class OptimizerSpec:
     type: str
     lr: float
     hyperparameters: Mapping[str, Hyperparameter] = field(default_factory=dict)
+    # backend -> the bundle file holding this optimizer ("ort-training": its optimizer graph,
+    # "ort-portable": its training step). Empty in bundles that carry one optimizer and were
+    # written before the choice existed: Manifest.optimizer_file supplies the old names.
+    files: Mapping[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         hyper = {k: list(v) if isinstance(v, tuple) else v for k, v in self.hyperparameters.items()}
-        return {"type": self.type, "lr": self.lr, "hyperparameters": hyper}
+        out: dict[str, Any] = {"type": self.type, "lr": self.lr, "hyperparameters": hyper}
+        if self.files:  # absent otherwise: older bundles keep their content hash
+            out["files"] = dict(sorted(self.files.items()))
+        return out
+
+    @property
+    def weight_decay(self) -> float:
+        """The exported weight decay (0 for SGD: ONNX Runtime's SGD graph has none)."""
+        value = self.hyperparameters.get("weight_decay", 0.0)
+        return float(value) if isinstance(value, (int, float)) else 0.0
 
 
 @dataclass(frozen=True)
@@ -177,6 +190,8 @@ class PortableStep:
     label_name: str = ""
     lr_name: str = ""
     seed_name: str | None = None  # int64 dropout seed input (models with dropout)
+    # float32 scalar input of the AdamW step: the weight decay (older bundles bake it in)
+    weight_decay_name: str | None = None
     outputs: tuple[str, ...] = ()
     dynamic_batch: bool = True
     opset: int = 0
@@ -206,6 +221,7 @@ class PortableStep:
                 "label": self.label_name,
                 "lr": self.lr_name,
                 **({"seed": self.seed_name} if self.seed_name else {}),
+                **({"weight_decay": self.weight_decay_name} if self.weight_decay_name else {}),
             },
             "outputs": list(self.outputs),
             "dynamic_batch": self.dynamic_batch,

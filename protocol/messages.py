@@ -34,6 +34,7 @@ from .fields import (
     Name,
     NonNegative,
     OneOf,
+    OptimizerName,
     Range,
     Reason,
     Round,
@@ -42,6 +43,7 @@ from .fields import (
     Sha256,
     Timestamp,
     Version,
+    WeightDecay,
     build,
     coerce,
 )
@@ -157,6 +159,8 @@ class TrainConfig:
     max_samples: Samples = 0  # 0 = all local rows
     seed: Seed = 0
     learning_rate: LearningRate = 0.0  # 0 = the bundle's own
+    optimizer: OptimizerName = ""  # "" = the bundle's default (its first); else sgd | adamw
+    weight_decay: WeightDecay = -1.0  # -1 = the bundle's own (AdamW only: SGD has none)
     proximal_mu: ProximalMu = 0.0  # FedProx: pull local weights towards the global model
     compression: Compression = ""  # "" (none) | "int8" | "topk": how the agent encodes its delta
     topk_fraction: Fraction = 0.0  # for "topk": the share of entries kept (with error feedback)
@@ -171,6 +175,11 @@ class TrainConfig:
     def validate(self) -> None:
         if self.compression == "topk" and self.topk_fraction <= 0:
             raise MessageError("train config compression 'topk' needs topk_fraction in (0, 1]")
+        if self.weight_decay < 0 and self.weight_decay != -1:
+            raise MessageError(
+                f"train config weight_decay must be >= 0 (or -1: the bundle's own), got "
+                f"{self.weight_decay}"
+            )
         if self.evaluate_only and self.statistics_only:
             raise MessageError("train config: evaluate_only and statistics_only exclude each other")
 

@@ -184,6 +184,10 @@ ORCHESTRATOR_COMMENTS = {
     "rounds.local_epochs": "passes over its local training rows each device makes per round",
     "rounds.batch_size": "rows per training step on the device",
     "rounds.learning_rate": "local learning rate; 0 = the bundle's own (from fedge export)",
+    "rounds.optimizer": "the devices' optimizer, one the bundle carries (fedge inspect lists them;\n"
+    'exports carry adamw and sgd): "adamw" | "sgd"; "" = the bundle\'s default (its first)',
+    "rounds.weight_decay": "AdamW's decoupled weight decay; -1 = the bundle's own. SGD has no weight\n"
+    "decay and no momentum (ONNX Runtime's SGD graph): leave -1 with sgd",
     "rounds.max_samples": "cap on training rows per device and round; 0 = all rows",
     "rounds.evaluate_every": "after every N committed rounds, one round in which the devices only\n"
     "evaluate the model on their validation rows (0 = never)",
@@ -234,6 +238,8 @@ def _orchestrator_toml(d: BrokerDir, record: BrokerRecord, password: str) -> str
                     "local_epochs",
                     "batch_size",
                     "learning_rate",
+                    "optimizer",
+                    "weight_decay",
                     "max_samples",
                     "evaluate_every",
                 )

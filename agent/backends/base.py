@@ -46,8 +46,19 @@ class TrainingBackend(ABC):
         return runtime_version()
 
     @abstractmethod
-    def load(self, bundle: Bundle, *, learning_rate: float | None = None) -> None:
-        """Prepare sessions for ``bundle`` with fresh optimizer state."""
+    def load(
+        self,
+        bundle: Bundle,
+        *,
+        learning_rate: float | None = None,
+        optimizer: str = "",
+        weight_decay: float | None = None,
+    ) -> None:
+        """Prepare sessions for ``bundle`` with fresh optimizer state.
+
+        ``optimizer`` names one the bundle carries ("": its default); ``learning_rate`` and
+        ``weight_decay`` (None: the bundle's) override its hyperparameters. An optimizer or
+        value the bundle cannot run raises ``OptimizerUnavailable`` (optimizer_choice.py)."""
 
     @abstractmethod
     def set_parameters(self, params: Params) -> None:

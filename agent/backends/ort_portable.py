@@ -17,7 +17,7 @@ import numpy as np
 
 from fedge.protocol.bundle import Bundle
 from fedge.protocol.errors import FedgeError
-from fedge.protocol.manifest import PortableStep
+from fedge.protocol.manifest import PortableStep, StateSlot
 from fedge.protocol.ort_runtime import import_onnxruntime, single_thread_session_options
 from fedge.protocol.portable_seed import step_seed
 from fedge.protocol.sqlite_samples import Features, input_arrays, take_rows
@@ -25,6 +25,7 @@ from fedge.protocol.task_metrics import mean_loss, task_metrics
 from fedge.protocol.tensors import decode_tensors
 
 from .base import EvalResult, Params, TrainingBackend, shape_labels
+from .optimizer_choice import OptimizerChoice, OptimizerUnavailable, choose_optimizer
 from .portable_binding import BoundState
 
 log = logging.getLogger(__name__)
@@ -51,8 +52,16 @@ class OrtPortableBackend(TrainingBackend):
         self._infer: Any = None
         self._round_seed = 0
         self._steps = 0  # optimizer steps since training began: the dropout seed's counter
+        self.optimizer_choice: OptimizerChoice | None = None
 
-    def load(self, bundle: Bundle, *, learning_rate: float | None = None) -> None:
+    def load(
+        self,
+        bundle: Bundle,
+        *,
+        learning_rate: float | None = None,
+        optimizer: str = "",
+        weight_decay: float | None = None,
+    ) -> None:
         section = bundle.manifest.portable
         if NAME not in bundle.manifest.backends or section is None or not section.available:
             reason = section.reason if section is not None else None
@@ -61,34 +70,59 @@ class OrtPortableBackend(TrainingBackend):
                 f"({reason or 'it was exported before the portable step existed'}); "
                 "use backend = 'ort-training' on a device with onnxruntime-training-cpu"
             )
+        choice = choose_optimizer(
+            bundle, optimizer=optimizer, learning_rate=learning_rate, weight_decay=weight_decay
+        )
+        step_file = bundle.manifest.optimizer_file(choice.spec, NAME)
         so = single_thread_session_options(self._ort, self._threads)
         self._session = self._ort.InferenceSession(
-            str(bundle.file(section.file)), sess_options=so, providers=["CPUExecutionProvider"]
+            str(bundle.file(step_file)), sess_options=so, providers=["CPUExecutionProvider"]
         )
+        # the chosen step reads the slots that are not optimizer state, and its own
+        slots = [s for s in section.state if _reads(s.kind, s.name, choice.type)]
         self._section = section
         self._bundle = bundle
         self._param_names = [p.name for p in bundle.parameter_specs]
-        lr = learning_rate if learning_rate is not None else bundle.manifest.optimizer.lr
-        self._lr = np.array(lr, dtype=np.float32)
+        self._lr = np.array(choice.learning_rate, dtype=np.float32)
+        state = self._initial_state(bundle, section, slots)
+        state.update(self._weight_decay_input(section, choice))
         self._state = BoundState(
             self._ort,
             self._session,
-            self._initial_state(bundle, section),
+            state,
             # (state slot, graph output with its new value) for every slot a step changes
-            updates=[(s.name, s.output) for s in section.state if s.output],
+            updates=[(s.name, s.output) for s in slots if s.output],
             lr=self._lr,
             lr_input=section.lr_name,
         )
         self._infer = None
+        self.optimizer_choice = choice
 
-    def _initial_state(self, bundle: Bundle, section: PortableStep) -> dict[str, np.ndarray]:
+    @staticmethod
+    def _weight_decay_input(section: PortableStep, choice: OptimizerChoice) -> Params:
+        """AdamW's weight decay, a constant input of its step (bound like a frozen slot)."""
+        if choice.type != "adamw":
+            return {}
+        if section.weight_decay_name:
+            return {section.weight_decay_name: np.array(choice.weight_decay, dtype=np.float32)}
+        if choice.weight_decay != choice.spec.weight_decay:
+            raise OptimizerUnavailable(
+                f"the round asks for weight_decay {choice.weight_decay:g}; this bundle's portable "
+                f"AdamW step has {choice.spec.weight_decay:g} built in (exported before the "
+                "round could choose it): re-export the bundle, or leave weight_decay unset"
+            )
+        return {}
+
+    def _initial_state(
+        self, bundle: Bundle, section: PortableStep, slots: list[StateSlot]
+    ) -> dict[str, np.ndarray]:
         """Fresh state: bundle parameters, exported buffers, zeroed optimizer slots."""
         values: dict[str, np.ndarray] = dict(bundle.initial_parameters())
         if section.buffers_file:
             buffers = decode_tensors(bundle.file(section.buffers_file).read_bytes())
             values = {**buffers, **values}
         state = {}
-        for slot in section.state:
+        for slot in slots:
             name, shape, dtype = slot.name, tuple(slot.shape), np.dtype(slot.dtype)
             if slot.kind == "optimizer":
                 state[name] = np.zeros(shape, dtype=dtype)
@@ -184,6 +218,11 @@ class OrtPortableBackend(TrainingBackend):
         names = [s.name for s in self._section.state if s.kind in kinds]
         # copies: the eval session reads these buffers for its lifetime, training rewrites them
         return {n: self._bound().current(n).copy() for n in names}
+
+
+def _reads(kind: str, name: str, optimizer: str) -> bool:
+    """Whether the step of ``optimizer`` reads this slot (optimizer slots: ``<type>/...``)."""
+    return kind != "optimizer" or name.startswith(f"{optimizer}/")
 
 
 class _EvalSession:

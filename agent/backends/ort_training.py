@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,6 +16,7 @@ from fedge.protocol.sqlite_samples import Features, input_arrays, take_rows
 from fedge.protocol.task_metrics import task_metrics
 
 from .base import EvalResult, Params, TrainingBackend, shape_labels
+from .optimizer_choice import OptimizerChoice, choose_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +44,21 @@ class OrtTrainingBackend(TrainingBackend):
         self._module: Any = None
         self._optimizer: Any = None
         self._infer: Any = None
+        self._scratch: tempfile.TemporaryDirectory[str] | None = None
+        self.optimizer_choice: OptimizerChoice | None = None
 
-    def load(self, bundle: Bundle, *, learning_rate: float | None = None) -> None:
+    def load(
+        self,
+        bundle: Bundle,
+        *,
+        learning_rate: float | None = None,
+        optimizer: str = "",
+        weight_decay: float | None = None,
+    ) -> None:
+        choice = choose_optimizer(
+            bundle, optimizer=optimizer, learning_rate=learning_rate, weight_decay=weight_decay
+        )
+        optimizer_path = self._optimizer_graph(bundle, choice)
         api = self._api
         so = single_thread_session_options(self._ort, self._threads)
         # A fresh checkpoint state each round: optimizer moments must not leak across rounds.
@@ -54,12 +70,35 @@ class OrtTrainingBackend(TrainingBackend):
             device="cpu",
             session_options=so,
         )
-        self._optimizer = api.Optimizer(str(bundle.file("optimizer_model.onnx")), self._module)
-        lr = learning_rate if learning_rate is not None else bundle.manifest.optimizer.lr
-        self._optimizer.set_learning_rate(float(lr))
+        self._optimizer = api.Optimizer(str(optimizer_path), self._module)
+        self._optimizer.set_learning_rate(choice.learning_rate)
         self._lr = float(self._optimizer.get_learning_rate())
         self._bundle = bundle
         self._infer = None
+        self.optimizer_choice = choice
+
+    def _optimizer_graph(self, bundle: Bundle, choice: OptimizerChoice) -> Path:
+        """The chosen optimizer's graph; for another AdamW weight decay, a copy with it.
+
+        ORT's AdamWOptimizer takes the decay as a node attribute, not an input: the copy (in a
+        scratch folder, never in the verified bundle) differs in that one attribute.
+        """
+        path = bundle.file(bundle.manifest.optimizer_file(choice.spec, self.name))
+        if choice.type != "adamw" or choice.weight_decay == choice.spec.weight_decay:
+            return Path(path)
+        import onnx
+
+        proto = onnx.load(str(path))
+        for node in proto.graph.node:
+            if node.op_type == "AdamWOptimizer":
+                for attr in node.attribute:
+                    if attr.name == "weight_decay":
+                        attr.f = choice.weight_decay
+        if self._scratch is None:
+            self._scratch = tempfile.TemporaryDirectory(prefix="fedge-optimizer-")
+        out = Path(self._scratch.name) / f"{choice.type}-{choice.weight_decay!r}.onnx"
+        onnx.save(proto, str(out))
+        return out
 
     def _loaded(self) -> Bundle:
         if self._bundle is None:

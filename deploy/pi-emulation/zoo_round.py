@@ -102,7 +102,7 @@ def _export_portable_only(z, bundle_dir: Path) -> None:
         model=model,
         bundle_dir=bundle_dir,
         loss=z.loss,
-        optimizer=opt,
+        optimizers=[opt],
         trainable=trainable,
         input_spec=input_spec,
         label_spec=label_spec,
@@ -110,7 +110,7 @@ def _export_portable_only(z, bundle_dir: Path) -> None:
     )
     if not section.available:
         raise SystemExit(f"{z.name}: no portable step: {section.reason}")
-    print(f"    export-time step parity {numbers['step_max_abs_diff']:.2e}")
+    print(f"    export-time step parity {numbers[opt.type]['step_max_abs_diff']:.2e}")
     params = {n: p.detach().numpy().copy() for n, p in model.named_parameters()}
     (bundle_dir / "parameters.safetensors").write_bytes(encode_tensors(params))
     with torch.no_grad():

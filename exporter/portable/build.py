@@ -5,6 +5,12 @@ proves ONNX Runtime loads it, checks it against PyTorch, and returns the manifes
 section and the numbers for ``verification.portable`` (the exporter adds the backend). A
 model the portable step cannot express still exports (for ``ort-training`` only); the
 manifest says why.
+
+One step graph per optimizer (``layout.step_file``). With several, the step is traced and
+exported once with every optimizer's update as outputs (``step.CombinedStep``; the export is
+cached by ``trace_cache``) and each optimizer's file is cut out of it (``split.py``), then
+checked on its own. If any optimizer's step fails, the bundle has no portable step: an agent
+must be able to run whichever optimizer the round names.
 """
 
 from __future__ import annotations
@@ -25,9 +31,20 @@ from .. import verify as parity
 from ..artifacts import OptimizerSpec
 from ..errors import ExportError
 from .failure import describe, location_of_slot
-from .layout import BUFFERS_FILE, LR_NAME, SEED_NAME, STEP_FILE, StepLayout, build_layout
+from .layout import (
+    BUFFERS_FILE,
+    LOSS_NAME,
+    LR_NAME,
+    SEED_NAME,
+    WD_NAME,
+    StepLayout,
+    build_layout,
+    step_file,
+    union_slots,
+)
 from .seeded_dropout import RANDOM_ONNX_OPS, needs_seed
-from .step import LOSS_FUNCTIONS, make_step
+from .split import extract_step
+from .step import LOSS_FUNCTIONS, CombinedStep, TrainingStep, make_step
 from .trace import BakedBatch, StepLoweringError, check_loads, export_step
 from .verify import BATCH_SIZES, TOLERANCE, step_parity
 
@@ -50,16 +67,16 @@ def add_portable_step(
     model: nn.Module,
     bundle_dir: Path,
     loss: str,
-    optimizer: OptimizerSpec,
+    optimizers: list[OptimizerSpec],
     trainable: list[str],
+    input_specs: tuple[TensorSpec, ...] = (),
     label_spec: TensorSpec,
     num_classes: int | None,
     verify: bool = True,
-    input_specs: tuple[TensorSpec, ...] = (),
     input_spec: TensorSpec | None = None,
-) -> tuple[PortableStep, dict[str, Any]]:
-    """Write the portable step into ``bundle_dir``; return the manifest's ``portable`` section
-    and the numbers for ``verification.portable``.
+) -> tuple[PortableStep, dict[str, dict[str, Any]]]:
+    """Write one portable step per optimizer into ``bundle_dir``; return the manifest's
+    ``portable`` section and, per optimizer type, the numbers for its verification.
 
     Never fails the export: a model the step cannot express, or whose step disagrees with
     PyTorch beyond tolerance, is recorded without the ``ort-portable`` backend, with the
@@ -70,35 +87,48 @@ def add_portable_step(
         if input_spec is None:
             raise ExportError("add_portable_step needs input_specs (or input_spec)")
         input_specs = (input_spec,)
-    batches = _batches(input_specs, label_spec, loss, num_classes)
+    layouts: list[StepLayout] = []
+    numbers: dict[str, dict[str, Any]] = {}
+    files = [step_file(o.type, i) for i, o in enumerate(optimizers)]
+    optimizer: OptimizerSpec | None = None  # the one being checked, for the reason
     try:
-        layout, initial = _write_step(
-            model, bundle_dir, loss, optimizer, trainable, input_specs, label_spec, batches[0]
-        )
-        fresh = _batches(input_specs, label_spec, loss, num_classes)  # same values
-        numbers = _check(model, bundle_dir, layout, initial, fresh, loss, optimizer, verify)
+        example = _batches(input_specs, label_spec, loss, num_classes)[0]
+        written = _write_steps(
+            model, bundle_dir, files, loss, optimizers, trainable, input_specs, label_spec,
+            example,
+        )  # fmt: skip
+        for optimizer, name, (layout, initial) in zip(optimizers, files, written, strict=True):
+            fresh = _batches(input_specs, label_spec, loss, num_classes)  # same values
+            numbers[optimizer.type] = _check(
+                model, bundle_dir / name, layout, initial, fresh, loss, optimizer, verify
+            )
+            layouts.append(layout)
     except PortableUnsupported as exc:
-        log.warning("no portable training step for this model: %s", exc)
-        for name in (STEP_FILE, BUFFERS_FILE):
+        checking = (
+            f"{optimizer.type} step: " if optimizer is not None and len(optimizers) > 1 else ""
+        )
+        reason = f"{checking}{exc}"
+        log.warning("no portable training step for this model: %s", reason)
+        for name in (*files, BUFFERS_FILE):
             (bundle_dir / name).unlink(missing_ok=True)
-        return PortableStep(False, reason=str(exc)), {
-            "skipped": True,
-            "reason": str(exc),
-            **exc.numbers,
-        }
-    proto = _load(bundle_dir / STEP_FILE)
+        failed = {"skipped": True, "reason": reason, **exc.numbers}
+        return PortableStep(False, reason=reason), {o.type: failed for o in optimizers}
+    proto = _load(bundle_dir / files[0])
+    first = layouts[0]
     section = PortableStep(
         available=True,
-        file=STEP_FILE,
-        buffers_file=BUFFERS_FILE if layout.names("buffer") else None,
+        file=files[0],
+        buffers_file=BUFFERS_FILE if first.names("buffer") else None,
         state=tuple(
-            StateSlot(s.name, s.kind, tuple(s.shape), s.dtype, s.output) for s in layout.slots
+            StateSlot(s.name, s.kind, tuple(s.shape), s.dtype, s.output)
+            for s in union_slots(layouts)
         ),
-        input_names=layout.model_inputs,
-        label_name=layout.label_name,
+        input_names=first.model_inputs,
+        label_name=first.label_name,
         lr_name=LR_NAME,
-        seed_name=SEED_NAME if layout.seeded else None,
-        outputs=tuple(layout.output_names),
+        seed_name=SEED_NAME if first.seeded else None,
+        weight_decay_name=WD_NAME if any(lay.decayed for lay in layouts) else None,
+        outputs=tuple(first.output_names),
         dynamic_batch=True,
         opset=onnx_graph.opset_of(proto),
         ir_version=int(proto.ir_version),
@@ -108,7 +138,7 @@ def add_portable_step(
 
 def _check(
     model: nn.Module,
-    bundle_dir: Path,
+    step_path: Path,
     layout: StepLayout,
     initial: dict[str, np.ndarray],
     batches: list[tuple[tuple[torch.Tensor, ...], torch.Tensor]],
@@ -122,7 +152,7 @@ def _check(
     try:
         numbers = step_parity(
             model,
-            bundle_dir / STEP_FILE,
+            step_path,
             layout,
             initial,
             batches,
@@ -150,48 +180,152 @@ def _check(
     return numbers
 
 
-def _write_step(
+def _write_steps(
     model: nn.Module,
     bundle_dir: Path,
+    files: list[str],
     loss: str,
-    optimizer: OptimizerSpec,
+    optimizers: list[OptimizerSpec],
     trainable: list[str],
     input_specs: tuple[TensorSpec, ...],
     label_spec: TensorSpec,
     example: tuple[tuple[torch.Tensor, ...], torch.Tensor],
-) -> tuple[StepLayout, dict[str, np.ndarray]]:
+) -> list[tuple[StepLayout, dict[str, np.ndarray]]]:
+    """Write each optimizer's step file; return each one's layout and initial state.
+
+    Several optimizers: one trace and one ONNX export of the combined step (every update from
+    one forward and backward), each step cut out of it (``split.py``): the second optimizer
+    then costs a few graph nodes, not a second export. Should the cut fail, each optimizer is
+    traced on its own (the result is the same, only slower).
+    """
     if loss not in LOSS_FUNCTIONS:
         raise PortableUnsupported(f"loss {loss!r} has no portable implementation")
-    if optimizer.type not in ("sgd", "adamw"):
-        raise PortableUnsupported(f"optimizer {optimizer.type!r} has no portable implementation")
+    for optimizer in optimizers:
+        if optimizer.type not in ("sgd", "adamw"):
+            raise PortableUnsupported(
+                f"optimizer {optimizer.type!r} has no portable implementation"
+            )
     params = {n: p.detach().cpu().numpy().copy() for n, p in model.named_parameters()}
     buffers = {n: b.detach().cpu().numpy().copy() for n, b in model.named_buffers()}
-    layout = build_layout(
-        parameters={n: (tuple(a.shape), a.dtype.name) for n, a in params.items()},
-        trainable=trainable,
-        buffers={n: (tuple(a.shape), a.dtype.name) for n, a in buffers.items()},
-        optimizer=optimizer.type,
-        input_name=tuple(s.name for s in input_specs),
-        label_name=label_spec.name,
-        seeded=needs_seed(model),
-    )
-    initial: dict[str, np.ndarray] = {**params, **buffers}
+    layouts = [
+        build_layout(
+            parameters={n: (tuple(a.shape), a.dtype.name) for n, a in params.items()},
+            trainable=trainable,
+            buffers={n: (tuple(a.shape), a.dtype.name) for n, a in buffers.items()},
+            optimizer=optimizer.type,
+            input_name=tuple(s.name for s in input_specs),
+            label_name=label_spec.name,
+            seeded=needs_seed(model),
+        )
+        for optimizer in optimizers
+    ]
+    initials = [_initial(layout, {**params, **buffers}) for layout in layouts]
+    protos: list[Any] | None = None
+    if len(optimizers) > 1:
+        try:
+            protos = _combined(model, layouts, loss, optimizers, example)
+        except ValueError as exc:  # the cut, not the model: trace each optimizer instead
+            log.warning("cannot split the combined step (%s); tracing each optimizer", exc)
+    if protos is None:
+        protos = [
+            _export(make_step(model, layout, loss=loss, optimizer=optimizer), layout, example,
+                    layout.input_names, layout.output_names, initial, optimizer)
+            for layout, initial, optimizer in zip(layouts, initials, optimizers, strict=True)
+        ]  # fmt: skip
+    for proto, name in zip(protos, files, strict=True):
+        onnx_graph.save_model(proto, bundle_dir / name)
+        try:
+            check_loads(str(bundle_dir / name))
+        except Exception as exc:
+            raise PortableUnsupported(
+                describe("loading the portable step in ONNX Runtime", exc, None)
+            ) from exc
+    if buffers:
+        (bundle_dir / BUFFERS_FILE).write_bytes(encode_tensors(buffers))
+    return list(zip(layouts, initials, strict=True))
+
+
+def _initial(layout: StepLayout, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    initial = dict(values)
     for slot in layout.slots:
         if slot.kind == "optimizer":
             initial[slot.name] = np.zeros(slot.shape, dtype=slot.dtype)
+    return initial
+
+
+def _combined(
+    model: nn.Module,
+    layouts: list[StepLayout],
+    loss: str,
+    optimizers: list[OptimizerSpec],
+    example: tuple[tuple[torch.Tensor, ...], torch.Tensor],
+) -> list[Any]:
+    """Each optimizer's step, cut from one export of ``CombinedStep``."""
+    first = layouts[0]
+    combined = StepLayout(
+        union_slots(layouts),
+        first.model_inputs,
+        first.label_name,
+        first.seeded,
+        any(layout.decayed for layout in layouts),
+    )
+    shared = [LOSS_NAME] + [s.output for s in first.slots if s.kind == "buffer" and s.output]
+    cuts: list[dict[str, str]] = []
+    outputs = list(shared)
+    for i, (optimizer, layout) in enumerate(zip(optimizers, layouts, strict=True)):
+        # the default's outputs keep their names; the others' are prefixed until cut out
+        prefix = "" if i == 0 else f"{optimizer.type}/"
+        own = [s.output for s in layout.slots if s.kind in ("parameter", "optimizer") and s.output]
+        outputs += [prefix + name for name in own]
+        cuts.append(
+            {(name if name in shared else prefix + name): name for name in layout.output_names}
+        )
+    initial = _initial(combined, {})
+    step = CombinedStep(model, combined, loss=loss, optimizers=optimizers)
+    values = {**_model_values(model), **initial}
+    proto = _export(
+        step, combined, example, combined.input_names, outputs, values, optimizers[0],
+        weight_decay=next((o.weight_decay for o in optimizers if o.type == "adamw"), 0.0),
+    )  # fmt: skip
+    return [
+        extract_step(proto, layout.input_names, cut)
+        for layout, cut in zip(layouts, cuts, strict=True)
+    ]
+
+
+def _model_values(model: nn.Module) -> dict[str, np.ndarray]:
+    values = {n: p.detach().cpu().numpy().copy() for n, p in model.named_parameters()}
+    values.update({n: b.detach().cpu().numpy().copy() for n, b in model.named_buffers()})
+    return values
+
+
+def _export(
+    step: TrainingStep,
+    layout: StepLayout,
+    example: tuple[tuple[torch.Tensor, ...], torch.Tensor],
+    input_names: list[str],
+    output_names: list[str],
+    initial: dict[str, np.ndarray],
+    optimizer: OptimizerSpec,
+    *,
+    weight_decay: float | None = None,
+) -> Any:
+    """Trace and export ``step`` (PortableUnsupported naming the stage and module if not)."""
     xs, y = example
     # Every slot gets its own tensor: aliased example tensors would become one graph input.
     args = [torch.from_numpy(initial[s.name].copy()) for s in layout.slots]
     args += [*xs, y, torch.tensor(optimizer.lr, dtype=torch.float32)]
+    if layout.decayed:
+        decay = optimizer.weight_decay if weight_decay is None else weight_decay
+        args.append(torch.tensor(decay, dtype=torch.float32))
     if layout.seeded:
         args.append(torch.tensor(SEED, dtype=torch.int64))
-    step = make_step(model, layout, loss=loss, optimizer=optimizer)
     try:
         proto = export_step(
             step,
             args,
-            input_names=layout.input_names,
-            output_names=layout.output_names,
+            input_names=input_names,
+            output_names=output_names,
             batch_inputs=(*layout.model_inputs, layout.label_name),
         )
     except StepLoweringError as exc:
@@ -210,16 +344,7 @@ def _write_step(
             f"({', '.join(random_ops)}): a portable step must be reproducible from the round's "
             "seed; use nn.Dropout / F.dropout for dropout, or train with backend ort-training"
         )
-    onnx_graph.save_model(proto, bundle_dir / STEP_FILE)
-    try:
-        check_loads(str(bundle_dir / STEP_FILE))
-    except Exception as exc:
-        raise PortableUnsupported(
-            describe("loading the portable step in ONNX Runtime", exc, None)
-        ) from exc
-    if buffers:
-        (bundle_dir / BUFFERS_FILE).write_bytes(encode_tensors(buffers))
-    return layout, initial
+    return proto
 
 
 def _batches(

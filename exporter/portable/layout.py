@@ -2,12 +2,16 @@
 
 Graph inputs, in order: every state slot (trainable parameters, frozen parameters, buffers such
 as BatchNorm running statistics, optimizer state), then the batch input, the labels and the
-learning rate, and ``dropout_seed`` (int64 scalar) when the model trains with dropout
+learning rate, ``weight_decay`` (float32 scalar, AdamW steps only), and ``dropout_seed`` (int64 scalar) when the model trains with dropout
 (``seeded_dropout.py``). Graph outputs: ``loss``, then the new value of every slot that changes, named
 ``new/<slot>``. Parameter and buffer slots carry their PyTorch names (the same as in the
 manifest and on the wire); optimizer slots are ``adamw/exp_avg/<param>``,
 ``adamw/exp_avg_sq/<param>`` and ``adamw/step``. The manifest's ``portable`` section records
 this layout, so the agent's backend needs nothing but the manifest and plain onnxruntime.
+
+A bundle carrying several optimizers has one step graph per optimizer (``step_file``); the
+manifest's ``state`` is the union of their slots, and each graph reads the slots that are not
+optimizer state plus its own (named ``<optimizer>/...``): ``slots_for``.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 STEP_FILE = "portable_step.onnx"
 BUFFERS_FILE = "portable_buffers.safetensors"
 LR_NAME = "lr"
+WD_NAME = "weight_decay"
 SEED_NAME = "dropout_seed"  # = fedge.protocol.portable_seed.SEED_NAME
 LOSS_NAME = "loss"
 NEW_PREFIX = "new/"
@@ -55,6 +60,7 @@ class StepLayout:
     model_inputs: tuple[str, ...]  # the model's inputs, in forward() order (a str: one)
     label_name: str
     seeded: bool = False  # a dropout_seed input after lr
+    decayed: bool = False  # a weight_decay input after lr (AdamW)
 
     def __post_init__(self) -> None:
         if isinstance(self.model_inputs, str):
@@ -68,6 +74,7 @@ class StepLayout:
     @property
     def input_names(self) -> list[str]:
         names = [s.name for s in self.slots] + [*self.model_inputs, self.label_name, LR_NAME]
+        names += [WD_NAME] if self.decayed else []
         return names + [SEED_NAME] if self.seeded else names
 
     @property
@@ -97,4 +104,23 @@ def build_layout(
             slots += [Slot(f"adamw/{moment}/{n}", "optimizer", *parameters[n]) for n in trainable]
         slots.append(Slot("adamw/step", "optimizer", (), "float32"))
     names = (input_name,) if isinstance(input_name, str) else tuple(input_name)
-    return StepLayout(tuple(slots), names, label_name, seeded)
+    return StepLayout(tuple(slots), names, label_name, seeded, optimizer == "adamw")
+
+
+def step_file(optimizer: str, index: int) -> str:
+    """The step graph of a bundle's ``index``-th optimizer (the default keeps the old name)."""
+    return STEP_FILE if index == 0 else f"portable_step_{optimizer}.onnx"
+
+
+def union_slots(layouts: list[StepLayout]) -> tuple[Slot, ...]:
+    """Every slot of every layout once, in first-seen order (the manifest's ``state``)."""
+    seen: dict[str, Slot] = {}
+    for layout in layouts:
+        for slot in layout.slots:
+            seen.setdefault(slot.name, slot)
+    return tuple(seen.values())
+
+
+def slots_for(names_kinds: list[tuple[str, str]], optimizer: str) -> list[str]:
+    """Of (name, kind) pairs, the names the step of ``optimizer`` reads."""
+    return [n for n, k in names_kinds if k != "optimizer" or n.startswith(f"{optimizer}/")]

@@ -18,7 +18,7 @@ from torch.func import functional_call
 
 from ..artifacts import OptimizerSpec
 from .failure import Location, ModuleTracker
-from .layout import SEED_NAME, StepLayout
+from .layout import SEED_NAME, WD_NAME, StepLayout
 from .seeded_dropout import seeded_dropout
 
 LOSS_FUNCTIONS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
@@ -72,10 +72,20 @@ class TrainingStep:
         return self._tracker.caller_of(operator)
 
     def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        layout, optimizer = self._layout, self._optimizer
+        layout = self._layout
+        values = dict(zip(layout.input_names, inputs, strict=True))
+        value, grads, new_buffers, plain = self._gradients(values)
+        updated, extra = _update(self._optimizer, plain, grads, values, layout)
+        buffers = [new_buffers[n] for n in layout.names("buffer")]
+        return (value.detach(), *updated, *buffers, *extra)
+
+    def _gradients(
+        self, values: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], dict[str, torch.Tensor], list[torch.Tensor]]:
+        """Loss, gradients of the trainable parameters, updated buffers, detached parameters."""
+        layout = self._layout
         trainable = layout.names("parameter")
         buffers = layout.names("buffer")
-        values = dict(zip(layout.input_names, inputs, strict=True))
         params = [values[n].detach().requires_grad_(True) for n in trainable]
         state = dict(zip(trainable, params, strict=True))
         state.update({n: values[n] for n in layout.names("frozen")})
@@ -92,15 +102,47 @@ class TrainingStep:
                 )
             value = self._loss_fn(out, values[layout.label_name])
             grads = torch.autograd.grad(value, params)
-        lr = values["lr"]
-        with torch.no_grad():
-            plain = [p.detach() for p in params]
-            if optimizer.type == "sgd":
-                updated = [p - lr * g for p, g in zip(plain, grads, strict=True)]
-                extra: list[torch.Tensor] = []
-            else:
-                updated, extra = _adamw(plain, list(grads), values, trainable, lr, optimizer)
-        return (value.detach(), *updated, *[new_buffers[n] for n in buffers], *extra)
+        return value, grads, new_buffers, [p.detach() for p in params]
+
+
+class CombinedStep(TrainingStep):
+    """Every optimizer's update from one forward and backward: ``step(*inputs) -> (loss,
+    *new buffers, then per optimizer its new parameters and optimizer state)``.
+
+    ``layout`` is the union of the optimizers' layouts (``combined_layout``); the exporter
+    traces and exports this once and cuts each optimizer's step out of it (``split.py``).
+    """
+
+    def __init__(
+        self, model: nn.Module, layout: StepLayout, *, loss: str, optimizers: list[OptimizerSpec]
+    ) -> None:
+        super().__init__(model, layout, loss=loss, optimizer=optimizers[0])
+        self._optimizers = optimizers
+
+    def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        layout = self._layout
+        values = dict(zip(layout.input_names, inputs, strict=True))
+        value, grads, new_buffers, plain = self._gradients(values)
+        out = [value.detach(), *[new_buffers[n] for n in layout.names("buffer")]]
+        for optimizer in self._optimizers:
+            updated, extra = _update(optimizer, plain, grads, values, layout)
+            out += [*updated, *extra]
+        return tuple(out)
+
+
+def _update(
+    optimizer: OptimizerSpec,
+    plain: list[torch.Tensor],
+    grads: tuple[torch.Tensor, ...],
+    values: dict[str, torch.Tensor],
+    layout: StepLayout,
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """One optimizer's new parameters and new optimizer state (in the layout's slot order)."""
+    lr = values["lr"]
+    with torch.no_grad():
+        if optimizer.type == "sgd":
+            return [p - lr * g for p, g in zip(plain, grads, strict=True)], []
+        return _adamw(plain, list(grads), values, layout.names("parameter"), lr, optimizer)
 
 
 def make_step(
@@ -127,7 +169,7 @@ def _adamw(
     new_params, avgs, avg_sqs = [], [], []
     for name, p, g in zip(names, params, grads, strict=True):
         m, v = values[f"adamw/exp_avg/{name}"], values[f"adamw/exp_avg_sq/{name}"]
-        p = p * (1.0 - lr * opt.weight_decay)
+        p = p * (1.0 - lr * values[WD_NAME])  # a graph input: the round may choose it
         m = m + (1.0 - beta1) * (g - m)  # torch's lerp for weights < 0.5
         v = v * beta2 + (1.0 - beta2) * g * g
         denom = torch.sqrt(v) / bias2_sqrt + opt.eps

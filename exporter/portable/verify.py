@@ -19,7 +19,7 @@ from fedge.protocol.portable_seed import step_seed
 
 from ..artifacts import OptimizerSpec
 from ..verify import ZERO_GRADIENT, torch_optimizer
-from .layout import LOSS_NAME, LR_NAME, SEED_NAME, StepLayout
+from .layout import LOSS_NAME, LR_NAME, SEED_NAME, WD_NAME, StepLayout
 from .seeded_dropout import seeded_dropout
 from .step import LOSS_FUNCTIONS
 
@@ -51,7 +51,7 @@ def step_parity(
     A model with dropout gets the same ``dropout_seed`` on both sides at every step: the
     masks are then equal and the comparison is as strict as without dropout.
     """
-    onnx_step = _OnnxStep(step_path, layout, initial, optimizer.lr)
+    onnx_step = _OnnxStep(step_path, layout, initial, optimizer.lr, optimizer.weight_decay)
     torch_step = _TorchStep(model, layout, loss, optimizer)
     compared = layout.names("parameter") + layout.names("frozen") + layout.names("buffer")
     noise: dict[str, np.ndarray] = {}
@@ -95,7 +95,12 @@ class _OnnxStep:
     """The exported step in a plain InferenceSession, carrying its state between calls."""
 
     def __init__(
-        self, path: Path, layout: StepLayout, initial: dict[str, np.ndarray], lr: float
+        self,
+        path: Path,
+        layout: StepLayout,
+        initial: dict[str, np.ndarray],
+        lr: float,
+        weight_decay: float = 0.0,
     ) -> None:
         ort = import_onnxruntime(block_torch=False)
         self._session = ort.InferenceSession(
@@ -103,6 +108,7 @@ class _OnnxStep:
         )
         self._layout = layout
         self._lr = np.array(lr, dtype=np.float32)
+        self._wd = np.array(weight_decay, dtype=np.float32)
         self.state = {s.name: initial[s.name] for s in layout.slots}
 
     def __call__(self, x: Inputs, y: torch.Tensor, seed: int | None = None) -> float:
@@ -110,6 +116,8 @@ class _OnnxStep:
         feeds = dict(self.state)
         feeds.update({n: t.numpy() for n, t in zip(layout.model_inputs, _tuple(x), strict=True)})
         feeds.update({layout.label_name: y.numpy(), LR_NAME: self._lr})
+        if layout.decayed:
+            feeds[WD_NAME] = self._wd
         if seed is not None:
             feeds[SEED_NAME] = np.array(seed, dtype=np.int64)
         outputs = layout.output_names

@@ -63,7 +63,15 @@ class FakeBackend(TrainingBackend):
         self.loads = 0
         self.on_step = on_step
 
-    def load(self, bundle, *, learning_rate: float | None = None) -> None:
+    def load(
+        self, bundle, *, learning_rate: float | None = None, optimizer: str = "", weight_decay=None
+    ) -> None:
+        from fedge.agent.backends.optimizer_choice import choose_optimizer
+
+        # the real backends' choice: an optimizer the bundle lacks raises, as on a device
+        choose_optimizer(
+            bundle, optimizer=optimizer, learning_rate=learning_rate, weight_decay=weight_decay
+        )
         self.loads += 1
         self.trainable = bundle.trainable_names
 

@@ -485,3 +485,18 @@ def test_a_restarted_agent_learns_its_invitation_again_from_the_retained_message
     again = make_agent()
     pump(again, orch)
     assert [o.agent for o in orch.offers] == ["dev-0"]
+
+
+def test_a_task_naming_an_optimizer_the_bundle_lacks_aborts_with_what_it_carries(world):
+    _, _, orch, make_agent, _ = world
+    backend = FakeBackend()
+    agent = make_agent(backend)
+    orch.publish_task(orch.task(config=TrainConfig(optimizer="adamw")))  # the toy carries sgd
+    pump(agent, orch)
+    (abort,) = orch.aborts
+    assert abort.reason == (
+        "the round asks for optimizer 'adamw': bundle 'toy' carries sgd; got 'adamw' (choose "
+        "one it carries, or re-export it with --optimizers sgd,adamw)"
+    )
+    assert backend.steps == 0 and orch.offers == []
+    assert agent.state.journal_status("run-1", 1) == "aborted"

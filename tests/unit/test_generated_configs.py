@@ -37,6 +37,8 @@ ROUND_KEYS = [
     "local_epochs",
     "batch_size",
     "learning_rate",
+    "optimizer",
+    "weight_decay",
 ]
 
 

@@ -68,7 +68,23 @@ def _broken(edit: Any) -> dict[str, Any]:
         (lambda m: m["loss"].update(type="hinge"), "'loss.type'"),
         (lambda m: m["optimizers"][0].update(lr=-1), "'optimizers[0].lr'"),
         (lambda m: m["optimizers"][0]["hyperparameters"].update(eps="x"), "hyperparameters.eps"),
-        (lambda m: m["optimizers"].append(m["optimizers"][0]), "exactly one"),
+        (lambda m: m["optimizers"].append(m["optimizers"][0]), "lists 'sgd' twice"),
+        (
+            lambda m: m["optimizers"].append({"type": "adamw", "lr": 0.1, "hyperparameters": {}}),
+            "each needs its 'files'",
+        ),
+        (
+            lambda m: m["optimizers"][0].update(files={"tflite": "x.onnx"}),
+            "'optimizers[0].files.tflite' names backend 'tflite'",
+        ),
+        (
+            lambda m: m["optimizers"][0].update(files={"ort-training": "../x"}),
+            "must be a bundle file name",
+        ),
+        (
+            lambda m: m["optimizers"][0].update(files={"ort-training": "missing.onnx"}),
+            "names 'missing.onnx', which 'files' does not list",
+        ),
         (lambda m: m["parameters"][0].update(trainable="yes"), "'parameters[0].trainable'"),
         (lambda m: m["parameters"][1].update(name="fc.weight"), "twice"),
         (lambda m: m.update(backends=["ort-gpu"]), "'backends'"),
@@ -290,3 +306,38 @@ def test_inspect_summarizes_a_format1_bundle(tmp_path: Path, capsys: pytest.Capt
     )
     assert "format:        2, read from format 1 (opset 17, IR 8" in out
     assert "no (BatchNorm running stat)" not in out and "fc.bias" in out
+
+
+def _two_optimizers() -> Manifest:
+    body = toy_manifest()
+    body["optimizers"] = [
+        {"type": "adamw", "lr": 0.01, "hyperparameters": {"weight_decay": 0.01},
+         "files": {"ort-training": "optimizer_model.onnx"}},
+        {"type": "sgd", "lr": 0.01, "hyperparameters": {"weight_decay": 0.0},
+         "files": {"ort-training": "optimizer_model_sgd.onnx"}},
+    ]  # fmt: skip
+    out = _complete(body)
+    out["files"]["optimizer_model_sgd.onnx"] = {"sha256": "0" * 64, "size": 1}
+    out["content_hash"] = compute_content_hash(out)
+    return Manifest.from_dict(out)
+
+
+def test_a_bundle_carries_several_optimizers_each_with_its_files() -> None:
+    m = _two_optimizers()
+    assert m.optimizer_types == ("adamw", "sgd") and m.optimizer.type == "adamw"
+    assert m.optimizer_named("").type == "adamw"  # "" = the default, the first
+    sgd = m.optimizer_named("sgd")
+    assert m.optimizer_file(sgd, "ort-training") == "optimizer_model_sgd.onnx"
+    assert Manifest.from_dict(m.to_dict()) == m
+    with pytest.raises(BundleError, match="bundle 'toy' carries adamw, sgd; got 'adam'"):
+        m.optimizer_named("adam")
+    with pytest.raises(BundleError, match="no ort-portable file for optimizer 'sgd'"):
+        m.optimizer_file(sgd, "ort-portable")
+
+
+def test_a_single_optimizer_bundle_keeps_the_old_file_names() -> None:
+    m = Manifest.from_dict(_complete(toy_manifest()))
+    assert "files" not in m.to_dict()["optimizers"][0]  # its content hash is unchanged
+    assert m.optimizer_file(m.optimizer, "ort-training") == "optimizer_model.onnx"
+    with pytest.raises(BundleError, match="carries sgd; got 'adamw'"):
+        m.optimizer_named("adamw")

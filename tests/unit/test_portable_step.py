@@ -122,7 +122,7 @@ def test_layout_orders_slots_and_names_outputs():
     assert layout.input_names == [
         "w", "b", "f", "bn.running_mean",
         "adamw/exp_avg/w", "adamw/exp_avg/b", "adamw/exp_avg_sq/w", "adamw/exp_avg_sq/b",
-        "adamw/step", "input", "labels", "lr",
+        "adamw/step", "input", "labels", "lr", "weight_decay",
     ]  # fmt: skip
     assert "new/f" not in layout.output_names  # frozen parameters are not outputs
     assert layout.output_names[:3] == ["loss", "new/w", "new/b"]
