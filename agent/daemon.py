@@ -526,6 +526,7 @@ class Agent:
         )
         self._work_outbox()  # the offer first: the round waits for it, not for the status
         self._publish_status("idle")
+        self.runner.prepare_next(bundle)  # next round's sessions, while this one is collected
 
     # ---- outgoing ----
     def _abort(self, task: RoundTask, reason: str) -> None:

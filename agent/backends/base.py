@@ -48,6 +48,11 @@ class TrainingBackend(ABC):
     def load(self, bundle: Bundle, *, learning_rate: float | None = None) -> None:
         """Prepare sessions for ``bundle`` with fresh optimizer state."""
 
+    def prepare(self, bundle: Bundle) -> None:
+        """Optional: do now, between rounds, what the next ``load(bundle)`` would do (build
+        sessions), so that load is quick. The results of that load must not change."""
+        return None  # a backend without that work to move: nothing to do
+
     @abstractmethod
     def set_parameters(self, params: Params) -> None:
         """Overwrite every named parameter (trainable and frozen)."""

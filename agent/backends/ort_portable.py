@@ -50,6 +50,8 @@ class OrtPortableBackend(TrainingBackend):
         self._infer: Any = None
         self._round_seed = 0
         self._steps = 0  # optimizer steps since training began: the dropout seed's counter
+        self._key: tuple[str, str] | None = None  # the bundle the session was opened for
+        self._fresh_values: dict[str, np.ndarray] = {}  # its starting state (BoundState copies)
 
     def load(self, bundle: Bundle, *, learning_rate: float | None = None) -> None:
         section = bundle.manifest.portable
@@ -60,25 +62,37 @@ class OrtPortableBackend(TrainingBackend):
                 f"({reason or 'it was exported before the portable step existed'}); "
                 "use backend = 'ort-training' on a device with onnxruntime-training-cpu"
             )
+        lr = learning_rate if learning_rate is not None else bundle.manifest.optimizer.lr
+        self._lr = np.array(lr, dtype=np.float32)
+        key = (str(bundle.root), bundle.content_hash)
+        if self._state is not None and self._key == key:
+            # Same bundle as last round: keep the session and its bindings, start the state
+            # again from the bundle's values with zeroed optimizer slots (what a new load does).
+            self._state.reset(self._fresh_values, self._lr)
+        else:
+            self._open(bundle, section)
+            self._key = key
+        self._bundle = bundle
+        self._infer = None
+
+    def _open(self, bundle: Bundle, section: PortableStep) -> None:
         so = single_thread_session_options(self._ort, self._threads)
+        self._state = None  # one session at a time
         self._session = self._ort.InferenceSession(
             str(bundle.file(section.file)), sess_options=so, providers=["CPUExecutionProvider"]
         )
         self._section = section
-        self._bundle = bundle
         self._param_names = [p.name for p in bundle.parameter_specs]
-        lr = learning_rate if learning_rate is not None else bundle.manifest.optimizer.lr
-        self._lr = np.array(lr, dtype=np.float32)
+        self._fresh_values = self._initial_state(bundle, section)
         self._state = BoundState(
             self._ort,
             self._session,
-            self._initial_state(bundle, section),
+            self._fresh_values,
             # (state slot, graph output with its new value) for every slot a step changes
             updates=[(s.name, s.output) for s in section.state if s.output],
             lr=self._lr,
             lr_input=section.lr_name,
         )
-        self._infer = None
 
     def _initial_state(self, bundle: Bundle, section: PortableStep) -> dict[str, np.ndarray]:
         """Fresh state: bundle parameters, exported buffers, zeroed optimizer slots."""

@@ -40,25 +40,44 @@ class OrtTrainingBackend(TrainingBackend):
         self._module: Any = None
         self._optimizer: Any = None
         self._infer: Any = None
+        # a fresh (bundle identity, state, module, optimizer) built ahead by prepare()
+        self._spare: tuple[Any, ...] | None = None
 
     def load(self, bundle: Bundle, *, learning_rate: float | None = None) -> None:
-        api = self._api
-        so = single_thread_session_options(self._ort, self._threads)
         # A fresh checkpoint state each round: optimizer moments must not leak across rounds.
-        self._state = api.CheckpointState.load_checkpoint(str(bundle.file("checkpoint")))
-        self._module = api.Module(
-            str(bundle.file("training_model.onnx")),
-            self._state,
-            str(bundle.file("eval_model.onnx")),
-            device="cpu",
-            session_options=so,
-        )
-        self._optimizer = api.Optimizer(str(bundle.file("optimizer_model.onnx")), self._module)
+        # ORT training offers no way to zero them on a kept state (an Optimizer built on a used
+        # state loads its moments back), so the fresh set is built ahead, by prepare(), in the
+        # agent's idle time after an offer; only a load without one builds it here.
+        spare, self._spare = self._spare, None
+        if spare is None or spare[0] != _identity(bundle):
+            spare = (_identity(bundle), *self._fresh(bundle))
+        _key, self._state, self._module, self._optimizer = spare
         lr = learning_rate if learning_rate is not None else bundle.manifest.optimizer.lr
         self._optimizer.set_learning_rate(float(lr))
         self._lr = float(self._optimizer.get_learning_rate())
         self._bundle = bundle
         self._infer = None
+
+    def prepare(self, bundle: Bundle) -> None:
+        """Build the next round's fresh state, module and optimizer now (off the round's
+        critical path); the next ``load`` of this bundle takes them instead of building."""
+        self._module = self._optimizer = self._infer = None  # one set of sessions at a time
+        self._state, self._bundle = None, None
+        self._spare = (_identity(bundle), *self._fresh(bundle))
+
+    def _fresh(self, bundle: Bundle) -> tuple[Any, Any, Any]:
+        api = self._api
+        so = single_thread_session_options(self._ort, self._threads)
+        state = api.CheckpointState.load_checkpoint(str(bundle.file("checkpoint")))
+        module = api.Module(
+            str(bundle.file("training_model.onnx")),
+            state,
+            str(bundle.file("eval_model.onnx")),
+            device="cpu",
+            session_options=so,
+        )
+        optimizer = api.Optimizer(str(bundle.file("optimizer_model.onnx")), module)
+        return state, module, optimizer
 
     def _loaded(self) -> Bundle:
         if self._bundle is None:
@@ -137,3 +156,8 @@ class OrtTrainingBackend(TrainingBackend):
                 self._loaded(), self.get_parameters(), threads=self._threads
             )
         return self._infer.run(xb)
+
+
+def _identity(bundle: Bundle) -> tuple[str, str]:
+    """Which bundle a prepared set was built from: its files' place and its content."""
+    return (str(bundle.root), bundle.content_hash)
