@@ -49,6 +49,7 @@ class EpollDevice:
         self.id = agent_id
         self.inline = base64.b64encode(blob).decode() if inline else ""
         self.topics = Topics("demo")
+        self.down = self.topics.agent_down(agent_id)
         self.blob = blob
         self.ref = blob_ref(blob)
         self.task: RoundTask | None = None
@@ -72,9 +73,11 @@ class EpollDevice:
     def _on_connect(self, client: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         if reason.is_failure:
             return
-        for t in (
+        for t in (  # what the agent subscribes to: the broker delivers the pushed parameters
             self.topics.round_current,
+            self.topics.round_params,
             self.topics.agent_cmd(self.id),
+            self.topics.agent_down(self.id),
             self.topics.agent_invite(self.id),
         ):
             client.subscribe(t, qos=1)
@@ -83,8 +86,8 @@ class EpollDevice:
         self.connected = True
 
     def _on_message(self, client: Any, _u: Any, msg: Any) -> None:
-        if not msg.payload:
-            return
+        if not msg.payload or msg.topic in (self.down, self.topics.round_params):
+            return  # pushed parameters: received (the broker's cost), not needed (a fixed delta)
         parsed = parse_message(msg.payload)
         if isinstance(parsed, RoundTask) and msg.topic == self.topics.round_current:
             self.task = parsed
