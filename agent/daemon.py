@@ -107,6 +107,7 @@ class Agent:
         self.task: RoundTask | None = None
         self.decision = Decision(True)
         self.rounds_done = 0
+        self._prepare_after_ack: Bundle | None = None  # see _train
         self._last_offer: dict[str, float] = {}  # outbox sha256 -> last send (monotonic)
         self._last_report: dict[tuple[str, int], float] = {}  # evaluation report -> last send
         self._eval_acked: set[tuple[str, int]] = set()
@@ -143,6 +144,7 @@ class Agent:
         me = self.cfg.id
         for topic in (
             self.topics.round_current,
+            self.topics.round_params,  # pushed parameters shared by a large round's devices
             self.topics.round_async,
             self.topics.agent_cmd(me),
             self.topics.agent_down(me),
@@ -214,6 +216,9 @@ class Agent:
         try:
             if topic == self.topics.agent_down(me):
                 self.fetches.on_chunk(decode_frame(payload))
+            elif topic == self.topics.round_params:
+                if payload:  # empty: the retained frame was cleared
+                    self.fetches.on_chunk(decode_frame(payload))
             elif topic == self.topics.round_current:
                 self._on_task(payload)
             elif topic == self.topics.round_async:
@@ -314,6 +319,9 @@ class Agent:
             self.state.remove_outbox(ack.sha256, "rejected", ack.reason)
         self.server.withdraw(ack.sha256)
         self._last_offer.pop(ack.sha256, None)
+        bundle, self._prepare_after_ack = self._prepare_after_ack, None
+        if bundle is not None:  # our part of the round is done: sessions for the next one
+            self.runner.prepare_next(bundle)
 
     # ---- periodic work ----
     def tick(self) -> None:
@@ -526,6 +534,9 @@ class Agent:
         )
         self._work_outbox()  # the offer first: the round waits for it, not for the status
         self._publish_status("idle")
+        # the next round's sessions: built once the orchestrator acks (the offer is out then;
+        # built right here, they held the GIL while paho's thread should send the offer)
+        self._prepare_after_ack = bundle
 
     # ---- outgoing ----
     def _abort(self, task: RoundTask, reason: str) -> None:

@@ -99,6 +99,15 @@ class RoundRunner:
         update.delta = travelling_delta(bundle.manifest, update.delta)
         return update
 
+    def prepare_next(self, bundle) -> None:
+        """After a round's offer is out: build the next round's sessions while the device
+        waits (``TrainingBackend.prepare``). A failure here only loses the head start: the
+        next load builds them again and reports what is wrong."""
+        try:
+            self.backend.prepare(bundle)
+        except Exception as exc:  # noqa: BLE001 - the next load raises it with the round's handling
+            log.warning("could not prepare the next round's sessions: %s", exc)
+
     def _count_seconds(self, seconds: float) -> None:
         day = time.strftime("%Y-%m-%d", time.localtime(self.clock.time()))
         self.state.add_training_seconds(day, seconds)

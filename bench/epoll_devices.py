@@ -9,12 +9,15 @@ thousands of real MQTT 5 connections with their own credentials, Last Will and A
 
 Each device speaks the real protocol like FakeAgent: a retained idle status, the retained round
 task and its own retained invitation; when both name the open round it offers a precomputed
-delta (UpdateOffer) and serves its chunks when the orchestrator asks (FetchRequest).
+delta (UpdateOffer) and serves its chunks when the orchestrator asks (FetchRequest). Like the
+agent (agent/round_runner.py), a delta no larger than the task's ``inline_max_bytes`` rides in
+the offer (base64: no fetch round trip); ``inline=False`` always makes the orchestrator pull.
 Used by bench/round_overhead_bench.py ``--epoll``.
 """
 
 from __future__ import annotations
 
+import base64
 import multiprocessing as mp
 import resource
 import selectors
@@ -40,9 +43,13 @@ from fedge.protocol.topics import Topics
 class EpollDevice:
     """One device: a paho client without a thread of its own."""
 
-    def __init__(self, host: str, port: int, agent_id: str, password: str, blob: bytes) -> None:
+    def __init__(
+        self, host: str, port: int, agent_id: str, password: str, blob: bytes, inline: bool
+    ) -> None:
         self.id = agent_id
+        self.inline = base64.b64encode(blob).decode() if inline else ""
         self.topics = Topics("demo")
+        self.down = self.topics.agent_down(agent_id)
         self.blob = blob
         self.ref = blob_ref(blob)
         self.task: RoundTask | None = None
@@ -66,9 +73,11 @@ class EpollDevice:
     def _on_connect(self, client: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         if reason.is_failure:
             return
-        for t in (
+        for t in (  # what the agent subscribes to: the broker delivers the pushed parameters
             self.topics.round_current,
+            self.topics.round_params,
             self.topics.agent_cmd(self.id),
+            self.topics.agent_down(self.id),
             self.topics.agent_invite(self.id),
         ):
             client.subscribe(t, qos=1)
@@ -77,8 +86,8 @@ class EpollDevice:
         self.connected = True
 
     def _on_message(self, client: Any, _u: Any, msg: Any) -> None:
-        if not msg.payload:
-            return
+        if not msg.payload or msg.topic in (self.down, self.topics.round_params):
+            return  # pushed parameters: received (the broker's cost), not needed (a fixed delta)
         parsed = parse_message(msg.payload)
         if isinstance(parsed, RoundTask) and msg.topic == self.topics.round_current:
             self.task = parsed
@@ -109,6 +118,7 @@ class EpollDevice:
             blob=self.ref,
             num_samples=100,
             metrics={"train_loss": 1.0},
+            inline=self.inline if 0 < self.ref.size <= t.inline_max_bytes else "",
         )
         client.publish(self.topics.agent_up_msg(self.id), offer.encode(), qos=1)
 
@@ -122,13 +132,15 @@ def epoll_worker(
     ready: mp.Queue,
     stop: Any,
     results: mp.Queue,
+    inline: bool = True,
 ) -> None:
     """Run ``creds`` devices on one epoll loop until ``stop``; report when each saw its rounds."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # one descriptor per device
     parsed = urlparse(url)
     devices = [
-        EpollDevice(parsed.hostname or "", parsed.port or 1883, a, p, blob) for a, p in creds
+        EpollDevice(parsed.hostname or "", parsed.port or 1883, a, p, blob, inline)
+        for a, p in creds
     ]
     sel = selectors.DefaultSelector()
     by_fd: dict[int, EpollDevice] = {}

@@ -170,6 +170,11 @@ def main() -> int:
         action="store_true",
         help="devices on one epoll loop per worker (bench/epoll_devices.py): thousands a process",
     )
+    ap.add_argument(
+        "--pull",
+        action="store_true",
+        help="--epoll devices never send their delta inline: the orchestrator fetches every one",
+    )
     args = ap.parse_args()
     nofile = raise_open_files()
     import paho.mqtt
@@ -242,7 +247,7 @@ def main() -> int:
                 if args.epoll:
                     p = ctx.Process(
                         target=epoll_worker,
-                        args=(broker.url, creds, encode_tensors(delta), *common),
+                        args=(broker.url, creds, encode_tensors(delta), *common, not args.pull),
                         daemon=True,
                     )
                 else:

@@ -91,6 +91,9 @@ class RoundSettings:
     # objects up to this size skip the pull round trip: the global parameters are pushed to
     # each participant with the task, a delta may come inline in its offer (0 = always pull)
     inline_max_bytes: InlineSize = MAX_INLINE_BYTES
+    # with at least this many participants, those pushed parameters go out once, retained on
+    # round/params (every device may read round/#), not once per participant (0 = never)
+    shared_params_from: Annotated[int, Range(0, 10**6)] = 100
 
     def validate(self) -> None:
         """Combinations that would stall a run or mislead (each key alone is in range)."""

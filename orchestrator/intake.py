@@ -27,7 +27,6 @@ robust weighting, so the round close reads every delta once, not twice.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 import logging
@@ -42,6 +41,7 @@ import numpy as np
 from fedge.protocol import timeline
 from fedge.protocol.chunks import Chunk
 from fedge.protocol.errors import TransferError
+from fedge.protocol.fields import is_base64_text
 from fedge.protocol.messages import (
     Ack,
     EvalReport,
@@ -458,7 +458,11 @@ class UpdateIntake:
         """A small delta carried in the offer: the same size and sha256 checks a fetched one
         passes, then the same validation."""
         try:
-            blob = base64.b64decode(offer.inline, validate=True)
+            # what base64.b64decode(validate=True) does, with the alphabet check that parsing
+            # the offer used (a regex over ~26,000 characters cost ~0.2 ms an offer)
+            if not is_base64_text(offer.inline):
+                raise binascii.Error("Non-base64 digit found")
+            blob = binascii.a2b_base64(offer.inline)
         except (binascii.Error, ValueError) as exc:
             self.reject(offer, f"inline delta is not valid base64: {exc}")
             return

@@ -22,7 +22,7 @@ from dataclasses import asdict, replace
 from fedge.protocol import timeline
 from fedge.protocol.blob_server import BlobServer
 from fedge.protocol.bundle import Bundle, load_bundle, pack_bundle
-from fedge.protocol.chunks import Chunk, blob_ref, decode_frame
+from fedge.protocol.chunks import Chunk, blob_ref, decode_frame, encode_frame
 from fedge.protocol.compression import decode_delta
 from fedge.protocol.errors import CodecError, ConfigError, FedgeError, MessageError, TransferError
 from fedge.protocol.messages import (
@@ -133,6 +133,8 @@ class Orchestrator:
         self._last_tick = float("-inf")
         self._queue_drops = 0
         self._closed_unannounced = False  # a round committed and no next one opened yet
+        # a retained round/params frame may be out (from before a restart): cleared when unused
+        self._params_shared = True
 
     @property
     def run_id(self) -> str:
@@ -403,9 +405,21 @@ class Orchestrator:
             return
         indices = list(range(task.params.chunks))
         sent_before = self.blobs.bytes_sent
-        for agent_id in live.participants:  # the task names no one (invitations)
-            push = FetchRequest(new_msg_id(), agent_id, task.params.sha256, indices)
-            self.blobs.serve(push, self.topics.agent_down(agent_id))
+        shared = self.cfg.rounds.shared_params_from
+        if shared and len(live.participants) >= shared:
+            # one retained frame for the whole fleet: the broker fans it out (1,000 devices:
+            # one publish of the orchestrator's instead of 1,000 copies of the parameters)
+            frame = encode_frame(task.params, 0, self.global_bytes)
+            self.transport.publish(self.topics.round_params, frame, retain=True)
+            self.blobs.bytes_sent += len(frame)
+            self._params_shared = True
+        else:
+            if self._params_shared:  # an older version's shared frame: devices need not get it
+                self.transport.publish(self.topics.round_params, b"", retain=True)
+                self._params_shared = False
+            for agent_id in live.participants:  # the task names no one (invitations)
+                push = FetchRequest(new_msg_id(), agent_id, task.params.sha256, indices)
+                self.blobs.serve(push, self.topics.agent_down(agent_id))
         self.metrics.count_bytes("down", self.blobs.bytes_sent - sent_before)
         timeline.mark("params_pushed", round=task.round)
 

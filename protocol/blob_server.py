@@ -24,6 +24,9 @@ class BlobServer:
         self._publish = publish
         self._lookup = lookup
         self._blobs: dict[str, tuple[bytes, BlobRef]] = {}
+        # encoded frames by (sha256, index): a frame names no receiver, and the parameters are
+        # pushed to every participant of a round (1,000 devices: one encoding, not 1,000)
+        self._frames: dict[tuple[str, int], bytes] = {}
         self.bytes_sent = 0  # chunk frame bytes published, for the wire-bytes metrics
 
     def offer(self, blob: bytes) -> BlobRef:
@@ -35,10 +38,12 @@ class BlobServer:
     def withdraw(self, sha256: str) -> None:
         """Stop serving an object (a no-op if it is not held)."""
         self._blobs.pop(sha256, None)
+        self._frames = {k: v for k, v in self._frames.items() if k[0] != sha256}
 
     def keep_only(self, sha256s: set[str]) -> None:
         """Drop every held object not named in ``sha256s``."""
         self._blobs = {k: v for k, v in self._blobs.items() if k in sha256s}
+        self._frames = {k: v for k, v in self._frames.items() if k[0] in sha256s}
 
     def holds(self, sha256: str) -> bool:
         return sha256 in self._blobs
@@ -62,7 +67,11 @@ class BlobServer:
         sent = 0
         for index in dict.fromkeys(request.indices):  # de-duplicated, first-seen order
             if 0 <= index < ref.chunks:
-                frame = encode_frame(ref, index, chunk_bytes(blob, index))
+                frame = self._frames.get((ref.sha256, index))
+                if frame is None:
+                    frame = encode_frame(ref, index, chunk_bytes(blob, index))
+                    if ref.sha256 in self._blobs:  # held, so withdraw/keep_only drop it too
+                        self._frames[(ref.sha256, index)] = frame
                 self._publish(topic, frame)
                 self.bytes_sent += len(frame)
                 sent += 1

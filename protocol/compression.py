@@ -22,15 +22,15 @@ from typing import Any
 import numpy as np
 
 from .errors import CodecError
-from .tensors import Tensors, decode_tensors, encode_tensors, header_metadata
+from .tensors import Tensors, decode_tensors, encode_tensors, header_metadata, safetensors_header
 
 META_KEY = "fedge.compression"
 METHODS = ("", "int8", "topk")
 _FLOATS = ("float16", "float32", "float64")
 
 
-def _meta(data: bytes) -> dict[str, Any]:
-    text = header_metadata(data).get(META_KEY)
+def _meta(data: bytes, header: dict[str, Any] | None = None) -> dict[str, Any]:
+    text = header_metadata(data, header).get(META_KEY)
     if not text:
         return {}
     try:
@@ -104,8 +104,9 @@ def decode_delta(data: bytes, *, max_elements: int = 1 << 28) -> Tensors:
 
     ``max_elements`` bounds the expanded size (a few sparse bytes must not allocate gigabytes).
     """
-    meta = _meta(bytes(data[: 1 << 20])) if len(data) >= 8 else {}
-    raw = decode_tensors(data)
+    header = safetensors_header(bytes(data[: 1 << 20])) if len(data) >= 8 else {}
+    meta = _meta(b"", header) if header else {}
+    raw = decode_tensors(data, header=header if header else None)
     if not meta:
         return raw
     method = meta.get("method")

@@ -45,6 +45,12 @@ class Topics:
         return f"{self.prefix}/round/current"
 
     @property
+    def round_params(self) -> str:
+        """Retained chunk frame of the open round's parameters, once for every device, when a
+        round has many participants (``rounds.shared_params_from``) instead of one per device."""
+        return f"{self.prefix}/round/params"
+
+    @property
     def round_async(self) -> str:
         """Retained announcement of a buffered asynchronous run (fedge.protocol.async_messages)."""
         return f"{self.prefix}/round/async"

@@ -60,6 +60,11 @@ class TrainingBackend(ABC):
         ``weight_decay`` (None: the bundle's) override its hyperparameters. An optimizer or
         value the bundle cannot run raises ``OptimizerUnavailable`` (optimizer_choice.py)."""
 
+    def prepare(self, bundle: Bundle) -> None:
+        """Optional: do now, between rounds, what the next ``load(bundle)`` would do (build
+        sessions), so that load is quick. The results of that load must not change."""
+        return None  # a backend without that work to move: nothing to do
+
     @abstractmethod
     def set_parameters(self, params: Params) -> None:
         """Overwrite every named parameter (trainable and frozen)."""

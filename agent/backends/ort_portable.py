@@ -53,6 +53,9 @@ class OrtPortableBackend(TrainingBackend):
         self._round_seed = 0
         self._steps = 0  # optimizer steps since training began: the dropout seed's counter
         self.optimizer_choice: OptimizerChoice | None = None
+        # what the session was opened for (bundle root, content hash, step file, weight decay)
+        self._key: tuple[str, str, str, float] | None = None
+        self._fresh_values: dict[str, np.ndarray] = {}  # its starting state (BoundState copies)
 
     def load(
         self,
@@ -74,29 +77,43 @@ class OrtPortableBackend(TrainingBackend):
             bundle, optimizer=optimizer, learning_rate=learning_rate, weight_decay=weight_decay
         )
         step_file = bundle.manifest.optimizer_file(choice.spec, NAME)
+        self._lr = np.array(choice.learning_rate, dtype=np.float32)
+        key = (str(bundle.root), bundle.content_hash, step_file, choice.weight_decay)
+        if self._state is not None and self._key == key:
+            # Same bundle and optimizer as last round: keep the session and its bindings, start
+            # the state again from the bundle's values with zeroed optimizer slots (what a new
+            # load does).
+            self._state.reset(self._fresh_values, self._lr)
+        else:
+            self._open(bundle, section, step_file, choice)
+            self._key = key
+        self._bundle = bundle
+        self._infer = None
+        self.optimizer_choice = choice
+
+    def _open(
+        self, bundle: Bundle, section: PortableStep, step_file: str, choice: OptimizerChoice
+    ) -> None:
         so = single_thread_session_options(self._ort, self._threads)
+        self._state = None  # one session at a time
         self._session = self._ort.InferenceSession(
             str(bundle.file(step_file)), sess_options=so, providers=["CPUExecutionProvider"]
         )
         # the chosen step reads the slots that are not optimizer state, and its own
         slots = [s for s in section.state if _reads(s.kind, s.name, choice.type)]
         self._section = section
-        self._bundle = bundle
         self._param_names = [p.name for p in bundle.parameter_specs]
-        self._lr = np.array(choice.learning_rate, dtype=np.float32)
-        state = self._initial_state(bundle, section, slots)
-        state.update(self._weight_decay_input(section, choice))
+        self._fresh_values = self._initial_state(bundle, section, slots)
+        self._fresh_values.update(self._weight_decay_input(section, choice))
         self._state = BoundState(
             self._ort,
             self._session,
-            state,
+            self._fresh_values,
             # (state slot, graph output with its new value) for every slot a step changes
             updates=[(s.name, s.output) for s in slots if s.output],
             lr=self._lr,
             lr_input=section.lr_name,
         )
-        self._infer = None
-        self.optimizer_choice = choice
 
     @staticmethod
     def _weight_decay_input(section: PortableStep, choice: OptimizerChoice) -> Params:

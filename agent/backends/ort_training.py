@@ -46,6 +46,9 @@ class OrtTrainingBackend(TrainingBackend):
         self._infer: Any = None
         self._scratch: tempfile.TemporaryDirectory[str] | None = None
         self.optimizer_choice: OptimizerChoice | None = None
+        # a fresh ((bundle identity, optimizer graph), state, module, optimizer) built ahead
+        # by prepare()
+        self._spare: tuple[Any, ...] | None = None
 
     def load(
         self,
@@ -59,18 +62,16 @@ class OrtTrainingBackend(TrainingBackend):
             bundle, optimizer=optimizer, learning_rate=learning_rate, weight_decay=weight_decay
         )
         optimizer_path = self._optimizer_graph(bundle, choice)
-        api = self._api
-        so = single_thread_session_options(self._ort, self._threads)
         # A fresh checkpoint state each round: optimizer moments must not leak across rounds.
-        self._state = api.CheckpointState.load_checkpoint(str(bundle.file("checkpoint")))
-        self._module = api.Module(
-            str(bundle.file("training_model.onnx")),
-            self._state,
-            str(bundle.file("eval_model.onnx")),
-            device="cpu",
-            session_options=so,
-        )
-        self._optimizer = api.Optimizer(str(optimizer_path), self._module)
+        # ORT training offers no way to zero them on a kept state (an Optimizer built on a used
+        # state loads its moments back), so the fresh set is built ahead, by prepare(), in the
+        # agent's idle time after an offer; only a load without one (or for another bundle or
+        # optimizer graph) builds it here.
+        key = (_identity(bundle), str(optimizer_path))
+        spare, self._spare = self._spare, None
+        if spare is None or spare[0] != key:
+            spare = (key, *self._fresh(bundle, optimizer_path))
+        _key, self._state, self._module, self._optimizer = spare
         self._optimizer.set_learning_rate(choice.learning_rate)
         self._lr = float(self._optimizer.get_learning_rate())
         self._bundle = bundle
@@ -99,6 +100,36 @@ class OrtTrainingBackend(TrainingBackend):
         out = Path(self._scratch.name) / f"{choice.type}-{choice.weight_decay!r}.onnx"
         onnx.save(proto, str(out))
         return out
+
+    def prepare(self, bundle: Bundle) -> None:
+        """Build the next round's fresh state, module and optimizer now (off the round's
+        critical path), with the optimizer the last round chose; the next ``load`` of this
+        bundle with that optimizer takes them instead of building."""
+        last = self.optimizer_choice
+        choice = choose_optimizer(
+            bundle,
+            optimizer=last.type if last is not None else "",
+            weight_decay=last.weight_decay if last is not None else None,
+        )
+        optimizer_path = self._optimizer_graph(bundle, choice)
+        self._module = self._optimizer = self._infer = None  # one set of sessions at a time
+        self._state, self._bundle = None, None
+        key = (_identity(bundle), str(optimizer_path))
+        self._spare = (key, *self._fresh(bundle, optimizer_path))
+
+    def _fresh(self, bundle: Bundle, optimizer_path: Path) -> tuple[Any, Any, Any]:
+        api = self._api
+        so = single_thread_session_options(self._ort, self._threads)
+        state = api.CheckpointState.load_checkpoint(str(bundle.file("checkpoint")))
+        module = api.Module(
+            str(bundle.file("training_model.onnx")),
+            state,
+            str(bundle.file("eval_model.onnx")),
+            device="cpu",
+            session_options=so,
+        )
+        optimizer = api.Optimizer(str(optimizer_path), module)
+        return state, module, optimizer
 
     def _loaded(self) -> Bundle:
         if self._bundle is None:
@@ -179,3 +210,8 @@ class OrtTrainingBackend(TrainingBackend):
                 self._loaded(), self.get_parameters(), threads=self._threads
             )
         return self._infer.run(xb)
+
+
+def _identity(bundle: Bundle) -> tuple[str, str]:
+    """Which bundle a prepared set was built from: its files' place and its content."""
+    return (str(bundle.root), bundle.content_hash)

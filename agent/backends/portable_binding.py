@@ -89,6 +89,16 @@ class BoundState:
     def names(self) -> list[str]:
         return list(self._buffers[0])
 
+    def reset(self, state: dict[str, np.ndarray], lr: np.ndarray) -> None:
+        """Start again from ``state`` (every slot) and ``lr``, keeping the session and its
+        bindings: the values are copied into the bound buffers, nothing is re-bound."""
+        missing = sorted(set(self._buffers[0]) - set(state))
+        if missing:
+            raise FedgeError(f"reset needs a value for every state slot; missing: {missing[:5]}")
+        for name in self._buffers[0]:
+            self.assign(name, state[name])
+        np.copyto(self._lr, np.asarray(lr, dtype=np.float32))
+
     def assign(self, name: str, value: np.ndarray) -> None:
         """Overwrite ``name``'s current value in place (shape and dtype as bound)."""
         target = self._buffers[self._current][name]

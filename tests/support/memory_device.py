@@ -59,6 +59,7 @@ class MemoryDevice:
         self.link = broker.client(agent_id)
         for t in (
             self.topics.round_current,
+            self.topics.round_params,
             self.topics.agent_cmd(agent_id),
             self.topics.agent_down(agent_id),
             self.topics.agent_invite(agent_id),
@@ -113,12 +114,14 @@ class MemoryDevice:
         while (item := self.link.get(timeout=0)) is not None:
             n += 1
             topic, payload = item
+            if topic == self.topics.round_params and not payload:
+                continue  # a shared parameters frame cleared
             if topic == self.topics.round_current:
                 self.task = parse_message(payload, RoundTask) if payload else None
             elif topic == self.topics.agent_invite(self.id):
                 invitation = parse_message(payload, Invitation) if payload else None
                 self.invitation = invitation if isinstance(invitation, Invitation) else None
-            elif topic == self.topics.agent_down(self.id):
+            elif topic == self.topics.agent_down(self.id) or topic == self.topics.round_params:
                 self.frames_received += 1
                 chunk = decode_frame(payload)
                 if self._pull is not None and self._pull.on_chunk(chunk):

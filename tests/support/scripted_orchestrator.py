@@ -61,6 +61,7 @@ class FakeBackend(TrainingBackend):
         self.trainable: list[str] = []
         self.steps = 0
         self.loads = 0
+        self.prepared = 0  # prepare() calls: the next round's sessions built ahead
         self.on_step = on_step
 
     def load(
@@ -74,6 +75,9 @@ class FakeBackend(TrainingBackend):
         )
         self.loads += 1
         self.trainable = bundle.trainable_names
+
+    def prepare(self, bundle) -> None:
+        self.prepared += 1
 
     def set_parameters(self, params) -> None:
         self.params = {k: v.copy() for k, v in params.items()}
@@ -198,6 +202,13 @@ class ScriptedOrchestrator:
         self.server.serve(
             FetchRequest(new_msg_id(), agent_id, ref.sha256, indices),
             self.topics.agent_down(agent_id),
+        )
+
+    def share(self, ref) -> None:
+        """Publish an object's frames on round/params, as a large round's parameters go."""
+        indices = list(range(ref.chunks))
+        self.server.serve(
+            FetchRequest(new_msg_id(), "all", ref.sha256, indices), self.topics.round_params
         )
 
     def fetch(self, agent_id: str, offer: UpdateOffer) -> None:

@@ -368,6 +368,25 @@ def test_a_stop_request_cuts_a_cpu_budget_rest_short(world):
 # ---- small objects: parameters pushed with the task, a delta inline in the offer ----
 
 
+def test_the_next_rounds_sessions_are_prepared_once_the_offer_is_acked(world):
+    """Not before: building them right after the offer held the GIL while paho's thread
+    should have been sending that offer."""
+    _, _, orch, make_agent, _ = world
+    backend = FakeBackend()
+    agent = make_agent(backend)
+    orch.auto_ack = False
+    orch.publish_task(orch.task())
+    pump(agent, orch)
+    (offer,) = orch.offers
+    assert backend.loads == 1 and backend.prepared == 0
+    orch.ack("dev-0", offer, accepted=True)
+    pump(agent, orch)
+    assert backend.prepared == 1
+    orch.ack("dev-0", offer, accepted=True)  # a duplicate ack: nothing more to prepare
+    pump(agent, orch)
+    assert backend.prepared == 1
+
+
 def test_pushed_parameters_are_used_without_a_fetch(world):
     _, _, orch, make_agent, _ = world
     agent = make_agent()
@@ -375,6 +394,17 @@ def test_pushed_parameters_are_used_without_a_fetch(world):
     orch.push("dev-0", orch.params_ref)
     pump(agent, orch)
     assert fetched(orch, orch.params_ref) == 0 and fetched(orch, orch.bundle_ref) == 1
+    assert len(orch.offers) == 1 and agent.state.journal_status("run-1", 1) == "acked"
+
+
+def test_parameters_shared_on_round_params_are_used_without_a_fetch(world):
+    """A large round's parameters come once for every device, on round/params."""
+    _, _, orch, make_agent, _ = world
+    agent = make_agent()
+    orch.publish_task(orch.task(params_pushed=True))
+    orch.share(orch.params_ref)
+    pump(agent, orch)
+    assert fetched(orch, orch.params_ref) == 0
     assert len(orch.offers) == 1 and agent.state.journal_status("run-1", 1) == "acked"
 
 

@@ -38,3 +38,29 @@ def test_unknown_objects_and_lookup() -> None:
     assert server.holds(blob_ref(blob).sha256)
     server.keep_only(set())
     assert not server.holds(blob_ref(blob).sha256)
+
+
+def test_a_frame_is_encoded_once_for_every_receiver(monkeypatch) -> None:
+    """The round's parameters are pushed to each participant: the same frames, encoded once."""
+    import fedge.protocol.blob_server as blob_server
+
+    encoded: list[int] = []
+    real = blob_server.encode_frame
+    monkeypatch.setattr(
+        blob_server, "encode_frame", lambda ref, i, data: encoded.append(i) or real(ref, i, data)
+    )
+    sent: list[tuple[str, bytes]] = []
+    server = BlobServer(lambda topic, frame: sent.append((topic, frame)))
+    blob = bytes(range(256)) * (CHUNK_SIZE // 256) + b"tail"  # 2 chunks
+    ref = server.offer(blob)
+    for device in range(100):
+        assert server.serve(_request(ref.sha256, [0, 1]), f"dev-{device}/down") == 2
+    assert encoded == [0, 1]
+    assert len(sent) == 200 and len({f for _, f in sent}) == 2
+    assert b"".join(decode_frame(f).data for _, f in sent[:2]) == blob
+    # a withdrawn object's frames go with it: served again only once offered again
+    server.withdraw(ref.sha256)
+    assert server.serve(_request(ref.sha256, [0]), "dev-0/down") == 0
+    server.offer(blob)
+    server.serve(_request(ref.sha256, [0]), "dev-0/down")
+    assert encoded == [0, 1, 0]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 from support.memory_device import MemoryFederation
 
+from fedge.protocol.chunks import decode_frame
 from fedge.protocol.fields import MAX_INLINE_BYTES
 from fedge.protocol.tensors import encode_tensors
 
@@ -28,6 +29,34 @@ def test_small_parameters_come_with_the_task_without_a_fetch(tmp_path):
         for name in v0:
             np.testing.assert_array_equal(d.params[name], v0[name])
     assert fed.orch.blobs.bytes_sent > 2 * task.params.size  # counted as bytes down
+
+
+def test_a_large_round_shares_one_retained_parameters_frame(tmp_path):
+    """From ``shared_params_from`` participants on, the parameters' frame is published once,
+    retained on round/params, instead of once on each participant's down topic."""
+    fed = Federation(tmp_path, 3, shared_params_from=3)
+    task = fed.devices[0].task
+    assert task is not None and task.params_pushed
+    v0 = fed.version(0)
+    for d in fed.devices:
+        assert d.frames_received == 1 and d.params is not None
+        for name in v0:
+            np.testing.assert_array_equal(d.params[name], v0[name])
+    late = fed.broker.client("late")  # retained: a device subscribing later gets it too
+    late.subscribe(fed.orch.topics.round_params)
+    late.start()
+    topic, frame = late.get(timeout=1)
+    assert decode_frame(frame).sha256 == task.params.sha256
+    assert fed.orch.blobs.bytes_sent == len(frame)  # one copy went out, not three
+
+
+def test_a_round_under_the_threshold_pushes_to_each_participant(tmp_path):
+    fed = Federation(tmp_path, 3, shared_params_from=4)
+    late = fed.broker.client("late")
+    late.subscribe(fed.orch.topics.round_params)
+    late.start()
+    assert late.get(timeout=0) is None  # nothing shared
+    assert all(d.frames_received == 1 and d.params is not None for d in fed.devices)
 
 
 def test_parameters_over_the_limit_keep_the_pull_path(tmp_path):

@@ -427,3 +427,37 @@ def test_an_offer_carries_an_inline_delta_up_to_the_inline_limit():
     data = offer.encode()
     assert MAX_CONTROL_BYTES < len(data) <= MAX_INLINE_MESSAGE_BYTES < 2_000_000
     assert parse_message(data) == offer  # a declared bound beats the default string limit
+
+
+def test_the_base64_check_accepts_exactly_what_its_regex_did():
+    """fields.Base64Text replaced ``[A-Za-z0-9+/]*={0,2}`` (a regex over ~26,000 characters
+    per inline offer): the same strings pass."""
+    import base64
+    import re
+
+    from fedge.protocol.fields import is_base64_text
+
+    samples = [
+        "",
+        "=",
+        "==",
+        "===",
+        "QQ==",
+        "QQ=",
+        "QQ",
+        "QQ===",
+        "Q=Q=",
+        "a+/9",
+        "a-_9",
+        "ab cd",
+        "abc\n",
+        "é",
+        "QUJD\u0660",
+        base64.b64encode(bytes(range(256))).decode(),
+    ]
+    for text in samples:
+        want = re.fullmatch(r"[A-Za-z0-9+/]*={0,2}", text) is not None
+        assert is_base64_text(text) is want, text
+    bad = dataclasses.replace(OFFER, inline="QQ=Q").encode()
+    with pytest.raises(MessageError, match="update.inline must be base64"):
+        parse_message(bad)
