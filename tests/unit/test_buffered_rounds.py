@@ -187,3 +187,36 @@ def test_adaptive_clipping_applies_to_the_buffer(tmp_path):
     fed.train(fed.ask(0), 0.1)
     fed.train(fed.ask(1), 0.3)  # norm 3x the (lower) median: scaled to 1.5x
     assert moved(fed, 0, 1) == 0.125  # (0.1 + 0.15) / 2
+
+
+def test_a_grant_pushes_small_parameters_with_the_task(tmp_path):
+    fed = AsyncFederation(tmp_path, 2)
+    d = fed.ask(0)  # no fetch_params: the grant brought them
+    assert d.task.params_pushed
+    assert d.params is not None and d.fetches_served == 0
+    v0 = fed.version(0)
+    assert all(np.array_equal(d.params[n], v0[n]) for n in v0)
+    (tmp_path / "big").mkdir()
+    big = AsyncFederation(tmp_path / "big", 1, rounds={"inline_max_bytes": 16})
+    e = big.ask(0)
+    assert not e.task.params_pushed and e.params is None and e.frames_received == 0
+
+
+def test_privacy_is_accounted_per_device_upload_not_per_version(tmp_path):
+    from fedge.protocol.privacy import dp_epsilon
+
+    fed = AsyncFederation(
+        tmp_path, 2, buffer_size=3, rounds={"clip_norm": 1.0, "noise_multiplier": 1.0}
+    )
+    assert fed.orch.train_config().noise_multiplier == 1.0  # devices add the noise
+    a = fed.ask(0)
+    fed.train(a, 0.1)
+    fed.ask(0)
+    fed.train(a, 0.1)  # a fast device: two deltas in one buffer
+    b = fed.ask(1)
+    fed.train(b, 0.1)
+    assert fed.latest() == 1
+    m = fed.orch.bstore.versions(fed.orch.run_id)[1]["metrics"]
+    assert m["dp_releases"] == 2.0
+    assert m["dp_epsilon"] == dp_epsilon(1.0, 2) > dp_epsilon(1.0, 1)  # one version, 2 uploads
+    assert m["dp_delta"] == 1e-5
