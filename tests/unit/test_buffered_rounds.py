@@ -27,6 +27,8 @@ def test_k_accepted_deltas_commit_a_version_with_the_fedavg_of_the_buffer(tmp_pa
     assert moved(fed, 0, 1) == 0.2  # equal samples, fresh deltas: the plain mean
     assert all(ack.accepted for ack in a.acks + b.acks)
     assert fed.orch.bstore.buffered(fed.orch.run_id) == []
+    fed.clock.advance(1.0)  # the new version is announced within ANNOUNCE_EVERY
+    fed.settle()
     assert fed.dev(2).announce is not None and fed.dev(2).announce.model_version == 1
 
 
@@ -53,6 +55,8 @@ def test_at_most_c_devices_train_at_once_and_expired_slots_free_their_place(tmp_
     fed = AsyncFederation(tmp_path, 3, max_concurrency=2, slot_seconds=30.0)
     fed.ask(0), fed.ask(1), fed.ask(2)
     assert [bool(fed.dev(i).slots) for i in range(3)] == [True, True, False]
+    fed.clock.advance(1.0)  # "no slot free" is announced within ANNOUNCE_EVERY
+    fed.settle()
     assert fed.dev(2).announce.slots_free == 0
     fed.clock.advance(31)
     fed.settle()
@@ -220,3 +224,24 @@ def test_privacy_is_accounted_per_device_upload_not_per_version(tmp_path):
     assert m["dp_releases"] == 2.0
     assert m["dp_epsilon"] == dp_epsilon(1.0, 2) > dp_epsilon(1.0, 1)  # one version, 2 uploads
     assert m["dp_delta"] == 1e-5
+
+
+def test_announcements_are_paced_while_slots_and_versions_turn_over(tmp_path):
+    fed = AsyncFederation(tmp_path, 4, buffer_size=1, max_concurrency=1, versions=10)
+    seen: list[bytes] = []
+    publish = fed.orch.transport.publish
+
+    def spy(topic: str, payload: bytes, **kw) -> None:
+        if topic == fed.orch.topics.round_async:
+            seen.append(payload)
+        publish(topic, payload, **kw)
+
+    fed.orch.transport.publish = spy  # type: ignore[method-assign]
+    for i in range(4):  # within one second: 4 grants, 4 versions, 8 free/full flips
+        d = fed.ask(i)
+        fed.train(d, 0.1)
+    assert fed.latest() == 4
+    assert len(seen) <= 2, f"{len(seen)} announcements in under a second"
+    fed.clock.advance(1.0)
+    fed.settle()
+    assert fed.dev(3).announce.model_version == 4  # the newest state still goes out
