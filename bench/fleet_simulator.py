@@ -2,13 +2,14 @@
 
 The real orchestrator (``fedge orchestrator`` processes, one per setting) over a real
 Mosquitto (a fresh one per setting); N simulated devices (bench/fleet_devices.py) in worker
-processes of ``--per-worker`` devices on one epoll loop each (bench/fleet_epoll.py), each a real
-MQTT client training the digits MLP with ONNX Runtime on its own non-IID rows (``--rows`` drawn per
-device from the 80% training split with Dirichlet(0.5) class proportions, so any N works).
+processes of ``--per-worker`` devices on one epoll loop each (bench/fleet_epoll.py), each a
+real MQTT client training the digits MLP with ONNX Runtime on its own non-IID rows (``--rows``
+drawn per device from the 80% training split with Dirichlet(0.5) class proportions, so any N works).
 Profiles: availability (random on/off or diurnal), a "pi" class 5x slower than "laptop",
 dropouts mid-training. Time is compressed (a laptop's job takes ``--base-seconds`` of real
-sleep; the profile's periods scale with it). Every committed version is evaluated centrally on the 20% held-out split; the table
-reports wall time to 90% / 95% test accuracy, accuracy at the time budget and bytes per device.
+sleep; the profile's periods scale with it). Every committed version is evaluated centrally on
+the 20% held-out split; the table reports wall time to 90% / 95% test accuracy, accuracy at
+the time budget and bytes per device.
 
 Usage: python bench/fleet_simulator.py [--devices 100] [--budget 90] [--plot docs/fleet-sim.png]
 """
