@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedge.agent.backends import create_backend
+from fedge.agent.fetches import PUSH_GRACE_SECONDS
 from fedge.protocol.async_messages import AsyncAnnounce, SlotRequest
 from fedge.protocol.chunks import blob_ref, chunk_bytes, decode_frame, encode_frame
 from fedge.protocol.invitations import Invitation, as_seen_by
@@ -64,6 +65,7 @@ class SimDevice:
         rng: random.Random,
         *,
         federation: str = "demo",
+        link_factory=None,
     ) -> None:
         self.id = agent_id
         self.x, self.y = x, y
@@ -73,11 +75,16 @@ class SimDevice:
         self.phase = rng.random() * 2 * math.pi
         self.topics = Topics(federation)
         will = Status(agent=agent_id, state="offline", backend="sim").encode()
-        self.link = MqttLink(
-            MqttSettings(url=url, username=agent_id, password=password, protocol="5"),
-            client_id=agent_id,
-            will=(self.topics.agent_status(agent_id), will),
-        )
+        if link_factory is not None:  # bench/fleet_epoll.py: many devices on one loop
+            self.link = link_factory(
+                url, agent_id, password, (self.topics.agent_status(agent_id), will)
+            )
+        else:
+            self.link = MqttLink(
+                MqttSettings(url=url, username=agent_id, password=password, protocol="5"),
+                client_id=agent_id,
+                will=(self.topics.agent_status(agent_id), will),
+            )
         self.online = False  # what the device last announced
         self.powered = False  # random profile: the current on/off period
         self.next_flip = 0.0
@@ -88,6 +95,8 @@ class SimDevice:
         self.announce: AsyncAnnounce | None = None
         self.done: set[tuple[str, int]] = set()  # (run, round or slot) already handled
         self.pull: PullTransfer | None = None
+        self.pull_ask_at = 0.0  # pushed parameters not complete by then: ask for them
+        self.held: list = []  # pushed chunks that came before their task
         self.params: dict[str, np.ndarray] | None = None
         self.busy_until = 0.0
         self.drop_at = 0.0
@@ -95,6 +104,8 @@ class SimDevice:
         self.offered_at = 0.0
         self.delta: dict[str, np.ndarray] = {}
         self.last_request = float("-inf")
+        self.fetches = [0, 0]  # FetchRequests for a delta no longer held / served
+        self.next_look = 0.0  # bench/fleet_epoll.py: when an idle device is looked at again
         self.bytes_down = 0
         self.bytes_up = 0
         self.jobs = 0
@@ -151,13 +162,17 @@ class SimDevice:
         if not avail:
             return
         if self.pull is not None:
+            if self.pull_ask_at and now >= self.pull_ask_at:
+                self.pull_ask_at = 0.0
+                self.pull.start()
             self.pull.tick()
         task = self.task
         if task is not None and self.params is not None and self.busy_until == 0.0:
             self._train(task, now, trainer)
         if task is not None and self.busy_until and now >= self.busy_until:
             self._offer(task)
-        if self.offered and now - self.offered_at > 30.0:  # no ack came: give it up
+        if self.offered and now - self.offered_at > 30.0 * self.profile.base_seconds:
+            # no ack came: give it up
             self.offered = {}
         if self.announce is not None and self.announce.state == "open":
             self._maybe_ask(now)
@@ -175,13 +190,19 @@ class SimDevice:
     def _on_message(self, topic: str, payload: bytes) -> None:
         self.bytes_down += len(payload)
         if topic == self.topics.agent_down(self.id):
-            if self.pull is not None and self.pull.on_chunk(decode_frame(payload)):
+            chunk = decode_frame(payload)
+            if self.pull is None:  # pushed before its task was seen (as the agent, hold it)
+                self.held = [c for c in self.held[-7:] if c.sha256 == chunk.sha256] + [chunk]
+            elif self.pull.on_chunk(chunk):
                 self.params = decode_tensors(self.pull.result or b"")
-                self.pull = None
+                self.pull, self.pull_ask_at = None, 0.0
             return
         if not payload:
             return
-        msg = parse_message(payload)
+        if topic in (self.topics.round_current, self.topics.round_async):
+            msg = _parse_broadcast(payload)
+        else:
+            msg = parse_message(payload)
         if isinstance(msg, AsyncAnnounce):
             self.announce = msg
         elif isinstance(msg, RoundTask):
@@ -197,6 +218,7 @@ class SimDevice:
                 self._on_task(task)
         elif isinstance(msg, FetchRequest):
             blob = self.offered.get(msg.sha256)
+            self.fetches[blob is not None] += 1
             if blob is not None:
                 ref = blob_ref(blob)
                 for i in msg.indices:
@@ -220,7 +242,16 @@ class SimDevice:
             self.publish(self.topics.agent_up_msg(self.id), req.encode())
 
         self.pull = PullTransfer(task.params, request)
-        self.pull.start()
+        held, self.held = self.held, []
+        for chunk in held:
+            if self.pull.on_chunk(chunk):
+                self.params = decode_tensors(self.pull.result or b"")
+                self.pull = None
+                return
+        if task.params_pushed:  # they follow the task unasked; asked for if they do not come
+            self.pull_ask_at = time.time() + PUSH_GRACE_SECONDS
+        else:
+            self.pull.start()
 
     def _train(self, task: RoundTask, now: float, trainer: Trainer) -> None:
         params = self.params or {}
@@ -251,6 +282,21 @@ class SimDevice:
         )
         self.publish(self.topics.agent_up_msg(self.id), offer.encode())
         self.task, self.params, self.busy_until = None, None, 0.0
+
+
+_BROADCASTS: dict[bytes, object] = {}
+
+
+def _parse_broadcast(payload: bytes):
+    """The round task / announcement every device of a worker receives: parsed once per worker
+    (validating one costs ~2 ms; 500 devices on one core would spend a second a round on it).
+    Messages are frozen dataclasses, so sharing one is safe."""
+    msg = _BROADCASTS.get(payload)
+    if msg is None:
+        if len(_BROADCASTS) > 64:
+            _BROADCASTS.clear()
+        msg = _BROADCASTS[payload] = parse_message(payload)
+    return msg
 
 
 class Trainer:

@@ -1,13 +1,15 @@
 """Fleet simulator: synchronous FedAvg vs buffered asynchronous (FedBuff) on a realistic fleet.
 
 The real orchestrator (``fedge orchestrator`` processes, one per setting) over a real
-Mosquitto; N simulated devices (bench/fleet_devices.py) in worker processes, each a real MQTT
-client training the digits MLP with ONNX Runtime on its own non-IID rows (``--rows`` drawn per
-device from the 80% training split with Dirichlet(0.5) class proportions, so any N works).
+Mosquitto (a fresh one per setting); N simulated devices (bench/fleet_devices.py) in worker
+processes of ``--per-worker`` devices on one epoll loop each (bench/fleet_epoll.py), each a
+real MQTT client training the digits MLP with ONNX Runtime on its own non-IID rows (``--rows``
+drawn per device from the 80% training split with Dirichlet(0.5) class proportions, so any N works).
 Profiles: availability (random on/off or diurnal), a "pi" class 5x slower than "laptop",
 dropouts mid-training. Time is compressed (a laptop's job takes ``--base-seconds`` of real
-sleep). Every committed version is evaluated centrally on the 20% held-out split; the table
-reports wall time to 90% / 95% test accuracy, accuracy at the time budget and bytes per device.
+sleep; the profile's periods scale with it). Every committed version is evaluated centrally on
+the 20% held-out split; the table reports wall time to 90% / 95% test accuracy, accuracy at
+the time budget and bytes per device.
 
 Usage: python bench/fleet_simulator.py [--devices 100] [--budget 90] [--plot docs/fleet-sim.png]
 """
@@ -20,7 +22,6 @@ import math
 import multiprocessing as mp
 import os
 import platform
-import random
 import signal
 import sqlite3
 import subprocess
@@ -35,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from fleet_epoll import fleet_worker  # noqa: E402
 from support.mosquitto import MosquittoBroker, make_users  # noqa: E402
 
 from fedge.demo.data import load_sklearn_dataset, write_samples_sqlite  # noqa: E402
@@ -46,6 +48,9 @@ SYNC_GRID = [  # (goal, over-selection, deadline s): tuned around the profile's 
     (20, 1.3, 2.5),
     (10, 2.0, 2.5),
     (50, 1.3, 2.5),
+    (20, 2.0, 2.5),  # 5-7: larger cohorts, for fleets of 1,000
+    (50, 2.0, 2.5),
+    (100, 1.5, 2.5),
 ]
 
 
@@ -64,48 +69,6 @@ def device_rows(n_devices: int, rows: int, seed: int = 0):
         idx = np.array([rng.choice(pools[c]) for c in labels])
         out.append((x[idx].astype(np.float32), y[idx]))
     return out, (x[test], y[test])
-
-
-def worker(url, creds, data, bundle_dir, profile_kw, seed, epochs, ready, stop, results):
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(65536, hard), hard))
-    from fleet_devices import Profile, SimDevice, Trainer
-
-    from fedge.protocol.bundle import load_bundle
-
-    profile = Profile(**profile_kw)
-    trainer = Trainer(load_bundle(bundle_dir), epochs=epochs, batch_size=16)
-    devices = [
-        SimDevice(url, aid, pw, x, y, profile, random.Random(f"{seed}/{aid}"))
-        for (aid, pw), (x, y) in zip(creds, data, strict=True)
-    ]
-    for d in devices:
-        d.begin()
-        time.sleep(0.002)
-    deadline = time.monotonic() + 120
-    while not all(d.link.connected for d in devices) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    ready.put(sum(d.link.connected for d in devices))
-    t0 = time.monotonic()
-    while not stop.is_set():
-        now = time.time()
-        t = time.monotonic() - t0
-        for d in devices:
-            d.step(t, now, trainer)
-        time.sleep(0.005)
-    results.put(
-        {
-            "bytes": sum(d.bytes_up + d.bytes_down for d in devices),
-            "jobs": sum(d.jobs for d in devices),
-            "dropped": sum(d.dropped for d in devices),
-            "train_seconds": trainer.seconds,
-            "pis": sum(d.speed > 1 for d in devices),
-        }
-    )
-    for d in devices:
-        d.link.stop(timeout=0.5)
 
 
 def curve(db: Path) -> list[tuple[float, float]]:
@@ -142,7 +105,7 @@ def run_setting(name, mode_cfg, args, tmp, broker, bundle_dir, data, test_db, pr
         mine = list(range(w, args.devices, n_workers))
         creds = [(ids[i], broker.users[ids[i]]) for i in mine]
         p = ctx.Process(
-            target=worker,
+            target=fleet_worker,
             args=(
                 broker.url,
                 creds,
@@ -198,6 +161,14 @@ def run_setting(name, mode_cfg, args, tmp, broker, bundle_dir, data, test_db, pr
         p.join(10)
     points = [(t, a) for t, a in curve(db) if t <= args.budget]
     total = {k: sum(s[k] for s in stats) for k in stats[0]}
+    total["slowest_pass"] = max(s["slowest_pass"] for s in stats)  # a worker's loop falling behind
+    print(
+        f"  {name}: workers' slowest loop pass {total['slowest_pass']:.2f} s, "
+        f"{total['passes'] / len(stats) / (args.budget + 5):.0f} passes/s, "
+        f"{total['lost']} connections lost, fetches served {total['fetch_served']} "
+        f"(not held {total['fetch_unknown']}), load avg {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
     return {
         "name": name,
         "connected": connected,
@@ -214,7 +185,7 @@ def run_setting(name, mode_cfg, args, tmp, broker, bundle_dir, data, test_db, pr
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--devices", type=int, default=100)
-    ap.add_argument("--per-worker", type=int, default=250)
+    ap.add_argument("--per-worker", type=int, default=500)
     ap.add_argument("--rows", type=int, default=40, help="training rows per device")
     ap.add_argument("--epochs", type=int, default=3, help="local epochs per job")
     ap.add_argument("--budget", type=float, default=90.0, help="seconds per setting")
@@ -225,11 +196,13 @@ def main() -> int:
     ap.add_argument(
         "--async-grid",
         default="10:40:hinge",
-        help="async settings K:C:staleness, comma-separated ('' = none)",
+        help="async settings K:C:staleness[:strategy[:server_lr]], comma-separated ('' = none),"
+        " e.g. 20:200:polynomial,20:200:constant:fedavgm:0.5",
     )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--plot", default="", help="PNG path for accuracy vs time")
     ap.add_argument("--workdir", default="", help="keep databases and logs here")
+    ap.add_argument("--json", default="", help="also write the results (one object a setting)")
     args = ap.parse_args()
     print(
         f"machine: {platform.platform()}, {os.cpu_count()} cores, Python {sys.version.split()[0]},"
@@ -237,10 +210,14 @@ def main() -> int:
         f"availability {args.availability}, 30% pi (5x slower), dropout {args.dropout}, "
         f"budget {args.budget:.0f} s per setting"
     )
-    profile_kw = {
+    b = args.base_seconds
+    profile_kw = {  # a slower clock (--base-seconds) stretches every period of the profile
         "availability": args.availability,
-        "base_seconds": args.base_seconds,
+        "base_seconds": b,
         "dropout": args.dropout,
+        "day_seconds": 60.0 * b,
+        "on_seconds": 40.0 * b,
+        "off_seconds": 20.0 * b,
     }
     data, (xt, yt) = device_rows(args.devices, args.rows, args.seed)
     settings: list[tuple[str, dict]] = []
@@ -251,7 +228,6 @@ def main() -> int:
         if args.sync == "none"
         else [SYNC_GRID[int(i)] for i in args.sync.split(",")]
     )
-    b = args.base_seconds
     for goal, over, deadline in grid:
         settings.append(
             (
@@ -270,11 +246,18 @@ def main() -> int:
             )
         )
     for spec in args.async_grid.split(",") if args.async_grid else []:
-        k, c, kind = spec.split(":")
+        k, c, kind, *strategy = spec.split(":")
+        extra: dict = {}
+        label = f"async-k{k}-c{c}-{kind}"
+        if strategy:  # e.g. fedavgm:0.5 -> server momentum, server lr 0.5
+            extra["strategy"] = strategy[0]
+            extra["strategy_options"] = {"server_lr": float(strategy[1])} if strategy[1:] else {}
+            label += "-" + "-".join(strategy)
         settings.append(
             (
-                f"async-k{k}-c{c}-{kind}",
-                {
+                label,
+                extra
+                | {
                     "mode": "async",
                     "buffered": {
                         "buffer_size": int(k),
@@ -282,7 +265,9 @@ def main() -> int:
                         "slot_seconds": 15.0 * b,
                         "max_staleness": max(10, 3 * int(c) // int(k)),
                         "staleness": kind,
-                        "retry_after": 0.5,
+                        # refused devices ask again after this long: with 1,000 devices and
+                        # 0.5 s, most of the orchestrator's messages were refused requests
+                        "retry_after": 0.5 * b if args.devices <= 100 else 1.0 * b,
                     },
                 },
             )
@@ -295,16 +280,21 @@ def main() -> int:
         tmp.mkdir(parents=True, exist_ok=True)
         bundle_dir = digits_bundle(tmp / "bundle")
         test_db = write_samples_sqlite(tmp / "test.db", xt, yt)
-        broker = MosquittoBroker(tmp / "mq", users=make_users(args.devices), persistence=False)
-        broker.start()
-        try:
-            for name, cfg in settings:
+        users = make_users(args.devices)
+        for name, cfg in settings:
+            # a fresh broker per setting: retained tasks and invitations of the previous
+            # setting's run would send the next fleet after parameters nobody serves any more
+            broker = MosquittoBroker(tmp / f"mq-{name}", users=users, persistence=False)
+            broker.start()
+            try:
                 r = run_setting(name, cfg, args, tmp, broker, bundle_dir, data, test_db, profile_kw)
-                out.append(r)
-                print(row(r), flush=True)
-        finally:
-            broker.stop()
+            finally:
+                broker.stop()
+            out.append(r)
+            print(row(r), flush=True)
     print_table(out, args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1))
     if args.plot:
         plot(out, Path(args.plot), args)
     return 0

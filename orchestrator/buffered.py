@@ -36,6 +36,7 @@ from fedge.protocol.messages import (
     new_msg_id,
 )
 from fedge.protocol.parameter_travel import static_names
+from fedge.protocol.privacy import DEFAULT_TARGET_DELTA, dp_epsilon
 from fedge.protocol.tensors import decode_tensors, encode_tensors
 from fedge.protocol.transfer import PullTransfer
 from fedge.protocol.transport import Transport
@@ -122,8 +123,13 @@ class BufferedOrchestrator(Orchestrator):
         key = (m.version, m.slots_free, state)
         now = self.clock()
         last = self._announced
-        # at once when the version, the state or "any slot free?" changes; counts at a pace
-        changed = last is None or (last[0], last[1] > 0, last[2]) != (key[0], key[1] > 0, key[2])
+        # At once when the run's state changes; a new version or "any slot free?" at most every
+        # ANNOUNCE_EVERY. The announcement is retained on one topic every device reads: with
+        # 1,000 devices and C = 200 the free/full flip (and a version every ~0.2 s) sent 1,000
+        # copies several times a second, each answered by a burst of slot requests that mostly
+        # found the slots taken again. Grants carry the version; devices need the
+        # announcement only to know when asking is worth it.
+        changed = last is None or last[2] != key[2]
         if not (force or changed) and (key == last or now - self._last_announce < ANNOUNCE_EVERY):
             return
         msg = AsyncAnnounce(
@@ -193,6 +199,17 @@ class BufferedOrchestrator(Orchestrator):
             "num_samples": float(sum(r[2] for r in rows)),
         }
         metrics.update(plan.metrics())
+        rs = self.cfg.rounds
+        if rs.clip_norm > 0 and rs.noise_multiplier > 0:
+            # Privacy accounting per buffer. Each upload is one Gaussian release of its
+            # device's data, so a device's budget composes over its uploads. Unlike a
+            # synchronous round, a buffer may hold several deltas of one fast device, so the
+            # version count is no bound: the most slots any device was handed is (a slot
+            # carries at most one upload, refused or expired ones included: they were seen).
+            releases = self.bstore.most_slots_per_device(self.run_id)
+            metrics["dp_releases"] = float(releases)
+            metrics["dp_epsilon"] = dp_epsilon(rs.noise_multiplier, releases)
+            metrics["dp_delta"] = DEFAULT_TARGET_DELTA
         if self.evaluator is not None:
             metrics.update(self.evaluator.evaluate(new_params))
         blob = encode_tensors(new_params)
@@ -228,7 +245,7 @@ class BufferedOrchestrator(Orchestrator):
         )
         self.transport.publish(self.topics.orchestrator_events, ev.encode())
         self.transport.publish(self.topics.orchestrator_status, ev.encode(), retain=True)
-        self._announce(force=True)
+        self._announce()
 
     def _finish_async(self) -> None:
         self.store.finish_run(self.run_id)
@@ -284,6 +301,11 @@ class BufferedOrchestrator(Orchestrator):
                 s.version,
                 self.machine.training,
             )
+        params = blob_ref(self.global_bytes)
+        # small parameters go with the grant, unasked, as in synchronous rounds
+        # (server._push_params): the device trains one round trip sooner. With C >> K slots
+        # turn over every few seconds, and that round trip was part of every slot's latency.
+        pushed = 0 < params.size <= rs.inline_max_bytes
         task = RoundTask(
             run_id=self.run_id,
             round=s.slot,
@@ -291,13 +313,20 @@ class BufferedOrchestrator(Orchestrator):
             state="open",
             bundle_hash=self.bundle.content_hash,
             bundle=self.bundle_ref,
-            params=blob_ref(self.global_bytes),
+            params=params,
             participants=[agent_id],
             deadline=s.expires,
             config=self.train_config(),
             retry_after=self.cfg.buffered.retry_after,
+            params_pushed=pushed,
+            inline_max_bytes=rs.inline_max_bytes,
         )
         self.transport.publish(self.topics.agent_cmd(agent_id), task.encode())
+        if pushed:
+            sent_before = self.blobs.bytes_sent
+            push = FetchRequest(new_msg_id(), agent_id, params.sha256, list(range(params.chunks)))
+            self.blobs.serve(push, self.topics.agent_down(agent_id))
+            self.metrics.count_bytes("down", self.blobs.bytes_sent - sent_before)
 
     def _ack(self, offer: UpdateOffer, ok: bool, why: str = "") -> None:
         ack = Ack(new_msg_id(), offer.agent, offer.run_id, offer.round, offer.blob.sha256, ok, why)

@@ -221,6 +221,15 @@ class BufferedStore:
         )
         return [{"version": v, "created": c, "metrics": json.loads(m)} for v, c, m in rows]
 
+    def most_slots_per_device(self, run_id: str) -> int:
+        """The most slots any one device was handed in the run: each is at most one upload."""
+        row = self._db.rows(
+            "SELECT MAX(n) FROM (SELECT COUNT(*) AS n FROM async_slots WHERE run_id=? "
+            "GROUP BY agent_id)",
+            (run_id,),
+        )
+        return int(row[0][0] or 0) if row else 0
+
     def counters(self, run_id: str) -> dict[str, int]:
         rows = self._db.rows("SELECT name, n FROM async_counters WHERE run_id=?", (run_id,))
         return {name: int(n) for name, n in rows}

@@ -20,7 +20,15 @@ from .toy_bundle import write_toy_bundle
 
 
 class AsyncFederation:
-    def __init__(self, tmp_path: Path, devices: int, *, versions: int = 3, **buffered: object):
+    def __init__(
+        self,
+        tmp_path: Path,
+        devices: int,
+        *,
+        versions: int = 3,
+        rounds: dict | None = None,
+        **buffered: object,
+    ):
         self.broker = InMemoryBroker()
         self.clock = FakeClock()
         self.bundle = load_bundle(write_toy_bundle(tmp_path / "bundle"))
@@ -28,7 +36,7 @@ class AsyncFederation:
         self.cfg = OrchestratorConfig(
             database=str(tmp_path / "o.db"),
             mode="async",
-            rounds=RoundSettings(rounds=versions, keep_deltas=True),
+            rounds=RoundSettings(rounds=versions, keep_deltas=True, **(rounds or {})),
             # adaptive clipping off: the tests check the plain arithmetic of the buffer
             robust=RobustSettings(norm_multiple=0.0),
             buffered=BufferedSettings(**opts),  # type: ignore[arg-type]

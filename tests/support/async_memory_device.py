@@ -40,9 +40,12 @@ class AsyncMemoryDevice(MemoryDevice):
                 continue
             elif topic == self.topics.agent_down(self.id):
                 self.frames_received += 1
-                if self._pull is not None and self._pull.on_chunk(decode_frame(payload)):
+                chunk = decode_frame(payload)
+                if self._pull is not None and self._pull.on_chunk(chunk):
                     self.params = decode_tensors(self._pull.result or b"")
                     self._pull = None
+                elif self._pull is None and chunk.count == 1 and self._is_pushed_params(chunk):
+                    self.params = decode_tensors(chunk.data)  # pushed with the slot's grant
             else:
                 msg = parse_message(payload)
                 if isinstance(msg, FetchRequest):

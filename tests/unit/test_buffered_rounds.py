@@ -27,6 +27,8 @@ def test_k_accepted_deltas_commit_a_version_with_the_fedavg_of_the_buffer(tmp_pa
     assert moved(fed, 0, 1) == 0.2  # equal samples, fresh deltas: the plain mean
     assert all(ack.accepted for ack in a.acks + b.acks)
     assert fed.orch.bstore.buffered(fed.orch.run_id) == []
+    fed.clock.advance(1.0)  # the new version is announced within ANNOUNCE_EVERY
+    fed.settle()
     assert fed.dev(2).announce is not None and fed.dev(2).announce.model_version == 1
 
 
@@ -53,6 +55,8 @@ def test_at_most_c_devices_train_at_once_and_expired_slots_free_their_place(tmp_
     fed = AsyncFederation(tmp_path, 3, max_concurrency=2, slot_seconds=30.0)
     fed.ask(0), fed.ask(1), fed.ask(2)
     assert [bool(fed.dev(i).slots) for i in range(3)] == [True, True, False]
+    fed.clock.advance(1.0)  # "no slot free" is announced within ANNOUNCE_EVERY
+    fed.settle()
     assert fed.dev(2).announce.slots_free == 0
     fed.clock.advance(31)
     fed.settle()
@@ -187,3 +191,57 @@ def test_adaptive_clipping_applies_to_the_buffer(tmp_path):
     fed.train(fed.ask(0), 0.1)
     fed.train(fed.ask(1), 0.3)  # norm 3x the (lower) median: scaled to 1.5x
     assert moved(fed, 0, 1) == 0.125  # (0.1 + 0.15) / 2
+
+
+def test_a_grant_pushes_small_parameters_with_the_task(tmp_path):
+    fed = AsyncFederation(tmp_path, 2)
+    d = fed.ask(0)  # no fetch_params: the grant brought them
+    assert d.task.params_pushed
+    assert d.params is not None and d.fetches_served == 0
+    v0 = fed.version(0)
+    assert all(np.array_equal(d.params[n], v0[n]) for n in v0)
+    (tmp_path / "big").mkdir()
+    big = AsyncFederation(tmp_path / "big", 1, rounds={"inline_max_bytes": 16})
+    e = big.ask(0)
+    assert not e.task.params_pushed and e.params is None and e.frames_received == 0
+
+
+def test_privacy_is_accounted_per_device_upload_not_per_version(tmp_path):
+    from fedge.protocol.privacy import dp_epsilon
+
+    fed = AsyncFederation(
+        tmp_path, 2, buffer_size=3, rounds={"clip_norm": 1.0, "noise_multiplier": 1.0}
+    )
+    assert fed.orch.train_config().noise_multiplier == 1.0  # devices add the noise
+    a = fed.ask(0)
+    fed.train(a, 0.1)
+    fed.ask(0)
+    fed.train(a, 0.1)  # a fast device: two deltas in one buffer
+    b = fed.ask(1)
+    fed.train(b, 0.1)
+    assert fed.latest() == 1
+    m = fed.orch.bstore.versions(fed.orch.run_id)[1]["metrics"]
+    assert m["dp_releases"] == 2.0
+    assert m["dp_epsilon"] == dp_epsilon(1.0, 2) > dp_epsilon(1.0, 1)  # one version, 2 uploads
+    assert m["dp_delta"] == 1e-5
+
+
+def test_announcements_are_paced_while_slots_and_versions_turn_over(tmp_path):
+    fed = AsyncFederation(tmp_path, 4, buffer_size=1, max_concurrency=1, versions=10)
+    seen: list[bytes] = []
+    publish = fed.orch.transport.publish
+
+    def spy(topic: str, payload: bytes, **kw) -> None:
+        if topic == fed.orch.topics.round_async:
+            seen.append(payload)
+        publish(topic, payload, **kw)
+
+    fed.orch.transport.publish = spy  # type: ignore[method-assign]
+    for i in range(4):  # within one second: 4 grants, 4 versions, 8 free/full flips
+        d = fed.ask(i)
+        fed.train(d, 0.1)
+    assert fed.latest() == 4
+    assert len(seen) <= 2, f"{len(seen)} announcements in under a second"
+    fed.clock.advance(1.0)
+    fed.settle()
+    assert fed.dev(3).announce.model_version == 4  # the newest state still goes out
