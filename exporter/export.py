@@ -38,7 +38,7 @@ from fedge.protocol.manifest import (
 )
 from fedge.protocol.tensors import encode_tensors
 
-from . import artifacts, batchnorm, lora_merge, onnx_graph, preflight
+from . import artifacts, batchnorm, bias_check, lora_merge, onnx_graph, preflight
 from . import verify as parity
 from .errors import ExportError
 from .lora import LoraOptions, apply_lora, trainable_names
@@ -110,6 +110,7 @@ def export_bundle(
     gen = torch.Generator().manual_seed(VERIFY_SEED)
     example = preflight.sample_inputs(input_shape, input_dtype, batch=VERIFY_BATCH, generator=gen)
     output = preflight.trial_forward(model, example)
+    bias_check.warn_biases_before_batchnorm(model, example, train_names)
     bn_layers = batchnorm.find_layers(model, example)
     stat_names = batchnorm.running_stat_names(bn_layers)
     if custom_loss:
