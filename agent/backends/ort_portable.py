@@ -49,6 +49,10 @@ class OrtPortableBackend(TrainingBackend):
         self._threads = threads
         self._bundle: Bundle | None = None
         self._session: Any = None
+        # Sessions of the last step file loaded, reused while it is unchanged: the agent loads
+        # the bundle every round, and building a session is 0.1-1 s (path, mtime, size) -> by
+        # batch size (None: the dynamic one)
+        self._cached: tuple[tuple[str, int, int], dict[int | None, Any]] | None = None
         self._section = PortableStep(False)
         self._state: BoundState | None = None
         self._param_names: list[str] = []
@@ -66,7 +70,7 @@ class OrtPortableBackend(TrainingBackend):
                 f"({reason or 'it was exported before the portable step existed'}); "
                 "use backend = 'ort-training' on a device with onnxruntime-training-cpu"
             )
-        self._session = self._new_session(bundle, section)
+        self._session = self._cached_session(bundle, section, None)
         self._fixed = None
         self._batch_axis = _batch_axis(self._session, section.input_name)
         self._section = section
@@ -95,6 +99,17 @@ class OrtPortableBackend(TrainingBackend):
             str(bundle.file(section.file)), sess_options=so, providers=["CPUExecutionProvider"]
         )
 
+    def _cached_session(self, bundle: Bundle, section: PortableStep, batch: int | None) -> Any:
+        path = bundle.file(section.file)
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+        if self._cached is None or self._cached[0] != key:
+            self._cached = (key, {})
+        sessions = self._cached[1]
+        if batch not in sessions:
+            sessions[batch] = self._new_session(bundle, section, batch=batch)
+        return sessions[batch]
+
     def _session_for(self, inputs: dict[str, np.ndarray]) -> int:
         """The attached session to run ``inputs`` on (0: the dynamic one).
 
@@ -103,7 +118,7 @@ class OrtPortableBackend(TrainingBackend):
         """
         batch = len(inputs[self._section.input_name])
         if self._fixed is None and self._static_batch and self._batch_axis is not None:
-            fixed = self._new_session(self._loaded(), self._section, batch=batch)
+            fixed = self._cached_session(self._loaded(), self._section, batch)
             self._fixed = (batch, self._bound().attach(fixed, inputs=inputs))
         if self._fixed is not None and self._fixed[0] == batch:
             return self._fixed[1]

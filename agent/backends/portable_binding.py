@@ -68,7 +68,8 @@ class BoundState:
             self._bind(self._ort, session, src, dst, self._updates, lr_input, loss_output)
             for src, dst in ((0, 1), (1, 0))
         )
-        buffers = {n: np.empty_like(np.ascontiguousarray(a)) for n, a in (inputs or {}).items()}
+        # np.empty, not empty_like(ascontiguousarray(a)): that makes a 0-d seed 1-d
+        buffers = {n: np.empty(np.shape(a), np.asarray(a).dtype) for n, a in (inputs or {}).items()}
         for binding in bindings:
             for name, array in buffers.items():
                 binding.bind_ortvalue_input(name, self._wrap(self._ort, array))

@@ -337,3 +337,19 @@ def test_fixed_batch_session_refuses_a_batch_of_another_size(cnn_bundle, digits)
     state = backend._bound()
     with pytest.raises(FedgeError, match=r"fixed to \[32, 1, 8, 8\]"):
         state.step({"input": x[:31], "labels": y[:31]}, session=1)
+
+
+def test_reloading_the_same_bundle_reuses_its_sessions(mlp_bundle, digits):
+    """The agent loads the bundle every round: the sessions are built once, state is fresh."""
+    bundle, _, shape = mlp_bundle
+    x, y = digits[0][:100].reshape(-1, *shape), digits[1][:100]
+    backend = OrtPortableBackend()
+    runs = []
+    for _ in range(2):
+        backend.load(bundle)
+        backend.set_parameters(bundle.initial_parameters())
+        backend.train(x, y, epochs=1, batch_size=32, seed=1)
+        runs.append(([s for s, _ in backend._bound()._sessions], backend.get_parameters()))
+    assert len(runs[0][0]) == 2
+    assert all(a is b for a, b in zip(runs[0][0], runs[1][0], strict=True))
+    assert max_diff(runs[0][1], runs[1][1]) == 0.0
