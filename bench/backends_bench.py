@@ -4,7 +4,17 @@ Same model, same initial weights, same shuffled batches, one thread everywhere. 
 its own subprocess (peak RSS = ru_maxrss of that process, which includes importing the
 runtime); throughput counts only the training loop. Median of --runs runs.
 
+With --interleaved: one process, ort-training and ort-portable (and ort-portable with every
+batch on the dynamic-batch session, the step as it ran before the fixed-batch session) trained
+alternately one epoch at a time, --runs rounds; samples/s over the process's CPU time (the
+backends run single-threaded in the calling thread, so CPU time is what a loaded, shared
+machine distorts least), median per backend, and the ratio to ort-training.
+
+MLP = digits_mlp (64-64-10), CNN = conv-pool-conv-fc on 1x8x8, transformer = the zoo's
+TinyEncoder (one nn.TransformerEncoderLayer, dim 8, 2 heads) over the 64 digit pixels as tokens.
+
 Usage: .venv/bin/python bench/backends_bench.py [--runs 5] [--epochs 3] [--batch-size 32]
+       .venv/bin/python bench/backends_bench.py --interleaved --runs 9 [--optimizer adamw]
 """
 
 from __future__ import annotations
@@ -22,7 +32,25 @@ import time
 from pathlib import Path
 
 BACKENDS = ("pytorch", "ort-training", "ort-portable")
-MODELS = {"mlp": (64,), "cnn": (1, 8, 8)}
+MODELS = {"mlp": (64,), "cnn": (1, 8, 8), "transformer": (64,)}
+DTYPES = {"transformer": "int64"}  # token ids: the digit pixel values 0..16
+
+
+def tiny_encoder():
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from zoo.models import TinyEncoder
+
+    torch.manual_seed(0)
+    return TinyEncoder(dropout=0.0, vocab=17, classes=10)
+
+
+def model_inputs(kind: str, data) -> object:
+    """The digits as model ``kind`` reads them (pixels in [0, 1], or token ids 0..16)."""
+    if kind == "transformer":
+        return (data["x"] * 16.0).round().astype("int64")
+    return data["x"].reshape(-1, *MODELS[kind])
 
 
 def small_cnn():
@@ -44,6 +72,8 @@ def small_cnn():
 def build_model(kind: str):
     from fedge.demo.models import digits_mlp
 
+    if kind == "transformer":
+        return tiny_encoder()
     return digits_mlp() if kind == "mlp" else small_cnn()
 
 
@@ -70,9 +100,8 @@ def worker(args: argparse.Namespace) -> None:
     """One measurement in this process; prints a JSON line."""
     import numpy as np
 
-    shape = MODELS[args.model]
     with np.load(args.data) as data:  # no scikit-learn in the measured process
-        x, y = data["x"].reshape(-1, *shape), data["y"]
+        x, y = model_inputs(args.model, data), data["y"]
     if args.backend == "pytorch":
         import torch
 
@@ -86,7 +115,18 @@ def worker(args: argparse.Namespace) -> None:
         model.load_state_dict(
             {n: torch.from_numpy(v) for n, v in bundle.initial_parameters().items()}
         )
-        opt = torch.optim.SGD(model.parameters(), lr=bundle.manifest.optimizer.lr)
+        spec = bundle.manifest.optimizer
+        if spec.type == "adamw":
+            hyper = spec.hyperparameters
+            opt = torch.optim.AdamW(
+                model.parameters(),
+                lr=spec.lr,
+                betas=tuple(hyper["betas"]),
+                eps=hyper["eps"],
+                weight_decay=hyper["weight_decay"],
+            )
+        else:
+            opt = torch.optim.SGD(model.parameters(), lr=spec.lr)
         xt, yt = torch.from_numpy(x), torch.from_numpy(y)
         rng = np.random.default_rng(0)
         start = time.perf_counter()
@@ -121,15 +161,60 @@ def worker(args: argparse.Namespace) -> None:
     )
 
 
-def export_bundles(out: Path) -> dict[str, Path]:
+def export_bundles(out: Path, optimizer: str = "sgd") -> dict[str, Path]:
     from fedge.exporter.export import export_bundle
 
     paths = {}
     for kind, shape in MODELS.items():
         paths[kind] = export_bundle(
-            build_model(kind), input_shape=shape, out_dir=out / kind, optimizer="sgd", lr=0.05
+            build_model(kind),
+            input_shape=shape,
+            input_dtype=DTYPES.get(kind, "float32"),
+            out_dir=out / kind,
+            optimizer=optimizer,
+            lr=0.05 if optimizer == "sgd" else 1e-3,
         )
     return paths
+
+
+def interleaved(args: argparse.Namespace) -> None:
+    """Both ONNX Runtime backends in this process, one epoch each in turn (CPU time)."""
+    import numpy as np
+
+    from fedge.agent.backends import create_backend
+    from fedge.agent.backends.ort_portable import OrtPortableBackend
+    from fedge.protocol.bundle import load_bundle
+
+    print(
+        f"digits (1797 samples), {args.optimizer}, batch {args.batch_size}, 1 thread, "
+        f"interleaved in one process, median of {args.runs} epochs each, samples/s of CPU time"
+    )
+    print(f"{'model':12} {'backend':22} {'samples/s':>10} {'vs ort-training':>16}")
+    with tempfile.TemporaryDirectory(prefix="fedge-bench-") as tmp:
+        bundles = export_bundles(Path(tmp), args.optimizer)
+        save_digits(Path(tmp) / "digits.npz")
+        with np.load(Path(tmp) / "digits.npz") as data:
+            arrays = {"x": data["x"], "y": data["y"]}
+        for kind in MODELS:
+            bundle = load_bundle(bundles[kind])
+            x, y = model_inputs(kind, arrays), arrays["y"]
+            backends = {
+                "ort-training": create_backend("ort-training"),
+                "ort-portable": OrtPortableBackend(),
+                "ort-portable (dynamic)": OrtPortableBackend(static_batch=False),
+            }
+            rates: dict[str, list[float]] = {name: [] for name in backends}
+            for backend in backends.values():
+                backend.load(bundle)
+            for run in range(args.runs):
+                for name, backend in backends.items():
+                    start = time.process_time()
+                    backend.train(x, y, epochs=1, batch_size=args.batch_size, seed=run)
+                    rates[name].append(len(y) / (time.process_time() - start))
+            base = statistics.median(rates["ort-training"])
+            for name, values in rates.items():
+                rate = statistics.median(values)
+                print(f"{kind:12} {name:22} {rate:10.0f} {rate / base:15.2f}x")
 
 
 def measure(kind: str, backend: str, bundle: Path, args: argparse.Namespace) -> list[dict]:
@@ -175,6 +260,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--interleaved", action="store_true", help="both ORT backends in one process, alternating"
+    )
+    parser.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", choices=sorted(MODELS), help=argparse.SUPPRESS)
     parser.add_argument("--backend", choices=BACKENDS, help=argparse.SUPPRESS)
@@ -188,12 +277,15 @@ def main() -> None:
 
     logging.basicConfig(level=logging.ERROR)
     print(f"machine: {machine()}")
+    if args.interleaved:
+        interleaved(args)
+        return
     print(
-        f"digits (1797 samples), SGD, batch {args.batch_size}, {args.epochs} epochs, "
+        f"digits (1797 samples), {args.optimizer}, batch {args.batch_size}, {args.epochs} epochs, "
         f"1 thread, median of {args.runs} runs, each in its own process"
     )
     with tempfile.TemporaryDirectory(prefix="fedge-bench-") as tmp:
-        bundles = export_bundles(Path(tmp))
+        bundles = export_bundles(Path(tmp), args.optimizer)
         args.data = Path(tmp) / "digits.npz"
         save_digits(args.data)
         print(

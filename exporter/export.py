@@ -38,7 +38,7 @@ from fedge.protocol.manifest import (
 )
 from fedge.protocol.tensors import encode_tensors
 
-from . import artifacts, batchnorm, lora_merge, onnx_graph, preflight
+from . import artifacts, batchnorm, bias_check, lora_merge, onnx_graph, preflight
 from . import verify as parity
 from .errors import ExportError
 from .inputs import INPUT_NAME, InputArg, input_specs, sample_examples
@@ -126,6 +126,7 @@ def export_bundle(
     gen = torch.Generator().manual_seed(VERIFY_SEED)
     example = sample_examples(specs, batch=VERIFY_BATCH, generator=gen)
     output = preflight.trial_forward(model, example)
+    bias_check.warn_biases_before_batchnorm(model, example, train_names)
     bn_layers = batchnorm.find_layers(model, example)
     stat_names = batchnorm.running_stat_names(bn_layers)
     if custom_loss:

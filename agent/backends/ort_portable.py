@@ -3,7 +3,10 @@
 The step graph takes every state slot (parameters, buffers such as BatchNorm running
 statistics, optimizer state), a batch and the learning rate, and returns the loss and the new
 state; the state stays bound to the session between steps (``portable_binding.BoundState``:
-IO binding, two buffers per slot) and is copied out only by ``get_parameters()``. No training
+IO binding, two buffers per slot) and is copied out only by ``get_parameters()``. Full batches
+run on a second session of the same graph with the batch axis fixed to the first batch's size
+(``add_free_dimension_override_by_name``: ORT's constant folding then removes the step's shape
+computations and picks kernels for known shapes); a shorter last batch runs on the dynamic one. No training
 wheel, no torch, no onnx: it runs wherever ``onnxruntime`` has a wheel (Raspberry Pi aarch64,
 Python 3.13). Evaluation uses ``inference.onnx`` (eval mode) and computes the loss in numpy.
 """
@@ -40,11 +43,15 @@ class PortableStepMissing(FedgeError):
 class OrtPortableBackend(TrainingBackend):
     name = NAME
 
-    def __init__(self, *, threads: int = 1) -> None:
+    def __init__(self, *, threads: int = 1, static_batch: bool = True) -> None:
         self._ort = import_onnxruntime()
+        self._static_batch = static_batch  # off: every batch on the dynamic session (A/B)
+        self._fixed: tuple[int, int] | None = None  # (batch size, attached session index)
+        self._batch_axis: str | None = None  # the step's symbolic batch dimension
         self._threads = threads
         self._bundle: Bundle | None = None
         self._session: Any = None
+        self._step_file = ""  # the chosen optimizer's step graph
         self._section = PortableStep(False)
         self._state: BoundState | None = None
         self._param_names: list[str] = []
@@ -94,11 +101,11 @@ class OrtPortableBackend(TrainingBackend):
     def _open(
         self, bundle: Bundle, section: PortableStep, step_file: str, choice: OptimizerChoice
     ) -> None:
-        so = single_thread_session_options(self._ort, self._threads)
         self._state = None  # one session at a time
-        self._session = self._ort.InferenceSession(
-            str(bundle.file(step_file)), sess_options=so, providers=["CPUExecutionProvider"]
-        )
+        self._step_file = step_file
+        self._session = self._new_session(bundle)
+        self._fixed = None  # the fixed-batch session is attached at the first batch
+        self._batch_axis = _batch_axis(self._session, section.input_name)
         # the chosen step reads the slots that are not optimizer state, and its own
         slots = [s for s in section.state if _reads(s.kind, s.name, choice.type)]
         self._section = section
@@ -129,6 +136,30 @@ class OrtPortableBackend(TrainingBackend):
                 "round could choose it): re-export the bundle, or leave weight_decay unset"
             )
         return {}
+
+    def _new_session(self, bundle: Bundle, *, batch: int | None = None) -> Any:
+        """A session of the chosen step; ``batch``: with the batch axis fixed to it (ORT then
+        constant-folds the shape computations)."""
+        so = single_thread_session_options(self._ort, self._threads)
+        if batch is not None and self._batch_axis is not None:
+            so.add_free_dimension_override_by_name(self._batch_axis, batch)
+        return self._ort.InferenceSession(
+            str(bundle.file(self._step_file)), sess_options=so, providers=["CPUExecutionProvider"]
+        )
+
+    def _session_for(self, inputs: dict[str, np.ndarray]) -> int:
+        """The attached session to run ``inputs`` on (0: the dynamic one).
+
+        The first batch a loaded step sees sets the fixed size (the configured batch size: the
+        loop's batches are full except the last); a fixed-size session is built for it once.
+        """
+        batch = len(inputs[self._section.input_name])
+        if self._fixed is None and self._static_batch and self._batch_axis is not None:
+            fixed = self._new_session(self._loaded(), batch=batch)
+            self._fixed = (batch, self._bound().attach(fixed, inputs=inputs))
+        if self._fixed is not None and self._fixed[0] == batch:
+            return self._fixed[1]
+        return 0
 
     def _initial_state(
         self, bundle: Bundle, section: PortableStep, slots: list[StateSlot]
@@ -196,7 +227,7 @@ class OrtPortableBackend(TrainingBackend):
                 step_seed(self._round_seed, self._steps), dtype=np.int64
             )
         self._steps += 1
-        return self._bound().step(inputs)
+        return self._bound().step(inputs, session=self._session_for(inputs))
 
     def _trainable_names(self) -> list[str]:
         return list(self._loaded().trainable_names)
@@ -240,6 +271,14 @@ class OrtPortableBackend(TrainingBackend):
 def _reads(kind: str, name: str, optimizer: str) -> bool:
     """Whether the step of ``optimizer`` reads this slot (optimizer slots: ``<type>/...``)."""
     return kind != "optimizer" or name.startswith(f"{optimizer}/")
+
+
+def _batch_axis(session: Any, input_name: str) -> str | None:
+    """The name of the step's symbolic batch dimension (None: the step's batch is fixed)."""
+    for value in session.get_inputs():
+        if value.name == input_name and value.shape and isinstance(value.shape[0], str):
+            return value.shape[0]
+    return None
 
 
 class _EvalSession:

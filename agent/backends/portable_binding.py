@@ -7,6 +7,11 @@ other reads B and writes A. A step binds only the batch and runs; the roles then
 is copied between numpy and ONNX Runtime per step except the batch itself; slots the step does
 not change (frozen parameters) have one buffer bound as input in both bindings.
 
+More sessions of the same step graph can be attached to the same buffers (``attach``): the
+backend runs full batches on a session whose batch axis is fixed (ORT then folds the shape
+computations away) and the short last batch on the dynamic one; both read and write the same
+A/B buffers, so which one ran a step does not matter to the next.
+
 The arrays returned by :meth:`BoundState.current` are live: the next step overwrites the other
 buffer and the one after it this one. Callers copy what they keep.
 """
@@ -36,7 +41,6 @@ class BoundState:
         lr_input: str = "lr",
         loss_output: str = "loss",
     ) -> None:
-        self._session = session
         changing = {slot for slot, _ in updates}
         first = {n: np.array(v, order="C", copy=True) for n, v in state.items()}
         second = {n: (np.empty_like(v) if n in changing else v) for n, v in first.items()}
@@ -44,22 +48,46 @@ class BoundState:
         self._loss = _loss_buffer(session, loss_output)
         self._lr = np.array(lr, dtype=np.float32)  # held: the bindings point at its memory
         self._values: list[Any] = []  # OrtValues (and their arrays) the bindings point at
-        self._bindings = tuple(
-            self._bind(ort, src, dst, updates, lr_input, loss_output)
+        self._ort, self._updates = ort, updates
+        self._names = (lr_input, loss_output)
+        self._sessions: list[tuple[Any, tuple[Any, Any]]] = []
+        self._inputs: list[dict[str, np.ndarray]] = []  # per session: bound batch buffers
+        self.attach(session)
+        self._current = 0
+
+    def attach(self, session: Any, *, inputs: dict[str, np.ndarray] | None = None) -> int:
+        """Bind another session of the same step graph to these buffers; returns its index
+        for :meth:`step` (the first session, given at construction, is 0).
+
+        ``inputs`` (a session with fixed input shapes): buffers shaped like these arrays are
+        bound once, and a step copies the batch into them (``np.copyto``, ~1 us) instead of
+        binding it (``bind_cpu_input`` builds an OrtValue per input per step, ~2-3 us each).
+        """
+        lr_input, loss_output = self._names
+        bindings = tuple(
+            self._bind(self._ort, session, src, dst, self._updates, lr_input, loss_output)
             for src, dst in ((0, 1), (1, 0))
         )
-        self._current = 0
+        # np.empty, not empty_like(ascontiguousarray(a)): that makes a 0-d seed 1-d
+        buffers = {n: np.empty(np.shape(a), np.asarray(a).dtype) for n, a in (inputs or {}).items()}
+        for binding in bindings:
+            for name, array in buffers.items():
+                binding.bind_ortvalue_input(name, self._wrap(self._ort, array))
+        self._sessions.append((session, bindings))
+        self._inputs.append(buffers)
+        return len(self._sessions) - 1
 
     def _bind(
         self,
         ort: Any,
+        session: Any,
         src: int,
         dst: int,
         updates: list[tuple[str, str]],
         lr_input: str,
         loss_output: str,
     ) -> Any:
-        binding = self._session.io_binding()
+        binding = session.io_binding()
         for name, array in self._buffers[src].items():
             binding.bind_ortvalue_input(name, self._wrap(ort, array))
         binding.bind_ortvalue_input(lr_input, self._wrap(ort, self._lr))
@@ -73,12 +101,23 @@ class BoundState:
         self._values.append(value)
         return value
 
-    def step(self, inputs: dict[str, np.ndarray]) -> float:
-        """Run one step on ``inputs`` (the batch); returns the loss. State stays bound."""
-        binding = self._bindings[self._current]
+    def step(self, inputs: dict[str, np.ndarray], *, session: int = 0) -> float:
+        """Run one step on ``inputs`` (the batch) with attached session ``session``; returns
+        the loss. State stays bound."""
+        runner, bindings = self._sessions[session]
+        binding, buffers = bindings[self._current], self._inputs[session]
         for name, array in inputs.items():
-            binding.bind_cpu_input(name, array)
-        self._session.run_with_iobinding(binding)
+            target = buffers.get(name)
+            if target is None:
+                binding.bind_cpu_input(name, array)
+            elif target.shape == array.shape:
+                np.copyto(target, array, casting="same_kind")
+            else:  # np.copyto would broadcast a wrong-sized batch without a word
+                raise FedgeError(
+                    f"input '{name}' has shape {list(array.shape)}; this session is fixed "
+                    f"to {list(target.shape)}"
+                )
+        runner.run_with_iobinding(binding)
         self._current = 1 - self._current
         return float(self._loss)
 

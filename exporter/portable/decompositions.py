@@ -37,7 +37,21 @@ def decomposition_table() -> dict[Any, Any]:
     table.update(get_decompositions(list(_BATCH_NORM_OPS)))
     table[aten.convolution_backward.default] = convolution_backward
     table[aten.avg_pool2d_backward.default] = avg_pool2d_backward
+    table[aten._safe_softmax.default] = safe_softmax
     return table
+
+
+def safe_softmax(x: torch.Tensor, dim: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Softmax with rows that are entirely -inf (fully masked attention) set to 0, not NaN.
+
+    torch's decomposition finds those rows with ``all(x == -inf)``: Equal, Not, Cast, ReduceMax
+    and Not over every attention score, most of a small transformer's forward. A row is all
+    -inf exactly when its maximum is, so one ReduceMax and a comparison on the row maxima give
+    the same mask (and the same values: NaN rows stay NaN, as in torch's).
+    """
+    out = torch.softmax(x, dim=dim, dtype=dtype)
+    masked_rows = x.amax(dim=dim, keepdim=True) == float("-inf")
+    return torch.where(masked_rows, torch.zeros((), dtype=out.dtype), out)
 
 
 def avg_pool2d_backward(

@@ -35,13 +35,33 @@ def one_hot_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.T
     Traced, ``F.cross_entropy`` becomes ``nll_loss`` with its ignore_index bookkeeping (Equal,
     Not, Where, GatherElements, and a ScatterElements in the backward); the agent checks labels
     against the task's range before training, so none of it can apply. A one-hot product has
-    the same value and gradient in a handful of elementwise nodes.
+    the same value, and its gradient is written out (``_OneHotCrossEntropy.backward``).
     """
     classes = torch.arange(logits.shape[1], device=logits.device)
     classes = classes.reshape((1, -1) + (1,) * (logits.dim() - 2))
     one_hot = (labels.unsqueeze(1) == classes).to(logits.dtype)
-    log_p = torch.log_softmax(logits, dim=1)
-    return -(one_hot * log_p).sum(dim=1).mean()
+    return _OneHotCrossEntropy.apply(logits, one_hot)
+
+
+class _OneHotCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy against one-hot targets, with the textbook gradient.
+
+    Autograd's chain (mean's Expand and Div, the product's ReduceSum, log_softmax's backward)
+    traces into about a dozen small nodes, each with ONNX Runtime's per-node cost; the
+    gradient is ``(softmax - one_hot) / n`` (the one-hot rows sum to 1): three nodes.
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, logits, one_hot):
+        log_p = torch.log_softmax(logits, dim=1)
+        ctx.save_for_backward(log_p, one_hot)
+        return -(one_hot * log_p).sum(dim=1).mean()
+
+    @staticmethod
+    def backward(ctx, grad):
+        log_p, one_hot = ctx.saved_tensors
+        rows = log_p.numel() // log_p.shape[1]  # every position but the class axis
+        return (torch.exp(log_p) - one_hot) * (grad / rows), None
 
 
 # What the traced step computes; the parity check's PyTorch reference keeps LOSS_FUNCTIONS.

@@ -12,7 +12,8 @@ shape comparison, and the exported graph would then accept only that batch.
 The ONNX export (``torch.onnx.export`` on the traced graph) is most of an export's time and a
 pure function of the traced graph, so it is cached on disk (``trace_cache.py``), keyed by the
 graph's code, constants and input shapes: a second export of the same architecture (new weights
-or learning rate: both are graph inputs) skips it.
+or learning rate: both are graph inputs) skips it. ``rewrites.py`` then replaces what ONNX
+Runtime cannot simplify itself (MaxPool's index offsets) before the graph is cached.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from fedge.protocol.ort_runtime import import_onnxruntime, single_thread_session_options
 
-from . import trace_cache
+from . import rewrites, trace_cache
 from .decompositions import decomposition_table
 from .failure import describe, operator_in
 
@@ -62,13 +63,15 @@ def export_step(
     for only_batch_symbolic in (True, False):
         try:
             gm = _trace(step, args, dynamic, only_batch_symbolic)
-            source = Path(__file__).read_bytes()
+            # the rewrites change what is cached: their source is part of the key
+            source = Path(__file__).read_bytes() + Path(rewrites.__file__).read_bytes()
             key = trace_cache.graph_key(gm, args, settings, exporter_source=source)
             cached = trace_cache.load(key)
             if cached is not None:
                 return cached
             proto = _export_graph(gm, args, input_names, output_names, batch_inputs, opset)
             _require_dynamic_batch(proto, batch_inputs)
+            rewrites.plane_offsets_from_shape(proto)
         except Exception as exc:  # noqa: BLE001 - the second, fully symbolic pass decides
             if not only_batch_symbolic:
                 raise

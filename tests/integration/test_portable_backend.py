@@ -22,8 +22,10 @@ from torch import nn
 
 from fedge.agent.backends import create_backend
 from fedge.agent.backends.base import batches
+from fedge.agent.backends.ort_portable import OrtPortableBackend
 from fedge.exporter.export import export_bundle
 from fedge.protocol.bundle import load_bundle
+from fedge.protocol.errors import FedgeError
 
 pytestmark = pytest.mark.integration
 
@@ -304,3 +306,50 @@ def test_recurrent_and_grouped_models_train_alike_on_both_backends(name, tmp_pat
         results[backend_name] = backend.get_parameters()
     assert max_diff(results["ort-training"], results["ort-portable"]) < 1e-4
     assert max_diff(results["ort-portable"], bundle.initial_parameters()) > 1e-3
+
+
+@pytest.mark.parametrize("which", ["cnn_bundle", "bn_bundle"])
+def test_fixed_batch_session_trains_like_the_dynamic_one(which, request, digits):
+    """Full batches run on a session with the batch axis fixed, the short last one on the
+    dynamic session; both share the bound state, so the result equals all-dynamic training."""
+    bundle, _, shape = request.getfixturevalue(which)
+    x, y = digits[0][:300].reshape(-1, *shape), digits[1][:300]  # 9 full batches + 12
+    got = {}
+    for fixed in (True, False):
+        backend = OrtPortableBackend(static_batch=fixed)
+        backend.load(bundle)
+        result = backend.train(x, y, epochs=2, batch_size=32, seed=5)
+        got[fixed] = (backend.get_parameters(), result.loss, backend._bound())
+    assert len(got[True][2]._sessions) == 2 and len(got[False][2]._sessions) == 1
+    assert max_diff(got[True][0], got[False][0]) < 1e-5
+    assert abs(got[True][1] - got[False][1]) < 1e-5
+    if which == "bn_bundle":  # running statistics come through the fixed session too
+        state = got[True][2]
+        assert not np.allclose(state.current("1.running_mean"), 0.0)
+
+
+def test_fixed_batch_session_refuses_a_batch_of_another_size(cnn_bundle, digits):
+    bundle, _, shape = cnn_bundle
+    backend = OrtPortableBackend()
+    backend.load(bundle)
+    x, y = digits[0][:64].reshape(-1, *shape), digits[1][:64]
+    backend.train(x, y, epochs=1, batch_size=32, seed=0)
+    state = backend._bound()
+    with pytest.raises(FedgeError, match=r"fixed to \[32, 1, 8, 8\]"):
+        state.step({"input": x[:31], "labels": y[:31]}, session=1)
+
+
+def test_reloading_the_same_bundle_reuses_its_sessions(mlp_bundle, digits):
+    """The agent loads the bundle every round: the sessions are built once, state is fresh."""
+    bundle, _, shape = mlp_bundle
+    x, y = digits[0][:100].reshape(-1, *shape), digits[1][:100]
+    backend = OrtPortableBackend()
+    runs = []
+    for _ in range(2):
+        backend.load(bundle)
+        backend.set_parameters(bundle.initial_parameters())
+        backend.train(x, y, epochs=1, batch_size=32, seed=1)
+        runs.append(([s for s, _ in backend._bound()._sessions], backend.get_parameters()))
+    assert len(runs[0][0]) == 2
+    assert all(a is b for a, b in zip(runs[0][0], runs[1][0], strict=True))
+    assert max_diff(runs[0][1], runs[1][1]) == 0.0

@@ -7,7 +7,12 @@ import torch
 import torch.nn.functional as F
 
 from fedge.agent.backends.ort_portable import mean_loss
-from fedge.exporter.portable.decompositions import avg_pool2d_backward, convolution_backward
+from fedge.exporter.portable.decompositions import (
+    avg_pool2d_backward,
+    convolution_backward,
+    decomposition_table,
+    safe_softmax,
+)
 from fedge.exporter.portable.failure import (
     Location,
     ModuleTracker,
@@ -16,6 +21,7 @@ from fedge.exporter.portable.failure import (
     plain,
 )
 from fedge.exporter.portable.layout import build_layout
+from fedge.exporter.portable.step import one_hot_cross_entropy
 from fedge.exporter.portable.trace import trace_batch_size
 
 CASES = [
@@ -258,3 +264,30 @@ def test_seeded_dropout_masks_have_the_rate_and_depend_only_on_seed_and_stream()
         b = torch.nn.functional.dropout(x, 0.5)
     assert torch.equal(a, b) and set(a.unique().tolist()) == {0.0, 2.0}
     assert torch.nn.functional.dropout is original  # restored after the block
+
+
+def test_safe_softmax_matches_torch_on_masked_unmasked_and_nan_rows():
+    aten = torch.ops.aten
+    assert decomposition_table()[aten._safe_softmax.default] is safe_softmax
+    x = torch.randn(2, 3, 4, 5)
+    x[0, 1, 2] = float("-inf")  # a fully masked row: 0, not NaN
+    x[1, 0, 1, :3] = float("-inf")  # partly masked
+    x[1, 2, 3, 1] = float("nan")  # NaN stays NaN, as in torch's
+    expected = aten._safe_softmax.default(x, -1)
+    got = safe_softmax(x, -1)
+    assert torch.equal(got.isnan(), expected.isnan())
+    assert torch.equal(torch.nan_to_num(got), torch.nan_to_num(expected))
+    assert torch.equal(got[0, 1, 2], torch.zeros(5))
+
+
+@pytest.mark.parametrize("shape", [(7, 5), (4, 3, 6)])
+def test_one_hot_cross_entropy_value_and_gradient_match_torch(shape):
+    torch.manual_seed(1)
+    logits = (torch.randn(*shape, dtype=torch.float64) * 3).requires_grad_(True)
+    labels = torch.randint(0, shape[1], (shape[0], *shape[2:]))
+    mine = one_hot_cross_entropy(logits, labels)
+    (grad_mine,) = torch.autograd.grad(mine * 2.5, logits)
+    ref = F.cross_entropy(logits, labels)
+    (grad_ref,) = torch.autograd.grad(ref * 2.5, logits)
+    assert torch.allclose(mine, ref, atol=1e-12)
+    assert torch.allclose(grad_mine, grad_ref, atol=1e-12)
