@@ -26,7 +26,9 @@ _BIASED = (nn.modules.conv._ConvNd, nn.Linear)
 
 
 def biases_before_batchnorm(
-    model: nn.Module, example: torch.Tensor, trainable: Collection[str] | None = None
+    model: nn.Module,
+    example: torch.Tensor | tuple[torch.Tensor, ...],
+    trainable: Collection[str] | None = None,
 ) -> list[tuple[str, str]]:
     """``(layer path, BatchNorm path)`` for every biased Conv/Linear feeding a BatchNorm.
 
@@ -67,7 +69,7 @@ def biases_before_batchnorm(
     model.eval()
     try:
         with torch.no_grad():
-            model(example)
+            model(*(example if isinstance(example, tuple) else (example,)))
     finally:
         model.train(was_training)
         for handle in handles:
@@ -76,7 +78,9 @@ def biases_before_batchnorm(
 
 
 def warn_biases_before_batchnorm(
-    model: nn.Module, example: torch.Tensor, trainable: Collection[str] | None = None
+    model: nn.Module,
+    example: torch.Tensor | tuple[torch.Tensor, ...],
+    trainable: Collection[str] | None = None,
 ) -> list[tuple[str, str]]:
     """Log one warning per biased layer feeding a BatchNorm; returns what it found."""
     modules = dict(model.named_modules())
