@@ -247,12 +247,8 @@ class Agent:
                 self.task = None
             return
         broadcast = parse_message(payload, RoundTask)
-        if not isinstance(broadcast, RoundTask):  # pragma: no cover - parse_message checked it
-            raise MessageError("expected a round task")
         self._broadcast = broadcast
         task = as_seen_by(broadcast, self._invitation, self.cfg.id)
-        if task is None:  # pragma: no cover - as_seen_by returns a task for a task
-            return
         news = round_news(self._seen_task, task, self.cfg.id, self.clock.time())
         if news:
             log.info("%s", news)

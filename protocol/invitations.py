@@ -17,7 +17,7 @@ not a participant, whatever it sends.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import ClassVar
+from typing import ClassVar, overload
 
 from .fields import AgentId, Round
 from .messages import MESSAGE_TYPES, Message, RoundTask, RunId
@@ -43,6 +43,10 @@ def invites(invitation: Invitation | None, task: RoundTask | None, agent_id: str
     )
 
 
+@overload
+def as_seen_by(task: RoundTask, invitation: Invitation | None, agent_id: str) -> RoundTask: ...
+@overload
+def as_seen_by(task: None, invitation: Invitation | None, agent_id: str) -> None: ...
 def as_seen_by(
     task: RoundTask | None, invitation: Invitation | None, agent_id: str
 ) -> RoundTask | None:

@@ -14,7 +14,7 @@ import json
 import os
 import uuid
 from dataclasses import dataclass, field
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, TypeVar, overload
 
 from .errors import MessageError
 from .fields import (
@@ -359,6 +359,13 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
 }
 
 
+M = TypeVar("M", bound="Message")
+
+
+@overload
+def parse_message(payload: bytes, expected: type[M]) -> M: ...
+@overload
+def parse_message(payload: bytes, expected: None = None) -> Message: ...
 def parse_message(payload: bytes, expected: type[Message] | None = None) -> Message:
     """Decode and validate one control message; raise MessageError saying what is wrong.
 
