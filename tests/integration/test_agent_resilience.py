@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from support.fleet import Fleet, agent_config, orchestrator_config
+from support.polling import query, wait_for
 
 from fedge.protocol.compression import compression_of, decode_delta
 from fedge.protocol.tensors import decode_tensors
@@ -28,28 +29,6 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def digits_bundle(digits_bundle_factory):
     return digits_bundle_factory("sgd", 0.05)
-
-
-def wait_for(what: str, cond, fleet: Fleet, timeout: float = 60.0, every: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out waiting for {what}\n{fleet.all_logs()}")
-
-
-def query(db: Path, sql: str, args: tuple = ()) -> list[tuple]:
-    if not db.exists():
-        return []
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-    try:
-        return conn.execute(sql, args).fetchall()
-    except sqlite3.OperationalError:  # tables not created yet
-        return []
-    finally:
-        conn.close()
 
 
 def journal(state: Path, round_no: int) -> str:

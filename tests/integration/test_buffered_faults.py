@@ -8,12 +8,13 @@ were buffered when the orchestrator died are applied after its restart.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from pathlib import Path
 
 import pytest
+from support import polling
 from support.fleet import Fleet, agent_config, orchestrator_config
+from support.polling import query
 
 pytestmark = pytest.mark.integration
 
@@ -26,25 +27,7 @@ def digits_bundle(digits_bundle_factory):
 
 
 def wait_for(what: str, cond, fleet: Fleet, timeout: float = 90.0, every: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out waiting for {what}\n{fleet.all_logs()}")
-
-
-def query(db: Path, sql: str, args: tuple = ()) -> list[tuple]:
-    if not db.exists():
-        return []
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-    try:
-        return conn.execute(sql, args).fetchall()
-    except sqlite3.OperationalError:  # tables not created yet
-        return []
-    finally:
-        conn.close()
+    return polling.wait_for(what, cond, fleet, timeout, every)  # async rounds take longer
 
 
 def buffered_slots(db: Path) -> list[int]:
