@@ -24,7 +24,7 @@ from fedge.protocol.blob_server import BlobServer
 from fedge.protocol.bundle import Bundle, load_bundle, pack_bundle
 from fedge.protocol.chunks import Chunk, blob_ref, decode_frame, encode_frame
 from fedge.protocol.compression import decode_delta
-from fedge.protocol.errors import CodecError, ConfigError, FedgeError, MessageError, TransferError
+from fedge.protocol.errors import CodecError, FedgeError, MessageError, TransferError
 from fedge.protocol.messages import (
     EvalReport,
     FetchRequest,
@@ -57,6 +57,7 @@ from .registry import DeviceRegistry
 from .robust_aggregation import aggregate_stored, robust_weighting, weigh_norms
 from .round_machine import CloseRound, Finish, LiveRound, OpenRound, RoundMachine, Wait
 from .round_metrics import federated_metrics, training_metrics
+from .run_choice import new_run_id, reopen_finished_run
 from .standardization_round import check_standardizable, combine_reports
 from .store import RoundRecord, Store
 from .strategies import DeviceInfo, create_strategy
@@ -245,18 +246,10 @@ class Orchestrator:
             self._last_wait_log = self.clock()
 
     # ---- run lifecycle ----
-    def _unused_run_id(self, base: str) -> str:
-        # Short runs finish within a second: a second run of the same bundle in that second
-        # would reuse the timestamped id, so the later ones get a numeric suffix.
-        run_id, n = base, 1
-        while self.store.run_exists(run_id):
-            n += 1
-            run_id = f"{base}-{n}"
-        return run_id
-
     def _resume_or_create_run(self) -> None:
         if self.cfg.continue_run:
-            self._reopen_finished_run()
+            self.cfg.continue_run = False  # once per process: a run finished again is followed
+            reopen_finished_run(self.store, self.bundle.content_hash, self.cfg.rounds.rounds)
         active = self.store.active_run()
         if active and active["bundle_hash"] == self.bundle.content_hash:
             run_id = active["run_id"]
@@ -268,8 +261,7 @@ class Orchestrator:
                     active["run_id"],
                 )
             params = encode_tensors(self.bundle.initial_parameters())
-            stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(self.clock()))
-            run_id = self._unused_run_id(f"{stamp}-{self.bundle.content_hash[:8]}")
+            run_id = new_run_id(self.store, self.bundle.content_hash, self.clock())
             config = {"rounds": asdict(self.cfg.rounds), "strategy": self.strategy.describe()}
             config |= {"mode": self.cfg.mode, "buffered": asdict(self.cfg.buffered)}
             self.store.create_run(
@@ -314,34 +306,6 @@ class Orchestrator:
             self._publish_task("open")
         else:
             self._publish_task("closed")
-
-    def _reopen_finished_run(self) -> None:
-        """`--continue`: the latest finished run of this bundle trains on from its last version.
-
-        Only once per process: a run that then finishes again is followed by a new run."""
-        self.cfg.continue_run = False
-        if self.store.active_run() is not None:
-            return  # an unfinished run is resumed anyway
-        run_id = self.store.latest_finished_run(self.bundle.content_hash)
-        if run_id is None:
-            raise ConfigError(
-                "--continue: this database has no finished run of bundle "
-                f"{self.bundle.content_hash[:12]}; start one without --continue"
-            )
-        version = self.store.latest_version(run_id)[0]
-        if version >= self.cfg.rounds.rounds:
-            raise ConfigError(
-                f"--continue: run {run_id} already has model v{version} and rounds.rounds "
-                f"is {self.cfg.rounds.rounds}; ask for more, e.g. --set "
-                f"rounds.rounds={version + 10}"
-            )
-        self.store.reopen_run(run_id)
-        log.info(
-            "continuing finished run %s from model v%d up to v%d",
-            run_id,
-            version,
-            self.cfg.rounds.rounds,
-        )
 
     def _load_standardization(self, run_id: str) -> None:
         stored = self.store.standardization(run_id)
