@@ -1,7 +1,7 @@
 """Where a round's time goes: the per-round timeline of a real 10-device digits federation.
 
 Real parts: one Mosquitto on loopback, ``fedge orchestrator`` and one ``fedge agent`` process
-per device (ort-training backend, digits split Dirichlet(0.5), seed 0, the demo's MLP: 4,810
+per device (ort-training backend unless --backend, digits split Dirichlet(0.5), seed 0, the demo's MLP: 4,810
 parameters, AdamW lr 0.01, 1 local epoch, batch 16, central evaluation on the held-out split).
 Every process writes its timing hooks (``fedge.protocol.timeline``, env ``FEDGE_TIMELINE``) to
 its own file; the bench merges them and prints, per step, the median over the steady rounds
@@ -17,6 +17,7 @@ does per round), summed over the devices; median over ``--rounds`` repetitions. 
 the steady round time (task published -> next task published) over that baseline.
 
 Usage: python bench/round_timeline_bench.py [--runs 3] [--rounds 12] [--devices 10]
+       [--backend ort-training|ort-portable]
 """
 
 from __future__ import annotations
@@ -123,7 +124,7 @@ def run_federation(tmp: Path, fed, bundle: Path, args) -> dict[int, dict[str, li
                     "id": aid,
                     "federation": broker.federation,
                     "state_dir": str(tmp / "state" / aid),
-                    "backend": "ort-training",
+                    "backend": args.backend,
                     # like the baseline (this process): the agents' default nice 10 would
                     # measure how the other jobs on a shared machine starve them
                     "nice": 0,
@@ -215,7 +216,7 @@ def run_federation(tmp: Path, fed, bundle: Path, args) -> dict[int, dict[str, li
     return out
 
 
-def baseline_seconds(fed, bundle_path: Path, rounds: int) -> list[float]:
+def baseline_seconds(fed, bundle_path: Path, rounds: int, backend_name: str) -> list[float]:
     """Per repetition: the 10 devices' local training in this process, summed."""
     from fedge.agent.backends import create_backend
     from fedge.agent.local_training import train_locally
@@ -226,7 +227,7 @@ def baseline_seconds(fed, bundle_path: Path, rounds: int) -> list[float]:
 
     bundle = load_bundle(bundle_path)
     params = bundle.initial_parameters()
-    backend = create_backend("ort-training", threads=1)
+    backend = create_backend(backend_name, threads=1)
     config = TrainConfig(local_epochs=1, batch_size=16, seed=0)
     data = [read_for_bundle(DataSource(path=str(p)), bundle.manifest) for p in fed.device_paths]
     sums = []
@@ -249,10 +250,19 @@ def baseline_seconds(fed, bundle_path: Path, rounds: int) -> list[float]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="example: python bench/round_timeline_bench.py --runs 3 --backend ort-portable",
+    )
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=12)
     ap.add_argument("--devices", type=int, default=10)
+    ap.add_argument(
+        "--backend",
+        default="ort-training",
+        choices=["ort-training", "ort-portable"],
+        help="the agents' backend, and the in-process baseline's (default: ort-training)",
+    )
     ap.add_argument("--timeout", type=float, default=300.0)
     ap.add_argument("--workdir", help="keep the logs and databases here (default: a temp dir)")
     args = ap.parse_args()
@@ -288,7 +298,7 @@ def main() -> int:
                     per_step[key + ":median"].append(statistics.median(vals))
                 if steps.get("next_open"):
                     run_rounds.append(steps["next_open"][0])
-            run_base = baseline_seconds(fed, bundle, args.rounds)
+            run_base = baseline_seconds(fed, bundle, args.rounds, args.backend)
             base.extend(run_base)
             round_times.extend(run_rounds)
             if run_rounds:
