@@ -11,6 +11,8 @@ records the orchestrator wrote.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sqlite3
 import threading
 import time
@@ -219,10 +221,21 @@ def test_agent_killed_and_orchestrator_killed_mid_round(
         _poll(lambda: _round_state(db_path, 1) is not None, fleet, 60)
         fleet.kill("dev-2")
         _poll(lambda: (_round_state(db_path, 1) or ("open",))[0] != "open", fleet, 60)
-        fleet.start("dev-2", "agent", configs["dev-2"])
-        # the orchestrator killed mid-round, after it accepted an update, then restarted
-        _poll(lambda: (_round_state(db_path, 2) or ("", 0))[1] >= 1, fleet, 60)
-        fleet.kill("orchestrator")
+        # the orchestrator killed mid-round, after it accepted an update, then restarted. Round
+        # 2 must still be open when it dies: dev-0 and dev-1 are frozen (SIGSTOP) until then,
+        # so only dev-2 can report (with fast rounds the second report used to land in the
+        # few ms between the poll and the kill, and no round was open at the restart). Round 2
+        # cannot open before dev-2 is back (min_devices 3), so they are frozen before it opens.
+        frozen = [fleet.procs[name].pid for name in ("dev-0", "dev-1")]
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            fleet.start("dev-2", "agent", configs["dev-2"])
+            _poll(lambda: (_round_state(db_path, 2) or ("", 0))[1] >= 1, fleet, 60)
+            fleet.kill("orchestrator")
+        finally:
+            for pid in frozen:
+                os.kill(pid, signal.SIGCONT)
         fleet.start("orchestrator", "orchestrator", orch_cfg)
         assert fleet.wait("orchestrator", timeout=90) == 0, fleet.all_logs()
     finally:
