@@ -10,22 +10,9 @@ started=$(date +%s)
 say() { echo "test-rabbitmq: $*"; }
 die() { echo "test-rabbitmq: ERROR: $*" >&2; exit 1; }
 
-if [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || command -v rabbitmq-server >/dev/null 2>&1; then
-    say "rabbitmq-server found: $(dpkg-query -W -f='${Version}' rabbitmq-server 2>/dev/null || echo '?')"
-else
-    say "rabbitmq-server missing: installing it with apt-get"
-    command -v apt-get >/dev/null 2>&1 ||
-        die "apt-get not available: install rabbitmq-server (3.10 or newer) yourself, then rerun"
-    SUDO=""
-    if [ "$(id -u)" -ne 0 ]; then
-        command -v sudo >/dev/null 2>&1 || die "not root and no sudo: run 'apt-get install rabbitmq-server' as root"
-        SUDO="sudo"
-    fi
-    $SUDO apt-get update >/dev/null || die "apt-get update failed"
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        rabbitmq-server >/dev/null || die "apt-get install rabbitmq-server failed"
-    say "installed rabbitmq-server $(dpkg-query -W -f='${Version}' rabbitmq-server) in $(($(date +%s) - started)) s"
-fi
+bash scripts/install-system-packages.sh rabbitmq ||
+    die "rabbitmq-server is missing (above: what to install)"
+say "rabbitmq-server $(dpkg-query -W -f='${Version}' rabbitmq-server 2>/dev/null || echo '(version unknown)')"
 
 bash scripts/setup-venv.sh dev >/dev/null
 if [ "$#" -eq 0 ]; then

@@ -8,80 +8,10 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 say() { echo "test.sh: $*"; }
 die() { echo "test.sh: ERROR: $*" >&2; exit 1; }
 
-have_mosquitto() {
-    { command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; } &&
-        command -v mosquitto_passwd >/dev/null 2>&1
-}
-
-if have_mosquitto; then
-    say "mosquitto found: $(command -v mosquitto || echo /usr/sbin/mosquitto)"
-else
-    say "mosquitto (or mosquitto_passwd) missing: installing mosquitto and mosquitto-clients with apt-get"
-    command -v apt-get >/dev/null 2>&1 ||
-        die "apt-get not available: install mosquitto yourself (e.g. brew install mosquitto), then rerun"
-    SUDO=""
-    if [ "$(id -u)" -ne 0 ]; then
-        command -v sudo >/dev/null 2>&1 || die "not root and no sudo: run 'apt-get install mosquitto mosquitto-clients' as root"
-        SUDO="sudo"
-    fi
-    $SUDO apt-get update || die "apt-get update failed"
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        mosquitto mosquitto-clients || die "apt-get install mosquitto mosquitto-clients failed"
-    have_mosquitto || die "mosquitto is still not found after apt-get install"
-    say "installed: $( (command -v mosquitto || echo /usr/sbin/mosquitto) )"
-fi
-
-# Prometheus (server + promtool): tests/integration/test_prometheus.py scrapes a live run with
-# it, and the alert-rule tests run promtool. Same pattern: install if missing, never skip.
-have_prometheus() {
-    command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1
-}
-
-if have_prometheus; then
-    say "prometheus found: $(command -v prometheus)"
-else
-    say "prometheus (or promtool) missing: installing prometheus with apt-get"
-    command -v apt-get >/dev/null 2>&1 ||
-        die "apt-get not available: install prometheus yourself (it ships promtool), then rerun"
-    SUDO=""
-    if [ "$(id -u)" -ne 0 ]; then
-        command -v sudo >/dev/null 2>&1 || die "not root and no sudo: run 'apt-get install prometheus' as root"
-        SUDO="sudo"
-    fi
-    $SUDO apt-get update || die "apt-get update failed"
-    # policy-rc.d / no systemd in containers: the package's own service may not start; the
-    # tests start their own server on a free loopback port anyway.
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        prometheus || die "apt-get install prometheus failed"
-    have_prometheus || die "prometheus is still not found after apt-get install"
-    say "installed: $(command -v prometheus)"
-fi
-
-# Chromium + ChromeDriver (Debian's packages): tests/integration/test_dashboard_browser.py
-# drives the dashboard page in headless Chromium with selenium. Same pattern: install if
-# missing, never skip. (selenium is given both paths, so it never downloads a driver itself.)
-have_chromium() {
-    { command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ]; } &&
-        { command -v chromedriver >/dev/null 2>&1 || [ -x /usr/bin/chromedriver ]; }
-}
-
-if have_chromium; then
-    say "chromium found: $(command -v chromium || echo /usr/bin/chromium)"
-else
-    say "chromium (or chromedriver) missing: installing chromium and chromium-driver with apt-get"
-    command -v apt-get >/dev/null 2>&1 ||
-        die "apt-get not available: install Chromium and its ChromeDriver yourself, then rerun"
-    SUDO=""
-    if [ "$(id -u)" -ne 0 ]; then
-        command -v sudo >/dev/null 2>&1 || die "not root and no sudo: run 'apt-get install chromium chromium-driver' as root"
-        SUDO="sudo"
-    fi
-    $SUDO apt-get update || die "apt-get update failed"
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        chromium chromium-driver || die "apt-get install chromium chromium-driver failed"
-    have_chromium || die "chromium is still not found after apt-get install"
-    say "installed: $(command -v chromium || echo /usr/bin/chromium)"
-fi
+# Mosquitto (every integration test), Prometheus (the scrape and alert-rule tests), Chromium +
+# ChromeDriver (the dashboard's browser test): installed if missing, never skipped.
+bash "$ROOT/scripts/install-system-packages.sh" mosquitto prometheus chromium ||
+    die "the system packages the tests start are missing (above: what to install)"
 
 bash "$ROOT/scripts/setup-venv.sh" dev
 
