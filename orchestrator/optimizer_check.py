@@ -35,11 +35,10 @@ def check_optimizer(rounds: RoundSettings, manifest: Manifest) -> OptimizerSpec:
             f"{rounds.optimizer!r} (choose one it carries, or {hint})"
         ) from None
     decay = rounds.weight_decay
-    if spec.type == "sgd" and decay > 0:
+    if (refusal := spec.weight_decay_refusal(decay)) is not None:
         raise ConfigError(
-            f"rounds.weight_decay {decay:g} with optimizer sgd: the bundle's SGD (ONNX "
-            "Runtime's SGD graph) has neither weight decay nor momentum; use optimizer = "
-            '"adamw" for weight decay, or leave rounds.weight_decay at -1 (the bundle\'s own)'
+            f'rounds.weight_decay: {refusal} (optimizer = "adamw"), or leave '
+            "rounds.weight_decay at -1 (the bundle's own)"
         )
     portable = manifest.portable
     if (

@@ -88,6 +88,17 @@ class OptimizerSpec:
         value = self.hyperparameters.get("weight_decay", 0.0)
         return float(value) if isinstance(value, (int, float)) else 0.0
 
+    def weight_decay_refusal(self, weight_decay: float) -> str | None:
+        """Why this optimizer cannot train with ``weight_decay`` (None: it can). The one rule
+        both the orchestrator's start-up check and the agent's round check apply."""
+        if self.type == "sgd" and weight_decay > 0:
+            return (
+                f"weight decay {weight_decay:g} with optimizer sgd: the bundle's SGD (ONNX "
+                "Runtime's SGD graph) has neither weight decay nor momentum; use adamw for "
+                "weight decay"
+            )
+        return None
+
 
 @dataclass(frozen=True)
 class FileEntry:

@@ -47,12 +47,8 @@ def choose_optimizer(
     lr = float(learning_rate) if learning_rate else float(spec.lr)
     if weight_decay is None:
         wd = spec.weight_decay
-    elif spec.type == "sgd" and weight_decay > 0:
-        raise OptimizerUnavailable(
-            f"the round asks for SGD with weight_decay {weight_decay:g}; the bundle's SGD "
-            "(ONNX Runtime's SGD graph) has no weight decay and no momentum: use adamw for "
-            "weight decay"
-        )
+    elif (refusal := spec.weight_decay_refusal(weight_decay)) is not None:
+        raise OptimizerUnavailable(f"the round asks for {refusal}")
     else:
         wd = float(weight_decay)
     return OptimizerChoice(spec, lr, wd)

@@ -197,5 +197,8 @@ def test_an_optimizer_the_bundle_lacks_is_refused_with_what_it_carries(
     bundle = load_bundle(bundle_dir)
     with pytest.raises(OptimizerUnavailable, match="carries adamw, sgd; got 'lion'"):
         backend.load(bundle, optimizer="lion")
-    with pytest.raises(OptimizerUnavailable, match="SGD .* has no weight decay"):
+    with pytest.raises(
+        OptimizerUnavailable,
+        match="weight decay 0.1 with optimizer sgd: .* neither weight decay nor momentum",
+    ):
         backend.load(bundle, optimizer="sgd", weight_decay=0.1)

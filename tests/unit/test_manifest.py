@@ -341,3 +341,14 @@ def test_a_single_optimizer_bundle_keeps_the_old_file_names() -> None:
     assert m.optimizer_file(m.optimizer, "ort-training") == "optimizer_model.onnx"
     with pytest.raises(BundleError, match="carries sgd; got 'adamw'"):
         m.optimizer_named("adamw")
+
+
+def test_one_weight_decay_rule_for_the_orchestrator_and_the_agent():
+    from fedge.protocol.manifest import OptimizerSpec
+
+    sgd = OptimizerSpec("sgd", 0.05, {"weight_decay": 0.0})
+    adamw = OptimizerSpec("adamw", 0.01, {"weight_decay": 0.01})
+    assert sgd.weight_decay_refusal(0.0) is None
+    assert adamw.weight_decay_refusal(0.5) is None
+    refusal = sgd.weight_decay_refusal(0.1)
+    assert refusal is not None and "neither weight decay nor momentum" in refusal

@@ -47,7 +47,10 @@ def test_the_default_is_the_bundles_first_optimizer() -> None:
     ("rounds", "fragment"),
     [
         (RoundSettings(optimizer="adam"), "bundle 'toy' carries adamw, sgd; got 'adam'"),
-        (RoundSettings(optimizer="sgd", weight_decay=0.1), "neither weight decay nor momentum"),
+        (
+            RoundSettings(optimizer="sgd", weight_decay=0.1),
+            "rounds.weight_decay: weight decay 0.1 with optimizer sgd: .* neither weight decay nor momentum",
+        ),
     ],
 )
 def test_a_choice_the_bundle_cannot_run_is_refused(rounds: RoundSettings, fragment: str) -> None:
