@@ -19,10 +19,10 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from fedge.demo.broker_process import BrokerProcess
 from fedge.orchestrator.broker_files import (
     DEFAULT_ORCHESTRATOR_USER,
     BrokerFiles,
-    federation_prefix,
     write_broker_files,
 )
 from fedge.orchestrator.site_bridge import BridgeSettings
@@ -63,7 +63,7 @@ def make_users(
     return users
 
 
-class LocalMosquitto:
+class LocalMosquitto(BrokerProcess):
     """One Mosquitto process with files rendered by ``write_broker_files`` into ``workdir``."""
 
     def __init__(
@@ -94,31 +94,6 @@ class LocalMosquitto:
         self._port = port if port is not None else free_port(self.host)
         self._proc: subprocess.Popen[bytes] | None = None
         self.files: BrokerFiles = self._write_files()
-
-    @property
-    def port(self) -> int:
-        """The plain MQTT port on 127.0.0.1."""
-        return self._port
-
-    @property
-    def url(self) -> str:
-        """``mqtt://127.0.0.1:PORT``."""
-        return f"mqtt://{self.host}:{self._port}"
-
-    @property
-    def prefix(self) -> str:
-        """The federation's topic prefix, e.g. ``fedge/v1/demo``."""
-        return federation_prefix(self.federation)
-
-    @property
-    def pid(self) -> int | None:
-        """PID of the running broker, or None."""
-        return self._proc.pid if self.running else None  # type: ignore[union-attr]
-
-    @property
-    def running(self) -> bool:
-        """True while the broker process is alive."""
-        return self._proc is not None and self._proc.poll() is None
 
     def start(self) -> LocalMosquitto:
         """Start the broker and wait until its port accepts connections."""
@@ -170,12 +145,6 @@ class LocalMosquitto:
     def log_tail(self, lines: int = 30) -> str:
         """The last ``lines`` lines of the broker's log."""
         return "\n".join(self._log_text(0).splitlines()[-lines:])
-
-    def __enter__(self) -> LocalMosquitto:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url}, pid={self.pid}, workdir={str(self.workdir)!r})"

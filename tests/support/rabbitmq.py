@@ -24,9 +24,10 @@ from pathlib import Path
 
 import pytest
 
+from fedge.demo.broker_process import BrokerProcess
 from fedge.demo.mosquitto import free_port, make_users
 from fedge.orchestrator import rabbitmq_files
-from fedge.orchestrator.broker_files import DEFAULT_ORCHESTRATOR_USER, federation_prefix
+from fedge.orchestrator.broker_files import DEFAULT_ORCHESTRATOR_USER
 
 INSTALL_HINT = "install rabbitmq-server (apt-get install rabbitmq-server)"
 SBIN = Path("/usr/lib/rabbitmq/bin")  # Debian's; /usr/sbin's wrappers switch to user rabbitmq
@@ -46,7 +47,7 @@ def find_rabbitmq() -> Path:
     pytest.fail(f"rabbitmq-server not found: {INSTALL_HINT}", pytrace=False)
 
 
-class RabbitMQBroker:
+class RabbitMQBroker(BrokerProcess):
     """One RabbitMQ node with files in ``workdir``; interface of ``MosquittoBroker``."""
 
     mqtt_protocol = "3.1.1"
@@ -80,27 +81,7 @@ class RabbitMQBroker:
         self._log_offset = 0
         self._write_files()
 
-    # --- the MosquittoBroker interface ---
-    @property
-    def port(self) -> int:
-        return self._port
-
-    @property
-    def url(self) -> str:
-        return f"mqtt://{self.host}:{self._port}"
-
-    @property
-    def prefix(self) -> str:
-        return federation_prefix(self.federation)
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self.running else None  # type: ignore[union-attr]
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
+    # --- the MosquittoBroker interface (address, pid, running: BrokerProcess) ---
     def start(self) -> RabbitMQBroker:
         """Start epmd and the node; wait until the MQTT listener accepts connections."""
         if self.running:
@@ -168,12 +149,6 @@ class RabbitMQBroker:
                 continue
             parts.append("\n".join(text.splitlines()[-lines:]))
         return "\n".join(parts) or "(no log)"
-
-    def __enter__(self) -> RabbitMQBroker:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         return f"RabbitMQBroker({self.url}, node={self.node}, pid={self.pid})"
