@@ -40,6 +40,7 @@ from fedge.protocol.tensors import encode_tensors
 
 from . import artifacts, batchnorm, bias_check, lora_merge, onnx_graph, preflight
 from . import verify as parity
+from .embedding_ids import with_embedding_ids
 from .errors import ExportError
 from .inputs import INPUT_NAME, InputArg, input_specs, sample_examples
 from .lora import LoraOptions, apply_lora, trainable_names
@@ -126,6 +127,7 @@ def export_bundle(
     gen = torch.Generator().manual_seed(VERIFY_SEED)
     example = sample_examples(specs, batch=VERIFY_BATCH, generator=gen)
     output = preflight.trial_forward(model, example)
+    specs = with_embedding_ids(model, example, specs)  # the ids each Embedding can look up
     bias_check.warn_biases_before_batchnorm(model, example, train_names)
     bn_layers = batchnorm.find_layers(model, example)
     stat_names = batchnorm.running_stat_names(bn_layers)

@@ -149,7 +149,27 @@ def feature_problems(
                 f"{len(bad)} rows have a feature outside {spec.dtype}'s range "
                 f"({_rows(bad, flat[:, 0])})"
             )
+            return problems
+    if spec.ids_below is not None:
+        problems.extend(_id_problems(flat, spec, spec.ids_below))
     return problems
+
+
+def _id_problems(flat: np.ndarray, spec: TensorSpec, below: int) -> list[str]:
+    """Ids an Embedding cannot look up: negative, or past its last row."""
+    outside = (flat < 0) | (flat >= below)
+    bad = np.flatnonzero(outside.any(axis=1))
+    if not len(bad):
+        return []
+    first = flat[bad, outside[bad].argmax(axis=1)]  # each bad row's first offending id
+    shown = [f"row {int(r) + 1}: {_value(v)}" for r, v in zip(bad, first, strict=False)]
+    rows = ", ".join(shown[:MAX_EXAMPLES]) + (", ..." if len(bad) > MAX_EXAMPLES else "")
+    return [
+        f"{len(bad)} rows have an id outside the model's input '{spec.name}' range 0.."
+        f"{below - 1} ({rows}): the Embedding '{spec.ids_module}' has {below} rows; map "
+        "unknown or padding tokens to an id it has (e.g. 0), or re-export the model with a "
+        "larger Embedding"
+    ]
 
 
 def check_samples(samples: Samples, manifest: Manifest, src: DataSource) -> list[str]:

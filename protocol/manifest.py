@@ -93,6 +93,7 @@ SLOT_KINDS = ("parameter", "frozen", "buffer", "optimizer")
 FILE_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _DTYPES = tuple(sorted(ALLOWED_DTYPES))
+_INTEGER_DTYPES = ("int8", "uint8", "int32", "int64")  # those an Embedding can read
 
 
 @dataclass(frozen=True)
@@ -308,13 +309,18 @@ def _parse(data: Mapping[str, Any], *, draft: bool) -> Manifest:
 
 def _tensor(data: Any, where: str) -> TensorSpec:
     r = FieldReader(data, where)
-    spec = TensorSpec(
-        name=r.name("name"),
-        dtype=r.name("dtype", choices=_DTYPES),
-        shape=_shape(r.array("shape"), f"{where}.shape", batch=True),
-    )
+    name = r.name("name")
+    dtype = r.name("dtype", choices=_DTYPES)
+    shape = _shape(r.array("shape"), f"{where}.shape", batch=True)
+    ids_below, ids_module = None, ""
+    if r.has("ids"):
+        ids = r.obj("ids")
+        ids_below, ids_module = ids.integer("below", minimum=1), ids.name("module")
+        ids.done()
+        if dtype not in _INTEGER_DTYPES:
+            raise BundleError(f"manifest field '{where}.ids' is for integer inputs, not {dtype}")
     r.done()
-    return spec
+    return TensorSpec(name, dtype, shape, ids_below, ids_module)
 
 
 def _shape(dims: list[Any], where: str, *, batch: bool) -> tuple[Any, ...]:

@@ -21,6 +21,10 @@ class TensorSpec:
     name: str
     dtype: str
     shape: tuple[int | None, ...]
+    # An integer input read by an Embedding: its values must be ids 0 .. ids_below-1 (the
+    # table's rows), else ONNX Runtime fails inside Gather. ids_module names the Embedding.
+    ids_below: int | None = None
+    ids_module: str = ""
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -28,7 +32,10 @@ class TensorSpec:
         return tuple(int(d) for d in self.shape[1:] if d is not None)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+        out: dict[str, Any] = {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+        if self.ids_below is not None:  # absent otherwise: older bundles keep their hash
+            out["ids"] = {"below": self.ids_below, "module": self.ids_module}
+        return out
 
 
 @dataclass(frozen=True)

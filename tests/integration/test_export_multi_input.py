@@ -100,6 +100,8 @@ def test_both_backends_are_exported_with_every_input(exported):
     ]
     assert m.backends == ("ort-training", "ort-portable"), m.portable
     assert m.portable is not None and m.portable.input_names == ("tokens", "mask")
+    # the Embedding reading the tokens bounds them; the mask is no id
+    assert [(s.ids_below, s.ids_module) for s in m.inputs] == [(20, "embed"), (None, "")]
     v = m.verification.values
     assert v["forward_max_abs_diff"] < 1e-4 and v["step_max_abs_diff"] < 1e-4, v
     assert v["portable"]["step_max_abs_diff"] < 1e-4, v["portable"]

@@ -10,6 +10,7 @@ from support.toy_bundle import toy_manifest
 
 from fedge.agent.data_check import check_data
 from fedge.protocol.data_contract import check_samples, read_for_bundle
+from fedge.protocol.errors import BundleError
 from fedge.protocol.manifest import Manifest
 from fedge.protocol.sqlite_samples import DataError, DataSource, read_samples
 
@@ -133,3 +134,37 @@ def test_blobs_of_every_dtype_cast_to_the_input_dtype(tmp_path, blob_dtype, want
     assert s.x.dtype == want and s.x.tolist() == arr.tolist()
     with pytest.raises(DataError, match="holds 4 .* values per row but the model's input"):
         read_for_bundle(src, _manifest(kind="binary", features=6, input_dtype=input_dtype))
+
+
+def _token_manifest(vocab: int = 50) -> Manifest:
+    m = toy_manifest()
+    m["inputs"][0].update(
+        dtype="int64", shape=[None, 3], ids={"below": vocab, "module": "encoder.embed"}
+    )
+    return Manifest.from_dict(m, draft=True)
+
+
+def test_token_ids_past_the_embedding_are_refused_with_rows_and_the_module(tmp_path):
+    rows = [(1, 2, 3, 0)] * 5 + [(1, 60, 2, 1), (4, 5, 6, 1), (-1, 0, 0, 2)]
+    src = _db(tmp_path / "t.db", 3, rows, types="INTEGER")
+    with pytest.raises(DataError) as err:
+        read_for_bundle(src, _token_manifest())
+    msg = str(err.value)
+    assert "2 rows have an id outside the model's input 'input' range 0..49" in msg
+    assert "(row 6: 60, row 8: -1)" in msg
+    assert "the Embedding 'encoder.embed' has 50 rows" in msg
+    # within the table: accepted
+    good = _db(tmp_path / "g.db", 3, [(1, 2, 49, 0)] * 4, types="INTEGER")
+    assert read_for_bundle(good, _token_manifest()).array.max() == 49
+
+
+def test_the_id_range_survives_the_manifest_round_trip_and_is_for_integer_inputs():
+    m = _token_manifest(7)
+    body = {k: v for k, v in m.to_dict().items() if k != "content_hash"}
+    spec = Manifest.from_dict(body, draft=True).input
+    assert (spec.ids_below, spec.ids_module) == (7, "encoder.embed")
+    raw = toy_manifest()
+    assert "ids" not in Manifest.from_dict(raw, draft=True).input.to_dict()  # hash kept
+    raw["inputs"][0]["ids"] = {"below": 7, "module": "embed"}
+    with pytest.raises(BundleError, match="'inputs\\[0\\].ids' is for integer inputs"):
+        Manifest.from_dict(raw, draft=True)
