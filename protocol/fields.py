@@ -255,6 +255,8 @@ def coerce(
         return value  # bounds checked (once: an inline delta's are ~26,000 characters)
     elif origin is list:
         (item,) = typing.get_args(hint) or (Any,)
+        if isinstance(value, str) and len(value) <= 200:  # a TOML habit: one item unbracketed
+            raise error(f"{where} must be a list, got the string {value!r}: write [{value!r}]")
         if not isinstance(value, list):
             raise error(f"{where} must be a list, got {_kind(value)}")
         _check_constraints(value, (*constraints, Len(0, DEFAULT_MAX_ITEMS)), where, error)

@@ -44,6 +44,15 @@ def test_unknown_keys_and_bad_types_are_errors(tmp_path):
         load_settings(OrchestratorConfig, tmp_path / "missing.toml", env={})
 
 
+def test_one_unbracketed_item_for_a_list_says_how_to_write_it(tmp_path):
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text('[data]\npath = "x.db"\nfeatures = "t*"\n')
+    with pytest.raises(
+        ConfigError, match="data.features must be a list, got the string 't\\*': write \\['t\\*'\\]"
+    ):
+        load_settings(AgentConfig, cfg, env={})
+
+
 # ---- ranges and allowed values: refused at load, one line naming key, value and limits ----
 
 
