@@ -55,7 +55,8 @@ class OrtPortableBackend(TrainingBackend):
         self._ort = import_onnxruntime()
         self._static_batch = static_batch  # off: every batch on the dynamic session (A/B)
         # full batches per run of the epoch graph (0: one step per run, the per-step path)
-        self._epoch_steps = epoch_steps if static_batch else 0
+        self._epoch_steps_wanted = epoch_steps if static_batch else 0
+        self._epoch_steps = self._epoch_steps_wanted  # 0 for a step without an epoch graph
         self._epoch: int | None = None  # the batch size the epoch graph is attached for
         self._updates: list[tuple[str, str]] = []  # (slot, step output) the step changes
         self._fixed: tuple[int, int] | None = None  # (batch size, attached session index)
@@ -118,6 +119,7 @@ class OrtPortableBackend(TrainingBackend):
         self._session = self._new_session(bundle)
         self._fixed = None  # the fixed-batch session is attached at the first batch
         self._epoch = None  # and the epoch graph at the first training with full batches
+        self._epoch_steps = self._epoch_steps_wanted
         self._batch_axis = _batch_axis(self._session, section.input_name)
         # the chosen step reads the slots that are not optimizer state, and its own
         slots = [s for s in section.state if _reads(s.kind, s.name, choice.type)]
@@ -243,7 +245,8 @@ class OrtPortableBackend(TrainingBackend):
 
         FedProx (a pull after every step) and a step graph the epoch graph cannot be built
         from take the shared per-step loop."""
-        if proximal_mu > 0 and anchor or not self._epoch_ready(batch_size):
+        # (no full batch at all: nothing for the epoch graph, so no session built for it)
+        if proximal_mu > 0 and anchor or len(y) < batch_size or not self._epoch_ready(batch_size):
             return super().train(
                 x, y, epochs=epochs, batch_size=batch_size, seed=seed,
                 should_stop=should_stop, proximal_mu=proximal_mu, anchor=anchor,

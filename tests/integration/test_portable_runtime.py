@@ -94,6 +94,7 @@ def test_epoch_graph_equals_one_step_per_run(fixtures: Path, name: str) -> None:
         backend = OrtPortableBackend(epoch_steps=steps)
         backend.load(bundle)
         result = backend.train(x, y, epochs=2, batch_size=8, seed=4)  # 25 full batches
+        assert (backend._bound()._epoch is not None) == (steps > 0)  # built on this runtime
         got.append((backend.get_parameters(), result.loss))
     assert _max_diff(got[0][0], got[1][0]) == 0.0
     assert got[0][1] == got[1][1]
