@@ -4,11 +4,13 @@ Same model, same initial weights, same shuffled batches, one thread everywhere. 
 its own subprocess (peak RSS = ru_maxrss of that process, which includes importing the
 runtime); throughput counts only the training loop. Median of --runs runs.
 
-With --interleaved: one process, ort-training and ort-portable (and ort-portable with every
-batch on the dynamic-batch session, the step as it ran before the fixed-batch session) trained
-alternately one epoch at a time, --runs rounds; samples/s over the process's CPU time (the
-backends run single-threaded in the calling thread, so CPU time is what a loaded, shared
-machine distorts least), median per backend, and the ratio to ort-training.
+With --interleaved: one process, ort-training and ort-portable (and ort-portable with one step
+per session run, the path before the epoch graph) trained alternately one epoch at a time,
+--runs rounds; samples/s over the process's CPU time (the backends run single-threaded in the
+calling thread, so CPU time is what a loaded, shared machine distorts least), median per
+backend, and the ratio to ort-training. Every backend gets the same thread caps
+(``single_thread_session_options``: intra/inter-op 1 thread, no spinning; ort-training's
+optimizer session takes its module's options).
 
 MLP = digits_mlp (64-64-10), CNN = conv-pool-conv-fc on 1x8x8, transformer = the zoo's
 TinyEncoder (one nn.TransformerEncoderLayer, dim 8, 2 heads) over the 64 digit pixels as tokens.
@@ -189,7 +191,7 @@ def interleaved(args: argparse.Namespace) -> None:
         f"digits (1797 samples), {args.optimizer}, batch {args.batch_size}, 1 thread, "
         f"interleaved in one process, median of {args.runs} epochs each, samples/s of CPU time"
     )
-    print(f"{'model':12} {'backend':22} {'samples/s':>10} {'vs ort-training':>16}")
+    print(f"{'model':12} {'backend':23} {'samples/s':>10} {'vs ort-training':>16}")
     with tempfile.TemporaryDirectory(prefix="fedge-bench-") as tmp:
         bundles = export_bundles(Path(tmp), args.optimizer)
         save_digits(Path(tmp) / "digits.npz")
@@ -201,7 +203,7 @@ def interleaved(args: argparse.Namespace) -> None:
             backends = {
                 "ort-training": create_backend("ort-training"),
                 "ort-portable": OrtPortableBackend(),
-                "ort-portable (dynamic)": OrtPortableBackend(static_batch=False),
+                "ort-portable (per step)": OrtPortableBackend(epoch_steps=0),
             }
             rates: dict[str, list[float]] = {name: [] for name in backends}
             for backend in backends.values():
@@ -212,9 +214,10 @@ def interleaved(args: argparse.Namespace) -> None:
                     backend.train(x, y, epochs=1, batch_size=args.batch_size, seed=run)
                     rates[name].append(len(y) / (time.process_time() - start))
             base = statistics.median(rates["ort-training"])
+            load = os.getloadavg()[0]
             for name, values in rates.items():
                 rate = statistics.median(values)
-                print(f"{kind:12} {name:22} {rate:10.0f} {rate / base:15.2f}x")
+                print(f"{kind:12} {name:23} {rate:10.0f} {rate / base:15.2f}x   load {load:.1f}")
 
 
 def measure(kind: str, backend: str, bundle: Path, args: argparse.Namespace) -> list[dict]:

@@ -14,6 +14,7 @@ Python 3.13). Evaluation uses ``inference.onnx`` (eval mode) and computes the lo
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -27,13 +28,18 @@ from fedge.protocol.sqlite_samples import Features, input_arrays, take_rows
 from fedge.protocol.task_metrics import mean_loss, task_metrics
 from fedge.protocol.tensors import decode_tensors
 
-from .base import EvalResult, Params, TrainingBackend, shape_labels
+from . import portable_epoch as epoch
+from .base import EvalResult, Params, TrainingBackend, TrainResult, batches, shape_labels
 from .optimizer_choice import OptimizerChoice, OptimizerUnavailable, choose_optimizer
 from .portable_binding import BoundState
+from .portable_epoch import epoch_model
 
 log = logging.getLogger(__name__)
 
 NAME = "ort-portable"
+# Full batches per run of the epoch graph: enough to make the per-run overhead (~50 us) small
+# next to the steps, few enough that should_stop (polled between runs) is still heard quickly.
+EPOCH_STEPS = 16
 
 
 class PortableStepMissing(FedgeError):
@@ -43,9 +49,16 @@ class PortableStepMissing(FedgeError):
 class OrtPortableBackend(TrainingBackend):
     name = NAME
 
-    def __init__(self, *, threads: int = 1, static_batch: bool = True) -> None:
+    def __init__(
+        self, *, threads: int = 1, static_batch: bool = True, epoch_steps: int = EPOCH_STEPS
+    ) -> None:
         self._ort = import_onnxruntime()
         self._static_batch = static_batch  # off: every batch on the dynamic session (A/B)
+        # full batches per run of the epoch graph (0: one step per run, the per-step path)
+        self._epoch_steps_wanted = epoch_steps if static_batch else 0
+        self._epoch_steps = self._epoch_steps_wanted  # 0 for a step without an epoch graph
+        self._epoch: int | None = None  # the batch size the epoch graph is attached for
+        self._updates: list[tuple[str, str]] = []  # (slot, step output) the step changes
         self._fixed: tuple[int, int] | None = None  # (batch size, attached session index)
         self._batch_axis: str | None = None  # the step's symbolic batch dimension
         self._threads = threads
@@ -105,6 +118,8 @@ class OrtPortableBackend(TrainingBackend):
         self._step_file = step_file
         self._session = self._new_session(bundle)
         self._fixed = None  # the fixed-batch session is attached at the first batch
+        self._epoch = None  # and the epoch graph at the first training with full batches
+        self._epoch_steps = self._epoch_steps_wanted
         self._batch_axis = _batch_axis(self._session, section.input_name)
         # the chosen step reads the slots that are not optimizer state, and its own
         slots = [s for s in section.state if _reads(s.kind, s.name, choice.type)]
@@ -112,12 +127,13 @@ class OrtPortableBackend(TrainingBackend):
         self._param_names = [p.name for p in bundle.parameter_specs]
         self._fresh_values = self._initial_state(bundle, section, slots)
         self._fresh_values.update(self._weight_decay_input(section, choice))
+        # (state slot, graph output with its new value) for every slot a step changes
+        self._updates = [(s.name, s.output) for s in slots if s.output]
         self._state = BoundState(
             self._ort,
             self._session,
             self._fresh_values,
-            # (state slot, graph output with its new value) for every slot a step changes
-            updates=[(s.name, s.output) for s in slots if s.output],
+            updates=self._updates,
             lr=self._lr,
             lr_input=section.lr_name,
         )
@@ -212,7 +228,107 @@ class OrtPortableBackend(TrainingBackend):
         self._infer = None
         self._round_seed, self._steps = seed, 0
 
-    def _train_step(self, x: Features, y: np.ndarray) -> float:
+    def train(
+        self,
+        x: Features,
+        y: np.ndarray,
+        *,
+        epochs: int,
+        batch_size: int,
+        seed: int,
+        should_stop: Callable[[], str] = lambda: "",
+        proximal_mu: float = 0.0,
+        anchor: Params | None = None,
+    ) -> TrainResult:
+        """The shared loop's result, with full batches run ``epoch_steps`` at a time through
+        the epoch graph (``portable_epoch.py``); ``should_stop`` is polled between runs.
+
+        FedProx (a pull after every step) and a step graph the epoch graph cannot be built
+        from take the shared per-step loop."""
+        # (no full batch at all: nothing for the epoch graph, so no session built for it)
+        if proximal_mu > 0 and anchor or len(y) < batch_size or not self._epoch_ready(batch_size):
+            return super().train(
+                x, y, epochs=epochs, batch_size=batch_size, seed=seed,
+                should_stop=should_stop, proximal_mu=proximal_mu, anchor=anchor,
+            )  # fmt: skip
+        self._begin_training(seed)
+        rng = np.random.default_rng(seed)
+        total, steps, seen = 0.0, 0, 0
+        for _ in range(epochs):
+            order = batches(len(y), batch_size, rng)
+            full = len(order) - (len(order[-1]) < batch_size if order else 0)
+            runs = [
+                order[i : min(i + self._epoch_steps, full)]
+                for i in range(0, full, self._epoch_steps)
+            ]
+            runs += [[idx] for idx in order[full:]]  # the short last batch: one dynamic step
+            for run in runs:
+                reason = should_stop()
+                if reason:
+                    return TrainResult(total / max(steps, 1), steps, seen, stopped=reason)
+                if len(run[0]) == batch_size:
+                    losses = self._train_steps(x, y, run)
+                    total += sum(float(loss) for loss in losses)
+                else:
+                    inputs = self._step_inputs(take_rows(x, run[0]), y[run[0]])
+                    total += self._bound().step(inputs, session=0)
+                steps += len(run)
+                seen += sum(len(idx) for idx in run)
+        return TrainResult(total / max(steps, 1), steps, seen)
+
+    def _epoch_ready(self, batch_size: int) -> bool:
+        """Whether the epoch graph for ``batch_size`` is attached (built here if not)."""
+        if self._epoch_steps <= 0 or self._batch_axis is None:
+            return False
+        if self._epoch == batch_size:
+            return True
+        section = self._section
+        step_inputs = {v.name: v for v in self._session.get_inputs()}
+        per_step = [step_inputs[n] for n in (*section.input_names, section.label_name)]
+        if section.seed_name:
+            per_step.append(step_inputs[section.seed_name])
+        try:
+            graph = epoch_model(
+                self._loaded().file(self._step_file).read_bytes(),
+                updates=self._updates,
+                per_step=per_step,
+            )
+            so = single_thread_session_options(self._ort, self._threads)
+            so.add_free_dimension_override_by_name(self._batch_axis, batch_size)
+            session = self._ort.InferenceSession(
+                graph, sess_options=so, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # noqa: BLE001 - ORT raises its own types; per step still works
+            log.warning("no epoch graph for this step (%s); training one step per run", exc)
+            self._epoch_steps = 0
+            return False
+        self._bound().attach_epoch(session)
+        self._epoch = batch_size
+        return True
+
+    def _train_steps(self, x: Features, y: np.ndarray, run: list[np.ndarray]) -> np.ndarray:
+        """``len(run)`` optimizer steps (full batches) in one run of the epoch graph."""
+        section, manifest = self._section, self._loaded().manifest
+        count, size = len(run), len(run[0])
+        rows = np.concatenate(run)
+        inputs = {epoch.STEPS: np.array(count, dtype=np.int64)}
+        for name, a, spec in zip(
+            section.input_names, input_arrays(take_rows(x, rows)), manifest.inputs, strict=True
+        ):
+            inputs[epoch.per_step_name(name)] = np.ascontiguousarray(
+                a.reshape(count, size, *a.shape[1:]), dtype=spec.dtype
+            )
+        labels = shape_labels(y[rows], manifest.label)
+        inputs[epoch.per_step_name(section.label_name)] = np.ascontiguousarray(
+            labels.reshape(count, size, *labels.shape[1:])
+        )
+        if section.seed_name:  # one dropout seed per step, as the per-step path feeds them
+            seeds = [step_seed(self._round_seed, self._steps + i) for i in range(count)]
+            inputs[epoch.per_step_name(section.seed_name)] = np.array(seeds, dtype=np.int64)
+        self._steps += count
+        return self._bound().run_epoch(inputs)
+
+    def _step_inputs(self, x: Features, y: np.ndarray) -> dict[str, np.ndarray]:
         section = self._section
         manifest = self._loaded().manifest
         inputs = {
@@ -227,6 +343,10 @@ class OrtPortableBackend(TrainingBackend):
                 step_seed(self._round_seed, self._steps), dtype=np.int64
             )
         self._steps += 1
+        return inputs
+
+    def _train_step(self, x: Features, y: np.ndarray) -> float:
+        inputs = self._step_inputs(x, y)
         return self._bound().step(inputs, session=self._session_for(inputs))
 
     def _trainable_names(self) -> list[str]:

@@ -18,11 +18,14 @@ buffer and the one after it this one. Callers copy what they keep.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from fedge.protocol.errors import FedgeError
+
+from . import portable_epoch as epoch
 
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64}
 
@@ -52,6 +55,7 @@ class BoundState:
         self._names = (lr_input, loss_output)
         self._sessions: list[tuple[Any, tuple[Any, Any]]] = []
         self._inputs: list[dict[str, np.ndarray]] = []  # per session: bound batch buffers
+        self._epoch: tuple[Any, tuple[Any, Any]] | None = None  # attach_epoch's session
         self.attach(session)
         self._current = 0
 
@@ -85,16 +89,50 @@ class BoundState:
         dst: int,
         updates: list[tuple[str, str]],
         lr_input: str,
-        loss_output: str,
+        loss_output: str | None,
+        input_name: Callable[[str], str] = str,
     ) -> Any:
         binding = session.io_binding()
         for name, array in self._buffers[src].items():
-            binding.bind_ortvalue_input(name, self._wrap(ort, array))
+            binding.bind_ortvalue_input(input_name(name), self._wrap(ort, array))
         binding.bind_ortvalue_input(lr_input, self._wrap(ort, self._lr))
         for slot, output in updates:
             binding.bind_ortvalue_output(output, self._wrap(ort, self._buffers[dst][slot]))
-        binding.bind_ortvalue_output(loss_output, self._wrap(ort, self._loss))
+        if loss_output is not None:
+            binding.bind_ortvalue_output(loss_output, self._wrap(ort, self._loss))
         return binding
+
+    def attach_epoch(self, session: Any) -> None:
+        """Bind the epoch graph (``portable_epoch.py``: the step in a Loop) to these buffers:
+        ``init/<slot>`` reads the current buffer, ``final/<slot>`` writes the other one."""
+        changing = {slot for slot, _ in self._updates}
+
+        def input_name(slot: str) -> str:
+            return epoch.initial_name(slot) if slot in changing else slot
+
+        finals = [(slot, epoch.final_name(slot)) for slot, _ in self._updates]
+        lr_input, _ = self._names
+        self._epoch = (
+            session,
+            tuple(
+                self._bind(self._ort, session, src, dst, finals, lr_input, None, input_name)
+                for src, dst in ((0, 1), (1, 0))
+            ),
+        )
+
+    def run_epoch(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """Run the epoch graph on ``inputs`` (``steps`` and the ``epoch/<name>`` tensors);
+        returns the steps' losses. State stays bound, as after as many :meth:`step` calls."""
+        if self._epoch is None:
+            raise FedgeError("no epoch graph is attached to this state (attach_epoch)")
+        runner, bindings = self._epoch
+        binding = bindings[self._current]
+        for name, array in inputs.items():
+            binding.bind_cpu_input(name, array)
+        binding.bind_output(epoch.LOSSES, "cpu")  # [steps]: its size changes, ORT allocates
+        runner.run_with_iobinding(binding)
+        self._current = 1 - self._current
+        return binding.get_outputs()[-1].numpy()
 
     def _wrap(self, ort: Any, array: np.ndarray) -> Any:
         value = ort.OrtValue.ortvalue_from_numpy(array)

@@ -28,6 +28,8 @@ from torch import nn
 
 from fedge.protocol.portable_seed import MODULUS, SEED_NAME
 
+from .attention import attention as plain_softmax_attention
+
 __all__ = ["SEED_NAME", "needs_seed", "seeded_dropout", "uniform"]
 RANDOM_ONNX_OPS = frozenset(
     {"RandomUniform", "RandomUniformLike", "RandomNormal", "RandomNormalLike", "Bernoulli"}
@@ -106,8 +108,8 @@ class _Seeded:
         enable_gqa: bool = False,
     ) -> torch.Tensor:
         """The math form of ``F.scaled_dot_product_attention`` with seeded dropout."""
-        if dropout_p == 0.0:
-            return _ORIGINAL["scaled_dot_product_attention"](
+        if dropout_p == 0.0:  # (an unmasked one as plain softmax: attention.py)
+            return plain_softmax_attention(
                 query, key, value, attn_mask=attn_mask, is_causal=is_causal, scale=scale
             )
         factor = scale if scale is not None else 1.0 / math.sqrt(query.size(-1))

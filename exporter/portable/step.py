@@ -17,6 +17,7 @@ from torch import nn
 from torch.func import functional_call
 
 from ..artifacts import OptimizerSpec
+from .attention import plain_attention
 from .failure import Location, ModuleTracker
 from .layout import SEED_NAME, WD_NAME, StepLayout
 from .seeded_dropout import seeded_dropout
@@ -114,7 +115,7 @@ class TrainingStep:
         self._tracker.reset()
         seed = values[SEED_NAME] if layout.seeded else None
         with torch.enable_grad():
-            with self._tracker, seeded_dropout(seed):
+            with self._tracker, plain_attention(), seeded_dropout(seed):
                 out = functional_call(
                     self._module,
                     {**state, **new_buffers},
@@ -185,15 +186,19 @@ def _adamw(
     step = values["adamw/step"] + 1.0
     bias1 = 1.0 - torch.pow(torch.full_like(step, beta1), step)
     bias2_sqrt = torch.sqrt(1.0 - torch.pow(torch.full_like(step, beta2), step))
-    step_size = lr / bias1
+    # Scalars once per step, not per tensor. torch's update p - lr/bias1 * m / (sqrt(v)/bias2_sqrt
+    # + eps) is written p - (lr/bias1 * bias2_sqrt) * m / (sqrt(v) + eps * bias2_sqrt): the
+    # same value (to rounding) with one elementwise node less per parameter tensor; the step
+    # is mostly per-node cost in ONNX Runtime for small tensors.
+    step_size = lr / bias1 * bias2_sqrt
+    eps = opt.eps * bias2_sqrt
+    decay = 1.0 - lr * values[WD_NAME]  # a graph input: the round may choose it
     new_params, avgs, avg_sqs = [], [], []
     for name, p, g in zip(names, params, grads, strict=True):
         m, v = values[f"adamw/exp_avg/{name}"], values[f"adamw/exp_avg_sq/{name}"]
-        p = p * (1.0 - lr * values[WD_NAME])  # a graph input: the round may choose it
         m = m + (1.0 - beta1) * (g - m)  # torch's lerp for weights < 0.5
-        v = v * beta2 + (1.0 - beta2) * g * g
-        denom = torch.sqrt(v) / bias2_sqrt + opt.eps
-        new_params.append(p - step_size * m / denom)
+        v = v * beta2 + (g * g) * (1.0 - beta2)
+        new_params.append(p * decay - step_size * m / (torch.sqrt(v) + eps))
         avgs.append(m)
         avg_sqs.append(v)
     return new_params, [*avgs, *avg_sqs, step]

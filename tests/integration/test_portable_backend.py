@@ -183,7 +183,10 @@ def test_evaluate_uses_trained_weights_and_running_stats(bn_bundle, digits):
     assert ev.accuracy > 0.5
 
 
-def test_should_stop_is_polled_between_batches(mlp_bundle, digits):
+@pytest.mark.parametrize(("epoch_steps", "steps"), [(0, 3), (2, 6)])
+def test_should_stop_is_polled_between_runs(mlp_bundle, digits, epoch_steps, steps):
+    """Per step (epoch_steps=0) it is polled before every batch; with the epoch graph before
+    every run of ``epoch_steps`` batches: stopping at the 4th poll leaves 3 or 6 steps done."""
     bundle, _, _ = mlp_bundle
     calls = []
 
@@ -191,17 +194,32 @@ def test_should_stop_is_polled_between_batches(mlp_bundle, digits):
         calls.append(1)
         return "battery low" if len(calls) > 3 else ""
 
-    _, result = train_with(
-        "ort-portable",
-        bundle,
-        digits[0][:200],
-        digits[1][:200],
-        epochs=1,
-        batch_size=20,
-        seed=0,
-        should_stop=stop,
+    backend = OrtPortableBackend(epoch_steps=epoch_steps)
+    backend.load(bundle)
+    result = backend.train(
+        digits[0][:200], digits[1][:200], epochs=1, batch_size=20, seed=0, should_stop=stop
     )
-    assert result.stopped == "battery low" and result.steps == 3
+    assert result.stopped == "battery low" and result.steps == steps
+
+
+@pytest.mark.parametrize("which", ["mlp_bundle", "cnn_bundle", "bn_bundle"])
+def test_epoch_graph_trains_exactly_like_one_step_per_run(which, request, digits):
+    """Full batches 16 at a time through the step in an ONNX Loop (SGD, AdamW, BatchNorm
+    running statistics), the short last batch on the dynamic session: bit-identical to one
+    step per session run."""
+    bundle, _, shape = request.getfixturevalue(which)
+    x, y = digits[0][:600].reshape(-1, *shape), digits[1][:600]  # 18 full batches + 24
+    got = {}
+    for steps in (16, 0):
+        backend = OrtPortableBackend(epoch_steps=steps)
+        backend.load(bundle)
+        result = backend.train(x, y, epochs=2, batch_size=32, seed=5)
+        got[steps] = (backend.get_parameters(), result, backend._bound())
+    assert got[16][2]._epoch is not None and got[0][2]._epoch is None
+    assert max_diff(got[16][0], got[0][0]) == 0.0
+    assert got[16][1] == got[0][1]  # loss, steps, samples
+    assert got[16][1].steps == 38
+    assert max_diff(got[16][0], bundle.initial_parameters()) > 1e-3
 
 
 PROCESS_CHECK = """
@@ -316,7 +334,7 @@ def test_fixed_batch_session_trains_like_the_dynamic_one(which, request, digits)
     x, y = digits[0][:300].reshape(-1, *shape), digits[1][:300]  # 9 full batches + 12
     got = {}
     for fixed in (True, False):
-        backend = OrtPortableBackend(static_batch=fixed)
+        backend = OrtPortableBackend(static_batch=fixed, epoch_steps=0)
         backend.load(bundle)
         result = backend.train(x, y, epochs=2, batch_size=32, seed=5)
         got[fixed] = (backend.get_parameters(), result.loss, backend._bound())
@@ -330,7 +348,7 @@ def test_fixed_batch_session_trains_like_the_dynamic_one(which, request, digits)
 
 def test_fixed_batch_session_refuses_a_batch_of_another_size(cnn_bundle, digits):
     bundle, _, shape = cnn_bundle
-    backend = OrtPortableBackend()
+    backend = OrtPortableBackend(epoch_steps=0)  # the per-step path: the fixed session
     backend.load(bundle)
     x, y = digits[0][:64].reshape(-1, *shape), digits[1][:64]
     backend.train(x, y, epochs=1, batch_size=32, seed=0)
@@ -349,7 +367,9 @@ def test_reloading_the_same_bundle_reuses_its_sessions(mlp_bundle, digits):
         backend.load(bundle)
         backend.set_parameters(bundle.initial_parameters())
         backend.train(x, y, epochs=1, batch_size=32, seed=1)
-        runs.append(([s for s, _ in backend._bound()._sessions], backend.get_parameters()))
-    assert len(runs[0][0]) == 2
+        state = backend._bound()
+        sessions = [s for s, _ in state._sessions] + [state._epoch[0]]
+        runs.append((sessions, backend.get_parameters()))
+    assert len(runs[0][0]) == 2  # the dynamic session (the short batch) and the epoch graph
     assert all(a is b for a, b in zip(runs[0][0], runs[1][0], strict=True))
     assert max_diff(runs[0][1], runs[1][1]) == 0.0

@@ -20,6 +20,7 @@ import pytest
 from support import portable_fixtures as pf
 
 from fedge.agent.backends import create_backend
+from fedge.agent.backends.ort_portable import OrtPortableBackend
 from fedge.protocol.bundle import load_bundle
 
 pytestmark = [pytest.mark.integration, pytest.mark.portable_runtime]
@@ -80,6 +81,23 @@ def test_dropout_training_is_reproducible_from_the_round_seed(fixtures: Path) ->
         runs[label] = backend.get_parameters()
     assert _max_diff(runs["a"], runs["again"]) == 0.0  # same seed: same masks, same batches
     assert _max_diff(runs["a"], runs["other"]) > 1e-3
+
+
+@pytest.mark.parametrize("name", ["mlp_dropout", "cnn_bn"])
+def test_epoch_graph_equals_one_step_per_run(fixtures: Path, name: str) -> None:
+    """The step in an ONNX Loop (16 batches per run) on this runtime: the same parameters as
+    one step per run, dropout masks (one seed per step) and running statistics included."""
+    bundle = load_bundle(fixtures / name)
+    x, y = pf.data(pf.MODELS[name][0])
+    got = []
+    for steps in (16, 0):
+        backend = OrtPortableBackend(epoch_steps=steps)
+        backend.load(bundle)
+        result = backend.train(x, y, epochs=2, batch_size=8, seed=4)  # 25 full batches
+        assert (backend._bound()._epoch is not None) == (steps > 0)  # built on this runtime
+        got.append((backend.get_parameters(), result.loss))
+    assert _max_diff(got[0][0], got[1][0]) == 0.0
+    assert got[0][1] == got[1][1]
 
 
 def test_parameters_handed_out_are_copies(fixtures: Path) -> None:

@@ -7,11 +7,14 @@ import torch
 import torch.nn.functional as F
 
 from fedge.agent.backends.ort_portable import mean_loss
+from fedge.exporter.portable.attention import attention, plain_attention
 from fedge.exporter.portable.decompositions import (
     avg_pool2d_backward,
     convolution_backward,
     decomposition_table,
+    embedding_dense_backward,
     safe_softmax,
+    threshold_backward,
 )
 from fedge.exporter.portable.failure import (
     Location,
@@ -23,6 +26,8 @@ from fedge.exporter.portable.failure import (
 from fedge.exporter.portable.layout import build_layout
 from fedge.exporter.portable.step import one_hot_cross_entropy
 from fedge.exporter.portable.trace import trace_batch_size
+
+aten = torch.ops.aten
 
 CASES = [
     # (spatial dims, input size, kernel, stride, padding, dilation)
@@ -291,3 +296,45 @@ def test_one_hot_cross_entropy_value_and_gradient_match_torch(shape):
     (grad_ref,) = torch.autograd.grad(ref * 2.5, logits)
     assert torch.allclose(mine, ref, atol=1e-12)
     assert torch.allclose(grad_mine, grad_ref, atol=1e-12)
+
+
+def test_threshold_backward_is_a_mask_product_equal_to_autograd():
+    assert decomposition_table()[aten.threshold_backward.default] is threshold_backward
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 3, 5, generator=gen).requires_grad_(True)
+    grad = torch.randn(4, 3, 5, generator=gen)
+    for threshold in (0.0, 0.3):
+        out = F.threshold(x, threshold, 0.0) if threshold else F.relu(x)
+        (expected,) = torch.autograd.grad(out, x, grad)
+        source = x.detach() if threshold else out.detach()  # relu saves its result
+        got = threshold_backward(grad, source, threshold)
+        assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("padding_idx", [-1, 2])
+def test_embedding_backward_matches_torch_with_and_without_padding(padding_idx):
+    assert decomposition_table()[aten.embedding_dense_backward.default] is (
+        embedding_dense_backward
+    )
+    gen = torch.Generator().manual_seed(0)
+    indices = torch.randint(0, 6, (4, 7), generator=gen)
+    grad = torch.randn(4, 7, 3, generator=gen)
+    expected = aten.embedding_dense_backward.default(grad, indices, 6, padding_idx, False)
+    got = embedding_dense_backward(grad, indices, 6, padding_idx, False)
+    assert torch.allclose(got, expected, atol=1e-6)
+    if padding_idx >= 0:
+        assert torch.equal(got[padding_idx], torch.zeros(3))
+
+
+def test_unmasked_attention_is_plain_softmax_and_masked_keeps_torch():
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 5, 4, generator=gen) for _ in range(3))
+    assert torch.allclose(attention(q, k, v), F.scaled_dot_product_attention(q, k, v), atol=1e-6)
+    mask = torch.ones(5, 5, dtype=torch.bool).tril()
+    mask[0] = False  # a fully masked row: torch's kernel gives 0 there, plain softmax NaN
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    assert torch.equal(attention(q, k, v, attn_mask=mask), want)
+    original = F.scaled_dot_product_attention
+    with plain_attention():
+        assert F.scaled_dot_product_attention is attention
+    assert F.scaled_dot_product_attention is original
