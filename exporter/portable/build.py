@@ -97,10 +97,10 @@ def add_portable_step(
             model, bundle_dir, files, loss, optimizers, trainable, input_specs, label_spec,
             example,
         )  # fmt: skip
-        for optimizer, name, (layout, initial) in zip(optimizers, files, written, strict=True):
+        for optimizer, (layout, initial, session) in zip(optimizers, written, strict=True):
             fresh = _batches(input_specs, label_spec, loss, num_classes)  # same values
             numbers[optimizer.type] = _check(
-                model, bundle_dir / name, layout, initial, fresh, loss, optimizer, verify
+                model, session, layout, initial, fresh, loss, optimizer, verify
             )
             layouts.append(layout)
     except PortableUnsupported as exc:
@@ -138,7 +138,7 @@ def add_portable_step(
 
 def _check(
     model: nn.Module,
-    step_path: Path,
+    session: Any,
     layout: StepLayout,
     initial: dict[str, np.ndarray],
     batches: list[tuple[tuple[torch.Tensor, ...], torch.Tensor]],
@@ -146,13 +146,16 @@ def _check(
     optimizer: OptimizerSpec,
     verify: bool,
 ) -> dict[str, Any]:
-    """Parity numbers; PortableUnsupported (with the numbers) when the step disagrees."""
+    """Parity numbers; PortableUnsupported (with the numbers) when the step disagrees.
+
+    ``session``: the step's InferenceSession, built once when proving ONNX Runtime loads it.
+    """
     if not verify:
         return {"skipped": True}
     try:
         numbers = step_parity(
             model,
-            step_path,
+            session,
             layout,
             initial,
             batches,
@@ -190,8 +193,8 @@ def _write_steps(
     input_specs: tuple[TensorSpec, ...],
     label_spec: TensorSpec,
     example: tuple[tuple[torch.Tensor, ...], torch.Tensor],
-) -> list[tuple[StepLayout, dict[str, np.ndarray]]]:
-    """Write each optimizer's step file; return each one's layout and initial state.
+) -> list[tuple[StepLayout, dict[str, np.ndarray], Any]]:
+    """Write each optimizer's step file; return each one's layout, initial state and session.
 
     Several optimizers: one trace and one ONNX export of the combined step (every update from
     one forward and backward), each step cut out of it (``split.py``): the second optimizer
@@ -232,17 +235,18 @@ def _write_steps(
                     layout.input_names, layout.output_names, initial, optimizer)
             for layout, initial, optimizer in zip(layouts, initials, optimizers, strict=True)
         ]  # fmt: skip
+    sessions = []
     for proto, name in zip(protos, files, strict=True):
         onnx_graph.save_model(proto, bundle_dir / name)
         try:
-            check_loads(str(bundle_dir / name))
+            sessions.append(check_loads(str(bundle_dir / name)))
         except Exception as exc:
             raise PortableUnsupported(
                 describe("loading the portable step in ONNX Runtime", exc, None)
             ) from exc
     if buffers:
         (bundle_dir / BUFFERS_FILE).write_bytes(encode_tensors(buffers))
-    return list(zip(layouts, initials, strict=True))
+    return list(zip(layouts, initials, sessions, strict=True))
 
 
 def _initial(layout: StepLayout, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

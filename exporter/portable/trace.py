@@ -9,19 +9,20 @@ The trace runs at a batch size no other dimension of the step has (a prime): a s
 that happens to equal, say, a GRU's hidden size is specialized to that number by the first
 shape comparison, and the exported graph would then accept only that batch.
 
-The ONNX export (``torch.onnx.export`` on the traced graph) is most of an export's time and a
-pure function of the traced graph, so it is cached on disk (``trace_cache.py``), keyed by the
-graph's code, constants and input shapes: a second export of the same architecture (new weights
-or learning rate: both are graph inputs) skips it. ``rewrites.py`` then replaces what ONNX
+The trace and the ONNX export are most of an export's time and a pure function of what the
+step computes, so their result is cached on disk (``trace_cache.py``), keyed by one eager run
+of the step (``step_key.py``: its ATen calls, constants and shapes, fedge's step builder and
+the library versions): a second export of the same architecture (new weights or learning rate:
+both are graph inputs) neither traces nor exports. ``rewrites.py`` then replaces what ONNX
 Runtime cannot simplify itself (MaxPool's index offsets) before the graph is cached.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import onnx
@@ -31,7 +32,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from fedge.protocol.ort_runtime import import_onnxruntime, single_thread_session_options
 
-from . import rewrites, trace_cache
+from . import rewrites, step_key, trace_cache
 from .decompositions import decomposition_table
 from .failure import describe, operator_in
 
@@ -56,6 +57,10 @@ def export_step(
     args = _at_trace_batch(args, [n in batch_inputs for n in input_names])
     dynamic = [n in batch_inputs for n in input_names]
     settings = (input_names, output_names, sorted(batch_inputs), max(opset, MIN_OPSET))
+    key = _cache_key(step, args, settings)
+    cached = trace_cache.load(key) if key is not None else None
+    if cached is not None:
+        return cached  # no trace, no export: the step computes what it computed then
     # Only the batch axis symbolic is 1.6-2.9x faster to trace; a few models (LSTM) then get
     # their batch specialized by a shape comparison, and are traced again fully symbolic.
     # The fake-tensor trace also trips over a few operators (dropout's aten.empty_permuted):
@@ -63,12 +68,6 @@ def export_step(
     for only_batch_symbolic in (True, False):
         try:
             gm = _trace(step, args, dynamic, only_batch_symbolic)
-            # the rewrites change what is cached: their source is part of the key
-            source = Path(__file__).read_bytes() + Path(rewrites.__file__).read_bytes()
-            key = trace_cache.graph_key(gm, args, settings, exporter_source=source)
-            cached = trace_cache.load(key)
-            if cached is not None:
-                return cached
             proto = _export_graph(gm, args, input_names, output_names, batch_inputs, opset)
             _require_dynamic_batch(proto, batch_inputs)
             rewrites.plane_offsets_from_shape(proto)
@@ -78,9 +77,37 @@ def export_step(
             log.info("batch-only trace failed (%s); tracing with every axis symbolic", exc)
             continue
         proto = fit_runtime(proto)
-        trace_cache.store(key, proto)
+        if key is not None:
+            trace_cache.store(key, proto)
         return proto
     raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+
+def _cache_key(
+    step: Callable[..., tuple[torch.Tensor, ...]],
+    args: Sequence[torch.Tensor],
+    settings: Sequence[Any],
+) -> str | None:
+    """The export cache's key (``step_key.py``), or None (no caching) when the cache is off
+    or the step cannot run eagerly; the trace then reports what is wrong with it."""
+    if trace_cache.cache_dir() is None:
+        return None
+    try:
+        return step_key.step_key(step, args, settings, context=_trace_context)
+    except Exception as exc:  # noqa: BLE001 - the trace below raises the error that explains
+        log.info("no export cache key (the step does not run eagerly: %s)", exc)
+        return None
+
+
+@contextlib.contextmanager
+def _trace_context() -> Iterator[None]:
+    # oneDNN off: on CPU the LSTM decomposition otherwise picks aten.mkldnn_rnn_layer (it only
+    # checks whether the *input* requires grad). The math attention kernel: the fused (flash)
+    # ones have backward operators without an ONNX translation. Both match eager to rounding.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # mkldnn.flags() warns about a deprecated TF32 setter
+        with torch.backends.mkldnn.flags(enabled=False), sdpa_kernel([SDPBackend.MATH]):
+            yield
 
 
 def _trace(
@@ -89,19 +116,14 @@ def _trace(
     dynamic: Sequence[bool],
     only_batch_symbolic: bool,
 ) -> torch.fx.GraphModule:
-    # oneDNN off: on CPU the LSTM decomposition otherwise picks aten.mkldnn_rnn_layer (it only
-    # checks whether the *input* requires grad). The math attention kernel: the fused (flash)
-    # ones have backward operators without an ONNX translation. Both match eager to rounding.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # mkldnn.flags() warns about a deprecated TF32 setter
-        with torch.backends.mkldnn.flags(enabled=False), sdpa_kernel([SDPBackend.MATH]):
-            if only_batch_symbolic:
-                return make_fx(
-                    step, tracing_mode="fake", decomposition_table=decomposition_table()
-                )(*_fake_inputs(args, dynamic))
-            return make_fx(
-                step, tracing_mode="symbolic", decomposition_table=decomposition_table()
-            )(*args)
+    with _trace_context():
+        if only_batch_symbolic:
+            return make_fx(step, tracing_mode="fake", decomposition_table=decomposition_table())(
+                *_fake_inputs(args, dynamic)
+            )
+        return make_fx(step, tracing_mode="symbolic", decomposition_table=decomposition_table())(
+            *args
+        )
 
 
 def _fake_inputs(args: Sequence[torch.Tensor], dynamic_batch: Sequence[bool]) -> list[Any]:
@@ -223,10 +245,11 @@ def fit_runtime(proto: onnx.ModelProto) -> onnx.ModelProto:
     return proto
 
 
-def check_loads(path: str) -> None:
-    """Create a plain InferenceSession on ``path`` (raises what ONNX Runtime raises)."""
+def check_loads(path: str) -> Any:
+    """A plain InferenceSession on ``path`` (raises what ONNX Runtime raises); the parity
+    check runs the step in it rather than building a second one."""
     ort = import_onnxruntime(block_torch=False)
-    ort.InferenceSession(
+    return ort.InferenceSession(
         path, single_thread_session_options(ort), providers=["CPUExecutionProvider"]
     )
 

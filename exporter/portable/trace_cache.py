@@ -1,9 +1,9 @@
-"""On-disk cache of exported portable steps, keyed by the traced graph.
+"""On-disk cache of exported portable steps, keyed by what the step computes (``step_key.py``).
 
-``torch.onnx.export`` of the traced step costs seconds to tens of seconds; its result depends
-only on the traced ``GraphModule`` (its code, the constants it reads, its inputs' shapes and
-dtypes), the export settings and the library versions. Weights and the learning rate are graph
-inputs, so re-exporting a model after training, or with another learning rate, hits the cache.
+Tracing and exporting the step costs seconds to tens of seconds; the result depends only on the
+ATen operators the step runs at the trace's shapes, the constants it reads, fedge's step builder,
+the export settings and the library versions. Weights and the learning rate are graph inputs,
+so re-exporting a model after training, or with another learning rate, hits the cache.
 
 Location: ``$FEDGE_EXPORT_CACHE`` (a directory; ``off`` disables), else
 ``$XDG_CACHE_HOME/fedge/portable-steps`` (``~/.cache/...``). Entries are ONNX files named by the
@@ -13,21 +13,16 @@ loads and verifies a cached step like a fresh one.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import onnx
-import torch
 
 log = logging.getLogger(__name__)
 
 ENV = "FEDGE_EXPORT_CACHE"
-FORMAT = "1"  # bump when the key's meaning changes
 
 
 def cache_dir() -> Path | None:
@@ -39,41 +34,6 @@ def cache_dir() -> Path | None:
         return Path(configured).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "fedge" / "portable-steps"
-
-
-def graph_key(
-    gm: torch.fx.GraphModule,
-    args: Sequence[torch.Tensor],
-    settings: Sequence[Any],
-    *,
-    exporter_source: bytes,
-) -> str:
-    """sha256 over everything the ONNX export of ``gm`` depends on."""
-    import onnxscript
-
-    h = hashlib.sha256()
-
-    def part(value: object) -> None:
-        data = value if isinstance(value, bytes) else repr(value).encode()
-        h.update(len(data).to_bytes(8, "little") + data)
-
-    part((FORMAT, torch.__version__, onnx.__version__, onnxscript.__version__))
-    part(exporter_source)
-    part(tuple(settings))
-    part([(tuple(a.shape), str(a.dtype)) for a in args])
-    part(gm.code)
-    for node in gm.graph.nodes:
-        if node.op == "placeholder":
-            part((node.name, repr(node.meta.get("val"))))
-        elif node.op == "get_attr":  # constants the graph reads (e.g. lifted tensors)
-            value = getattr(gm, str(node.target))
-            if isinstance(value, torch.Tensor):
-                tensor = value.detach().cpu().contiguous()
-                part((node.target, tuple(tensor.shape), str(tensor.dtype)))
-                part(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-            else:
-                part((node.target, repr(value)))
-    return h.hexdigest()
 
 
 def load(key: str) -> onnx.ModelProto | None:

@@ -31,7 +31,7 @@ Inputs = torch.Tensor | tuple[torch.Tensor, ...]  # a batch: one tensor per mode
 
 def step_parity(
     model: nn.Module,
-    step_path: Path,
+    step: Path | Any,
     layout: StepLayout,
     initial: dict[str, np.ndarray],
     batches: Sequence[tuple[Inputs, torch.Tensor]],
@@ -40,6 +40,8 @@ def step_parity(
     optimizer: OptimizerSpec,
 ) -> dict[str, Any]:
     """Run ``batches`` through the ONNX step and through PyTorch, step by step; the differences.
+
+    ``step``: the step's file, or an InferenceSession already built on it.
 
     With AdamW, a gradient element that is rounding noise in a step (at most ``ZERO_GRADIENT``
     x the step's largest; e.g. a convolution bias feeding BatchNorm, or the key part of an
@@ -51,7 +53,7 @@ def step_parity(
     A model with dropout gets the same ``dropout_seed`` on both sides at every step: the
     masks are then equal and the comparison is as strict as without dropout.
     """
-    onnx_step = _OnnxStep(step_path, layout, initial, optimizer.lr, optimizer.weight_decay)
+    onnx_step = _OnnxStep(step, layout, initial, optimizer.lr, optimizer.weight_decay)
     torch_step = _TorchStep(model, layout, loss, optimizer)
     compared = layout.names("parameter") + layout.names("frozen") + layout.names("buffer")
     noise: dict[str, np.ndarray] = {}
@@ -96,16 +98,18 @@ class _OnnxStep:
 
     def __init__(
         self,
-        path: Path,
+        step: Path | Any,
         layout: StepLayout,
         initial: dict[str, np.ndarray],
         lr: float,
         weight_decay: float = 0.0,
     ) -> None:
-        ort = import_onnxruntime(block_torch=False)
-        self._session = ort.InferenceSession(
-            str(path), single_thread_session_options(ort), providers=["CPUExecutionProvider"]
-        )
+        if isinstance(step, str | Path):
+            ort = import_onnxruntime(block_torch=False)
+            step = ort.InferenceSession(
+                str(step), single_thread_session_options(ort), providers=["CPUExecutionProvider"]
+            )
+        self._session = step
         self._layout = layout
         self._lr = np.array(lr, dtype=np.float32)
         self._wd = np.array(weight_decay, dtype=np.float32)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedge.exporter.portable import trace, trace_cache
-from fedge.exporter.portable.decompositions import decomposition_table
+from fedge.exporter.portable import step_key, trace, trace_cache
 
 NAMES = ["w", "input", "lr"]
 REAL_EXPORT = torch.onnx.export
+REAL_MAKE_FX = trace.make_fx
 
 
 def _step(eps: float):
@@ -32,31 +32,100 @@ def _args(rows: int = 3, seed: int = 0) -> list[torch.Tensor]:
     ]
 
 
-def _key(step, args) -> str:  # noqa: ANN001
-    fakes = trace._fake_inputs(args, [False, True, False])
-    gm = torch.fx.experimental.proxy_tensor.make_fx(
-        step, tracing_mode="fake", decomposition_table=decomposition_table()
-    )(*fakes)
-    return trace_cache.graph_key(gm, args, (NAMES,), exporter_source=b"v1")
+def _key(step, args, source: bytes = b"v1") -> str:  # noqa: ANN001
+    return step_key.step_key(step, args, (NAMES,), context=trace._trace_context, source=source)
 
 
-def test_key_ignores_weights_but_not_shapes_constants_or_exporter() -> None:
+def test_key_ignores_weights_but_not_shapes_constants_code_or_fedge_source() -> None:
     base = _key(_step(1e-8), _args())
+    assert _key(_step(1e-8), _args()) == base  # deterministic
     assert _key(_step(1e-8), _args(seed=1)) == base  # new weights, same graph
     assert _key(_step(1e-6), _args()) != base  # a constant baked into the graph
     assert _key(_step(1e-8), _args(rows=4)) != base  # a parameter shape
-    fakes = trace._fake_inputs(_args(), [False, True, False])
-    gm = torch.fx.experimental.proxy_tensor.make_fx(_step(1e-8), tracing_mode="fake")(*fakes)
-    other = trace_cache.graph_key(gm, _args(), (NAMES,), exporter_source=b"v2")
-    assert other != trace_cache.graph_key(gm, _args(), (NAMES,), exporter_source=b"v1")
+    assert _key(_step(1e-8), _args(), source=b"v2") != base  # fedge's step builder changed
 
 
-def _export(monkeypatch: pytest.MonkeyPatch, calls: list[int]):  # noqa: ANN202
+def _model_step(model: torch.nn.Module):  # noqa: ANN202
+    def step(w: torch.Tensor, x: torch.Tensor, lr: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        w = w.detach().requires_grad_(True)
+        with torch.enable_grad():
+            loss = model(x @ w).pow(2).mean()
+            (grad,) = torch.autograd.grad(loss, [w])
+        return loss.detach(), w.detach() - lr * grad
+
+    return step
+
+
+class _Act(torch.nn.Module):
+    def __init__(self, kind: str, scale: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.kind, self.scale = kind, scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(x) if self.kind == "relu" else torch.nn.functional.gelu(x)
+        return y if self.scale is None else y * self.scale
+
+
+class _Twice(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):  # noqa: ANN001, ANN205
+        return x * 2
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        return grad * 2
+
+
+def test_key_follows_the_models_code_wherever_it_lives() -> None:
+    relu = _key(_model_step(_Act("relu")), _args())
+    assert _key(_model_step(_Act("relu")), _args()) == relu  # a new instance, same code
+    assert _key(_model_step(_Act("gelu")), _args()) != relu  # the forward changed
+    # a tensor the step reads that is no input is hashed by value
+    one = _key(_model_step(_Act("relu", torch.ones(2))), _args())
+    assert _key(_model_step(_Act("relu", torch.full((2,), 2.0))), _args()) != one
+
+    class TwiceThrice(_Twice):
+        @staticmethod
+        def backward(ctx, grad):  # noqa: ANN001, ANN205
+            return grad * 3  # a custom backward runs through the dispatcher too
+
+    twice = _key(_model_step(_Lambda(_Twice.apply)), _args())
+    assert _key(_model_step(_Lambda(TwiceThrice.apply)), _args()) != twice
+
+
+class _Lambda(torch.nn.Module):
+    def __init__(self, fn) -> None:  # noqa: ANN001
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+
+def test_a_step_that_does_not_run_eagerly_is_exported_uncached(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(trace_cache.ENV, str(tmp_path / "cache"))
+
+    def broken(*args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        raise RuntimeError("no eager run")
+
+    assert trace._cache_key(broken, _args(), (NAMES,)) is None
+
+
+def _export(monkeypatch: pytest.MonkeyPatch, calls: list[int], traces: list[int] | None = None):  # noqa: ANN202
+    traces = [] if traces is None else traces
+
     def counting(*args, **kwargs):  # noqa: ANN002, ANN003
         calls.append(1)
         return REAL_EXPORT(*args, **kwargs)
 
+    def counting_trace(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        traces.append(1)
+        return REAL_MAKE_FX(*args, **kwargs)
+
     monkeypatch.setattr(torch.onnx, "export", counting)
+    monkeypatch.setattr(trace, "make_fx", counting_trace)
     return trace.export_step(
         _step(1e-8),
         _args(),
@@ -71,9 +140,10 @@ def test_a_second_export_of_the_same_graph_comes_from_the_cache(
 ) -> None:
     monkeypatch.setenv(trace_cache.ENV, str(tmp_path / "cache"))
     calls: list[int] = []
-    first = _export(monkeypatch, calls)
-    second = _export(monkeypatch, calls)
-    assert calls == [1]
+    traces: list[int] = []
+    first = _export(monkeypatch, calls, traces)
+    second = _export(monkeypatch, calls, traces)
+    assert calls == [1] and traces == [1]  # the second export neither traced nor exported
     assert second.SerializeToString() == first.SerializeToString()
     assert len(list((tmp_path / "cache").glob("*.onnx"))) == 1
     # the batch axis stayed dynamic through the fake-tensor trace
