@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, replace
+from functools import partial
 
 from fedge.protocol import timeline
 from fedge.protocol.blob_server import BlobServer
@@ -54,7 +55,7 @@ from .intake import UpdateIntake
 from .metrics_exporter import Metrics, MetricsServer
 from .optimizer_check import check_optimizer
 from .registry import DeviceRegistry
-from .robust_aggregation import aggregate_stored, robust_weighting, weigh_norms
+from .robust_aggregation import Params, aggregate_decoded, robust_weighting, weigh_norms
 from .round_machine import CloseRound, Finish, LiveRound, OpenRound, RoundMachine, Wait
 from .round_metrics import federated_metrics, training_metrics
 from .run_choice import new_run_id, reopen_finished_run
@@ -437,10 +438,10 @@ class Orchestrator:
             self.registry.registered_samples,
             f"round {live.round}",
         )
-        deltas = self.store.accepted_deltas(self.run_id, live.round)  # one at a time: O(model)
-        new_params = aggregate_stored(
-            self.strategy, self.global_params, plan, ((a, d, 1.0) for a, _n, d in deltas)
+        new_params = aggregate_decoded(
+            self.strategy, self.global_params, plan, self._round_deltas(live.round)
         )
+        self.intake.release_deltas()
         self.metrics.observe_aggregation(time.monotonic() - t_aggregate)
         timeline.mark("aggregated", round=live.round)
         if new_params is None:
@@ -507,6 +508,21 @@ class Orchestrator:
             r = self._stored_round(round_no)
             ev = round_event("version_evaluated", self.run_id, version, r, self.clock())
             self.transport.publish(self.topics.orchestrator_events, ev.encode())
+
+    def _round_deltas(self, round_no: int) -> Iterator[tuple[str, Callable[[], Params], float]]:
+        """The round's accepted deltas in the order they were accepted (the sums are the same
+        to the bit as reading them back): the ones intake kept decoded, the others read from
+        the database one at a time, when the aggregation asks (O(model) for those)."""
+        kept = self.intake.kept_deltas(self.run_id, round_no)
+        for agent, _claimed in self.store.accepted_claims(self.run_id, round_no):
+            delta = kept.get(agent)
+            if delta is not None:
+                yield agent, partial(_given, delta), 1.0
+            else:
+                yield agent, partial(self._stored_delta, round_no, agent), 1.0
+
+    def _stored_delta(self, round_no: int, agent: str) -> Params:
+        return decode_delta(self.store.accepted_delta(self.run_id, round_no, agent) or b"")
 
     def _stored_norms(self, round_no: int) -> Iterator[tuple[str, str, int, float]]:
         """(agent, agent, claimed samples, delta norm) of the round's accepted updates: norms
@@ -681,3 +697,8 @@ class Orchestrator:
             self.intake.on_stats_report(agent_id, msg)
         else:
             raise MessageError(f"unexpected {msg.TYPE!r} message from an agent")
+
+
+def _given(delta: Params) -> Params:
+    """A kept delta, handed to the aggregation like one read on demand."""
+    return delta

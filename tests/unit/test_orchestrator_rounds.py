@@ -582,3 +582,36 @@ def test_an_upload_is_not_asked_again_while_its_chunks_may_wait_in_our_own_queue
     assert fetches() == 1  # its chunk may be among the 500 queued messages
     orch.intake.tick(backlog=0)
     assert fetches() == 2  # the queue is drained and still nothing: ask again
+
+
+@pytest.mark.parametrize("restart", [False, True])
+def test_the_close_aggregates_the_deltas_validated_at_intake_without_reading_them_back(
+    tmp_path, restart
+):
+    """Intake keeps each validated delta decoded; the close reads none of them again from
+    SQLite, and the committed model is the same to the bit. A restarted orchestrator holds
+    none of the earlier ones: it reads exactly those back."""
+    fed = Federation(tmp_path, 3)
+    a, b, c = fed.invited()
+    fed.train(a, 0.1)
+    if restart:
+        fed.orch.transport.stop()
+        fed.orch.store.close()
+        fed.new_orchestrator()
+    fed.train(b, 0.2)
+    reads: list[str] = []
+    fed.orch.store.db.set_trace_callback(
+        lambda sql: (
+            reads.append(sql) if "delta" in sql and sql.lstrip().startswith("SELECT") else None
+        )
+    )
+    fed.train(c, 0.6)
+    fed.orch.store.db.set_trace_callback(None)
+    assert fed.round().state == "committed"
+    # after a restart: dev a's delta (accepted before it), once for its norm, once to add it
+    assert len(reads) == (2 if restart else 0)
+    v0, v1 = fed.version(0), fed.version(1)
+    for name in v0:
+        expected = (v0[name] + np.float32(0.3)).astype(v0[name].dtype)  # (0.1+0.2+0.6)/3
+        np.testing.assert_allclose(v1[name], expected, atol=1e-6)
+    assert fed.orch.intake.kept_deltas(fed.orch.run_id, 1) == {}  # released after the close
