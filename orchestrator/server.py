@@ -23,9 +23,9 @@ from functools import partial
 from fedge.protocol import timeline
 from fedge.protocol.blob_server import BlobServer
 from fedge.protocol.bundle import Bundle, load_bundle, pack_bundle
-from fedge.protocol.chunks import Chunk, blob_ref, decode_frame, encode_frame
+from fedge.protocol.chunks import Chunk, blob_ref, decode_frame
 from fedge.protocol.compression import decode_delta
-from fedge.protocol.errors import CodecError, FedgeError, MessageError, TransferError
+from fedge.protocol.errors import CodecError, MessageError, TransferError
 from fedge.protocol.messages import (
     EvalReport,
     FetchRequest,
@@ -37,7 +37,6 @@ from fedge.protocol.messages import (
     Status,
     TrainConfig,
     UpdateOffer,
-    new_msg_id,
     parse_message,
 )
 from fedge.protocol.parameter_travel import static_names
@@ -51,15 +50,17 @@ from .announcements import invitations, round_event, round_task, train_config
 from .config import OrchestratorConfig
 from .device_budget import DeviceBudgets
 from .evaluation import CentralEvaluator
+from .evaluation_closings import EvaluationClosings
 from .intake import UpdateIntake
 from .metrics_exporter import Metrics, MetricsServer
 from .optimizer_check import check_optimizer
+from .parameter_push import push_params
 from .registry import DeviceRegistry
 from .robust_aggregation import Params, aggregate_decoded, robust_weighting, weigh_norms
 from .round_machine import CloseRound, Finish, LiveRound, OpenRound, RoundMachine, Wait
-from .round_metrics import federated_metrics, training_metrics
+from .round_metrics import training_metrics
 from .run_choice import new_run_id, reopen_finished_run
-from .standardization_round import check_standardizable, combine_reports
+from .standardization_round import check_standardizable
 from .store import RoundRecord, Store
 from .strategies import DeviceInfo, create_strategy
 
@@ -69,7 +70,7 @@ TICK_SECONDS = 0.2  # decide at least this often, even while messages keep arriv
 BAD_TOPIC = "(bad topic)"  # the budget entry of messages whose topic names no valid device
 
 
-class Orchestrator:
+class Orchestrator(EvaluationClosings):
     def __init__(
         self,
         config: OrchestratorConfig,
@@ -362,29 +363,21 @@ class Orchestrator:
             self._push_params(task)
 
     def _push_params(self, task: RoundTask) -> None:
-        """Small parameters travel unasked to each participant's down topic, right behind the
-        task: no request round trip. The same chunk frames (and sha256 checks) as a pull; a
-        device that misses them asks as before."""
+        """The parameters right behind the task, unasked (orchestrator/parameter_push.py)."""
         live = self.rounds.current
         if live is None:
             return
-        indices = list(range(task.params.chunks))
         sent_before = self.blobs.bytes_sent
-        shared = self.cfg.rounds.shared_params_from
-        if shared and len(live.participants) >= shared:
-            # one retained frame for the whole fleet: the broker fans it out (1,000 devices:
-            # one publish of the orchestrator's instead of 1,000 copies of the parameters)
-            frame = encode_frame(task.params, 0, self.global_bytes)
-            self.transport.publish(self.topics.round_params, frame, retain=True)
-            self.blobs.bytes_sent += len(frame)
-            self._params_shared = True
-        else:
-            if self._params_shared:  # an older version's shared frame: devices need not get it
-                self.transport.publish(self.topics.round_params, b"", retain=True)
-                self._params_shared = False
-            for agent_id in live.participants:  # the task names no one (invitations)
-                push = FetchRequest(new_msg_id(), agent_id, task.params.sha256, indices)
-                self.blobs.serve(push, self.topics.agent_down(agent_id))
+        self._params_shared = push_params(
+            task.params,
+            self.global_bytes,
+            live.participants,
+            transport=self.transport,
+            topics=self.topics,
+            blobs=self.blobs,
+            shared_from=self.cfg.rounds.shared_params_from,
+            shared_before=self._params_shared,
+        )
         self.metrics.count_bytes("down", self.blobs.bytes_sent - sent_before)
         timeline.mark("params_pushed", round=task.round)
 
@@ -555,48 +548,6 @@ class Orchestrator:
             self.cfg.rounds.retry_seconds,
         )
         self._event("round_abandoned", self._stored_round(round_no))
-        self._publish_task("closed")
-
-    def _close_evaluation(self, round_no: int) -> None:
-        """Federated evaluation: store the reports' sample-weighted means; the model stays."""
-        metrics = federated_metrics(self.store.eval_reports(self.run_id, round_no))
-        self.store.close_evaluation(self.run_id, round_no, metrics)
-        r = self._stored_round(round_no)
-        self.metrics.inc("fedge_rounds_total", state="evaluated")
-        log.info(
-            "round %d evaluated model v%d on %d devices: %s",
-            r.round,
-            r.model_version,
-            r.reports,
-            ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())),
-        )
-        self._event("round_evaluated", r)
-        self._publish_task("closed")
-
-    def _close_statistics(self, round_no: int) -> None:
-        """Federated standardization: combine the reports, store them with the run, and
-        re-score version 0 centrally on the standardized test rows (the baseline)."""
-        try:
-            mean, std, metrics = combine_reports(self.store.eval_reports(self.run_id, round_no))
-        except FedgeError as exc:
-            self._abandon(round_no, str(exc))
-            return
-        self.store.close_statistics(self.run_id, round_no, mean, std, metrics)
-        self.metrics.inc("fedge_rounds_total", state="combined")
-        self._load_standardization(self.run_id)
-        self.rounds.on_statistics()
-        if self.evaluator is not None and self.rounds.version == 0:
-            baseline = self.evaluator.evaluate(self.bundle.initial_parameters())
-            self.store.set_version_metrics(self.run_id, 0, baseline)
-        log.info(
-            "round %d combined feature statistics of %d rows on %d devices (%d features); "
-            "the run trains on standardized features",
-            round_no,
-            metrics["stat_rows"],
-            metrics["stat_devices"],
-            len(mean),
-        )
-        self._event("round_statistics", self._stored_round(round_no))
         self._publish_task("closed")
 
     def _finish(self) -> None:
