@@ -136,6 +136,8 @@ class Orchestrator(EvaluationClosings):
         self._last_tick = float("-inf")
         self._queue_drops = 0
         self._closed_unannounced = False  # a round committed and no next one opened yet
+        # (run, round) of committed rounds whose deltas are not freed yet
+        self._deltas_to_drop: list[tuple[str, int]] = []
         # a retained round/params frame may be out (from before a restart): cleared when unused
         self._params_shared = True
 
@@ -211,6 +213,8 @@ class Orchestrator(EvaluationClosings):
         if self._closed_unannounced:  # no round opened right after the commit
             self._publish_task("closed")
         self._evaluate_pending()
+        if not self.transport.pending():
+            self._drop_old_deltas()
 
     def _decide(self) -> None:
         for _ in range(3):  # a closed round may be followed at once by the next one
@@ -286,6 +290,10 @@ class Orchestrator(EvaluationClosings):
         if state is not None:
             self.strategy.load_state_dict(decode_tensors(state))
         rounds = self.store.rounds(run_id)
+        if not self.cfg.rounds.keep_deltas:  # a crash came between a commit and the freeing
+            for r in self.store.rounds_with_deltas(run_id):
+                if (run_id, r) not in self._deltas_to_drop:
+                    self._deltas_to_drop.append((run_id, r))
         live = None
         if rounds and rounds[-1].state == "open":
             live = LiveRound.resumed(rounds[-1], self.store.updates(run_id, rounds[-1].round))
@@ -451,6 +459,7 @@ class Orchestrator(EvaluationClosings):
             metrics["dp_delta"] = DEFAULT_TARGET_DELTA
         blob = encode_tensors(new_params)
         state = self.strategy.state_dict()
+        self._drop_old_deltas()  # never idle since the last commit: free those first
         self.store.commit_round(
             self.run_id,
             live.round,
@@ -458,9 +467,11 @@ class Orchestrator(EvaluationClosings):
             blob,
             hashlib.sha256(blob).hexdigest(),
             metrics,
-            keep_deltas=rs.keep_deltas,
+            keep_deltas=True,  # freed once idle, after the next round opened (Store.drop_deltas)
             strategy_state=encode_tensors(state) if state else None,
         )
+        if not rs.keep_deltas:
+            self._deltas_to_drop.append((self.run_id, live.round))
         timeline.mark("committed", round=live.round)
         self.rounds.on_committed(self._load_global(self.run_id))
         self.metrics.observe_commit(time.monotonic() - t_commit)
@@ -481,6 +492,13 @@ class Orchestrator(EvaluationClosings):
         self._closed_unannounced = True
         if self.evaluator is not None:  # after the next round opens (tick), not before
             self._to_evaluate.append((self.rounds.version, live.round, new_params))
+
+    def _drop_old_deltas(self) -> None:
+        """Free the deltas of the rounds committed since (``Store.drop_deltas``): called when
+        the receive queue is empty, and before the next commit at the latest."""
+        while self._deltas_to_drop:
+            self.store.drop_deltas(*self._deltas_to_drop[0])
+            self._deltas_to_drop.pop(0)
 
     def _evaluate_pending(self) -> None:
         """Central evaluation of the versions committed since the last call, off the round's
