@@ -309,10 +309,10 @@ class Agent:
             return
         if ack.accepted:
             log.info("round %d: update %s accepted", ack.round, ack.sha256[:12])
-            self.state.remove_outbox(ack.sha256, "acked")
+            self.state.remove_outbox(ack.sha256, "acked", durable=False)  # see agent/state.py
         else:
             log.warning("round %d: update %s rejected: %s", ack.round, ack.sha256[:12], ack.reason)
-            self.state.remove_outbox(ack.sha256, "rejected", ack.reason)
+            self.state.remove_outbox(ack.sha256, "rejected", ack.reason, durable=False)
         self.server.withdraw(ack.sha256)
         self._last_offer.pop(ack.sha256, None)
         bundle, self._prepare_after_ack = self._prepare_after_ack, None
@@ -500,24 +500,33 @@ class Agent:
 
     def _train(self, task: RoundTask, bundle: Bundle, params: bytes) -> None:
         started = self.clock.monotonic()
-        self.state.set_journal(task.run_id, task.round, "training")
+        # not durable: a round journaled "training" or not at all is trained again alike
+        self.state.set_journal(task.run_id, task.round, "training", durable=False)
         timeline.mark("train_start", round=task.round, agent=self.cfg.id)
         samples = self.runner.read_local(bundle, task.standardize)
         self._publish_status("training")
-        update = self.runner.train(task, bundle, params, samples)
-        timeline.mark("train_end", round=task.round, agent=self.cfg.id)
-        step = after_training(update.problem, stopping=self._stop.is_set())
-        if step.action is Action.INTERRUPT:
-            log.info(
-                "round %d: %s; it will be trained again after a restart", task.round, step.reason
-            )
-            self.state.set_journal(task.run_id, task.round, INTERRUPTED, step.reason)
-            return
-        if step.action is Action.ABORT:
-            self._abort(task, step.reason)
-            return
-        item, residual = self.runner.build_offer(task, update)
-        self.state.add_outbox(item, residual=residual)
+        try:
+            update = self.runner.train(task, bundle, params, samples)
+            timeline.mark("train_end", round=task.round, agent=self.cfg.id)
+            step = after_training(update.problem, stopping=self._stop.is_set())
+            if step.action is Action.INTERRUPT:
+                log.info(
+                    "round %d: %s; it will be trained again after a restart",
+                    task.round,
+                    step.reason,
+                )
+                self.state.set_journal(task.run_id, task.round, INTERRUPTED, step.reason)
+                return
+            if step.action is Action.ABORT:
+                self._abort(task, step.reason)
+                return
+            item, residual = self.runner.build_offer(task, update)
+            # the budget's seconds in the outbox's transaction: one fsync before the offer
+            seconds = self.runner.unsaved_seconds
+            self.state.add_outbox(item, residual=residual, training_seconds=seconds)
+            self.runner.take_seconds()
+        finally:
+            self.runner.save_seconds()  # no delta saved them: stopped, diverged or failed
         self.rounds_done += 1
         log.info(
             "round %d: trained %d steps on %d samples, loss %.4f, %.1f s; offering %d-byte delta",

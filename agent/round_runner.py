@@ -14,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 
 from fedge.protocol.chunks import blob_ref
-from fedge.protocol.data_contract import read_for_bundle, require_fit
+from fedge.protocol.data_contract import require_fit
 from fedge.protocol.messages import (
     EvalReport,
     RoundTask,
@@ -34,6 +34,7 @@ from .config import AgentConfig
 from .delta_encoding import encode_for_round
 from .eligibility import Decision, DutyCycle, EligibilityPolicy
 from .local_evaluation import evaluate_global
+from .local_rows import LocalRowCache
 from .local_training import LocalUpdate, train_locally
 from .state import AgentState, OutboxItem
 
@@ -70,12 +71,17 @@ class RoundRunner:
         self._on_decision = on_decision
         self._sleep = sleep
         self.num_samples = 0  # rows found in the last round (reported in the status)
+        # (day, seconds) trained and not yet counted in the database: the daemon saves them
+        # with the round's outbox entry (one transaction), or alone when there is no delta
+        self._unsaved: tuple[str, float] | None = None
+        self._rows = LocalRowCache()
 
     def read_local(self, bundle, standardize: Standardization | None = None) -> Samples:
-        """The device's rows, re-read every round (rows added since are used), standardized
-        with the run's statistics when the round task carries them."""
+        """The device's rows, read again whenever the file changed (rows added since are
+        used; agent/local_rows.py), standardized with the run's statistics when the round
+        task carries them."""
         stats = (standardize.mean, standardize.std) if standardize else None
-        samples = read_for_bundle(self.cfg.data, bundle.manifest, stats)  # DataError: the fix
+        samples = self._rows.read(self.cfg.data, bundle, stats)  # DataError: says the fix
         if len(samples) == 0:
             raise DataError(f"no rows in {self.cfg.data.path} match the data source")
         self.num_samples = len(samples)
@@ -110,7 +116,26 @@ class RoundRunner:
 
     def _count_seconds(self, seconds: float) -> None:
         day = time.strftime("%Y-%m-%d", time.localtime(self.clock.time()))
-        self.state.add_training_seconds(day, seconds)
+        if self._unsaved is not None:  # not taken since the last training: save that first
+            self.save_seconds()
+        self._unsaved = (day, seconds)
+
+    @property
+    def unsaved_seconds(self) -> tuple[str, float] | None:
+        """The last training's (day, seconds) not yet counted in the database."""
+        return self._unsaved
+
+    def take_seconds(self) -> tuple[str, float] | None:
+        """The last training's (day, seconds), for the caller to save (``AgentState.add_outbox``
+        with the delta); None if already taken."""
+        unsaved, self._unsaved = self._unsaved, None
+        return unsaved
+
+    def save_seconds(self) -> None:
+        """Count the last training's seconds on their own (no delta to save them with)."""
+        unsaved = self.take_seconds()
+        if unsaved is not None:
+            self.state.add_training_seconds(*unsaved)
 
     def _should_stop(self, started: float) -> Callable[[], str]:
         """The per-batch callback: stop requests, eligibility changes, and the CPU budget."""

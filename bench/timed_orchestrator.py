@@ -103,7 +103,9 @@ def main() -> int:
             return 0
         import cProfile
 
-        profiler = cProfile.Profile()
+        # CPU time of this process, not wall time: on a shared machine a wall-clock profile
+        # charges every preemption to whatever function was running
+        profiler = cProfile.Profile(time.process_time)
         try:
             profiler.runcall(orch.run)
         finally:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from functools import partial
 
 import numpy as np
 
@@ -81,11 +82,23 @@ def aggregate_stored(
 ) -> Params | None:
     """Second pass: (key, delta blob, extra scale such as a staleness weight) into the
     strategy; None when nothing counted or the strategy keeps the model."""
+    decoded = ((key, partial(decode_delta, blob), extra) for key, blob, extra in deltas)
+    return aggregate_decoded(strategy, global_params, plan, decoded)
+
+
+def aggregate_decoded(
+    strategy: Strategy,
+    global_params: Params,
+    plan: RoundWeights,
+    deltas: Iterable[tuple[str, Callable[[], Params], float]],
+) -> Params | None:
+    """``aggregate_stored`` for deltas already decoded, or decoded on demand: (key, a function
+    returning the delta, extra scale); a refused key's delta is never asked for."""
     if not plan.accepted():
         return None
     aggregator = strategy.start_aggregation(global_params)
-    for key, blob, extra in deltas:
+    for key, delta, extra in deltas:
         w = plan.get(key)
         if w.accepted:
-            aggregator.add(scale_delta(decode_delta(blob), w.scale * extra), w.weight)
+            aggregator.add(scale_delta(delta(), w.scale * extra), w.weight)
     return aggregator.result()

@@ -18,13 +18,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, replace
+from functools import partial
 
 from fedge.protocol import timeline
 from fedge.protocol.blob_server import BlobServer
 from fedge.protocol.bundle import Bundle, load_bundle, pack_bundle
-from fedge.protocol.chunks import Chunk, blob_ref, decode_frame, encode_frame
+from fedge.protocol.chunks import Chunk, blob_ref, decode_frame
 from fedge.protocol.compression import decode_delta
-from fedge.protocol.errors import CodecError, FedgeError, MessageError, TransferError
+from fedge.protocol.errors import CodecError, MessageError, TransferError
 from fedge.protocol.messages import (
     EvalReport,
     FetchRequest,
@@ -36,7 +37,6 @@ from fedge.protocol.messages import (
     Status,
     TrainConfig,
     UpdateOffer,
-    new_msg_id,
     parse_message,
 )
 from fedge.protocol.parameter_travel import static_names
@@ -50,15 +50,17 @@ from .announcements import invitations, round_event, round_task, train_config
 from .config import OrchestratorConfig
 from .device_budget import DeviceBudgets
 from .evaluation import CentralEvaluator
+from .evaluation_closings import EvaluationClosings
 from .intake import UpdateIntake
 from .metrics_exporter import Metrics, MetricsServer
 from .optimizer_check import check_optimizer
+from .parameter_push import push_params
 from .registry import DeviceRegistry
-from .robust_aggregation import aggregate_stored, robust_weighting, weigh_norms
+from .robust_aggregation import Params, aggregate_decoded, robust_weighting, weigh_norms
 from .round_machine import CloseRound, Finish, LiveRound, OpenRound, RoundMachine, Wait
-from .round_metrics import federated_metrics, training_metrics
+from .round_metrics import training_metrics
 from .run_choice import new_run_id, reopen_finished_run
-from .standardization_round import check_standardizable, combine_reports
+from .standardization_round import check_standardizable
 from .store import RoundRecord, Store
 from .strategies import DeviceInfo, create_strategy
 
@@ -68,7 +70,7 @@ TICK_SECONDS = 0.2  # decide at least this often, even while messages keep arriv
 BAD_TOPIC = "(bad topic)"  # the budget entry of messages whose topic names no valid device
 
 
-class Orchestrator:
+class Orchestrator(EvaluationClosings):
     def __init__(
         self,
         config: OrchestratorConfig,
@@ -134,6 +136,8 @@ class Orchestrator:
         self._last_tick = float("-inf")
         self._queue_drops = 0
         self._closed_unannounced = False  # a round committed and no next one opened yet
+        # (run, round) of committed rounds whose deltas are not freed yet
+        self._deltas_to_drop: list[tuple[str, int]] = []
         # a retained round/params frame may be out (from before a restart): cleared when unused
         self._params_shared = True
 
@@ -209,6 +213,8 @@ class Orchestrator:
         if self._closed_unannounced:  # no round opened right after the commit
             self._publish_task("closed")
         self._evaluate_pending()
+        if not self.transport.pending():
+            self._drop_old_deltas()
 
     def _decide(self) -> None:
         for _ in range(3):  # a closed round may be followed at once by the next one
@@ -284,6 +290,10 @@ class Orchestrator:
         if state is not None:
             self.strategy.load_state_dict(decode_tensors(state))
         rounds = self.store.rounds(run_id)
+        if not self.cfg.rounds.keep_deltas:  # a crash came between a commit and the freeing
+            for r in self.store.rounds_with_deltas(run_id):
+                if (run_id, r) not in self._deltas_to_drop:
+                    self._deltas_to_drop.append((run_id, r))
         live = None
         if rounds and rounds[-1].state == "open":
             live = LiveRound.resumed(rounds[-1], self.store.updates(run_id, rounds[-1].round))
@@ -361,29 +371,21 @@ class Orchestrator:
             self._push_params(task)
 
     def _push_params(self, task: RoundTask) -> None:
-        """Small parameters travel unasked to each participant's down topic, right behind the
-        task: no request round trip. The same chunk frames (and sha256 checks) as a pull; a
-        device that misses them asks as before."""
+        """The parameters right behind the task, unasked (orchestrator/parameter_push.py)."""
         live = self.rounds.current
         if live is None:
             return
-        indices = list(range(task.params.chunks))
         sent_before = self.blobs.bytes_sent
-        shared = self.cfg.rounds.shared_params_from
-        if shared and len(live.participants) >= shared:
-            # one retained frame for the whole fleet: the broker fans it out (1,000 devices:
-            # one publish of the orchestrator's instead of 1,000 copies of the parameters)
-            frame = encode_frame(task.params, 0, self.global_bytes)
-            self.transport.publish(self.topics.round_params, frame, retain=True)
-            self.blobs.bytes_sent += len(frame)
-            self._params_shared = True
-        else:
-            if self._params_shared:  # an older version's shared frame: devices need not get it
-                self.transport.publish(self.topics.round_params, b"", retain=True)
-                self._params_shared = False
-            for agent_id in live.participants:  # the task names no one (invitations)
-                push = FetchRequest(new_msg_id(), agent_id, task.params.sha256, indices)
-                self.blobs.serve(push, self.topics.agent_down(agent_id))
+        self._params_shared = push_params(
+            task.params,
+            self.global_bytes,
+            live.participants,
+            transport=self.transport,
+            topics=self.topics,
+            blobs=self.blobs,
+            shared_from=self.cfg.rounds.shared_params_from,
+            shared_before=self._params_shared,
+        )
         self.metrics.count_bytes("down", self.blobs.bytes_sent - sent_before)
         timeline.mark("params_pushed", round=task.round)
 
@@ -437,10 +439,10 @@ class Orchestrator:
             self.registry.registered_samples,
             f"round {live.round}",
         )
-        deltas = self.store.accepted_deltas(self.run_id, live.round)  # one at a time: O(model)
-        new_params = aggregate_stored(
-            self.strategy, self.global_params, plan, ((a, d, 1.0) for a, _n, d in deltas)
+        new_params = aggregate_decoded(
+            self.strategy, self.global_params, plan, self._round_deltas(live.round)
         )
+        self.intake.release_deltas()
         self.metrics.observe_aggregation(time.monotonic() - t_aggregate)
         timeline.mark("aggregated", round=live.round)
         if new_params is None:
@@ -457,6 +459,7 @@ class Orchestrator:
             metrics["dp_delta"] = DEFAULT_TARGET_DELTA
         blob = encode_tensors(new_params)
         state = self.strategy.state_dict()
+        self._drop_old_deltas()  # never idle since the last commit: free those first
         self.store.commit_round(
             self.run_id,
             live.round,
@@ -464,9 +467,11 @@ class Orchestrator:
             blob,
             hashlib.sha256(blob).hexdigest(),
             metrics,
-            keep_deltas=rs.keep_deltas,
+            keep_deltas=True,  # freed once idle, after the next round opened (Store.drop_deltas)
             strategy_state=encode_tensors(state) if state else None,
         )
+        if not rs.keep_deltas:
+            self._deltas_to_drop.append((self.run_id, live.round))
         timeline.mark("committed", round=live.round)
         self.rounds.on_committed(self._load_global(self.run_id))
         self.metrics.observe_commit(time.monotonic() - t_commit)
@@ -488,6 +493,13 @@ class Orchestrator:
         if self.evaluator is not None:  # after the next round opens (tick), not before
             self._to_evaluate.append((self.rounds.version, live.round, new_params))
 
+    def _drop_old_deltas(self) -> None:
+        """Free the deltas of the rounds committed since (``Store.drop_deltas``): called when
+        the receive queue is empty, and before the next commit at the latest."""
+        while self._deltas_to_drop:
+            self.store.drop_deltas(*self._deltas_to_drop[0])
+            self._deltas_to_drop.pop(0)
+
     def _evaluate_pending(self) -> None:
         """Central evaluation of the versions committed since the last call, off the round's
         critical path: the devices already train the next round meanwhile. The metrics land on
@@ -507,6 +519,21 @@ class Orchestrator:
             r = self._stored_round(round_no)
             ev = round_event("version_evaluated", self.run_id, version, r, self.clock())
             self.transport.publish(self.topics.orchestrator_events, ev.encode())
+
+    def _round_deltas(self, round_no: int) -> Iterator[tuple[str, Callable[[], Params], float]]:
+        """The round's accepted deltas in the order they were accepted (the sums are the same
+        to the bit as reading them back): the ones intake kept decoded, the others read from
+        the database one at a time, when the aggregation asks (O(model) for those)."""
+        kept = self.intake.kept_deltas(self.run_id, round_no)
+        for agent, _claimed in self.store.accepted_claims(self.run_id, round_no):
+            delta = kept.get(agent)
+            if delta is not None:
+                yield agent, partial(_given, delta), 1.0
+            else:
+                yield agent, partial(self._stored_delta, round_no, agent), 1.0
+
+    def _stored_delta(self, round_no: int, agent: str) -> Params:
+        return decode_delta(self.store.accepted_delta(self.run_id, round_no, agent) or b"")
 
     def _stored_norms(self, round_no: int) -> Iterator[tuple[str, str, int, float]]:
         """(agent, agent, claimed samples, delta norm) of the round's accepted updates: norms
@@ -539,48 +566,6 @@ class Orchestrator:
             self.cfg.rounds.retry_seconds,
         )
         self._event("round_abandoned", self._stored_round(round_no))
-        self._publish_task("closed")
-
-    def _close_evaluation(self, round_no: int) -> None:
-        """Federated evaluation: store the reports' sample-weighted means; the model stays."""
-        metrics = federated_metrics(self.store.eval_reports(self.run_id, round_no))
-        self.store.close_evaluation(self.run_id, round_no, metrics)
-        r = self._stored_round(round_no)
-        self.metrics.inc("fedge_rounds_total", state="evaluated")
-        log.info(
-            "round %d evaluated model v%d on %d devices: %s",
-            r.round,
-            r.model_version,
-            r.reports,
-            ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())),
-        )
-        self._event("round_evaluated", r)
-        self._publish_task("closed")
-
-    def _close_statistics(self, round_no: int) -> None:
-        """Federated standardization: combine the reports, store them with the run, and
-        re-score version 0 centrally on the standardized test rows (the baseline)."""
-        try:
-            mean, std, metrics = combine_reports(self.store.eval_reports(self.run_id, round_no))
-        except FedgeError as exc:
-            self._abandon(round_no, str(exc))
-            return
-        self.store.close_statistics(self.run_id, round_no, mean, std, metrics)
-        self.metrics.inc("fedge_rounds_total", state="combined")
-        self._load_standardization(self.run_id)
-        self.rounds.on_statistics()
-        if self.evaluator is not None and self.rounds.version == 0:
-            baseline = self.evaluator.evaluate(self.bundle.initial_parameters())
-            self.store.set_version_metrics(self.run_id, 0, baseline)
-        log.info(
-            "round %d combined feature statistics of %d rows on %d devices (%d features); "
-            "the run trains on standardized features",
-            round_no,
-            metrics["stat_rows"],
-            metrics["stat_devices"],
-            len(mean),
-        )
-        self._event("round_statistics", self._stored_round(round_no))
         self._publish_task("closed")
 
     def _finish(self) -> None:
@@ -681,3 +666,8 @@ class Orchestrator:
             self.intake.on_stats_report(agent_id, msg)
         else:
             raise MessageError(f"unexpected {msg.TYPE!r} message from an agent")
+
+
+def _given(delta: Params) -> Params:
+    """A kept delta, handed to the aggregation like one read on demand."""
+    return delta

@@ -19,12 +19,14 @@ def validate_delta(
     *,
     max_norm: float = 0.0,
     omittable: frozenset[str] = frozenset(),
+    fill_omitted: bool = True,
 ) -> dict[str, np.ndarray]:
     """Decode a delta and check names, shapes, dtypes, finiteness and (optionally) its norm.
 
     Names in ``omittable`` (frozen parameters training never changes:
     ``fedge.protocol.parameter_travel.static_names``) may be missing: they count as zero
-    deltas and are filled in with zeros in the returned delta."""
+    deltas and are filled in with zeros in the returned delta, unless ``fill_omitted`` is
+    False (then the result is exactly ``decode_delta(blob)``, what the aggregation reads)."""
     try:
         delta = decode_delta(blob, max_elements=sum(int(r.size) for r in reference.values()))
         check_finite(delta)
@@ -36,7 +38,8 @@ def validate_delta(
         raise UpdateRejected(f"parameter names differ: missing {missing[:5]}, unknown {extra[:5]}")
     for name, ref in reference.items():
         if name not in delta:  # an omittable frozen parameter: a zero delta
-            delta[name] = np.zeros_like(ref)
+            if fill_omitted:
+                delta[name] = np.zeros_like(ref)
             continue
         got = delta[name]
         if got.shape != ref.shape:

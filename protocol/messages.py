@@ -113,13 +113,45 @@ class BlobRef:
             raise MessageError(f"blob size {self.size} / chunks {self.chunks} are inconsistent")
 
 
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _plain_fields(obj: object) -> dict[str, Any]:
+    """``dataclasses.asdict`` without its ``deepcopy`` of every leaf: new dicts, lists and
+    tuples all the way down, the immutable leaves (str, int, float, bool, None) shared. The
+    same result for messages (whose fields are only those), ~3x faster: an orchestrator
+    encodes two messages per device and round (ack, invitation)."""
+    cls = type(obj)
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    return {name: _plain(getattr(obj, name)) for name in names}
+
+
+def _plain(value: object) -> Any:
+    if type(value) in (str, int, float, bool) or value is None:
+        return value
+    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):  # not a namedtuple
+        return type(value)(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return {_plain(k): _plain(v) for k, v in value.items()}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _plain_fields(value)
+    return dataclasses.asdict(_Boxed(value))["value"]  # anything else: as asdict copies it
+
+
+@dataclass(frozen=True)
+class _Boxed:
+    value: object
+
+
 @dataclass(frozen=True)
 class Message:
     TYPE: ClassVar[str] = ""
     MAX_BYTES: ClassVar[int] = MAX_CONTROL_BYTES  # encoded size limit of this message type
 
     def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
+        out = _plain_fields(self)
         out["type"] = self.TYPE
         return out
 

@@ -171,19 +171,35 @@ class Database:
                     self.conn.execute("COMMIT")
 
     @contextmanager
-    def transaction(self, action: str = "writing") -> Iterator[sqlite3.Connection]:
-        """One IMMEDIATE transaction: committed when the block ends, rolled back on error."""
+    def transaction(
+        self, action: str = "writing", *, durable: bool = True
+    ) -> Iterator[sqlite3.Connection]:
+        """One IMMEDIATE transaction: committed when the block ends, rolled back on error.
+
+        ``durable=False`` commits without an fsync (``synchronous=NORMAL`` for this one
+        transaction; ~0.2 ms instead of ~3 ms). In WAL mode that is still atomic and survives
+        ``kill -9``; only a power loss or OS crash before the next fsync may undo it -- and
+        then only together with every later commit, since the WAL is replayed up to the first
+        missing frame and the next durable commit syncs every earlier frame. Use it only for
+        a change whose loss the owner handles anyway (e.g. a marker that leads to the same
+        outcome when missing)."""
         if self.read_only:
             raise self.error(f"database {self.path} is open read-only; cannot {action} it")
         with self._lock, self.errors(action):
-            self.conn.execute("BEGIN IMMEDIATE")
+            if not durable:
+                self.conn.execute("PRAGMA synchronous=NORMAL")
             try:
-                yield self.conn
-                self.conn.execute("COMMIT")
-            except BaseException:  # the block failed, or COMMIT did (disk full, I/O error)
-                if self.conn.in_transaction:
-                    self.conn.rollback()
-                raise
+                self.conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self.conn
+                    self.conn.execute("COMMIT")
+                except BaseException:  # the block failed, or COMMIT did (disk full, I/O error)
+                    if self.conn.in_transaction:
+                        self.conn.rollback()
+                    raise
+            finally:
+                if not durable:
+                    self.conn.execute("PRAGMA synchronous=FULL")
 
     def close(self) -> None:
         with self._lock, self.errors("closing"):

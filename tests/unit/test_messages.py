@@ -461,3 +461,23 @@ def test_the_base64_check_accepts_exactly_what_its_regex_did():
     bad = dataclasses.replace(OFFER, inline="QQ=Q").encode()
     with pytest.raises(MessageError, match="update.inline must be base64"):
         parse_message(bad)
+
+
+@pytest.mark.parametrize("kind", sorted(VALID))
+def test_to_dict_is_what_dataclasses_asdict_gives_and_shares_no_container(kind):
+    """``Message.to_dict`` skips asdict's deep copies (an orchestrator encodes two messages per
+    device and round): the same dict, and no list or dict of the message handed out."""
+    msg = parse_message(json.dumps(VALID[kind]).encode())
+    out = msg.to_dict()
+    assert out == dataclasses.asdict(msg) | {"type": kind}
+    assert parse_message(msg.encode()) == msg
+
+    def containers(value, found):
+        if isinstance(value, (list, dict)):
+            found.append(id(value))
+            for v in value.values() if isinstance(value, dict) else value:
+                containers(v, found)
+        return found
+
+    mine = containers([getattr(msg, f.name) for f in dataclasses.fields(msg)], [])[1:]
+    assert not set(mine) & set(containers(out, []))

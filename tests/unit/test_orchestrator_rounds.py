@@ -582,3 +582,81 @@ def test_an_upload_is_not_asked_again_while_its_chunks_may_wait_in_our_own_queue
     assert fetches() == 1  # its chunk may be among the 500 queued messages
     orch.intake.tick(backlog=0)
     assert fetches() == 2  # the queue is drained and still nothing: ask again
+
+
+@pytest.mark.parametrize("restart", [False, True])
+def test_the_close_aggregates_the_deltas_validated_at_intake_without_reading_them_back(
+    tmp_path, restart
+):
+    """Intake keeps each validated delta decoded; the close reads none of them again from
+    SQLite, and the committed model is the same to the bit. A restarted orchestrator holds
+    none of the earlier ones: it reads exactly those back."""
+    fed = Federation(tmp_path, 3)
+    a, b, c = fed.invited()
+    fed.train(a, 0.1)
+    if restart:
+        fed.orch.transport.stop()
+        fed.orch.store.close()
+        fed.new_orchestrator()
+    fed.train(b, 0.2)
+    reads: list[str] = []
+    fed.orch.store.db.set_trace_callback(
+        lambda sql: (
+            reads.append(sql) if "delta" in sql and sql.lstrip().startswith("SELECT") else None
+        )
+    )
+    fed.train(c, 0.6)
+    fed.orch.store.db.set_trace_callback(None)
+    assert fed.round().state == "committed"
+    # after a restart: dev a's delta (accepted before it), once for its norm, once to add it
+    assert len(reads) == (2 if restart else 0)
+    v0, v1 = fed.version(0), fed.version(1)
+    for name in v0:
+        expected = (v0[name] + np.float32(0.3)).astype(v0[name].dtype)  # (0.1+0.2+0.6)/3
+        np.testing.assert_allclose(v1[name], expected, atol=1e-6)
+    assert fed.orch.intake.kept_deltas(fed.orch.run_id, 1) == {}  # released after the close
+
+
+def _kept_deltas(fed: Federation, round_no: int) -> int:
+    return fed.orch.store.db.execute(
+        "SELECT COUNT(*) FROM updates WHERE round=? AND delta IS NOT NULL", (round_no,)
+    ).fetchone()[0]
+
+
+def test_a_rounds_deltas_are_freed_after_its_commit_not_in_it(tmp_path):
+    """Freeing the deltas (with secure_delete: zeroing them) is not in the commit's
+    transaction, which the whole fleet waits for; it follows once the orchestrator is idle."""
+    fed = Federation(tmp_path, 2, rounds=2)
+    statements: list[str] = []
+    fed.orch.store.db.set_trace_callback(statements.append)
+    for device, value in zip(fed.invited(), (0.1, 0.3), strict=True):
+        fed.train(device, value)
+    fed.orch.store.db.set_trace_callback(None)
+    commit = next(i for i, sql in enumerate(statements) if "INSERT INTO model_versions" in sql)
+    end = next(i for i in range(commit, len(statements)) if statements[i] == "COMMIT")
+    assert not any("delta=NULL" in sql for sql in statements[commit:end])
+    assert any("delta=NULL" in sql for sql in statements[end:])  # then, once idle
+    assert fed.round(1).state == "committed" and _kept_deltas(fed, 1) == 0
+    assert_moved_by(fed, 0.2)
+
+
+def test_deltas_left_by_a_crash_after_the_commit_are_freed_by_the_restart(tmp_path):
+    fed = Federation(tmp_path, 2, rounds=2)
+    fed.orch._drop_old_deltas = lambda: None  # the crash comes before the orchestrator is idle
+    for device, value in zip(fed.invited(), (0.1, 0.3), strict=True):
+        fed.train(device, value)
+    assert fed.round(1).state == "committed" and _kept_deltas(fed, 1) == 2
+    fed.orch.transport.stop()
+    fed.orch.store.close()
+    fed.new_orchestrator()
+    fed.settle()
+    assert _kept_deltas(fed, 1) == 0
+    assert fed.orch.current is not None and fed.orch.current.round == 2  # the run goes on
+
+
+def test_keep_deltas_keeps_them(tmp_path):
+    fed = Federation(tmp_path, 2, rounds=2, keep_deltas=True)
+    for device, value in zip(fed.invited(), (0.1, 0.3), strict=True):
+        fed.train(device, value)
+    fed.settle()
+    assert fed.round(1).state == "committed" and _kept_deltas(fed, 1) == 2
