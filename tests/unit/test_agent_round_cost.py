@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import sqlite3
 
-import test_agent_rounds as rounds
+from support import agent_world
+from support.agent_world import pump
 
 from fedge.agent.daemon import Agent
 from fedge.protocol.fields import MAX_INLINE_BYTES
 
-world = rounds.world  # the fixture: a real Agent, scripted orchestrator, in-memory broker
-pump = rounds.pump
+world = agent_world.world  # the fixture: a real Agent, scripted orchestrator, in-memory broker
 
 
 def durable_commits(agent: Agent) -> list[str]:

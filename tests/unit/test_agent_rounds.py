@@ -13,69 +13,21 @@ import base64
 import json
 import logging
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
-from support.scripted_orchestrator import STEP, FakeBackend, FakeClock, ScriptedOrchestrator
-from support.toy_bundle import write_toy_bundle
+from support import agent_world
+from support.agent_world import pump
+from support.scripted_orchestrator import STEP, FakeBackend, ScriptedOrchestrator
 
-from fedge.agent.config import AgentConfig
 from fedge.agent.daemon import Agent
-from fedge.agent.eligibility import EligibilitySettings
-from fedge.demo.data import write_samples_sqlite
 from fedge.protocol.chunks import blob_ref, encode_frame
 from fedge.protocol.fields import MAX_INLINE_BYTES
 from fedge.protocol.invitations import Invitation
 from fedge.protocol.messages import Ack, TrainConfig, new_msg_id
-from fedge.protocol.sqlite_samples import DataSource
 from fedge.protocol.tensors import decode_tensors
-from fedge.protocol.transport import InMemoryBroker
 
-
-def pump(agent: Agent, orch: ScriptedOrchestrator, *, rounds: int = 50) -> None:
-    """Deliver messages both ways and tick the agent until nothing moves."""
-    for _ in range(rounds):
-        moved = orch.process()
-        while (item := agent.transport.get(0)) is not None:
-            agent.handle(*item)
-            moved = True
-        agent.tick()
-        moved = orch.process() or moved
-        if not moved and agent.transport.pending() == 0:
-            return
-    raise AssertionError("the agent and the orchestrator never went quiet")
-
-
-@pytest.fixture
-def world(tmp_path: Path):
-    rng = np.random.default_rng(0)
-    data = write_samples_sqlite(
-        tmp_path / "data.db",
-        rng.random((40, 3), dtype=np.float32),
-        rng.integers(0, 2, 40).astype(np.int64),
-    )
-    broker = InMemoryBroker()
-    clock = FakeClock()
-    orch = ScriptedOrchestrator(broker, write_toy_bundle(tmp_path / "bundle"), clock)
-    sensors = tmp_path / "sensors.json"
-    sensors.write_text("{}")
-
-    def make_agent(backend: FakeBackend | None = None, agent_id: str = "dev-0") -> Agent:
-        cfg = AgentConfig(
-            id=agent_id,
-            state_dir=str(tmp_path / f"state-{agent_id}"),
-            validation_fraction=0.25,
-            eligibility=EligibilitySettings(override_file=str(sensors)),
-            data=DataSource(path=str(data)),
-        )
-        agent = Agent(
-            cfg, transport=broker.client(agent_id), backend=backend or FakeBackend(), clock=clock
-        )
-        agent.start()
-        return agent
-
-    return broker, clock, orch, make_agent, sensors
+world = agent_world.world  # the fixture: a real Agent, scripted orchestrator, in-memory broker
 
 
 def fetched(orch: ScriptedOrchestrator, ref) -> int:
