@@ -332,7 +332,7 @@ def fmt(v: float | None) -> str:
 
 def row(r: dict) -> str:
     return (
-        f"{r['name']:<26} {fmt(r['t90'])} {fmt(r['t95'])} {r['acc_at_budget']:8.3f} "
+        f"{r['name']:<44} {fmt(r['t90'])} {fmt(r['t95'])} {r['acc_at_budget']:8.3f} "
         f"{r['versions']:5d} {r['jobs']:6d} {r['dropped']:5d} {r['kib_per_device']:9.1f}"
     )
 
@@ -340,7 +340,7 @@ def row(r: dict) -> str:
 def print_table(out: list[dict], args) -> None:
     print()
     print(
-        f"{'setting':<26} {'t90 s':>6} {'t95 s':>6} {'acc@' + str(int(args.budget)) + 's':>8} "
+        f"{'setting':<44} {'t90 s':>6} {'t95 s':>6} {'acc@' + str(int(args.budget)) + 's':>8} "
         f"{'vers':>5} {'jobs':>6} {'drop':>5} {'KiB/dev':>9}"
     )
     for r in out:
