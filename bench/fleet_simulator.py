@@ -95,6 +95,56 @@ def first_time(points: list[tuple[float, float]], target: float) -> float | None
     return next((t for t, a in points if a >= target), None)
 
 
+STRATEGY_KEYS = ("server_lr", "momentum", "eta", "tau", "beta1", "beta2")
+BUFFERED_KEYS = {
+    "max_staleness": int,
+    "staleness_exponent": float,
+    "staleness_hinge_after": int,
+    "slot": float,  # slot_seconds, in base seconds (as the synchronous deadlines)
+}
+
+
+def async_setting(spec: str, args) -> tuple[str, dict]:
+    """``K:C:staleness[:strategy[:options]]`` -> (label, orchestrator settings). ``options`` is a
+    server lr (``0.5``) or ``key=value`` pairs joined by ``/``: strategy options (server_lr,
+    momentum, eta, tau, beta1, beta2) or buffered ones (max_staleness, staleness_exponent,
+    staleness_hinge_after, slot = slot_seconds in base seconds), e.g.
+    ``20:100:polynomial:fedavgm:server_lr=1/momentum=0.9`` or ``20:100:constant:fedavg:slot=2.5``."""
+    k, c, kind, *strategy = spec.split(":")
+    b = args.base_seconds
+    extra: dict = {}
+    buffered: dict = {
+        "buffer_size": int(k),
+        "max_concurrency": int(c),
+        "slot_seconds": 15.0 * b,
+        "max_staleness": max(10, 3 * int(c) // int(k)),
+        "staleness": kind,
+        # refused devices ask again after this long: with 1,000 devices and 0.5 s, most of
+        # the orchestrator's messages were refused requests
+        "retry_after": 0.5 * b if args.devices <= 100 else 1.0 * b,
+    }
+    label = f"async-k{k}-c{c}-{kind}"
+    if strategy:  # e.g. fedavgm:0.5 -> server momentum, server lr 0.5
+        extra["strategy"] = strategy[0]
+        options: dict = {}
+        for item in strategy[1].split("/") if strategy[1:] else []:
+            key, _, value = item.rpartition("=")
+            key = key or "server_lr"
+            if key == "slot":
+                buffered["slot_seconds"] = float(value) * b
+            elif key in BUFFERED_KEYS:
+                buffered[key] = BUFFERED_KEYS[key](value)
+            elif key in STRATEGY_KEYS:
+                options[key] = float(value)
+            else:
+                raise SystemExit(f"--async-grid {spec!r}: unknown option {key!r}")
+        extra["strategy_options"] = options
+        label += "-" + "-".join(strategy).replace("/", "-")
+    # the synchronous grid's grace: a device offline this long no longer holds its place
+    extra["rounds"] = {"offline_grace_seconds": 0.5}
+    return label, extra | {"mode": "async", "buffered": buffered}
+
+
 def run_setting(name, mode_cfg, args, tmp, broker, bundle_dir, data, test_db, profile_kw):
     ctx = mp.get_context("spawn")
     ready, results, stop = ctx.Queue(), ctx.Queue(), ctx.Event()
@@ -246,32 +296,8 @@ def main() -> int:
             )
         )
     for spec in args.async_grid.split(",") if args.async_grid else []:
-        k, c, kind, *strategy = spec.split(":")
-        extra: dict = {}
-        label = f"async-k{k}-c{c}-{kind}"
-        if strategy:  # e.g. fedavgm:0.5 -> server momentum, server lr 0.5
-            extra["strategy"] = strategy[0]
-            extra["strategy_options"] = {"server_lr": float(strategy[1])} if strategy[1:] else {}
-            label += "-" + "-".join(strategy)
-        settings.append(
-            (
-                label,
-                extra
-                | {
-                    "mode": "async",
-                    "buffered": {
-                        "buffer_size": int(k),
-                        "max_concurrency": int(c),
-                        "slot_seconds": 15.0 * b,
-                        "max_staleness": max(10, 3 * int(c) // int(k)),
-                        "staleness": kind,
-                        # refused devices ask again after this long: with 1,000 devices and
-                        # 0.5 s, most of the orchestrator's messages were refused requests
-                        "retry_after": 0.5 * b if args.devices <= 100 else 1.0 * b,
-                    },
-                },
-            )
-        )
+        label, extra = async_setting(spec, args)
+        settings.append((label, extra))
     from bench_bundle import digits_bundle
 
     out = []
@@ -306,7 +332,7 @@ def fmt(v: float | None) -> str:
 
 def row(r: dict) -> str:
     return (
-        f"{r['name']:<26} {fmt(r['t90'])} {fmt(r['t95'])} {r['acc_at_budget']:8.3f} "
+        f"{r['name']:<44} {fmt(r['t90'])} {fmt(r['t95'])} {r['acc_at_budget']:8.3f} "
         f"{r['versions']:5d} {r['jobs']:6d} {r['dropped']:5d} {r['kib_per_device']:9.1f}"
     )
 
@@ -314,7 +340,7 @@ def row(r: dict) -> str:
 def print_table(out: list[dict], args) -> None:
     print()
     print(
-        f"{'setting':<26} {'t90 s':>6} {'t95 s':>6} {'acc@' + str(int(args.budget)) + 's':>8} "
+        f"{'setting':<44} {'t90 s':>6} {'t95 s':>6} {'acc@' + str(int(args.budget)) + 's':>8} "
         f"{'vers':>5} {'jobs':>6} {'drop':>5} {'KiB/dev':>9}"
     )
     for r in out:

@@ -162,7 +162,7 @@ class BufferedOrchestrator(Orchestrator):
                 log.warning("upload from %s failed: %s", agent_id, transfer.failed)
                 del self.async_uploads[agent_id]
         for _ in range(100):
-            decision = self.machine.tick(self.clock())
+            decision = self.machine.tick(self.clock(), self._gone)
             if decision is None:
                 break
             if isinstance(decision, Expire):

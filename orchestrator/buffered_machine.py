@@ -9,8 +9,9 @@ outcome (slots, the buffer, versions) is the caller's job, in SQLite, before ann
 Rules:
 - at most ``max_concurrency`` slots are active (granted, not answered, not expired); a device
   asking while it holds an active slot gets that same slot again (a restarted agent);
-- a slot expires ``slot_seconds`` after it was granted: its place is free again; a delta for
-  it that still arrives is judged like any other (the work is done; staleness bounds it);
+- a slot expires ``slot_seconds`` after it was granted, or as soon as its device is offline
+  (the caller decides when that is, with a grace for blips): its place is free again; a delta
+  for it that still arrives is judged like any other (the work is done; staleness bounds it);
 - a delta counts once per slot: a second delta for a counted slot is a duplicate;
 - staleness = newest version - the slot's version; above ``max_staleness`` it is refused;
   otherwise its weight is the staleness function's value;
@@ -19,6 +20,7 @@ Rules:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .buffered_config import BufferedSettings
@@ -170,11 +172,18 @@ class BufferedMachine:
         self.state.active.pop(slot, None)
 
     # ---- the clock ----
-    def tick(self, now: float) -> Expire | Commit | Finish | None:
-        """One time-based decision: expire overdue slots, commit a full buffer, or finish."""
+    def tick(
+        self, now: float, offline: Callable[[str], bool] | None = None
+    ) -> Expire | Commit | Finish | None:
+        """One time-based decision: expire overdue slots (and those whose device ``offline``
+        says is gone), commit a full buffer, or finish."""
         if self.finished:
             return None
-        overdue = tuple(s for s in self.state.active.values() if now >= s.expires)
+        overdue = tuple(
+            s
+            for s in self.state.active.values()
+            if now >= s.expires or (offline is not None and offline(s.agent_id))
+        )
         if overdue:
             for s in overdue:
                 del self.state.active[s.slot]

@@ -126,6 +126,29 @@ def test_an_abort_frees_the_slot(tmp_path):
     assert fed.ask(1).slots
 
 
+def test_a_device_gone_offline_frees_its_slot_after_the_grace_and_may_still_report(tmp_path):
+    fed = AsyncFederation(
+        tmp_path, 2, max_concurrency=1, buffer_size=1, rounds={"offline_grace_seconds": 2.0}
+    )
+    a = fed.ask(0)
+    a.fetch_params()
+    fed.settle()
+    a.status("offline")  # its Last Will: unplugged mid-training
+    fed.settle()
+    fed.clock.advance(1.0)
+    fed.settle()
+    assert fed.orch.machine.training == 1, "a blip within the grace keeps the slot"
+    fed.clock.advance(1.5)
+    fed.settle()
+    assert fed.orch.machine.training == 0  # before slot_seconds (60 s): the place is free
+    assert fed.orch.bstore.counters(fed.orch.run_id)["expired"] == 1
+    assert fed.ask(1).slots, "the freed place goes to a device that is there"
+    a.status("idle")  # back, with the delta it finished: judged like any late delta
+    a.offer(delta(a.params, 0.5))
+    fed.settle()
+    assert a.acks[-1].accepted and fed.latest() == 1
+
+
 def test_the_run_finishes_after_its_versions(tmp_path):
     fed = AsyncFederation(tmp_path, 1, versions=1, buffer_size=1)
     fed.train(fed.ask(0), 0.1)
