@@ -33,6 +33,7 @@ from torch import nn
 
 from .errors import ExportError
 from .onnx_graph import opset_of, save_model
+from .preflight import forward_with_hooks
 
 log = logging.getLogger(__name__)
 
@@ -93,15 +94,7 @@ def find_layers(model: nn.Module, example: tuple[torch.Tensor, ...]) -> list[Bat
         )
         for path, module in modules
     ]
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(*example)
-    finally:
-        model.train(was_training)
-        for hook in hooks:
-            hook.remove()
+    forward_with_hooks(model, example, hooks)
     layers = []
     for path, module in modules:
         if path not in ranks:

@@ -20,6 +20,8 @@ from collections.abc import Collection
 import torch
 from torch import nn
 
+from .preflight import forward_with_hooks
+
 log = logging.getLogger(__name__)
 
 _BIASED = (nn.modules.conv._ConvNd, nn.Linear)
@@ -65,15 +67,7 @@ def biases_before_batchnorm(
         for handle in handles:
             handle.remove()
         return []
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(*(example if isinstance(example, tuple) else (example,)))
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
+    forward_with_hooks(model, example if isinstance(example, tuple) else (example,), handles)
     return found
 
 

@@ -22,6 +22,8 @@ from torch import nn
 
 from fedge.protocol.manifest import TensorSpec
 
+from .preflight import forward_with_hooks
+
 _LOOKUPS = (nn.Embedding, nn.EmbeddingBag)
 
 
@@ -47,15 +49,7 @@ def with_embedding_ids(
         for path, module in model.named_modules()
         if isinstance(module, _LOOKUPS)
     ]
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(*example)
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
+    forward_with_hooks(model, example, handles)
     return tuple(
         replace(spec, ids_below=seen[i][0], ids_module=seen[i][1]) if i in seen else spec
         for i, spec in enumerate(specs)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -97,6 +98,23 @@ def sample_inputs(
     if kind.is_floating_point:
         return torch.randn(shape, generator=generator, dtype=torch.float32).to(kind)
     return torch.randint(0, 2, shape, generator=generator, dtype=kind)
+
+
+def forward_with_hooks(
+    model: nn.Module, example: Sequence[torch.Tensor], handles: Sequence[Any]
+) -> None:
+    """One eval-mode, no-grad forward on ``example`` for the hooks whose ``handles`` are
+    given (the exporter's data-flow checks: BatchNorm ranks, biases, Embedding ids); the hooks
+    are removed and the model's mode restored whatever happens."""
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(*example)
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
 
 
 def trial_forward(model: nn.Module, example: tuple[torch.Tensor, ...]) -> torch.Tensor:
