@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support.agent_world import pump
 from support.scripted_orchestrator import FakeBackend, FakeClock, ScriptedOrchestrator
 from support.toy_bundle import write_toy_bundle
 
@@ -27,19 +28,6 @@ from fedge.protocol.transport import InMemoryBroker
 def _rows(path: Path, labels: list[int], features: int = 3) -> Path:
     x = np.random.default_rng(0).random((len(labels), features), dtype=np.float32)
     return write_samples_sqlite(path, x, np.array(labels, dtype=np.int64))
-
-
-def _pump(agent: Agent, orch: ScriptedOrchestrator) -> None:
-    for _ in range(50):
-        moved = orch.process()
-        while (item := agent.transport.get(0)) is not None:
-            agent.handle(*item)
-            moved = True
-        agent.tick()
-        moved = orch.process() or moved
-        if not moved and agent.transport.pending() == 0:
-            return
-    raise AssertionError("the agent and the orchestrator never went quiet")
 
 
 @pytest.mark.parametrize(
@@ -75,7 +63,7 @@ def test_the_agent_aborts_the_round_with_the_contracts_reason(tmp_path, labels, 
     agent = Agent(cfg, transport=broker.client("dev-0"), backend=backend, clock=clock)
     agent.start()
     orch.publish_task(orch.task())
-    _pump(agent, orch)
+    pump(agent, orch)
     (abort,) = orch.aborts
     assert abort.reason.startswith("local data problem: the data in ")
     assert abort.reason.endswith(reason)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support.agent_world import pump
 from support.scripted_orchestrator import FakeBackend, FakeClock, ScriptedOrchestrator
 from support.toy_bundle import write_toy_bundle
 
@@ -48,20 +49,6 @@ def write_rows(path: Path, x: np.ndarray) -> Path:
     conn.commit()
     conn.close()
     return path
-
-
-def pump(agent: Agent, orch: ScriptedOrchestrator, *, rounds: int = 50) -> None:
-    """Deliver messages both ways and tick the agent until nothing moves."""
-    for _ in range(rounds):
-        moved = orch.process()
-        while (item := agent.transport.get(0)) is not None:
-            agent.handle(*item)
-            moved = True
-        agent.tick()
-        moved = orch.process() or moved
-        if not moved and agent.transport.pending() == 0:
-            return
-    raise AssertionError("the agent and the orchestrator never went quiet")
 
 
 class RecordingBackend(FakeBackend):
