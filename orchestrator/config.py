@@ -94,6 +94,10 @@ class RoundSettings:
     # with at least this many participants, those pushed parameters go out once, retained on
     # round/params (every device may read round/#), not once per participant (0 = never)
     shared_params_from: Annotated[int, Range(0, 10**6)] = 100
+    # the open round's validated deltas kept decoded, up to this many MiB, so the close adds
+    # them without reading and decoding them again (0 = always read back: least memory, for a
+    # small broker host; the model is the same to the bit either way)
+    decoded_deltas_mib: Annotated[int, Range(0, 65536)] = 128
 
     def validate(self) -> None:
         """Combinations that would stall a run or mislead (each key alone is in range)."""

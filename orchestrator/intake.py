@@ -71,7 +71,7 @@ FLUSH_UPDATES = 1000  # accepted updates waiting for one transaction, at most
 FLUSH_BYTES = 64 << 20  # ... and delta bytes
 # decoded deltas kept in memory for the open round's aggregation, at most (10,000 devices x the
 # digits MLP's 19 KB: 190 MB, so about 7,000 of them; the rest is read back from SQLite)
-KEEP_DELTA_BYTES = 128 << 20
+KEEP_DELTA_BYTES = 128 << 20  # the default of rounds.decoded_deltas_mib
 STALL_CHECK_SECONDS = 0.5  # how often uploads in flight are checked for stalls
 BACKLOG_STALL_CHECK_SECONDS = 30.0  # ... while our own receive queue is not empty
 
@@ -120,6 +120,7 @@ class UpdateIntake:
         budgets: DeviceBudgets | None = None,
         features: int = 0,  # features per sample (the model input's): statistics reports
         inline_max_bytes: int = 0,  # deltas up to this size are taken inline from the offer
+        keep_decoded_bytes: int = KEEP_DELTA_BYTES,  # rounds.decoded_deltas_mib
     ) -> None:
         self.store = store
         self._features = features
@@ -130,6 +131,7 @@ class UpdateIntake:
         self._max_norm = max_update_norm
         self._omittable = omittable
         self._inline_max = inline_max_bytes
+        self._keep_decoded = keep_decoded_bytes
         self._clock = clock
         self._recent = RecentIds()
         self.budgets = budgets or DeviceBudgets(metrics=metrics, clock=clock)
@@ -140,7 +142,7 @@ class UpdateIntake:
         self._pending_bytes = 0
         self._last_stall_check = float("-inf")
         # the open round's validated deltas: L2 norms (robust weighting at the close) and,
-        # within KEEP_DELTA_BYTES, the decoded deltas themselves (its aggregation)
+        # within rounds.decoded_deltas_mib, the decoded deltas themselves (its aggregation)
         self._norms_of: tuple[str, int] = ("", 0)
         self._norms: dict[str, float] = {}
         self._deltas: dict[str, dict[str, np.ndarray]] = {}
@@ -155,7 +157,7 @@ class UpdateIntake:
     def kept_deltas(self, run_id: str, round_no: int) -> dict[str, dict[str, np.ndarray]]:
         """agent id -> its decoded delta (exactly ``decode_delta`` of the stored blob) for the
         updates of that round this process validated and kept; the caller reads the others
-        (accepted before a restart, or past ``KEEP_DELTA_BYTES``) from the database. Only
+        (accepted before a restart, or past ``rounds.decoded_deltas_mib``) from the database. Only
         the round's accepted updates may be looked up: a kept delta whose write failed is
         never accepted, so never asked for."""
         return self._deltas if self._norms_of == (run_id, round_no) else {}
@@ -528,7 +530,7 @@ class UpdateIntake:
             self.release_deltas()
         self._norms[agent_id] = l2_norm(delta)
         nbytes = sum(int(a.nbytes) for a in delta.values())
-        if self._deltas_bytes + nbytes <= KEEP_DELTA_BYTES:
+        if self._deltas_bytes + nbytes <= self._keep_decoded:
             self._deltas[agent_id] = delta
             self._deltas_bytes += nbytes
         self._pending[agent_id] = _Accepted(offer, r.round, blob)

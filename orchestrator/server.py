@@ -123,6 +123,7 @@ class Orchestrator(EvaluationClosings):
             budgets=self.budgets,
             features=check_standardizable(config, self.bundle.manifest),
             inline_max_bytes=config.rounds.inline_max_bytes,
+            keep_decoded_bytes=config.rounds.decoded_deltas_mib << 20,
         )
         self.standardization: Standardization | None = None  # the run's, once combined
         self.bytes_up = 0  # chunk frame bytes received this round (bytes down: self.blobs)

@@ -617,6 +617,30 @@ def test_the_close_aggregates_the_deltas_validated_at_intake_without_reading_the
     assert fed.orch.intake.kept_deltas(fed.orch.run_id, 1) == {}  # released after the close
 
 
+def test_with_no_memory_for_decoded_deltas_the_close_reads_them_back_to_the_same_model(tmp_path):
+    """rounds.decoded_deltas_mib = 0 (a small broker host): nothing kept decoded, every delta
+    read back at the close, the committed model the same."""
+    fed = Federation(tmp_path, 3, decoded_deltas_mib=0)
+    a, b, c = fed.invited()
+    fed.train(a, 0.1)
+    fed.train(b, 0.2)
+    assert fed.orch.intake.kept_deltas(fed.orch.run_id, 1) == {}
+    reads: list[str] = []
+    fed.orch.store.db.set_trace_callback(
+        lambda sql: (
+            reads.append(sql) if "delta" in sql and sql.lstrip().startswith("SELECT") else None
+        )
+    )
+    fed.train(c, 0.6)
+    fed.orch.store.db.set_trace_callback(None)
+    assert fed.round().state == "committed"
+    assert reads  # read back, not kept
+    v0, v1 = fed.version(0), fed.version(1)
+    for name in v0:
+        expected = (v0[name] + np.float32(0.3)).astype(v0[name].dtype)
+        np.testing.assert_allclose(v1[name], expected, atol=1e-6)
+
+
 def _kept_deltas(fed: Federation, round_no: int) -> int:
     return fed.orch.store.db.execute(
         "SELECT COUNT(*) FROM updates WHERE round=? AND delta IS NOT NULL", (round_no,)
