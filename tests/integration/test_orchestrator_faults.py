@@ -213,9 +213,13 @@ def test_agent_killed_and_orchestrator_killed_mid_round(
             )
             for i, data in enumerate(digits_federation.device_paths)
         }
+        # the orchestrator first: a new database knows no device, and RabbitMQ replays no
+        # retained status to its agent/+/status subscription (docs/brokers.md), so devices
+        # must say "online" after it subscribed (on Mosquitto the order does not matter)
+        fleet.start("orchestrator", "orchestrator", orch_cfg)
+        _poll(lambda: "new run" in fleet.logs("orchestrator"), fleet, 60)
         for name, cfg in configs.items():
             fleet.start(name, "agent", cfg)
-        fleet.start("orchestrator", "orchestrator", orch_cfg)
         # an agent killed mid-round (SIGKILL: the broker publishes its Last Will "offline"),
         # restarted once the round is over (a device that rebooted)
         _poll(lambda: _round_state(db_path, 1) is not None, fleet, 60)
