@@ -599,21 +599,11 @@ def test_the_close_aggregates_the_deltas_validated_at_intake_without_reading_the
         fed.orch.store.close()
         fed.new_orchestrator()
     fed.train(b, 0.2)
-    reads: list[str] = []
-    fed.orch.store.db.set_trace_callback(
-        lambda sql: (
-            reads.append(sql) if "delta" in sql and sql.lstrip().startswith("SELECT") else None
-        )
-    )
-    fed.train(c, 0.6)
-    fed.orch.store.db.set_trace_callback(None)
+    reads = _delta_reads_while(fed, lambda: fed.train(c, 0.6))
     assert fed.round().state == "committed"
     # after a restart: dev a's delta (accepted before it), once for its norm, once to add it
     assert len(reads) == (2 if restart else 0)
-    v0, v1 = fed.version(0), fed.version(1)
-    for name in v0:
-        expected = (v0[name] + np.float32(0.3)).astype(v0[name].dtype)  # (0.1+0.2+0.6)/3
-        np.testing.assert_allclose(v1[name], expected, atol=1e-6)
+    assert_moved_by(fed, 0.3)  # (0.1+0.2+0.6)/3
     assert fed.orch.intake.kept_deltas(fed.orch.run_id, 1) == {}  # released after the close
 
 
@@ -625,20 +615,25 @@ def test_with_no_memory_for_decoded_deltas_the_close_reads_them_back_to_the_same
     fed.train(a, 0.1)
     fed.train(b, 0.2)
     assert fed.orch.intake.kept_deltas(fed.orch.run_id, 1) == {}
+    reads = _delta_reads_while(fed, lambda: fed.train(c, 0.6))
+    assert fed.round().state == "committed"
+    assert reads  # read back, not kept
+    assert_moved_by(fed, 0.3)
+
+
+def _delta_reads_while(fed: Federation, action) -> list[str]:
+    """The SELECTs of stored deltas the orchestrator's database runs during ``action()``."""
     reads: list[str] = []
     fed.orch.store.db.set_trace_callback(
         lambda sql: (
             reads.append(sql) if "delta" in sql and sql.lstrip().startswith("SELECT") else None
         )
     )
-    fed.train(c, 0.6)
-    fed.orch.store.db.set_trace_callback(None)
-    assert fed.round().state == "committed"
-    assert reads  # read back, not kept
-    v0, v1 = fed.version(0), fed.version(1)
-    for name in v0:
-        expected = (v0[name] + np.float32(0.3)).astype(v0[name].dtype)
-        np.testing.assert_allclose(v1[name], expected, atol=1e-6)
+    try:
+        action()
+    finally:
+        fed.orch.store.db.set_trace_callback(None)
+    return reads
 
 
 def _kept_deltas(fed: Federation, round_no: int) -> int:
